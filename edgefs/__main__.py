@@ -1,0 +1,3 @@
+from edgefs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Episodic evaluation on fixed episode lists, baselines and reports."""

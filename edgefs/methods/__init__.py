@@ -1,0 +1,14 @@
+"""Meta-learning methods (PyTorch, workstation side), by registry.
+
+Every method follows :class:`FewShotMethod`: ``process_support_set`` then
+``forward(queries)``; ``episode_loss`` for training; ``head_spec()`` for the device.
+"""
+
+from __future__ import annotations
+
+from edgefs.methods.base import METHODS, FewShotMethod, build_method
+
+# Importing the modules registers them.
+from edgefs.methods import protonet as _protonet  # noqa: F401  isort: skip
+
+__all__ = ["METHODS", "FewShotMethod", "build_method"]

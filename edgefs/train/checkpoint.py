@@ -1,0 +1,88 @@
+"""Checkpoints: the model, what it is, and how it was trained; no pickled objects.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors, loaded with
+``weights_only=True``: it records the backbone and method by registry name and
+options, so loading rebuilds them from this edgefs rather than unpickling code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgefs.backbones import BACKBONES, build_backbone
+from edgefs.errors import CheckpointError, EdgefsError
+from edgefs.methods import METHODS, FewShotMethod, build_method
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: Path, method: FewShotMethod, extra: dict[str, Any]) -> None:
+    """Write atomically (temporary file, fsync, rename): a kill mid-write keeps the old file."""
+    name = next(n for n in METHODS if isinstance(method, METHODS.get(n)))
+    doc = {
+        "edgefs_checkpoint": CHECKPOINT_FORMAT,
+        "backbone": {"name": method.backbone.spec.name, "spec": method.backbone.spec.to_dict()},
+        "method": {"name": name, "options": dict(method.options)},
+        "head_spec": method.head_spec().to_json(),
+        "state_dict": method.state_dict(),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the checkpoint's contents (tensors on CPU) without building anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it an edgefs checkpoint?") from exc
+    if not isinstance(doc, dict) or "edgefs_checkpoint" not in doc:
+        raise CheckpointError(f"{path} is not an edgefs checkpoint (no 'edgefs_checkpoint' field)")
+    if doc["edgefs_checkpoint"] > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {doc['edgefs_checkpoint']}, newer than this edgefs "
+            f"({CHECKPOINT_FORMAT}); upgrade edgefs"
+        )
+    return doc
+
+
+def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
+    """Rebuild the method (backbone included) from a checkpoint, in eval mode.
+
+    Raises:
+        CheckpointError: unreadable file, or a backbone/method this edgefs does not know.
+    """
+    doc = read_checkpoint(path)
+    backbone_name = doc["backbone"]["name"]
+    if backbone_name not in BACKBONES:
+        raise CheckpointError(
+            f"checkpoint {path} uses backbone {backbone_name!r}, which this edgefs does not know "
+            f"(known: {', '.join(BACKBONES.names())}); upgrade edgefs or use a matching checkpoint"
+        )
+    method_name = doc["method"]["name"]
+    if method_name not in METHODS:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with method {method_name!r}, which this edgefs does not know "
+            f"(known: {', '.join(METHODS.names())})"
+        )
+    try:
+        backbone = build_backbone(backbone_name, **doc["backbone"]["spec"]["options"])
+        method = build_method(method_name, backbone, **doc["method"]["options"])
+        method.load_state_dict(doc["state_dict"])
+    except (RuntimeError, TypeError, EdgefsError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its declared model: {exc}") from exc
+    method.eval()
+    return method, doc

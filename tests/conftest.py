@@ -1,0 +1,32 @@
+"""Shared fixtures: small real data sets generated at test time (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+def write_stroke_classes(root: Path, splits: dict[str, int], per_class: int = 6, seed: int = 0) -> Path:
+    """An ImageFolder of stroke 'characters': each class a random polyline, its
+    images that polyline jittered and re-drawn, in groups of three scripts."""
+    rng = np.random.default_rng(seed)
+    for split, n in splits.items():
+        for c in range(n):
+            pts = rng.integers(4, 24, (4, 2))
+            folder = root / split / f"script{c % 3}" / f"char{c:03d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = np.full((28, 28), 255, np.uint8)
+                p = pts + rng.integers(-1, 2, pts.shape)
+                cv2.polylines(img, [p.astype(np.int32)], False, 0, 2)
+                cv2.imwrite(str(folder / f"{i}.png"), img)
+    return root
+
+
+@pytest.fixture(scope="session")
+def stroke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/val/test splits of 30/12/12 stroke classes, 6 images each."""
+    return write_stroke_classes(tmp_path_factory.mktemp("strokes"), {"train": 30, "val": 12, "test": 12})
