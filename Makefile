@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgefs export kernels tests device_tests tools
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info
