@@ -238,8 +238,12 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             run_acc = 0.98 * run_acc + 0.02 * float(acc) if episode > 1 else float(acc)
             if bar is not None:
                 bar.update(1)
+                extra = {}
+                if config.time_budget_min > 0:
+                    left = max(0.0, 60 * config.time_budget_min - elapsed)
+                    extra["left"] = f"{int(left // 60)}:{int(left % 60):02d}"
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{100 * run_acc:.1f}", lr=f"{lr:.1e}",
-                                best=f"{100 * max(best, 0):.2f}", refresh=False)
+                                best=f"{100 * max(best, 0):.2f}", **extra, refresh=False)
             if episode % config.val_every == 0:
                 elapsed = time.monotonic() - started
                 val = validate(method, val_data, val_episodes, device)
