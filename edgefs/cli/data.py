@@ -1,0 +1,34 @@
+"""edgefs data: render or prepare data sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "build data sets: 'edgefs data glyphs --out DIR' renders the glyph benchmark"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    g = sub.add_parser("glyphs", help="render the Omniglot-like glyph benchmark from Debian fonts")
+    g.add_argument("--out", required=True, help="output folder (DIR/<split>/<script>/<char>/<n>.png)")
+    g.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fonts-cache", type=Path, help="where fetched font packages are unpacked "
+                   "(default ~/.cache/edgefs/fonts, or $EDGEFS_CACHE/fonts)")
+    g.add_argument("--dejavu-only", action="store_true",
+                   help="do not fetch font packages; use the fonts already on this machine")
+    g.add_argument("--max-classes-per-script", type=int, help="cap classes per script (default 300)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
+
+    options = {"size": args.size, "seed": args.seed, "dejavu_only": args.dejavu_only, "overwrite": args.overwrite}
+    if args.fonts_cache:
+        options["font_cache"] = args.fonts_cache
+    if args.max_classes_per_script:
+        options["max_classes_per_script"] = args.max_classes_per_script
+    render_glyph_benchmark(Path(args.out), GlyphConfig(**options))
+    return 0

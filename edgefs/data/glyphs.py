@@ -1,0 +1,759 @@
+"""The Omniglot-like glyph benchmark: one class per (script, letter), instances drawn by different fonts.
+
+:func:`render_glyph_benchmark` fetches the fonts (:mod:`edgefs.data.fonts`), renders
+every candidate letter with every font that claims it, removes bad renders, splits
+the classes **by script** into train / val / test and writes
+``DIR/<split>/<script>/U+XXXX/<n>.png`` plus ``DIR/manifest.json``.
+
+Choices (documented here because they shape the benchmark):
+
+* **Designs.** Styles of one family (Bold, Oblique, Condensed) are not independent
+  drawings: a class counts one design per distinct font *design* (family with
+  weight/width words removed) plus 0.5 per extra style render of a design already
+  counted (1.0 with ``dejavu_only``: DejaVu has only Sans, Serif and Mono), and needs
+  ``min_designs`` of those. At most ``styles_per_design`` styles of a design are
+  rendered (Regular, Bold, Oblique first); true italics are skipped by default because
+  they change letter forms.
+* **Case.** Upper and lower case are separate classes, as Omniglot treats distinct
+  characters, except that a capital whose mean render nearly equals its small
+  letter's (c/C, o/O, s/S after scaling to fit) is dropped: the pair would be an
+  unlearnable near-duplicate.
+* **Rendering.** Ink is drawn at ``4 x size`` (at least 128 px font size), cropped
+  to its ink box, scaled so the longer side is ``fit`` of the canvas, centred by the
+  ink box and downsampled with area averaging: black ink on white, mode L PNG.
+* **Outliers.** A render is an outlier when its chamfer distance (symmetric mean
+  distance between ink pixels, robust to stroke width) to the rest of its class is
+  large compared with its distance to the *other* classes of its script. A font that
+  is an outlier in many classes of a script is dropped for that whole script (worst
+  first, re-measuring after each round), and a class whose fonts disagree on the form
+  altogether (two drawing traditions) is dropped. Measured by eye with
+  ``tools/glyph_audit.py`` on contact sheets; the count is stored in the manifest.
+* **Near-duplicates across splits** (Greek Alpha vs Latin A, Runic Isaz vs Old Italic I)
+  are kept but listed in the manifest with their chamfer distance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgefs.data import fonts as F
+from edgefs.errors import DataError
+
+SPLITS = ("train", "val", "test")
+DESC_SIZE = 32  # side of the binary masks used for shape distances
+# Every filter, in the order applied; the manifest counts what each removed (renders, or classes).
+FILTERS = ("empty", "near_empty", "notdef", "same_image_for_many_letters", "box_placeholder",
+           "exact_duplicate", "near_identical", "font_dropped_for_script", "outlier", "inconsistent_class",
+           "classes_below_min_designs", "capital_like_small_letter")
+
+
+@dataclass
+class GlyphConfig:
+    """Everything that decides the rendered benchmark; saved in ``manifest.json``.
+
+    Attributes:
+        size: image side in pixels.
+        seed: seed for script-to-split assignment and per-script class sampling.
+        font_cache: where font packages are downloaded and unpacked.
+        dejavu_only: use only the DejaVu fonts on the machine (no fetching; what CI uses).
+        packages: Debian font packages to fetch.
+        min_designs: designs a class needs (extra styles of one design count ``style_weight``).
+        style_weight: what an extra style of a counted design adds; None: 0.5, or 1.0 with
+            ``dejavu_only`` (DejaVu has only Sans, Serif and Mono, so its styles must count).
+        styles_per_design: at most this many styles (Regular, Bold, Italic first) per design;
+            None: 3, or 6 with ``dejavu_only``.
+        max_instances: at most this many images per class.
+        max_classes_per_script: cap so big scripts (Latin, Egyptian) do not swamp a split.
+        min_classes_per_script: scripts with fewer surviving classes are dropped.
+        fractions: target share of classes for train / val / test.
+        min_scripts_per_split: small scripts are moved so each split has at least this many.
+        split_scripts: explicit ``{split: [script, ...]}``; overrides ``fractions``.
+        scripts: render only these scripts (None: all).
+        italics: also render true italic styles (they change letter forms; off by default).
+        fit: share of the canvas the longer side of the ink box fills.
+        outlier_ratio: own-class / other-class chamfer distance above which a render is an outlier.
+        outlier_spread: a render whose own-class distance exceeds this multiple of its class's
+            median is an outlier too.
+        font_script_outlier_rate: drop a font for a script when at least this share of its
+            renders there are outliers.
+        near_duplicate_distance: val/test classes closer than this (chamfer, px at 32 px) to a
+            train class of another script are listed in the manifest.
+        workers: render processes.
+        overwrite: replace an existing non-empty output folder.
+    """
+
+    size: int = 28
+    seed: int = 0
+    font_cache: Path = field(default_factory=F.default_font_cache)
+    dejavu_only: bool = False
+    packages: tuple[str, ...] = F.FONT_PACKAGES
+    min_designs: float = 3
+    style_weight: float | None = None
+    styles_per_design: int | None = None
+    max_instances: int = 20
+    max_classes_per_script: int = 300
+    min_classes_per_script: int = 5
+    fractions: tuple[float, float, float] = (0.60, 0.15, 0.25)
+    min_scripts_per_split: int = 3
+    split_scripts: dict[str, list[str]] | None = None
+    scripts: list[str] | None = None
+    italics: bool = False
+    fit: float = 0.8
+    outlier_ratio: float = 0.8
+    outlier_spread: float = 1.75
+    font_script_outlier_rate: float = 0.2
+    near_duplicate_distance: float = 0.15
+    workers: int = 2
+    overwrite: bool = False
+
+    def resolved(self) -> GlyphConfig:
+        """A copy with the ``None`` defaults filled in (what the manifest records)."""
+        from dataclasses import replace
+
+        return replace(self, style_weight=self.style_weight if self.style_weight is not None else
+                       (1.0 if self.dejavu_only else 0.5),
+                       styles_per_design=self.styles_per_design or (6 if self.dejavu_only else 3))
+
+
+@dataclass
+class Render:
+    """One font's drawing of one letter: ``ink`` uint8 ``(size, size)``, 255 = full ink."""
+
+    cp: int
+    font: int  # index into the run's font list
+    ink: np.ndarray
+    digest: str = ""
+    raw_side: float = 0.0  # longer side of the ink box before scaling, as a share of the font size
+    desc: tuple[np.ndarray, ...] | None = field(default=None, repr=False)  # cache for _descs
+
+    def __post_init__(self) -> None:
+        self.digest = hashlib.sha1(self.ink.tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_ink(font: object, ch: str, size: int, fit: float) -> tuple[np.ndarray, float] | None:
+    """Draw ``ch`` with a PIL FreeType font, scale its ink box to ``fit`` and centre it.
+
+    Returns:
+        ``(ink, raw_side)``: uint8 ``(size, size)`` with 255 = ink, and the ink box's longer
+        side as a share of the font size; None when nothing is drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    x0, y0, x1, y1 = font.getbbox(ch)  # type: ignore[attr-defined]
+    if x1 <= x0 or y1 <= y0:
+        return None
+    pad = 4
+    canvas = Image.new("L", (x1 - x0 + 2 * pad, y1 - y0 + 2 * pad), 0)
+    ImageDraw.Draw(canvas).text((pad - x0, pad - y0), ch, fill=255, font=font)
+    arr = np.asarray(canvas)
+    ys, xs = np.nonzero(arr > 16)
+    if len(ys) == 0:
+        return None
+    crop = arr[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    side = max(crop.shape)
+    hi = size * 4
+    scale = fit * hi / side
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    big = np.zeros((hi, hi), np.uint8)
+    top, left = (hi - h) // 2, (hi - w) // 2
+    big[top: top + h, left: left + w] = cv2.resize(crop, (w, h), interpolation=interp)
+    ink = cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+    return ink, side / font.size  # type: ignore[attr-defined]
+
+
+def _render_task(args: tuple[str, int, list[int], int, float]) -> tuple[np.ndarray | None, list]:
+    """Worker: render code points with one font face; also its ``.notdef`` (placeholder) glyph."""
+    from PIL import ImageFont
+
+    path, index, cps, size, fit = args
+    font = ImageFont.truetype(path, size=max(128, 4 * size), index=index,
+                              layout_engine=ImageFont.Layout.BASIC)
+    notdef = render_ink(font, "\U0010fffd", size, fit)  # private use: always the .notdef glyph
+    out = []
+    for cp in cps:
+        try:
+            r = render_ink(font, chr(cp), size, fit)
+        except (OSError, ValueError):
+            r = None
+        out.append((cp, r))
+    return (notdef[0] if notdef else None), out
+
+
+def render_all(fonts: list[F.FontInfo], wanted: dict[int, list[int]], cfg: GlyphConfig,
+               log: Callable[[str], None]) -> tuple[list[Render], dict[int, np.ndarray | None], Counter]:
+    """Render ``wanted[font index] = [code points]``; returns renders, notdef inks and empty counts."""
+    tasks, owners = [], []
+    for fi, cps in wanted.items():
+        for start in range(0, len(cps), 400):  # chunks keep both workers busy
+            tasks.append((str(fonts[fi].path), fonts[fi].index, cps[start: start + 400], cfg.size, cfg.fit))
+            owners.append(fi)
+    renders: list[Render] = []
+    notdefs: dict[int, np.ndarray | None] = {}
+    stats: Counter = Counter()
+    total = sum(len(t[2]) for t in tasks)
+    done, t0 = 0, time.time()
+    results = _map(_render_task, tasks, cfg.workers)
+    for fi, (notdef, out) in zip(owners, results, strict=True):
+        notdefs[fi] = notdef
+        for cp, r in out:
+            if r is None:
+                stats["empty"] += 1
+            else:
+                renders.append(Render(cp, fi, r[0], raw_side=r[1]))
+        done += len(out)
+        if done % 10000 < len(out):
+            log(f"  rendered {done}/{total} ({time.time() - t0:.0f} s)")
+    return renders, notdefs, stats
+
+
+def _map(fn: Callable, tasks: list, workers: int) -> Iterator:  # type: ignore[type-arg]
+    """Ordered map, in ``workers`` processes when more than one task and worker."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from (fn(t) for t in tasks)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(fn, tasks, chunksize=1)
+
+
+# --------------------------------------------------------------------------- shape distances
+
+
+def masks_and_dts(inks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binary masks, distance transforms and ink counts at ``DESC_SIZE`` for inks ``(N, S, S)``.
+
+    Returns:
+        masks float32 ``(N, P)``, dts float32 ``(N, P)`` (distance to the nearest ink pixel),
+        counts float32 ``(N,)``; ``P = DESC_SIZE**2``.
+    """
+    n = len(inks)
+    masks = np.zeros((n, DESC_SIZE * DESC_SIZE), np.float32)
+    dts = np.zeros_like(masks)
+    for i, ink in enumerate(inks):
+        small = cv2.resize(ink, (DESC_SIZE, DESC_SIZE), interpolation=cv2.INTER_AREA)
+        m = (small >= 96).astype(np.uint8)
+        if not m.any():
+            m[DESC_SIZE // 2, DESC_SIZE // 2] = 1
+        masks[i] = m.ravel()
+        dts[i] = cv2.distanceTransform((1 - m) * 255, cv2.DIST_L2, 3).ravel()
+    return masks, dts, masks.sum(1)
+
+
+def chamfer(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Symmetric chamfer distance matrix ``(Na, Nb)`` in pixels between two ``masks_and_dts`` sets."""
+    ma, da, ca = a
+    mb, db, cb = b
+    return 0.5 * ((ma @ db.T) / ca[:, None] + (da @ mb.T) / cb[None, :])
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def is_rectangle(ink: np.ndarray) -> bool:
+    """True for a box-like render (tofu): all four edges of the ink box almost fully inked."""
+    m = ink >= 96
+    ys, xs = np.nonzero(m)
+    if len(ys) == 0:
+        return False
+    box = m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    if min(box.shape) < 4:
+        return False
+    edges = [box[:2].any(0).mean(), box[-2:].any(0).mean(), box[:, :2].any(1).mean(), box[:, -2:].any(1).mean()]
+    return min(edges) > 0.9
+
+
+def basic_filters(renders: list[Render], notdefs: dict[int, np.ndarray | None],
+                  scripts: dict[int, str], size: int, stats: Counter) -> list[Render]:
+    """Remove near-empty renders, .notdef/tofu boxes and fonts drawing many letters identically."""
+    kept = []
+    for r in renders:
+        ink = r.ink.astype(np.float32) / 255
+        if r.raw_side < 0.2 or ink.sum() < 0.02 * size * size:
+            stats["near_empty"] += 1
+            continue
+        nd = notdefs.get(r.font)
+        if nd is not None and np.abs(ink - nd.astype(np.float32) / 255).mean() < 0.02:
+            stats["notdef"] += 1
+            continue
+        kept.append(r)
+    # One font giving the same image for different letters draws a placeholder, not letters.
+    # Latin A / Greek Alpha / Cyrillic A legitimately share a drawing, so small groups stay.
+    groups: dict[tuple[int, str], list[Render]] = defaultdict(list)
+    for r in kept:
+        groups[(r.font, r.digest)].append(r)
+    bad = set()
+    for key, group in groups.items():
+        per_script = Counter(scripts[r.cp] for r in group)
+        if len(group) >= 5 or max(per_script.values()) >= 3:
+            bad.add(key)
+    out = [r for r in kept if (r.font, r.digest) not in bad]
+    stats["same_image_for_many_letters"] += len(kept) - len(out)
+    # Box-like renders are dropped where most of their class is not box-like (tofu, not a real box).
+    by_cp: dict[int, list[Render]] = defaultdict(list)
+    for r in out:
+        by_cp[r.cp].append(r)
+    final = []
+    for group in by_cp.values():
+        rect = [is_rectangle(r.ink) for r in group]
+        if sum(rect) * 2 < len(group):
+            final.extend(r for r, is_r in zip(group, rect, strict=True) if not is_r)
+            stats["box_placeholder"] += int(sum(rect))
+        else:
+            final.extend(group)
+    return final
+
+
+def dedupe_class(group: list[Render], stats: Counter) -> list[Render]:
+    """Drop exact duplicates (same hash) and near-identical renders within one class."""
+    kept: list[Render] = []
+    seen: set[str] = set()
+    inks = np.stack([r.ink for r in group]).astype(np.float32) / 255
+    kept_idx: list[int] = []
+    for i, r in enumerate(group):
+        if r.digest in seen:
+            stats["exact_duplicate"] += 1
+            continue
+        if kept_idx and np.abs(inks[kept_idx] - inks[i]).mean(axis=(1, 2)).min() < 0.01:
+            stats["near_identical"] += 1
+            continue
+        seen.add(r.digest)
+        kept.append(r)
+        kept_idx.append(i)
+    return kept
+
+
+def outlier_flags(classes: dict[int, list[Render]], scripts: dict[int, str], ratio: float,
+                  spread: float = 2.0, spread_floor: float = 0.6) -> dict[int, np.ndarray]:
+    """Per class, a bool array marking outlier instances.
+
+    An instance's *own* distance is the lower median of its chamfer distances to the other
+    instances of its class; its *other* distance is the median of its distances to the medoids
+    of the other classes of the same script. It is an outlier when own / other is above
+    ``ratio`` (it looks no more like its class than like a different letter) or when its own
+    distance is above ``spread`` times the class's median own distance and above
+    ``spread_floor`` pixels (a variant form drawn by a few fonts, e.g. an f-shaped Armenian keh).
+    """
+    by_script: dict[str, list[int]] = defaultdict(list)
+    for cp in classes:
+        by_script[scripts[cp]].append(cp)
+    flags: dict[int, np.ndarray] = {}
+    for cps in by_script.values():
+        descs = [_descs(classes[cp]) for cp in cps]
+        within = [chamfer(d, d) for d in descs]
+        medoid = [int(np.argmin(w.sum(1))) for w in within]
+        med = tuple(np.stack([d[k][m] for d, m in zip(descs, medoid, strict=True)]) for k in range(3))
+        everything = tuple(np.concatenate([d[k] for d in descs]) for k in range(3))
+        to_meds = chamfer(everything, med)  # (all instances of the script, classes)
+        start = 0
+        for ci, (cp, d) in enumerate(zip(cps, within, strict=True)):
+            n = len(d)
+            rows = to_meds[start: start + n]
+            start += n
+            if n < 3 or len(cps) < 3:
+                flags[cp] = np.zeros(n, bool)
+                continue
+            # Lower median of the distances to the other instances (diagonal excluded).
+            off = np.sort(d + np.diag(np.full(n, np.inf)), axis=1)[:, :-1]
+            own = off[:, (n - 2) // 2]
+            other = np.median(np.delete(rows, ci, axis=1), axis=1)
+            typical = max(spread_floor, spread * float(np.median(own)))
+            flags[cp] = (own > ratio * other) | (own > typical)
+    return flags
+
+
+def _descs(group: list[Render]) -> tuple[np.ndarray, ...]:
+    """Shape descriptors of a class's renders, computed once per render and cached on it."""
+    for r in group:
+        if r.desc is None:
+            r.desc = tuple(a[0] for a in masks_and_dts(r.ink[None]))
+    return tuple(np.stack([r.desc[k] for r in group]) for k in range(3))  # type: ignore[index]
+
+
+def drop_inconsistent(classes: dict[int, list[Render]], scripts: dict[int, str], spread: float,
+                      stats: Counter) -> dict[int, list[Render]]:
+    """Drop classes whose fonts disagree on the letter's form (two drawing traditions, e.g. Greek san).
+
+    A class's spread is the median chamfer distance between its instances; a class whose spread
+    is above ``spread`` times the median spread of its script's classes has no single shape.
+    """
+    spreads: dict[int, float] = {}
+    for cp, g in classes.items():
+        if len(g) >= 2:
+            d = chamfer(_descs(g), _descs(g))
+            spreads[cp] = float(np.median(d[~np.eye(len(g), dtype=bool)]))
+    by_script: dict[str, list[float]] = defaultdict(list)
+    for cp, v in spreads.items():
+        by_script[scripts[cp]].append(v)
+    typical = {s: float(np.median(v)) for s, v in by_script.items()}
+    out = {cp: g for cp, g in classes.items() if cp not in spreads or spreads[cp] <= spread * typical[scripts[cp]]}
+    stats["inconsistent_class"] += len(classes) - len(out)
+    return out
+
+
+def designs_of(group: list[Render], fonts: list[F.FontInfo], style_weight: float) -> float:
+    """Design count of a class: 1 per distinct design, ``style_weight`` per extra style of one."""
+    distinct = len({fonts[r.font].design for r in group})
+    return distinct + style_weight * (len(group) - distinct)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+LATIN_GREEK_FAMILY = frozenset({"greek", "cyrillic", "coptic", "old_italic", "gothic", "cherokee", "glagolitic"})
+
+
+def assign_splits(counts: dict[str, int], cfg: GlyphConfig) -> dict[str, list[str]]:
+    """Scripts per split: explicit ``cfg.split_scripts`` or a seeded greedy fill of ``cfg.fractions``."""
+    if cfg.split_scripts is not None:
+        unknown = sorted(set().union(*cfg.split_scripts.values()) - set(counts))
+        if unknown:
+            raise DataError(f"split_scripts names scripts with no classes: {unknown}; "
+                            f"available: {sorted(counts)}")
+        return {s: sorted(cfg.split_scripts.get(s, [])) for s in SPLITS}
+    if len(counts) < 3:
+        raise DataError(f"only {len(counts)} scripts survived ({sorted(counts)}); need 3 to split by script. "
+                        "Fetch the full font set (drop dejavu_only) or lower min_classes_per_script.")
+    rng = np.random.default_rng(cfg.seed)
+    names = sorted(counts)
+    total = sum(counts.values())
+    filled = dict.fromkeys(SPLITS, 0)
+    out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    # Scripts that reach the class cap (Latin, Canadian Syllabics, Ethiopic) train the backbone,
+    # like Omniglot's background alphabets: in val or test one of them would outweigh the rest.
+    # Scripts that borrowed Latin or Greek letter forms follow them into train, so test classes
+    # are not renamed copies of training letters (Cyrillic o, Cherokee Ꭺ, Coptic ⲟ).
+    capped = [s for s in names if counts[s] >= cfg.max_classes_per_script]
+    if "latin" in capped:
+        capped += [s for s in names if s in LATIN_GREEK_FAMILY and s not in capped]
+    if len(capped) < len(names) - 1:
+        for script in capped:
+            out["train"].append(script)
+            filled["train"] += counts[script]
+        names = [s for s in names if s not in capped]
+    # Big scripts first (in size bands of 50 classes, seeded order within a band) so they spread
+    # over the splits, then the small ones fill what is left: every split gets several scripts.
+    key = dict(zip(names, rng.permutation(len(names)), strict=True))
+    order = sorted(names, key=lambda s: (-(counts[s] // 50), key[s]))
+    for script in order:
+        deficit = {s: (f * total - filled[s]) / (f * total) for s, f in zip(SPLITS, cfg.fractions, strict=True)}
+        split = max(SPLITS, key=lambda s: deficit[s])
+        out[split].append(script)
+        filled[split] += counts[script]
+    # Every split needs a few alphabets: move the smallest scripts from the split that has most.
+    while True:
+        short = [s for s in SPLITS if len(out[s]) < cfg.min_scripts_per_split]
+        donor = max(SPLITS, key=lambda s: len(out[s]))
+        if not short or len(out[donor]) <= cfg.min_scripts_per_split:
+            break
+        script = min(out[donor], key=lambda s: (counts[s], s))
+        out[donor].remove(script)
+        out[short[0]].append(script)
+    return {s: sorted(v) for s, v in out.items()}
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def load_fonts(cfg: GlyphConfig, log: Callable[[str], None]) -> tuple[list[F.FontInfo], str]:
+    """The fonts to render with and a line saying where they came from."""
+    logging.getLogger("fontTools").setLevel(logging.ERROR)  # cmap range warnings are harmless
+    if cfg.dejavu_only:
+        files = [("fonts-dejavu-core", p) for p in F.dejavu_files()]
+        source = "dejavu_only: DejaVu fonts on this machine"
+    else:
+        log(f"fetching {len(cfg.packages)} font packages into {cfg.font_cache}")
+        try:
+            pkgs = F.fetch_font_packages(Path(cfg.font_cache), cfg.packages, log)
+            files = [(name, p) for name, root in pkgs for p in F.package_font_files(root)]
+            source = f"Debian packages in {cfg.font_cache}"
+        except F.FetchError as exc:
+            files = [("system", p) for p in F.system_font_files()]
+            source = f"system fonts (fetch failed: {exc})"
+            log(f"WARNING: could not fetch the font packages: {exc}.\n  Falling back to the "
+                f"{len(files)} fonts on this machine: far fewer scripts and classes. To fix: on a "
+                "Debian/Ubuntu machine with access to its package mirror run 'apt-get update', check "
+                "that 'apt-get download fonts-cardo' works, and run again.")
+    fonts = F.pick_styles(F.read_fonts(files), cfg.styles_per_design or 3, cfg.italics)
+    if not fonts:
+        raise DataError("no usable fonts found; install fonts-dejavu-core ('apt-get install fonts-dejavu-core')")
+    log(f"{len(fonts)} font faces, {len({f.design for f in fonts})} designs ({source})")
+    return fonts, source
+
+
+def candidates(fonts: list[F.FontInfo], cfg: GlyphConfig) -> tuple[dict[int, str], dict[int, list[int]]]:
+    """Letters whose claimed coverage could reach ``min_designs``; capped per script before rendering."""
+    cover: dict[int, list[int]] = defaultdict(list)
+    scripts: dict[int, str] = {}
+    for fi, f in enumerate(fonts):
+        for cp in f.cmap:
+            s = scripts.get(cp) or F.script_of(cp)
+            if s is None or (cfg.scripts is not None and s not in cfg.scripts):
+                continue
+            scripts[cp] = s
+            cover[cp].append(fi)
+    per_script: dict[str, list[int]] = defaultdict(list)
+    for cp in sorted(cover):
+        d = len({fonts[fi].design for fi in cover[cp]})
+        if d + cfg.style_weight * (len(cover[cp]) - d) >= cfg.min_designs:  # type: ignore[operator]
+            per_script[scripts[cp]].append(cp)
+    wanted: dict[int, list[int]] = defaultdict(list)
+    for s, cps in sorted(per_script.items()):
+        # Render twice the cap: filters remove some; the rest would never be used.
+        for cp in sorted(_sample(cps, 2 * cfg.max_classes_per_script, cfg.seed, s)):
+            for fi in cover[cp]:
+                wanted[fi].append(cp)
+    return scripts, dict(sorted(wanted.items()))
+
+
+def _sample(items: list[int], k: int, seed: int, salt: str) -> list[int]:
+    """A deterministic subset of ``k`` items (all when fewer), stable for a (seed, salt)."""
+    if len(items) <= k:
+        return list(items)
+    key = int(hashlib.sha1(f"{seed}/{salt}".encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(key)
+    return [items[i] for i in sorted(rng.choice(len(items), k, replace=False))]
+
+
+def drop_outlier_fonts(classes: dict[int, list[Render]], fonts: list[F.FontInfo], scripts: dict[int, str],
+                       cfg: GlyphConfig, stats: Counter, log: Callable[[str], None],
+                       rounds: int = 5) -> tuple[dict[int, list[Render]], list[dict]]:
+    """Drop fonts for a whole script where they are outliers in many of its classes.
+
+    Worst first: each round drops, per script, only the design with the highest outlier rate
+    (when at or above ``cfg.font_script_outlier_rate``), then measures again, so a deviant
+    font does not make the fonts it disagrees with look deviant too.
+    """
+    dropped: list[dict] = []
+    todo = set(scripts[cp] for cp in classes)
+    for _ in range(rounds):
+        flags = outlier_flags({cp: g for cp, g in classes.items() if scripts[cp] in todo}, scripts,
+                              cfg.outlier_ratio, cfg.outlier_spread)
+        rate: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+        for cp, f in flags.items():
+            for r, is_out in zip(classes[cp], f, strict=True):
+                rate[(r.font, scripts[cp])][0] += int(is_out)
+                rate[(r.font, scripts[cp])][1] += 1
+        worst: dict[str, tuple[float, str]] = {}
+        for (fi, s), (o, n) in rate.items():
+            if n >= 4 and o / n >= cfg.font_script_outlier_rate:
+                worst[s] = max(worst.get(s, (0.0, "")), (o / n, fonts[fi].design))
+        drop = {(fi, s) for (fi, s), (o, n) in rate.items()
+                if s in worst and fonts[fi].design == worst[s][1] and n >= 4 and o / n >= cfg.font_script_outlier_rate}
+        if not drop:
+            break
+        for fi, s in sorted(drop):
+            o, n = rate[(fi, s)]
+            log(f"  dropping {fonts[fi].name} for {s}: outlier in {o}/{n} classes")
+            dropped.append({"font": fonts[fi].name, "script": s, "outliers": o, "renders": n})
+        before = sum(len(g) for g in classes.values())
+        classes = {cp: [r for r in g if (r.font, scripts[cp]) not in drop] for cp, g in classes.items()}
+        classes = {cp: g for cp, g in classes.items() if g}
+        stats["font_dropped_for_script"] += before - sum(len(g) for g in classes.values())
+        todo = set(worst)
+    return classes, dropped
+
+
+def clean_classes(renders: list[Render], fonts: list[F.FontInfo], scripts: dict[int, str],
+                  cfg: GlyphConfig, stats: Counter, log: Callable[[str], None]) -> tuple[dict, dict]:
+    """Dedupe, remove outliers (per render, then per font and script), enforce ``min_designs``."""
+    classes: dict[int, list[Render]] = defaultdict(list)
+    for r in renders:
+        classes[r.cp].append(r)
+    classes = {cp: dedupe_class(g, stats) for cp, g in sorted(classes.items())}
+    classes = {cp: g for cp, g in classes.items() if len(g) >= 2}
+    classes, dropped = drop_outlier_fonts(classes, fonts, scripts, cfg, stats, log)
+    flags = outlier_flags(classes, scripts, cfg.outlier_ratio, cfg.outlier_spread)  # again, without the dropped fonts
+    for cp in list(classes):
+        f = flags.get(cp, np.zeros(len(classes[cp]), bool))
+        stats["outlier"] += int(f.sum())
+        classes[cp] = [r for r, is_out in zip(classes[cp], f, strict=True) if not is_out]
+    classes = drop_inconsistent(classes, scripts, cfg.outlier_spread, stats)
+    before = len(classes)
+    classes = {cp: g for cp, g in classes.items() if designs_of(g, fonts, cfg.style_weight) >= cfg.min_designs}
+    stats["classes_below_min_designs"] += before - len(classes)
+    return classes, {"dropped_font_scripts": dropped}
+
+
+def fold_case(classes: dict[int, list[Render]], stats: Counter) -> dict[int, list[Render]]:
+    """Drop a capital whose mean render nearly equals its small letter's (c/C, o/O)."""
+    def mean_desc(cp: int) -> tuple[np.ndarray, ...]:
+        mean = np.mean([r.ink.astype(np.float32) for r in classes[cp]], axis=0).astype(np.uint8)
+        return masks_and_dts(mean[None])
+
+    out = dict(classes)
+    for cp in classes:
+        low = chr(cp).lower()
+        pair = len(low) == 1 and ord(low) != cp and ord(low) in classes
+        if pair and chamfer(mean_desc(cp), mean_desc(ord(low)))[0, 0] < 0.5:
+            del out[cp]
+            stats["capital_like_small_letter"] += 1
+    return out
+
+
+def mean_descs(classes: dict[int, list[Render]], cps: list[int]) -> tuple[np.ndarray, ...]:
+    """Shape descriptors of each class's mean render."""
+    means = np.stack([np.mean([r.ink.astype(np.float32) for r in classes[cp]], axis=0) for cp in cps])
+    return masks_and_dts(means.astype(np.uint8))
+
+
+def near_duplicates(classes: dict, scripts: dict[int, str], splits: dict[str, list[str]],
+                    threshold: float) -> list[dict]:
+    """Val/test classes whose mean render is within ``threshold`` of a train class's (by chamfer)."""
+    train = [cp for cp in classes if scripts[cp] in splits["train"]]
+    if not train:
+        return []
+    tdesc = mean_descs(classes, train)
+    found = []
+    for split in ("val", "test"):
+        cps = [cp for cp in classes if scripts[cp] in splits[split]]
+        if not cps:
+            continue
+        d = chamfer(mean_descs(classes, cps), tdesc)
+        for i, cp in enumerate(cps):
+            j = int(np.argmin(d[i]))
+            if d[i, j] < threshold:
+                found.append({"split": split, "class": class_name(scripts[cp], cp), "name": unicodedata.name(chr(cp)),
+                              "nearest_train": class_name(scripts[train[j]], train[j]),
+                              "nearest_name": unicodedata.name(chr(train[j])), "distance": round(float(d[i, j]), 3)})
+    return sorted(found, key=lambda x: x["distance"])
+
+
+def class_name(script: str, cp: int) -> str:
+    """``"greek/U+03B1"``."""
+    return f"{script}/U+{cp:04X}"
+
+
+def render_glyph_benchmark(out: Path, config: GlyphConfig | None = None,
+                           log: Callable[[str], None] = print) -> dict:
+    """Render the glyph benchmark into ``out`` and return its manifest.
+
+    Args:
+        out: output folder; gets ``train/ val/ test/<script>/U+XXXX/<n>.png`` and ``manifest.json``.
+        config: see :class:`GlyphConfig`; defaults when None.
+        log: progress output.
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+
+    Raises:
+        DataError: ``out`` exists and is not empty (without ``overwrite``), or too little survived.
+    """
+    cfg = (config or GlyphConfig()).resolved()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise DataError(f"{out} exists and is not empty; choose another folder or pass overwrite=True (--overwrite)")
+    t0 = time.time()
+    fonts, source = load_fonts(cfg, log)
+    scripts, wanted = candidates(fonts, cfg)
+    log(f"rendering {sum(map(len, wanted.values()))} glyphs with {len(wanted)} fonts at {cfg.size} px")
+    renders, notdefs, stats = render_all(fonts, wanted, cfg, log)
+    renders = basic_filters(renders, notdefs, scripts, cfg.size, stats)
+    classes, report = clean_classes(renders, fonts, scripts, cfg, stats, log)
+    classes = fold_case(classes, stats)
+    by_script: dict[str, list[int]] = defaultdict(list)
+    for cp in sorted(classes):
+        by_script[scripts[cp]].append(cp)
+    min_classes = min(cfg.min_classes_per_script, cfg.max_classes_per_script)
+    by_script = {s: sorted(_sample(cps, cfg.max_classes_per_script, cfg.seed, s))
+                 for s, cps in sorted(by_script.items()) if len(cps) >= min_classes}
+    classes = {cp: _pick_instances(classes[cp], fonts, cfg.max_instances) for cps in by_script.values() for cp in cps}
+    splits = assign_splits({s: len(v) for s, v in by_script.items()}, cfg)
+    dups = near_duplicates(classes, scripts, splits, cfg.near_duplicate_distance)
+    manifest = _manifest(cfg, fonts, source, classes, scripts, splits, stats, report, dups)
+    _write(out, cfg, classes, scripts, splits, manifest)
+    manifest["wall_time_s"] = round(time.time() - t0, 1)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
+    _summary(manifest, log)
+    return manifest
+
+
+def _pick_instances(group: list[Render], fonts: list[F.FontInfo], k: int) -> list[Render]:
+    """At most ``k`` renders, one per design first (font order), then further styles."""
+    seen: set[str] = set()
+    first, rest = [], []
+    for r in group:
+        (rest if fonts[r.font].design in seen else first).append(r)
+        seen.add(fonts[r.font].design)
+    return (first + rest)[:k]
+
+
+def _manifest(cfg: GlyphConfig, fonts: list[F.FontInfo], source: str, classes: dict, scripts: dict[int, str],
+              splits: dict[str, list[str]], stats: Counter, report: dict, dups: list[dict]) -> dict:
+    used = sorted({r.font for g in classes.values() for r in g})
+    per_split = {}
+    for split in SPLITS:
+        cps = [cp for cp in classes if scripts[cp] in splits[split]]
+        per_split[split] = {
+            "scripts": splits[split], "classes": len(cps), "images": sum(len(classes[cp]) for cp in cps),
+            "classes_per_script": dict(sorted(Counter(scripts[cp] for cp in cps).items())),
+        }
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return {
+        "format": "edgefs-glyphs/1",
+        "config": config,
+        "font_source": source,
+        "fonts": [{"file": str(fonts[i].path), "index": fonts[i].index, "package": fonts[i].package,
+                   "family": fonts[i].family, "style": fonts[i].style, "design": fonts[i].design} for i in used],
+        "splits": per_split,
+        # Which font drew each image: instance n of a class is fonts[class_fonts[class][n]].
+        "class_fonts": {class_name(scripts[cp], cp): [used.index(r.font) for r in g]
+                        for cp, g in sorted(classes.items())},
+        "totals": {"scripts": sum(len(v) for v in splits.values()), "classes": len(classes),
+                   "images": sum(len(g) for g in classes.values()), "fonts": len(used)},
+        "filters": {k: int(stats[k]) for k in FILTERS},
+        "outliers": {"method": "chamfer distance on 32 px ink masks: own-class lower-median distance over "
+                               "median distance to other classes' medoids of the same script",
+                     "ratio_threshold": cfg.outlier_ratio, **report, "audit": None},
+        "near_duplicates": {"method": "chamfer distance between mean renders, val/test class to nearest "
+                                      "train class", "threshold": cfg.near_duplicate_distance, "pairs": dups},
+    }
+
+
+def _write(out: Path, cfg: GlyphConfig, classes: dict, scripts: dict[int, str],
+           splits: dict[str, list[str]], manifest: dict) -> None:
+    """Write images and manifest into ``out.tmp``, then move it into place."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    split_of = {s: split for split, ss in splits.items() for s in ss}
+    for cp, group in sorted(classes.items()):
+        folder = tmp / split_of[scripts[cp]] / scripts[cp] / f"U+{cp:04X}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, r in enumerate(group):
+            cv2.imwrite(str(folder / f"{n}.png"), 255 - r.ink)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _plain(obj: object) -> object:
+    """JSON for numpy scalars and paths."""
+    return obj.item() if isinstance(obj, np.generic) else str(obj)
+
+
+def _summary(m: dict, log: Callable[[str], None]) -> None:
+    for split, s in m["splits"].items():
+        log(f"{split:5s}: {len(s['scripts'])} scripts, {s['classes']} classes, {s['images']} images")
+    log(f"fonts used: {m['totals']['fonts']}; removed by filters: {m['filters']}")
+    pairs = m["near_duplicates"]["pairs"]
+    log(f"{len(pairs)} val/test classes nearly duplicate a train class (chamfer < "
+        f"{m['near_duplicates']['threshold']}): " + ", ".join(f"{p['class']}~{p['nearest_train']}" for p in pairs[:8]))
+    log(f"wrote {m['totals']['classes']} classes, {m['totals']['images']} images in {m['wall_time_s']} s")
