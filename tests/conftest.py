@@ -27,6 +27,16 @@ def write_stroke_classes(root: Path, splits: dict[str, int], per_class: int = 6,
 
 
 @pytest.fixture(scope="session")
+def glyph_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real glyph benchmark rendered from the DejaVu fonts (8 classes per script)."""
+    from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
+
+    out = tmp_path_factory.mktemp("glyphs") / "set"
+    render_glyph_benchmark(out, GlyphConfig(dejavu_only=True, max_classes_per_script=8), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def stroke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/val/test splits of 30/12/12 stroke classes, 6 images each."""
     return write_stroke_classes(tmp_path_factory.mktemp("strokes"), {"train": 30, "val": 12, "test": 12})

@@ -18,9 +18,9 @@ from edgefs.train.trainer import embedder
 
 
 @pytest.fixture(scope="module")
-def trained(stroke_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(data=str(stroke_data), out=str(out), ways=10, queries=3, episodes=120,
+    config = TrainConfig(data=str(glyph_data), out=str(out), ways=10, queries=3, episodes=120,
                          val_every=40, val_episodes=40, threads=2)
     train(config, log=lambda _: None)
     return out
@@ -35,7 +35,7 @@ def test_training_writes_checkpoints_config_and_log(trained: Path) -> None:
     assert max(r["val_acc"] for r in rows) > 0.6
 
 
-def test_checkpoint_rebuilds_the_same_model(trained: Path, stroke_data: Path) -> None:
+def test_checkpoint_rebuilds_the_same_model(trained: Path, glyph_data: Path) -> None:
     method, doc = load_checkpoint(trained / "last.pt")
     assert doc["backbone"]["name"] == "conv4" and doc["head_spec"]["head_type"] == "prototype"
     assert not method.training
@@ -48,12 +48,12 @@ def test_checkpoint_rebuilds_the_same_model(trained: Path, stroke_data: Path) ->
     assert np.allclose(embedder(method, torch.device("cpu"))(images[:1]), a[:1], atol=1e-5)
 
 
-def test_resume_continues_from_last(trained: Path, stroke_data: Path, tmp_path: Path) -> None:
+def test_resume_continues_from_last(trained: Path, glyph_data: Path, tmp_path: Path) -> None:
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    config = TrainConfig(data=str(stroke_data), out=str(run), ways=10, queries=3, episodes=160,
+    config = TrainConfig(data=str(glyph_data), out=str(run), ways=10, queries=3, episodes=160,
                          val_every=40, val_episodes=40, threads=2)
     messages: list[str] = []
     train(config, resume=True, log=messages.append)
@@ -73,9 +73,9 @@ def test_unknown_backbone_in_checkpoint_is_named(trained: Path, tmp_path: Path) 
 
 
 def test_eval_reports_every_protocol_on_shared_episodes(
-    trained: Path, stroke_data: Path, tmp_path: Path
+    trained: Path, glyph_data: Path, tmp_path: Path
 ) -> None:
-    config = EvalConfig(models=[str(trained / "best.pt"), "baseline:pixels"], data=str(stroke_data),
+    config = EvalConfig(models=[str(trained / "best.pt"), "baseline:pixels"], data=str(glyph_data),
                         protocols=["5w1s", "4w1s-within"], episodes=30, out=str(tmp_path / "rep"))
     report = evaluate(config, log=lambda _: None)
     rows = report["results"]
@@ -85,18 +85,36 @@ def test_eval_reports_every_protocol_on_shared_episodes(
         assert 0.0 <= row["5w1s"]["mean"] <= 1.0 and row["5w1s"]["episodes"] == 30
     model_row = next(iter(rows.values()))
     assert model_row["5w1s"]["mean"] > 0.5
-    assert set(model_row["4w1s-within"]["per_group"]) <= {"script0", "script1", "script2"}
+    test_scripts = {p.name for p in (glyph_data / "test").iterdir()}
+    assert set(model_row["4w1s-within"]["per_group"]) <= test_scripts
     md = (tmp_path / "rep" / "eval.md").read_text()
     assert "| model | 5w1s | 4w1s-within |" in md
     # The episode lists were saved beside the data and are reused.
-    assert list((stroke_data / "episodes").glob("test_5w1s1q_mixed_n30_seed0.json"))
+    assert list((glyph_data / "episodes").glob("test_5w1s1q_mixed_n30_seed0.json"))
 
 
-def test_cli_eval_and_errors(trained: Path, stroke_data: Path, tmp_path: Path, capsys) -> None:
-    rc = main(["eval", str(trained / "best.pt"), "--data", str(stroke_data), "--ways", "5", "--shots", "1",
+def test_cli_eval_and_errors(trained: Path, glyph_data: Path, tmp_path: Path, capsys) -> None:
+    rc = main(["eval", str(trained / "best.pt"), "--data", str(glyph_data), "--ways", "5", "--shots", "1",
                "--episodes", "20", "--out", str(tmp_path / "r")])
     assert rc == 0 and (tmp_path / "r" / "eval.json").is_file()
-    assert main(["eval", str(tmp_path / "none.pt"), "--data", str(stroke_data)]) == 2
+    assert main(["eval", str(tmp_path / "none.pt"), "--data", str(glyph_data)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_not_overwritten_by_accident(trained: Path, glyph_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from edgefs.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "best.pt").read_bytes()
+    config = TrainConfig(data=str(glyph_data), out=str(run), ways=10, queries=3, episodes=10,
+                         val_every=10, val_episodes=10, threads=2)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, log=lambda _: None)
+    assert (run / "best.pt").read_bytes() == before
+    train(config, overwrite=True, log=lambda _: None)
+    assert read_checkpoint(run / "last.pt")["episode"] == 10

@@ -34,16 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", dest="strict_data", action="store_true", default=None,
                    help="fail on an unreadable image instead of skipping it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
 
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.config import resolve
     from edgefs.train import TrainConfig, train
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "command", "_run",
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "overwrite", "command", "_run",
                                                               "input_size", "in_channels")}
     backbone_options = {k: getattr(args, k) for k in ("input_size", "in_channels") if getattr(args, k)}
     config = resolve(TrainConfig, args.config, flags)
     config.backbone_options = {**config.backbone_options, **backbone_options}
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -149,12 +149,15 @@ def _progress(total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="ep", dynamic_ncols=True, mininterval=1.0)
 
 
-def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print) -> Path:
     """Meta-train ``config.method`` on ``config.data``; returns the best checkpoint's path.
 
     Writes to ``config.out``: ``config.yaml``, ``last.pt`` (every validation and at
     the end), ``best.pt`` (best validation accuracy) and ``log.jsonl``.
-    Ctrl-C stops after saving ``last.pt``; ``resume=True`` continues from it.
+    Ctrl-C stops after saving ``last.pt``; ``resume=True`` continues from it. A run
+    folder that already holds a checkpoint is refused unless ``resume`` or
+    ``overwrite`` says what to do with it.
     """
     if not config.data:
         raise ConfigError("no training data given; pass --data DIR (render one with 'edgefs data glyphs')")
@@ -167,6 +170,12 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     torch.manual_seed(config.seed)
 
     state: dict[str, Any] | None = None
+    if not resume and (out / "last.pt").exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
+                              "--overwrite to start again, or another --out")
+        for name in ("last.pt", "best.pt", "log.jsonl"):
+            (out / name).unlink(missing_ok=True)
     if resume:
         last = out / "last.pt"
         if not last.is_file():
