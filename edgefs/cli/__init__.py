@@ -17,7 +17,11 @@ from edgefs import __version__
 from edgefs.errors import EdgefsError
 
 # Subcommand name -> module in edgefs.cli. Order is the order shown in --help.
-COMMANDS = {"data": "data", "train": "train", "eval": "evaluate"}
+COMMANDS = {
+    "data": "data",
+    "train": "train",
+    "eval": "evaluate",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Device runtime (no torch): bundles, engines (ONNX Runtime, TensorRT, torch), preprocessing."""
