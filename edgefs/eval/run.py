@@ -151,7 +151,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         f"Split `{report['split']}` of `{report['data']}`: {report['classes']} classes in "
         f"{report['groups']} groups; {report['episodes']} fixed episodes per protocol, "
-        f"{report['queries']} queries per class, seed {report['seed']}. Accuracy % ± 95% CI.",
+        f"{report['queries']} query image(s) per class, seed {report['seed']}. Accuracy % ± 95% CI.",
         "",
         "| model | " + " | ".join(protocols) + " |",
         "|---|" + "---|" * len(protocols),
