@@ -40,3 +40,22 @@ def glyph_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stroke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/val/test splits of 30/12/12 stroke classes, 6 images each."""
     return write_stroke_classes(tmp_path_factory.mktemp("strokes"), {"train": 30, "val": 12, "test": 12})
+
+
+@pytest.fixture(scope="session")
+def conv4_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A conv4 ProtoNet bundle folder (28 px grey network, untrained, seeded), exported once
+    with a parity check on ``glyph_data``'s test split. Copy it before changing it."""
+    import torch
+
+    from edgefs.backbones import build_backbone
+    from edgefs.export import export_bundle
+    from edgefs.methods import build_method
+    from edgefs.train.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("conv4_bundle")
+    torch.manual_seed(0)
+    method = build_method("protonet", build_backbone("conv4"))
+    save_checkpoint(root / "conv4.pt", method, {"config": {"data": str(glyph_data)}, "episode": 0, "best_val": None})
+    export_bundle(root / "conv4.pt", root / "conv4.edgefs", parity_images=16, log=lambda _: None)
+    return root / "conv4.edgefs"

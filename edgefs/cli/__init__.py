@@ -21,6 +21,7 @@ COMMANDS = {
     "data": "data",
     "train": "train",
     "eval": "evaluate",
+    "export": "export",
 }
 
 

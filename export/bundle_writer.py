@@ -1,0 +1,234 @@
+"""Checkpoint -> bundle folder: ONNX graph, parity check, head, manifest; all or nothing.
+
+Everything is written into a hidden temporary folder beside ``out`` and renamed
+into place only after the parity check passed and the finished bundle reads
+back, so an export that fails (or is killed) never leaves a half bundle at
+``out``. A killed export can leave the hidden ``.NAME.*.partial`` folder; it is
+safe to delete.
+
+Bundle contents (see :mod:`edgefs.runtime.bundle`): ``backbone.onnx``,
+``head.json`` + ``head.npz``, ``manifest.json``, and ``backbone.pt`` -- the
+backbone's plain state dict (``torch.load(weights_only=True)``), which only the
+runtime's development ``torch`` backend reads to rebuild the backbone from the
+manifest's spec. Devices never need ``backbone.pt``; it can be left off when
+copying a bundle to one (the fingerprint covers ``backbone.onnx`` only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgefs import __version__
+from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
+from edgefs.export.parity import DEFAULT_BATCH_SIZES, ParityReport, check_parity
+from edgefs.export.parity import parity_images as pick_parity_images
+from edgefs.runtime.bundle import (
+    HEAD_STEM,
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    Bundle,
+    Manifest,
+    read_bundle,
+    sha256_file,
+    write_manifest,
+)
+from edgefs.train.checkpoint import load_checkpoint
+
+TORCH_WEIGHTS_FILE = "backbone.pt"
+PARITY_SEED = 0
+
+
+class ParityError(ExportError):
+    """The exported graph's embeddings are not close enough to PyTorch's."""
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (tuples -> lists, paths and other objects -> str)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def resolve_parity_data(data: str | Path | None, doc: dict[str, Any], checkpoint: Path) -> str:
+    """The data source for parity images: ``data``, else the checkpoint's training data if it exists here.
+
+    Raises:
+        ExportError: neither is available; the message says to pass ``--data``.
+    """
+    if data is not None:
+        return str(data)
+    stored = (doc.get("config") or {}).get("data")
+    if stored and (str(stored).startswith("fashion-mnist") or Path(stored).exists()):
+        return str(stored)
+    where = f"records data {stored!r}, which does not exist here" if stored else "records no data folder"
+    raise ExportError(
+        f"the parity check needs real images, and checkpoint {checkpoint} {where}; pass --data DIR "
+        "(a folder with train/ val/ test/, a folder of classes, or fashion-mnist[:DIR])"
+    )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an old ``out`` is moved aside first and removed after."""
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.replace(old / out.name)
+        else:
+            out.rmdir()
+    tmp.replace(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _training_facts(doc: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    return _jsonable({
+        "method": doc.get("method"),
+        "config": doc.get("config"),
+        "episode": doc.get("episode"),
+        "elapsed_s": doc.get("elapsed_s"),
+        "best_val": doc.get("best_val"),
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
+    })
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    parity_images: int = 64,
+    opset: int = DEFAULT_OPSET,
+    min_cosine: float = 0.9999,
+    overwrite: bool = False,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Export a checkpoint's backbone and head as a device bundle, after a parity check.
+
+    Args:
+        checkpoint: an edgefs checkpoint (``best.pt``).
+        out: the bundle folder to create, e.g. ``models/glyphs.edgefs``.
+        data: where the parity images come from (as ``open_split`` reads it);
+            default: the data folder the checkpoint was trained on, if it exists here.
+        split: the split to take parity images from.
+        parity_images: how many images, spread over classes (seeded).
+        opset: ONNX opset.
+        min_cosine: the lowest per-image cosine similarity between ONNX Runtime and
+            PyTorch embeddings that passes.
+        overwrite: replace a non-empty ``out``.
+        batch_sizes: batch sizes the parity check runs at (1 and a larger one).
+        log: where progress and the parity table go.
+
+    Returns:
+        the written bundle, read back with :func:`edgefs.runtime.bundle.read_bundle`.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint, or an unknown backbone/method.
+        ExportError: a non-empty ``out``, no parity data, an operator the exporter
+            cannot write (named in the message), or an invalid graph.
+        ParityError: ONNX Runtime's embeddings differ from PyTorch's (figures in the message).
+        DataError: an unusable parity data folder.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if parity_images < 1:
+        raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
+    _prepare_out(out, overwrite)
+    method, doc = load_checkpoint(checkpoint)
+    backbone = method.backbone.eval()
+    spec = backbone.spec
+    source = resolve_parity_data(data, doc, checkpoint)
+    images = pick_parity_images(source, split, spec.input_size, parity_images, seed=PARITY_SEED)
+    log(f"exporting {spec.name} ({spec.input_size} px, {spec.embedding_dim}-d) from {checkpoint} to {out}")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the bundle is an ordinary folder
+        onnx_path = tmp / ONNX_FILE
+        graph = export_onnx(backbone, onnx_path, opset=opset)
+        report = check_parity(backbone, onnx_path, images, batch_sizes)
+        report.data = {"data": source, "split": split, "seed": PARITY_SEED}
+        log(f"parity, ONNX Runtime ({report.provider}) vs PyTorch on {len(images)} {split} images:\n{report.table()}")
+        if report.min_cosine < min_cosine:
+            raise ParityError(
+                f"ONNX Runtime and PyTorch embeddings disagree: min cosine {report.min_cosine:.7f} < "
+                f"{min_cosine} (mean {report.summary['mean_cosine']:.7f}, max abs diff {report.max_abs_diff:.3g}) "
+                f"over {len(images)} images; no bundle was written. Check the backbone for ops whose ONNX "
+                "form differs (or lower --min-cosine only if the difference is understood)"
+            )
+        method.head_spec().save(tmp / HEAD_STEM)
+        weights = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+        torch.save(weights, tmp / TORCH_WEIGHTS_FILE)
+        write_manifest(tmp, _manifest(method, doc, checkpoint, onnx_path, opset, graph, report))
+        read_bundle(tmp)  # the finished bundle must read back before it takes the name
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bundle = read_bundle(out)
+    log(f"wrote {out} (fingerprint {bundle.fingerprint[:12]})")
+    return bundle
+
+
+def _manifest(method: Any, doc: dict[str, Any], checkpoint: Path, onnx_path: Path, opset: int,
+              graph: dict[str, int], report: ParityReport) -> Manifest:
+    spec = method.backbone.spec
+    head = method.head_spec()
+    return Manifest(
+        backbone=_jsonable(doc["backbone"]["spec"]),
+        input={"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "height": spec.input_size,
+               "width": spec.input_size, "channels": 3, "color_order": "RGB"},
+        output={"name": OUTPUT_NAME, "dtype": "float32", "dim": spec.embedding_dim},
+        head=_jsonable({"type": head.head_type, "params": head.params}),
+        fingerprint=sha256_file(onnx_path),
+        training=_training_facts(doc, checkpoint),
+        export={
+            "opset": opset,
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+            "simplifier": "onnxslim",
+            "graph": graph,
+            "versions": {
+                "edgefs": __version__,
+                "torch": torch.__version__,
+                "onnx": _version("onnx"),
+                "onnxslim": _version("onnxslim"),
+                "onnxruntime": _version("onnxruntime"),
+            },
+            # Development only: the runtime's torch backend rebuilds the backbone from `backbone`
+            # and these weights. Devices never need this file.
+            "torch_weights": TORCH_WEIGHTS_FILE,
+            "parity": report.to_json(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
