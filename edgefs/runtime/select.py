@@ -1,0 +1,147 @@
+"""Open an engine for a bundle: a named backend, or the best one this machine has (``auto``).
+
+``auto`` picks, and logs why:
+
+1. ``tensorrt`` when ``import tensorrt`` works and a serialized engine for this
+   bundle (and precision) exists -- TensorRT engines are built on the device with
+   ``edgefs build-engine``, never shipped;
+2. ``onnxruntime`` on CUDA when ONNX Runtime has the CUDA execution provider;
+3. ``onnxruntime`` on the CPU.
+
+The ``torch`` backend is never picked automatically: it needs PyTorch and is for
+development and GPU tests.
+
+Every backend's constructor takes ``(bundle, *, device, precision, threads)``
+(``threads`` may be ignored where it means nothing). Importing this module
+registers the backends without importing onnxruntime, torch or tensorrt.
+
+TensorRT hook: ``edgefs.runtime.tensorrt_backend`` (imported only if present)
+registers ``"tensorrt"`` and defines ``find_engine(bundle, precision) -> Path |
+None``, the serialized engine for this bundle on this GPU and TensorRT version.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgefs.errors import MissingDependencyError
+from edgefs.runtime import onnxruntime_backend, torch_backend  # noqa: F401  (importing registers them)
+from edgefs.runtime.bundle import Bundle, read_bundle
+from edgefs.runtime.engine import ENGINES, Engine
+
+TENSORRT_MODULE = "edgefs.runtime.tensorrt_backend"
+
+
+def _load_tensorrt_backend() -> tuple[Any, str | None]:
+    """``(module, None)`` when edgefs' TensorRT backend module is here and imports, else ``(None, why)``."""
+    if importlib.util.find_spec(TENSORRT_MODULE) is None:
+        return None, "this edgefs has no TensorRT backend module"
+    try:
+        return importlib.import_module(TENSORRT_MODULE), None
+    # A backend module that imports tensorrt (or requires it) at the top, on a machine without it.
+    except (ImportError, MissingDependencyError) as exc:
+        return None, f"{TENSORRT_MODULE} does not import ({exc})"
+
+
+_TRT_MODULE, _TRT_WHY = _load_tensorrt_backend()
+
+
+def backend_names() -> list[str]:
+    """``"auto"`` and every registered backend, for CLI choices; ``tensorrt`` is listed even where its
+    module could not register, so that asking for it gives :func:`open_engine`'s message on what is missing."""
+    return ["auto", *sorted({*ENGINES.names(), "tensorrt"})]
+
+
+def _tensorrt_choice(bundle: Bundle, precision: str) -> tuple[bool, str]:
+    """Whether ``auto`` should use TensorRT for this bundle, and why (not)."""
+    if _TRT_MODULE is None:
+        return False, str(_TRT_WHY)
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, "TensorRT is not installed ('import tensorrt' fails)"
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError as exc:
+        return False, f"'import tensorrt' fails ({exc})"
+    find_engine: Callable[[Bundle, str], Path | None] | None = getattr(_TRT_MODULE, "find_engine", None)
+    if find_engine is None:
+        return False, f"{TENSORRT_MODULE} has no find_engine()"
+    path = find_engine(bundle, precision)
+    if path is None:
+        return False, (f"no {precision} TensorRT engine built for bundle {bundle.fingerprint[:12]} on this GPU "
+                       "(build one with 'edgefs build-engine')")
+    return True, f"TensorRT engine {path}"
+
+
+def choose_backend(bundle: Bundle, device: str | None = None, precision: str = "fp32") -> tuple[str, str | None, str]:
+    """What ``auto`` picks on this machine.
+
+    Returns:
+        ``(backend, device, reason)``: the backend's registry name, the device to
+        open it on (``None``: the backend's own default) and one line saying why.
+    """
+    wanted = (device or "auto").lower()
+    if wanted != "cpu":
+        use_trt, why_trt = _tensorrt_choice(bundle, precision)
+        if use_trt:
+            return "tensorrt", device, why_trt
+    else:
+        why_trt = "device 'cpu' was asked for"
+    providers = onnxruntime_backend.available_providers()
+    if not providers:
+        raise MissingDependencyError(
+            f"no engine backend can run bundle {bundle.path}: {why_trt}, and onnxruntime is not installed; "
+            f"install it with: {onnxruntime_backend.INSTALL}"
+        )
+    if wanted != "cpu" and onnxruntime_backend.CUDA_EP in providers:
+        return "onnxruntime", "cuda" if wanted == "auto" else device, f"{why_trt}; ONNX Runtime has CUDA"
+    if wanted.startswith("cuda"):
+        return "onnxruntime", device, f"{why_trt}; device {device!r} asked of ONNX Runtime"
+    gpu_note = "" if wanted == "cpu" else f"; ONNX Runtime has no CUDA provider ({', '.join(providers)})"
+    return "onnxruntime", "cpu", f"{why_trt}{gpu_note}"
+
+
+def open_engine(
+    bundle_or_path: Bundle | str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    precision: str = "fp32",
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    verify: bool = True,
+) -> Engine:
+    """Open a bundle on a backend.
+
+    Args:
+        bundle_or_path: a :class:`Bundle`, or its folder (read with :func:`read_bundle`).
+        backend: ``"auto"`` (module docstring) or a registered name: ``onnxruntime``,
+            ``tensorrt``, ``torch``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``None`` (the backend decides).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (what the backend supports).
+        threads: CPU threads (ONNX Runtime intra-op, PyTorch); default every core.
+        log: receives one line naming the engine and why it was chosen.
+        verify: check ``backbone.onnx`` against the manifest's fingerprint when
+            reading from a path.
+
+    Returns:
+        the opened :class:`Engine`.
+
+    Raises:
+        EdgefsError: an unknown backend (the message lists the known ones), a backend
+            whose stack is missing (naming what to install), or one that refuses the
+            device/precision.
+    """
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else read_bundle(bundle_or_path, verify=verify)
+    if backend == "auto":
+        backend, device, reason = choose_backend(bundle, device, precision)
+    else:
+        reason = "asked for"
+        if backend == "tensorrt" and "tensorrt" not in ENGINES:
+            raise MissingDependencyError(f"the tensorrt backend is unavailable: {_TRT_WHY}")
+    factory: Any = ENGINES.get(backend)
+    engine: Engine = factory(bundle, device=device, precision=precision, threads=threads)
+    log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")
+    return engine
