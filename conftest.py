@@ -21,7 +21,8 @@ def _trt_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reasons = {"gpu": _cuda_reason, "trt": _trt_reason}
+    # TensorRT first: on a GPU machine without it, that is the reason worth reading.
+    reasons = {"trt": _trt_reason, "gpu": _cuda_reason}
     cache: dict[str, str | None] = {}
     for item in items:
         for marker, probe in reasons.items():

@@ -1,4 +1,4 @@
-"""edgefs.export: PyTorch checkpoint -> device bundle (ONNX graph, head, manifest).
+"""edgefs.export: PyTorch checkpoint -> device bundle (ONNX graph, head, manifest) -> TensorRT engine.
 
 :func:`export_bundle` loads a checkpoint, exports its backbone with the
 TorchScript ONNX exporter (uint8 NHWC RGB in, float32 embeddings out, dynamic
@@ -8,21 +8,35 @@ with PyTorch on real images, and writes the bundle that
 
 Modules: ``onnx_export`` (backbone -> checked, simplified ``.onnx``), ``parity``
 (ONNX Runtime vs PyTorch figures), ``bundle_writer`` (the bundle folder and its
-manifest). This folder sits at the top of the source tree to show the
-architecture and is importable as ``edgefs.export`` (see DESIGN.md, "Layout").
-The TensorRT engine builder arrives with its own issue.
+manifest) -- these need PyTorch and run on the workstation -- and
+``tensorrt_build`` (bundle -> TensorRT engine), which needs no PyTorch because
+engines are built on the device. The names below are imported on first use, so
+``import edgefs.export.tensorrt_build`` works on a device without PyTorch.
+
+This folder sits at the top of the source tree to show the architecture and is
+importable as ``edgefs.export`` (see DESIGN.md, "Layout").
 """
 
-from edgefs.export.bundle_writer import TORCH_WEIGHTS_FILE, ParityError, export_bundle
-from edgefs.export.onnx_export import ExportError, export_onnx
-from edgefs.export.parity import ParityReport, check_parity
+from __future__ import annotations
 
-__all__ = [
-    "TORCH_WEIGHTS_FILE",
-    "ExportError",
-    "ParityError",
-    "ParityReport",
-    "check_parity",
-    "export_bundle",
-    "export_onnx",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "TORCH_WEIGHTS_FILE": "bundle_writer",
+    "ParityError": "bundle_writer",
+    "export_bundle": "bundle_writer",
+    "ExportError": "onnx_export",
+    "export_onnx": "onnx_export",
+    "ParityReport": "parity",
+    "check_parity": "parity",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgefs.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgefs.export.{module}"), name)

@@ -22,6 +22,7 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "export": "export",
+    "build-engine": "build_engine",
     "bench": "bench",
 }
 

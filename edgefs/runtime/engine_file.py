@@ -1,0 +1,290 @@
+"""TensorRT engine files: their cache key, name, header, atomic write and checked read.
+
+A serialized TensorRT engine only runs on the GPU model and TensorRT version it
+was built with, and only means something for the bundle it was built from. So
+an engine is stored under a key -- bundle fingerprint, TensorRT version, GPU name,
+compute capability, precision and maximum batch -- both in its file name (to find
+it) and in a header inside the file (to refuse a renamed or copied file).
+
+File layout (all integers little-endian)::
+
+    MAGIC            9 bytes   b"EDGEFSTRT"
+    header format    uint16    HEADER_FORMAT
+    JSON length      uint32    n
+    JSON header      n bytes   UTF-8: key fields, engine size and sha256, edgefs
+                               version, build time, calibration and parity figures
+    engine           the serialized engine, exactly ``engine_size`` bytes
+
+The layout is read and written with plain Python: this module imports neither
+TensorRT nor PyTorch, and is tested in full on machines that have neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgefs import __version__
+from edgefs.errors import EdgefsError
+
+MAGIC = b"EDGEFSTRT"
+HEADER_FORMAT = 1
+ENGINES_DIR = "engines"
+ENGINE_SUFFIX = ".engine"
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+_PREFIX = struct.Struct("<9sHI")  # magic, header format, JSON length
+_MAX_HEADER = 16 << 20  # a header is a few kB; anything near this is a corrupt length field
+
+
+class EngineFileError(EdgefsError):
+    """An engine file that is missing, truncated, corrupt or not an edgefs engine."""
+
+
+class EngineKeyMismatch(EngineFileError):
+    """An intact engine file built for another bundle, GPU, TensorRT version, precision or batch size.
+
+    Attributes:
+        differences: ``[(field, in_file, expected), ...]`` for every differing key field.
+    """
+
+    def __init__(self, message: str, differences: list[tuple[str, Any, Any]]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+def gpu_slug(name: str) -> str:
+    """A GPU name as a file-name part: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What an engine is valid for.
+
+    Attributes:
+        fingerprint: the bundle's fingerprint (sha256 of ``backbone.onnx``).
+        trt_version: ``tensorrt.__version__``, e.g. ``"10.3.0"``.
+        gpu_name: the CUDA device name, e.g. ``"Orin"``.
+        compute_capability: ``"major.minor"``, e.g. ``"8.7"``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        max_batch: the largest batch the engine's optimisation profile takes.
+    """
+
+    fingerprint: str
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    max_batch: int
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise EdgefsError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if int(self.max_batch) < 1:
+            raise EdgefsError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not re.fullmatch(r"\d+\.\d+", self.compute_capability):
+            raise EdgefsError(f"compute capability must look like '8.7', got {self.compute_capability!r}")
+
+    def stem(self) -> str:
+        """``<fingerprint[:12]>_trt<ver>_<gpu-slug>_sm<cc>_<precision>_b<B>`` (``sm87`` for 8.7)."""
+        return (f"{self.fingerprint[:12]}_trt{self.trt_version}_{gpu_slug(self.gpu_name)}_"
+                f"sm{self.compute_capability.replace('.', '')}_{self.precision}_b{int(self.max_batch)}")
+
+    def file_name(self) -> str:
+        return self.stem() + ENGINE_SUFFIX
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> EngineKey:
+        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+
+    def differences(self, other: EngineKey) -> list[tuple[str, Any, Any]]:
+        """``[(field, self's value, other's value), ...]`` where the two keys differ."""
+        return [(f.name, getattr(self, f.name), getattr(other, f.name))
+                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def engines_dir(bundle_path: str | Path) -> Path:
+    """``BUNDLE/engines``: where a bundle's engines, calibration caches and timing caches live."""
+    return Path(bundle_path) / ENGINES_DIR
+
+
+def engine_file_path(bundle_path: str | Path, key: EngineKey) -> Path:
+    """Where the engine for ``key`` lives in the bundle (it may not exist)."""
+    return engines_dir(bundle_path) / key.file_name()
+
+
+def candidate_engine_files(bundle_path: str | Path, key: EngineKey) -> list[Path]:
+    """Engine files in the bundle whose name matches ``key`` in everything but the batch size,
+    largest batch first (the runtime takes the most capable one)."""
+    prefix = key.stem().rsplit("_b", 1)[0] + "_b"
+    found = []
+    for path in engines_dir(bundle_path).glob(prefix + "*" + ENGINE_SUFFIX):
+        batch = path.name[len(prefix):-len(ENGINE_SUFFIX)]
+        if batch.isdigit():
+            found.append((int(batch), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def rebuild_command(bundle_path: str | Path, precision: str, max_batch: int | None = None) -> str:
+    """The command that builds the engine again on this machine."""
+    batch = f" --max-batch {max_batch}" if max_batch is not None else ""
+    return f"edgefs build-engine {bundle_path} --precision {precision}{batch}"
+
+
+def write_engine_file(
+    path: str | Path, key: EngineKey, engine: bytes, info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``engine`` with its header to ``path`` atomically (temporary file, fsync, rename).
+
+    Args:
+        path: the destination, normally :func:`engine_file_path`.
+        key: what the engine is valid for.
+        engine: the serialized engine (``bytes(builder.build_serialized_network(...))``).
+        info: more header fields, e.g. ``{"calibration": {...}, "parity": {...}, "build": {...}}``;
+            they must be JSON-serialisable and must not reuse the reserved names.
+
+    Returns:
+        the header as written.
+    """
+    path = Path(path)
+    if not engine:
+        raise EngineFileError("refusing to write an empty engine")
+    header: dict[str, Any] = {
+        "format": "edgefs-tensorrt-engine", "header_format": HEADER_FORMAT, "key": key.to_json(),
+        "engine_size": len(engine), "engine_sha256": hashlib.sha256(engine).hexdigest(),
+        "edgefs_version": __version__, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for name, value in (info or {}).items():
+        if name in header:
+            raise ValueError(f"header field {name!r} is reserved")
+        header[name] = value
+    blob = json.dumps(header, sort_keys=True).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_PREFIX.pack(MAGIC, HEADER_FORMAT, len(blob)))
+            f.write(blob)
+            f.write(engine)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every platform can open a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return header
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return header
+
+
+def _bundle_of(path: Path) -> Path:
+    return path.parent.parent if path.parent.name == ENGINES_DIR else path.parent
+
+
+def _read_header(f: Any, path: Path, size: int) -> dict[str, Any]:
+    prefix = f.read(_PREFIX.size)
+    rebuild = f"delete it and run 'edgefs build-engine {_bundle_of(path)}'"
+    if len(prefix) < _PREFIX.size:
+        raise EngineFileError(f"{path} is truncated ({size} bytes, shorter than its header); {rebuild}")
+    magic, version, length = _PREFIX.unpack(prefix)
+    if magic != MAGIC:
+        raise EngineFileError(
+            f"{path} is not an edgefs engine file (it does not start with {MAGIC!r}); a bare TensorRT engine "
+            f"from trtexec is not accepted because it carries no key; {rebuild}"
+        )
+    if version > HEADER_FORMAT:
+        raise EngineFileError(
+            f"{path} has engine header format {version}, newer than this edgefs reads ({HEADER_FORMAT}); "
+            f"upgrade edgefs or {rebuild}"
+        )
+    if length > min(_MAX_HEADER, size - _PREFIX.size):
+        raise EngineFileError(f"{path} is truncated or corrupt (header length {length}, file {size} bytes); {rebuild}")
+    try:
+        header = json.loads(f.read(length).decode())
+        EngineKey.from_json(header["key"])
+        int(header["engine_size"])
+    except (ValueError, KeyError, TypeError, EdgefsError) as exc:
+        raise EngineFileError(f"{path} has an unreadable header ({type(exc).__name__}: {exc}); {rebuild}") from exc
+    if not isinstance(header, dict):
+        raise EngineFileError(f"{path} has an unreadable header (not a JSON object); {rebuild}")
+    return header
+
+
+def read_engine_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of an engine file, without reading the engine.
+
+    Raises:
+        EngineFileError: a missing, truncated or foreign file, or an unreadable header.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return _read_header(f, path, size)
+    except FileNotFoundError:
+        raise EngineFileError(f"engine file {path} does not exist; build it with 'edgefs build-engine'") from None
+
+
+def read_engine_file(path: str | Path, expected_key: EngineKey | None) -> tuple[dict[str, Any], bytes]:
+    """Read an engine file and check it against the key this machine and bundle need.
+
+    Args:
+        path: the engine file.
+        expected_key: what the caller needs (this bundle, this GPU, this TensorRT,
+            this precision, this batch size); None skips the key check.
+
+    Returns:
+        ``(header, engine_bytes)``.
+
+    Raises:
+        EngineKeyMismatch: an intact file built for something else; the message names
+            each differing field and the command that rebuilds the engine.
+        EngineFileError: a missing, truncated or corrupt file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = _read_header(f, path, size)
+            engine = f.read()
+    except FileNotFoundError:
+        raise EngineFileError(f"engine file {path} does not exist; build it with 'edgefs build-engine'") from None
+    bundle = _bundle_of(path)
+    key = EngineKey.from_json(header["key"])
+    rebuild = rebuild_command(bundle, (expected_key or key).precision)
+    if len(engine) != int(header["engine_size"]):
+        raise EngineFileError(
+            f"{path} is truncated or corrupt: its header declares a {header['engine_size']}-byte engine but "
+            f"{len(engine)} bytes follow; rebuild it with '{rebuild}'"
+        )
+    if "engine_sha256" in header and hashlib.sha256(engine).hexdigest() != header["engine_sha256"]:
+        raise EngineFileError(f"{path} is corrupt: the engine's sha256 does not match its header; rebuild it with "
+                              f"'{rebuild}'")
+    if expected_key is not None:
+        diffs = key.differences(expected_key)
+        if diffs:
+            what = "; ".join(f"{name} is {found!r} in the file but {wanted!r} here" for name, found, wanted in diffs)
+            raise EngineKeyMismatch(
+                f"engine {path} was built for something else ({what}). TensorRT engines only run on the GPU and "
+                f"TensorRT version that built them, for the bundle they were built from. Rebuild it on this "
+                f"machine with '{rebuild_command(bundle, expected_key.precision, expected_key.max_batch)}'",
+                diffs,
+            )
+    return header, engine

@@ -1,0 +1,533 @@
+"""Bundle -> TensorRT engine, built on the device that will run it, checked against ONNX Runtime.
+
+:func:`build_engine` parses the bundle's ``backbone.onnx`` with TensorRT's ONNX
+parser, builds an engine for batches 1..``max_batch`` at fp32, fp16 or int8
+(entropy calibration on camera-like images from a folder, an ImageFolder or a
+video), runs held-out images through it and through ONNX Runtime (CPU), and
+writes ``BUNDLE/engines/<key>.engine`` with a header that records the key, the
+calibration and the parity figures (:mod:`edgefs.runtime.engine_file`). An
+engine whose figures miss the precision's tolerance is not written.
+
+No PyTorch here: this runs on the device, which has TensorRT, pycuda, numpy,
+OpenCV and ONNX Runtime. TensorRT and pycuda are imported when a build starts.
+
+Target: TensorRT 10.x (JetPack 6). Differences from 8.x are noted where they
+matter; 8.x is not supported.
+
+**Unverified here.** No machine this was written on has TensorRT (see
+shared/DEVICE.md): the TensorRT calls below follow NVIDIA's Python API
+documentation and samples but have never run. What does not need TensorRT --
+the calibration stream, the engine file and its key -- is tested in tests/;
+device_tests/test_tensorrt.py runs the builder wherever ``import tensorrt`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edgefs.errors import EdgefsError
+from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME, Bundle, read_bundle
+from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
+from edgefs.runtime.engine_file import (
+    PRECISIONS,
+    EngineKey,
+    engine_file_path,
+    engines_dir,
+    write_engine_file,
+)
+from edgefs.runtime.tensorrt_backend import (
+    PrimaryContext,
+    TensorRTEngine,
+    device_index,
+    engine_key,
+    import_pycuda,
+    import_tensorrt,
+)
+
+MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
+"""Smallest per-image cosine to ONNX Runtime an engine may have; int8 is reported, not gated."""
+INT8_WARN_COSINE = 0.99
+PARITY_IMAGES = 64
+EPISODES = 200
+WHY = "edgefs build-engine"
+
+
+class EngineBuildError(EdgefsError):
+    """An engine that cannot be built, or whose outputs are too far from ONNX Runtime's."""
+
+
+# -- small pure helpers (no TensorRT) ------------------------------------------------------------
+
+def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """float64 ``(N,)`` cosine of each row pair; two all-zero rows count as 1."""
+    a, b = reference.astype(np.float64), candidate.astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+
+
+def synthetic_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """uint8 ``(count, H, W, 3)``: seeded gradients, rectangles and noise, for parity when no real
+    images are at hand (recorded as such in the header)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((count, h, w, 3), np.uint8)
+    for i in range(count):
+        base = rng.uniform(0, 255, 3) + rng.uniform(-1, 1, 3) * (xx[..., None] / w * 120 + yy[..., None] / h * 80)
+        image = base + rng.normal(0, 12, (h, w, 3))
+        for _ in range(3):
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            image[y0:y0 + rng.integers(2, h // 2 + 2), x0:x0 + rng.integers(2, w // 2 + 2)] = rng.uniform(0, 255, 3)
+        out[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return out
+
+
+def episode_agreement(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, distance: str = "euclidean",
+    ways: int = 5, shots: int = 1, episodes: int = EPISODES, seed: int = 0,
+) -> dict[str, Any] | None:
+    """Nearest-prototype classification on held-out episodes with both sets of embeddings.
+
+    Args:
+        reference, candidate: float ``(N, D)`` embeddings of the same images (ONNX Runtime, TensorRT).
+        labels: int ``(N,)`` classes of the images.
+        distance: ``"euclidean"`` or ``"cosine"`` (the bundle head's).
+        ways, shots: per episode; every other image of a chosen class is a query.
+
+    Returns:
+        ``{"episodes", "ways", "shots", "queries", "top1_agreement", "accuracy_reference",
+        "accuracy_candidate"}``, or None when fewer than 2 classes have ``shots + 1`` images.
+    """
+    counts = np.bincount(labels)
+    usable = np.flatnonzero(counts >= shots + 1)
+    if len(usable) < 2:
+        return None
+    ways = min(ways, len(usable))
+    rng = np.random.default_rng(seed)
+    agree = total = right_ref = right_cand = 0
+    for _ in range(episodes):
+        classes = rng.choice(usable, ways, replace=False)
+        support, query, query_y = [], [], []
+        for way, c in enumerate(classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            support.append(idx[:shots])
+            query.extend(idx[shots:])
+            query_y.extend([way] * (len(idx) - shots))
+        q, y = np.asarray(query), np.asarray(query_y)
+        preds = []
+        for emb in (reference, candidate):
+            protos = np.stack([emb[s].mean(0) for s in support])
+            if distance == "cosine":
+                a = emb[q] / np.maximum(np.linalg.norm(emb[q], axis=1, keepdims=True), 1e-12)
+                p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+                preds.append((a @ p.T).argmax(1))
+            else:
+                preds.append(((emb[q][:, None, :] - protos[None]) ** 2).sum(-1).argmin(1))
+        agree += int((preds[0] == preds[1]).sum())
+        right_ref += int((preds[0] == y).sum())
+        right_cand += int((preds[1] == y).sum())
+        total += len(q)
+    return {"episodes": episodes, "ways": int(ways), "shots": shots, "queries": total,
+            "top1_agreement": agree / total, "accuracy_reference": right_ref / total,
+            "accuracy_candidate": right_cand / total}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def supports(precision: str, compute_capability: str, builder: Any = None) -> bool:
+    """Whether this GPU has fast ``precision`` math.
+
+    Uses ``builder.platform_has_fast_fp16/int8`` where TensorRT still has them
+    (deprecated in 10.5, "query CUDA directly"), else the compute capability: fast
+    fp16 on 5.3, 6.0, 6.2 and 7.0+; int8 (DP4A or tensor cores) on 6.1 and 7.0+.
+    """
+    if precision == "fp32":
+        return True
+    attr = {"fp16": "platform_has_fast_fp16", "int8": "platform_has_fast_int8"}[precision]
+    if builder is not None and hasattr(builder, attr):
+        return bool(getattr(builder, attr))
+    major, minor = (int(v) for v in compute_capability.split("."))
+    cc = (major, minor)
+    if precision == "fp16":
+        return cc in ((5, 3), (6, 0), (6, 2)) or cc >= (7, 0)
+    return cc == (6, 1) or cc >= (7, 0)
+
+
+# -- TensorRT pieces (imported lazily; unverified on machines without TensorRT) -------------------
+
+def _make_logger(trt: ModuleType, log: Callable[[str], None]) -> Any:
+    """A TensorRT logger that forwards warnings and errors to ``log`` and keeps the errors."""
+
+    class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+                log(f"TensorRT error: {msg}")
+            elif int(severity) <= int(trt.ILogger.Severity.WARNING):
+                log(f"TensorRT warning: {msg}")
+
+    return Logger()
+
+
+def _make_calibrator(
+    trt: ModuleType, cuda: ModuleType, batches: Iterator[np.ndarray] | None, batch_shape: tuple[int, ...],
+    cache_path: Path, reuse_cache: bool, log: Callable[[str], None],
+) -> Any:
+    """An entropy calibrator (``IInt8EntropyCalibrator2``) fed by a calibration stream.
+
+    TensorRT 10.1 deprecated implicit (calibrator-driven) INT8 in favour of explicit
+    quantization (Q/DQ nodes in the ONNX graph); the calibrator API still works in
+    10.x and is what a plain exported graph needs.
+    """
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # pybind classes need the explicit base __init__
+            self.batches = batches
+            self.batch_count = 0
+            self.error: BaseException | None = None
+            self.used_cache = False
+            self.buffer = cuda.mem_alloc(int(np.prod(batch_shape))) if batches is not None else None
+
+        def get_batch_size(self) -> int:
+            return int(batch_shape[0])
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.batches is None or self.error is not None:
+                return None
+            try:
+                batch = next(self.batches)
+            except StopIteration:
+                return None
+            # An exception must not unwind through TensorRT's C++ callback: keep it, end calibration.
+            except Exception as exc:
+                self.error = exc
+                return None
+            cuda.memcpy_htod(self.buffer, np.ascontiguousarray(batch, dtype=np.uint8))
+            self.batch_count += 1
+            if self.batch_count % 10 == 1:
+                log(f"calibration batch {self.batch_count}")
+            return [int(self.buffer)]
+
+        def read_calibration_cache(self) -> bytes | None:
+            if reuse_cache and cache_path.is_file():
+                self.used_cache = True
+                log(f"using calibration cache {cache_path}")
+                return cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            _atomic_write_bytes(cache_path, bytes(cache))
+
+    return EntropyCalibrator()
+
+
+def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """``backbone.onnx`` -> network; parser errors are raised with their node names."""
+    # TensorRT 10: explicit batch is the only mode, flags 0. (8.x needed 1 << EXPLICIT_BATCH.)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        lines = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            name = err.node_name() if hasattr(err, "node_name") else ""
+            op = err.node_operator() if hasattr(err, "node_operator") else ""
+            lines.append(f"node {err.node()} {name!r} ({op}): {err.desc()}")
+        raise EngineBuildError(
+            f"TensorRT's ONNX parser rejected {onnx_path}:\n  " + "\n  ".join(lines or ["(no parser errors given)"])
+            + ("\nThis TensorRT is too old to take uint8 network inputs; use JetPack 6 (TensorRT 10)."
+               if any("UINT8" in line for line in lines) else
+               "\nRe-export the bundle with a supported opset, or report the failing node.")
+        )
+    # The caller keeps the parser alive as long as the network: the network may refer to its weights.
+    return network, parser
+
+
+def _cast_uint8_input(trt: ModuleType, network: Any, log: Callable[[str], None]) -> bool:
+    """Make the uint8 ``images`` input feed the graph through one explicit uint8 -> float32 cast.
+
+    TensorRT's ``DataType.UINT8`` is an I/O type only: the documentation says uint8
+    network inputs must be converted to float32/float16 (a cast layer) before other
+    layers use them. Every edgefs graph takes uint8 NHWC images, and its first node
+    is a ``Transpose`` (NHWC -> NCHW) *before* the ``Cast`` to float. So every
+    consumer of the input is rewired to a new float32 cast of it: the transpose then
+    moves float32 data, and the graph's own Cast becomes float32 -> float32. Values
+    0..255 are exact in float32 and float16, so nothing changes numerically.
+
+    Returns:
+        whether a cast was inserted (False when every consumer already is a cast).
+    """
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    if set(inputs) != {INPUT_NAME}:
+        raise EngineBuildError(f"backbone.onnx has inputs {sorted(inputs)}; edgefs graphs have one, {INPUT_NAME!r}")
+    tensor = inputs[INPUT_NAME]
+    if tensor.dtype != trt.DataType.UINT8:
+        raise EngineBuildError(f"backbone.onnx's {INPUT_NAME!r} is {tensor.dtype}; edgefs graphs take uint8 images")
+    consumers = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_inputs):
+            t = layer.get_input(j)
+            if t is not None and t.name == INPUT_NAME:
+                consumers.append((layer, j))
+    if all(layer.type == trt.LayerType.CAST for layer, _ in consumers):
+        return False
+    cast = network.add_cast(tensor, trt.DataType.FLOAT)  # 10.x; 8.x used add_identity + set_output_type
+    cast.name = "edgefs/images_uint8_to_float32"
+    for layer, j in consumers:
+        layer.set_input(j, cast.get_output(0))
+    log(f"inserted a uint8 -> float32 cast before {len(consumers)} layer(s) reading {INPUT_NAME!r}")
+    return True
+
+
+def _serialize(
+    trt: ModuleType, cuda: ModuleType, bundle: Bundle, precision: str, max_batch: int, workspace_mb: int,
+    compute_capability: str, source: CalibrationSource | None, calib_images: int, calib_cache: Path,
+    timing_cache: Path | None, log: Callable[[str], None],
+) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
+    """Build and serialize; returns ``(engine bytes, build facts, calibration facts or None)``."""
+    logger = _make_logger(trt, log)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, bundle.onnx_path)
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    if outputs != [OUTPUT_NAME]:
+        raise EngineBuildError(f"backbone.onnx has outputs {outputs}; edgefs graphs have one, {OUTPUT_NAME!r}")
+    inserted_cast = _cast_uint8_input(trt, network, log)
+    h, w = bundle.manifest.input_size
+    batch_dim = network.get_input(0).shape[0]
+    if batch_dim != -1 and batch_dim != max_batch:
+        raise EngineBuildError(f"backbone.onnx has a fixed batch of {batch_dim}; re-export it with a dynamic batch")
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (1, h, w, 3), (max_batch, h, w, 3), (max_batch, h, w, 3))
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    # TensorRT 10: memory pools. (8.x before 8.4: config.max_workspace_size.)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if not supports(precision, compute_capability, builder):
+        raise EngineBuildError(
+            f"this GPU (compute capability {compute_capability}) has no fast {precision} math, so a {precision} "
+            "engine would be slower, not faster; build --precision fp32"
+            + (" or fp16" if precision == "int8" and supports("fp16", compute_capability, builder) else "")
+        )
+    calibrator = None
+    if precision == "fp16" or (precision == "int8" and supports("fp16", compute_capability, builder)):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers TensorRT cannot quantize fall back to fp16
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        batches = source.batches(calib_images, max_batch) if source is not None else None
+        calibrator = _make_calibrator(trt, cuda, batches, (max_batch, h, w, 3), calib_cache,
+                                      reuse_cache=source is None, log=log)
+        config.int8_calibrator = calibrator
+        # With a dynamic batch, calibration runs at the calibration profile's opt shape: full batches.
+        config.set_calibration_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, False):  # False: refuse a cache from another GPU/TensorRT
+            log(f"timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, False)
+    log(f"building {precision} engine for batches 1..{max_batch} (workspace {workspace_mb} MiB)")
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if calibrator is not None and calibrator.error is not None:
+        raise EngineBuildError(f"calibration failed: {calibrator.error}") from calibrator.error
+    if serialized is None:
+        errors = "\n  ".join(logger.errors[-10:]) or "(TensorRT logged no error)"
+        raise EngineBuildError(f"TensorRT could not build the {precision} engine:\n  {errors}\n"
+                               "Try a larger --workspace, another precision, or report the message.")
+    if timing_cache is not None:
+        _atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        log(f"timing cache saved to {timing_cache}")
+    build = {"seconds": round(seconds, 2), "workspace_mb": int(workspace_mb), "uint8_input_cast": inserted_cast,
+             "timing_cache": str(timing_cache) if timing_cache is not None else None}
+    calibration = None
+    if calibrator is not None:
+        calibration = {"algorithm": "entropy2", "cache": calib_cache.name, "cache_reused": calibrator.used_cache,
+                       "batches": calibrator.batch_count, "batch_size": max_batch,
+                       "images": calibrator.batch_count * max_batch,
+                       "source": source.describe() if source is not None else None}
+    return bytes(serialized), build, calibration
+
+
+# -- parity ---------------------------------------------------------------------------------------
+
+def _parity_images(
+    bundle: Bundle, source: CalibrationSource | None, count: int, seed: int, log: Callable[[str], None]
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Held-out images (and labels) for the parity check, and where they came from."""
+    if source is not None:
+        images, labels = source.held_out(count)
+        if len(images) >= min(count, 8):
+            return images, labels, {"images": "held-out from calibration source", **source.describe()}
+        log(f"{source.path} has only {len(images)} images left after calibration; using synthetic parity images")
+    return (synthetic_images(count, bundle.manifest.input_size, seed), None,
+            {"images": "synthetic (seeded gradients, rectangles and noise)", "seed": seed})
+
+
+def check_engine_parity(
+    engine: TensorRTEngine, bundle: Bundle, images: np.ndarray, labels: np.ndarray | None, precision: str,
+) -> dict[str, Any]:
+    """TensorRT against ONNX Runtime (CPU) on ``images``, at the engine's max batch and at batch 1.
+
+    Returns:
+        ``{"rows": [...], "min_cosine", "mean_cosine", "max_abs_diff", "threshold", "passed"}``
+        plus ``"episodes"`` (:func:`episode_agreement`) when ``labels`` are given.
+    """
+    from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
+
+    reference = OnnxRuntimeEngine(bundle, device="cpu").embed(images)
+    got = engine.embed(images)  # chunks of max_batch
+    single_n = min(8, len(images))
+    single = np.concatenate([engine.embed(images[i:i + 1]) for i in range(single_n)])
+    rows = []
+    for batch, ref, cand in ((engine.max_batch, reference, got), (1, reference[:single_n], single)):
+        cos = cosines(ref, cand)
+        rows.append({"batch": batch, "images": len(cand), "min_cosine": float(cos.min()),
+                     "mean_cosine": float(cos.mean()), "max_abs_diff": float(np.abs(ref - cand).max())})
+    threshold = MIN_COSINE.get(precision)
+    min_cos = min(r["min_cosine"] for r in rows)
+    figures: dict[str, Any] = {
+        "reference": "onnxruntime CPUExecutionProvider", "rows": rows, "min_cosine": min_cos,
+        "mean_cosine": rows[0]["mean_cosine"], "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "threshold": threshold, "passed": threshold is None or min_cos >= threshold,
+    }
+    if labels is not None:
+        distance = str(bundle.manifest.head.get("params", {}).get("distance", "euclidean"))
+        figures["episodes"] = episode_agreement(reference, got, labels, "cosine" if distance == "cosine" else
+                                                "euclidean")
+    return figures
+
+
+# -- the entry point ------------------------------------------------------------------------------
+
+def build_engine(
+    bundle: Bundle | str | Path,
+    precision: str = "fp16",
+    calib: str | Path | None = None,
+    calib_images: int = 500,
+    max_batch: int = 8,
+    workspace_mb: int = 1024,
+    timing_cache: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    device: str | None = None,
+    parity_images: int = PARITY_IMAGES,
+    seed: int = 0,
+) -> Path:
+    """Build, check and store a TensorRT engine for a bundle on this machine's GPU.
+
+    Args:
+        bundle: the bundle folder (or an opened :class:`Bundle`).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        calib: a folder of images, an ImageFolder or a video: int8 calibration images
+            (required for int8 unless a calibration cache for this key exists in
+            ``BUNDLE/engines/``) and held-out parity images for every precision.
+        calib_images: how many calibration images (rounded down to full batches).
+        max_batch: the engine's largest batch (optimisation profile min 1, opt = max = this).
+        workspace_mb: TensorRT's workspace memory pool limit.
+        timing_cache: a timing cache file to load (if present) and save, to speed up rebuilds.
+        log: receives progress lines.
+        device: ``"cuda"`` or ``"cuda:N"``.
+        parity_images: held-out images compared with ONNX Runtime.
+        seed: shuffle seed for the calibration folder and synthetic parity images.
+
+    Returns:
+        the engine file, ``BUNDLE/engines/<fingerprint>_trt<ver>_<gpu>_sm<cc>_<precision>_b<B>.engine``.
+
+    Raises:
+        MissingDependencyError: TensorRT, pycuda or onnxruntime is missing.
+        EngineBuildError: parser errors (with node names), a precision this GPU lacks,
+            a failed build, or fp32/fp16 parity below :data:`MIN_COSINE` (nothing is written).
+        CalibrationError: an unusable calibration source.
+    """
+    if precision not in PRECISIONS:
+        raise EngineBuildError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if max_batch < 1 or workspace_mb < 1 or calib_images < 1:
+        raise EngineBuildError("max_batch, workspace_mb and calib_images must be at least 1")
+    bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+    trt = import_tensorrt(WHY)
+    cuda = import_pycuda(WHY)
+    index = device_index(device)
+    key: EngineKey = engine_key(bundle, precision, max_batch, index)
+    out = engine_file_path(bundle.path, key)
+    calib_cache = engines_dir(bundle.path) / (key.stem() + ".calib")
+    source = open_calibration_source(calib, bundle.manifest.input_size, seed=seed, warn=log) if calib else None
+    if precision == "int8" and source is None and not calib_cache.is_file():
+        raise EngineBuildError(
+            f"int8 needs calibration images: pass --calib DIR|VIDEO (camera-like images, a few hundred), "
+            f"or keep a calibration cache at {calib_cache}"
+        )
+    log(f"TensorRT {key.trt_version} on {key.gpu_name} (sm {key.compute_capability}); bundle "
+        f"{bundle.path} ({bundle.fingerprint[:12]})")
+    ctx = PrimaryContext(cuda, index)
+    with ctx.active():
+        blob, build, calibration = _serialize(
+            trt, cuda, bundle, precision, max_batch, workspace_mb, key.compute_capability, source, calib_images,
+            calib_cache, Path(timing_cache) if timing_cache is not None else None, log)
+    info: dict[str, Any] = {"build": build, "calibration": calibration,
+                            "bundle": {"path": str(bundle.path), "input_size": list(bundle.manifest.input_size),
+                                       "backbone": bundle.manifest.backbone.get("name")}}
+    # Parity runs on the file as the runtime will load it; the file only takes its final name once it passed.
+    partial = out.with_name("." + out.name + ".partial")
+    write_engine_file(partial, key, blob, info)
+    try:
+        images, labels, origin = _parity_images(bundle, source, parity_images, seed, log)
+        engine = TensorRTEngine(bundle, device=f"cuda:{index}", precision=precision, engine_path=partial)
+        try:
+            parity = check_engine_parity(engine, bundle, images, labels, precision)
+        finally:
+            engine.close()
+        parity["data"] = origin
+        _report(parity, precision, log)
+        if not parity["passed"]:
+            raise EngineBuildError(
+                f"the {precision} engine's embeddings are too far from ONNX Runtime's: min cosine "
+                f"{parity['min_cosine']:.6f} < {parity['threshold']} on {len(images)} images; no engine was "
+                "written. Try fp32, or report the bundle."
+            )
+        write_engine_file(out, key, blob, {**info, "parity": parity})
+    finally:
+        partial.unlink(missing_ok=True)
+    log(f"engine written: {out}")
+    return out
+
+
+def _report(parity: dict[str, Any], precision: str, log: Callable[[str], None]) -> None:
+    for row in parity["rows"]:
+        log(f"parity vs onnxruntime, batch {row['batch']}: {row['images']} images, min cosine "
+            f"{row['min_cosine']:.6f}, mean {row['mean_cosine']:.6f}, max abs diff {row['max_abs_diff']:.3g}")
+    episodes = parity.get("episodes")
+    if episodes:
+        log(f"held-out episodes ({episodes['episodes']} x {episodes['ways']}-way {episodes['shots']}-shot): "
+            f"top-1 agreement {episodes['top1_agreement']:.4f}; accuracy onnxruntime "
+            f"{episodes['accuracy_reference']:.4f}, tensorrt {episodes['accuracy_candidate']:.4f}")
+    if precision == "int8" and parity["min_cosine"] < INT8_WARN_COSINE:
+        log(f"warning: int8 min cosine {parity['min_cosine']:.4f} is below {INT8_WARN_COSINE}; check the episode "
+            "agreement, calibrate on more camera-like images, or use fp16")
