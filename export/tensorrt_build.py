@@ -23,8 +23,6 @@ device_tests/test_tensorrt.py runs the builder wherever ``import tensorrt`` work
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
+from edgefs.fileio import atomic_write_bytes
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME, Bundle, read_bundle
 from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
 from edgefs.runtime.engine_file import (
@@ -140,20 +139,6 @@ def episode_agreement(
             "accuracy_candidate": right_cand / total}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def supports(precision: str, compute_capability: str, builder: Any = None) -> bool:
     """Whether this GPU has fast ``precision`` math.
 
@@ -241,7 +226,7 @@ def _make_calibrator(
             return None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            _atomic_write_bytes(cache_path, bytes(cache))
+            atomic_write_bytes(cache_path, bytes(cache))
 
     return EntropyCalibrator()
 
@@ -364,7 +349,7 @@ def _serialize(
         raise EngineBuildError(f"TensorRT could not build the {precision} engine:\n  {errors}\n"
                                "Try a larger --workspace, another precision, or report the message.")
     if timing_cache is not None:
-        _atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
         log(f"timing cache saved to {timing_cache}")
     build = {"seconds": round(seconds, 2), "workspace_mb": int(workspace_mb), "uint8_input_cast": inserted_cast,
              "timing_cache": str(timing_cache) if timing_cache is not None else None}

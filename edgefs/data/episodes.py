@@ -15,6 +15,7 @@ import numpy as np
 
 from edgefs.data.images import ImageSet
 from edgefs.errors import DataError
+from edgefs.fileio import atomic_write_text
 
 EPISODES_SCHEMA = 1
 
@@ -166,10 +167,7 @@ class EpisodeList:
                 for e in self.episodes
             ],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, separators=(",", ":")))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(doc, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: Path) -> EpisodeList:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefs.errors import EdgefsError
+from edgefs.fileio import atomic_write_text
 from edgefs.heads import HeadSpec
 
 BUNDLE_FORMAT = "edgefs-bundle"
@@ -127,9 +128,7 @@ class Bundle:
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Write ``manifest.json`` atomically (temporary file, then rename)."""
-    tmp = folder / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2))
-    tmp.replace(folder / MANIFEST_FILE)
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(manifest.to_json(), indent=2))
 
 
 def read_bundle(path: str | Path, verify: bool = True) -> Bundle:

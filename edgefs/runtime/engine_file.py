@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 from edgefs import __version__
 from edgefs.errors import EdgefsError
+from edgefs.fileio import atomic_writer
 
 MAGIC = b"EDGEFSTRT"
 HEADER_FORMAT = 1
@@ -170,27 +169,10 @@ def write_engine_file(
             raise ValueError(f"header field {name!r} is reserved")
         header[name] = value
     blob = json.dumps(header, sort_keys=True).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, HEADER_FORMAT, len(blob)))
-            f.write(blob)
-            f.write(engine)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return header
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_writer(path) as f:
+        f.write(_PREFIX.pack(MAGIC, HEADER_FORMAT, len(blob)))
+        f.write(blob)
+        f.write(engine)
     return header
 
 

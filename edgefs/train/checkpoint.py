@@ -7,7 +7,6 @@ options, so loading rebuilds them from this edgefs rather than unpickling code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 
 from edgefs.backbones import BACKBONES, build_backbone
 from edgefs.errors import CheckpointError, EdgefsError
+from edgefs.fileio import atomic_writer
 from edgefs.methods import METHODS, FewShotMethod, build_method
 
 CHECKPOINT_FORMAT = 1
@@ -31,13 +31,8 @@ def save_checkpoint(path: Path, method: FewShotMethod, extra: dict[str, Any]) ->
         "state_dict": method.state_dict(),
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_writer(path) as f:
         torch.save(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
