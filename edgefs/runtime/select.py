@@ -15,9 +15,9 @@ Every backend's constructor takes ``(bundle, *, device, precision, threads)``
 (``threads`` may be ignored where it means nothing). Importing this module
 registers the backends without importing onnxruntime, torch or tensorrt.
 
-TensorRT hook: ``edgefs.runtime.tensorrt_backend`` (imported only if present)
-registers ``"tensorrt"`` and defines ``find_engine(bundle, precision) -> Path |
-None``, the serialized engine for this bundle on this GPU and TensorRT version.
+TensorRT: ``edgefs.runtime.tensorrt_backend.find_engine(bundle, precision)``
+says whether a serialized engine exists for this bundle on this GPU and
+TensorRT version, without building one.
 """
 
 from __future__ import annotations
@@ -29,47 +29,27 @@ from pathlib import Path
 from typing import Any
 
 from edgefs.errors import MissingDependencyError
-from edgefs.runtime import onnxruntime_backend, torch_backend  # noqa: F401  (importing registers them)
+
+# Importing the backend modules registers them; none imports its heavy stack until opened.
+from edgefs.runtime import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
 
-TENSORRT_MODULE = "edgefs.runtime.tensorrt_backend"
-
-
-def _load_tensorrt_backend() -> tuple[Any, str | None]:
-    """``(module, None)`` when edgefs' TensorRT backend module is here and imports, else ``(None, why)``."""
-    if importlib.util.find_spec(TENSORRT_MODULE) is None:
-        return None, "this edgefs has no TensorRT backend module"
-    try:
-        return importlib.import_module(TENSORRT_MODULE), None
-    # A backend module that imports tensorrt (or requires it) at the top, on a machine without it.
-    except (ImportError, MissingDependencyError) as exc:
-        return None, f"{TENSORRT_MODULE} does not import ({exc})"
-
-
-_TRT_MODULE, _TRT_WHY = _load_tensorrt_backend()
-
 
 def backend_names() -> list[str]:
-    """``"auto"`` and every registered backend, for CLI choices; ``tensorrt`` is listed even where its
-    module could not register, so that asking for it gives :func:`open_engine`'s message on what is missing."""
-    return ["auto", *sorted({*ENGINES.names(), "tensorrt"})]
+    """``"auto"`` and every registered backend, for CLI choices."""
+    return ["auto", *ENGINES.names()]
 
 
 def _tensorrt_choice(bundle: Bundle, precision: str) -> tuple[bool, str]:
     """Whether ``auto`` should use TensorRT for this bundle, and why (not)."""
-    if _TRT_MODULE is None:
-        return False, str(_TRT_WHY)
     if importlib.util.find_spec("tensorrt") is None:
         return False, "TensorRT is not installed ('import tensorrt' fails)"
     try:
         importlib.import_module("tensorrt")
     except ImportError as exc:
         return False, f"'import tensorrt' fails ({exc})"
-    find_engine: Callable[[Bundle, str], Path | None] | None = getattr(_TRT_MODULE, "find_engine", None)
-    if find_engine is None:
-        return False, f"{TENSORRT_MODULE} has no find_engine()"
-    path = find_engine(bundle, precision)
+    path = tensorrt_backend.find_engine(bundle, precision)
     if path is None:
         return False, (f"no {precision} TensorRT engine built for bundle {bundle.fingerprint[:12]} on this GPU "
                        "(build one with 'edgefs build-engine')")
@@ -139,8 +119,6 @@ def open_engine(
         backend, device, reason = choose_backend(bundle, device, precision)
     else:
         reason = "asked for"
-        if backend == "tensorrt" and "tensorrt" not in ENGINES:
-            raise MissingDependencyError(f"the tensorrt backend is unavailable: {_TRT_WHY}")
     factory: Any = ENGINES.get(backend)
     engine: Engine = factory(bundle, device=device, precision=precision, threads=threads)
     log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")

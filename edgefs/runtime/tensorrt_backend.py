@@ -145,7 +145,7 @@ def engine_path_for(bundle: Bundle, precision: str, device: str | None = None) -
     return None
 
 
-find_engine = engine_path_for  # the name edgefs.runtime.select looks for
+find_engine = engine_path_for  # the name edgefs.runtime.select uses
 
 
 @ENGINES.register("tensorrt")
