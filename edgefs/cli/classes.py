@@ -1,0 +1,54 @@
+"""edgefs classes: list, remove, rename, export and import the classes of an on-device store."""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+
+HELP = "list, remove, rename, export or import the enrolled classes of a class store"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgefs.store.packs import ON_CONFLICT  # torch-free
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", required=True, help="class store file, e.g. classes.db")
+    common.add_argument("--bundle", required=True, help="the bundle the store belongs to, e.g. models/glyphs.edgefs")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    a = actions.add_parser("list", parents=[common], help="show the classes with their shots and times")
+    a.set_defaults(_action=lambda args: _commands().list_classes(args.store, args.bundle))
+
+    a = actions.add_parser("remove", parents=[common], help="remove classes and their samples")
+    a.add_argument("names", nargs="+", metavar="NAME")
+    a.set_defaults(_action=lambda args: _commands().remove_classes(args.store, args.bundle, args.names))
+
+    a = actions.add_parser("rename", parents=[common], help="rename a class")
+    a.add_argument("old", metavar="OLD")
+    a.add_argument("new", metavar="NEW")
+    a.set_defaults(_action=lambda args: _commands().rename_class(args.store, args.bundle, args.old, args.new))
+
+    a = actions.add_parser("export", parents=[common], help="write classes to a class pack file")
+    a.add_argument("pack", metavar="PACK", help="pack file to write, e.g. kitchen.efpack")
+    a.add_argument("names", nargs="*", metavar="NAME", help="classes to export (default: all)")
+    a.set_defaults(_action=lambda args: _commands().export_classes(args.store, args.bundle, args.pack, args.names))
+
+    a = actions.add_parser("import", parents=[common], help="add the classes of a pack file (all or nothing)")
+    a.add_argument("pack", metavar="PACK")
+    a.add_argument("--on-conflict", default="error", choices=ON_CONFLICT,
+                   help="for a class already in the store: error (default), skip, replace or append")
+    a.set_defaults(
+        _action=lambda args: _commands().import_classes(args.store, args.bundle, args.pack, args.on_conflict)
+    )
+
+
+def _commands() -> ModuleType:
+    """``edgefs.store.commands``, imported only when an action runs."""
+    from edgefs.store import commands
+
+    return commands
+
+
+def run(args: argparse.Namespace) -> int:
+    print(args._action(args))
+    return 0

@@ -1,0 +1,47 @@
+"""The actions behind ``edgefs classes``: open the store with its bundle, do one thing, return the text to print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgefs.runtime.bundle import read_bundle
+from edgefs.store.store import ClassStore
+
+
+def _open(store: str | Path, bundle: str | Path, create: bool = False) -> ClassStore:
+    return ClassStore.open(store, read_bundle(bundle), create=create)
+
+
+def list_classes(store: str | Path, bundle: str | Path) -> str:
+    """A table of the store's classes (name, shots, created, updated) under a one-line summary."""
+    with _open(store, bundle) as s:
+        return s.describe()
+
+
+def remove_classes(store: str | Path, bundle: str | Path, names: list[str]) -> str:
+    """Remove ``names`` (all or none, in one transaction)."""
+    with _open(store, bundle) as s, s.transaction() as tx:
+        removed = [(name, tx.remove(name)) for name in names]
+    return "\n".join(f"removed {name!r} ({shots} samples)" for name, shots in removed)
+
+
+def rename_class(store: str | Path, bundle: str | Path, old: str, new: str) -> str:
+    """Rename class ``old`` to ``new``."""
+    with _open(store, bundle) as s:
+        s.rename(old, new)
+    return f"renamed {old!r} to {new!r}"
+
+
+def export_classes(store: str | Path, bundle: str | Path, pack: str | Path, names: list[str] | None) -> str:
+    """Write ``names`` (default all) to the class pack ``pack``."""
+    with _open(store, bundle) as s:
+        path = s.export_pack(pack, names or None)
+        count = len(names) if names else len(s.names())
+    return f"wrote {count} classes to {path}"
+
+
+def import_classes(store: str | Path, bundle: str | Path, pack: str | Path, on_conflict: str) -> str:
+    """Import the class pack ``pack`` (creating the store if needed), all or nothing."""
+    with _open(store, bundle, create=True) as s:
+        result = s.import_pack(pack, on_conflict)
+    return f"imported {pack} into {store}: {result.summary()}"

@@ -1,0 +1,301 @@
+"""Class packs: a store's classes in one file, to copy between devices.
+
+A pack is a zip holding ``pack.json`` (format, versions, bundle fingerprint,
+embedding size, classes with their shots), ``embeddings/NNNNN.npy`` (one
+float32 ``(K, D)`` array per class, in the order of ``pack.json``) and
+``thumbnails/NNNNN/MMMMM.jpg`` (shot ``MMMMM`` of class ``NNNNN``, where it has
+one). Class names live only in ``pack.json``, never in member paths.
+
+A pack is untrusted input. Import reads it whole and checks it before writing:
+only the member names ``pack.json`` implies (no traversal, no extras, no
+duplicates), declared and actual sizes under limits (zip bombs), no
+encryption, ``.npy`` read with ``allow_pickle=False``, float32 ``(shots, dim)``
+finite arrays, JPEG thumbnails, the store's fingerprint. Then it writes
+everything in one transaction, or nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefs import __version__
+from edgefs.fileio import atomic_writer
+from edgefs.store import schema
+from edgefs.store.store import ClassStore
+from edgefs.store.validate import (
+    EMBEDDING_DTYPE,
+    MAX_THUMBNAIL_BYTES,
+    StoreError,
+    check_embeddings,
+    check_name,
+    check_thumbnails,
+)
+
+PACK_FORMAT = "edgefs-class-pack"
+PACK_VERSION = 1
+PACK_JSON = "pack.json"
+ON_CONFLICT = ("error", "skip", "replace", "append")
+
+# Limits on what an import will read (module attributes so a device can tune them).
+MAX_PACK_BYTES = 2 << 30  # the zip file itself
+MAX_MEMBERS = 200_000
+MAX_JSON_BYTES = 16 << 20
+MAX_NPY_BYTES = 256 << 20  # one class's embeddings
+MAX_TOTAL_BYTES = 1 << 30  # all members, uncompressed
+
+
+def embeddings_member(i: int) -> str:
+    return f"embeddings/{i:05d}.npy"
+
+
+def thumbnail_member(i: int, j: int) -> str:
+    return f"thumbnails/{i:05d}/{j:05d}.jpg"
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_pack` did, by class name."""
+
+    added: list[str] = field(default_factory=list)
+    appended: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(v)} {k}" for k, v in vars(self).items() if v]
+        return ", ".join(parts) or "nothing imported (the pack is empty)"
+
+
+def export_pack(store: ClassStore, path: str | Path, names: list[str] | None = None) -> Path:
+    """Write ``names`` (default: every class) of ``store`` to the pack file ``path``, atomically.
+
+    Returns: the pack's path.
+
+    Raises:
+        StoreError: an unknown class name, or an empty selection.
+    """
+    path = Path(path)
+    known = store.names()
+    chosen = known if names is None else list(dict.fromkeys(names))
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise StoreError(f"cannot export {unknown}: not enrolled; 'edgefs classes list' shows the classes")
+    if not chosen:
+        raise StoreError(f"store {store.path} has no classes to export; enroll some first")
+    classes: list[dict[str, Any]] = []
+    with atomic_writer(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i, name in enumerate(chosen):
+            emb, thumbs, sources, _ = store.samples(name)
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(emb, EMBEDDING_DTYPE), allow_pickle=False)
+            zf.writestr(embeddings_member(i), buf.getvalue())
+            for j, thumb in enumerate(thumbs):
+                if thumb is not None:
+                    zf.writestr(thumbnail_member(i, j), thumb, compress_type=zipfile.ZIP_STORED)
+            classes.append({
+                "name": name, "shots": int(emb.shape[0]),
+                "thumbnails": [t is not None for t in thumbs], "sources": sources,
+            })
+        doc = {
+            "format": PACK_FORMAT, "pack_version": PACK_VERSION, "store_schema_version": schema.latest_version(),
+            "fingerprint": store.fingerprint, "embedding_dim": store.dim, "head_type": store.head_type,
+            "edgefs_version": __version__, "created": time.time(), "classes": classes,
+        }
+        zf.writestr(PACK_JSON, json.dumps(doc, indent=1))
+    return path
+
+
+@dataclass
+class _PackClass:
+    name: str
+    embeddings: np.ndarray
+    thumbnails: list[bytes | None]
+    sources: list[str]
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: list[int]) -> bytes:
+    """Read one member, refusing it if its declared or actual size is over ``limit`` or the total budget."""
+    if info.flag_bits & 0x1:
+        raise StoreError(f"pack member {info.filename!r} is encrypted; packs are never encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise StoreError(f"pack member {info.filename!r} uses compression {info.compress_type}; packs use deflate")
+    if info.file_size > limit or info.file_size > budget[0]:
+        raise StoreError(
+            f"pack member {info.filename!r} declares {info.file_size} bytes, over the limit of "
+            f"{min(limit, budget[0])}; refusing it (a damaged or hostile pack)"
+        )
+    with zf.open(info) as f:
+        data = f.read(limit + 1)  # never more than limit + 1 bytes, whatever the header says
+    if len(data) > limit or len(data) != info.file_size:
+        raise StoreError(f"pack member {info.filename!r} is not the size it declares; the pack is damaged")
+    budget[0] -= len(data)
+    return data
+
+
+def _load_npy(data: bytes, member: str, shots: int, dim: int) -> np.ndarray:
+    if not data.startswith(b"\x93NUMPY"):
+        raise StoreError(f"pack member {member!r} is not a .npy array")
+    try:
+        arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise StoreError(f"pack member {member!r} cannot be read without pickle or is malformed ({exc})") from exc
+    if arr.dtype != np.float32:
+        raise StoreError(f"pack member {member!r} has dtype {arr.dtype}; packs hold float32 embeddings")
+    if arr.shape != (shots, dim):
+        raise StoreError(f"pack member {member!r} has shape {arr.shape}; pack.json declares ({shots}, {dim})")
+    return arr
+
+
+def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise StoreError(f"{where}: field {key!r} is missing or not {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
+    """Read and fully validate a pack for a store with ``fingerprint`` and ``dim``; writes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"class pack {path} does not exist")
+    if path.stat().st_size > MAX_PACK_BYTES:
+        raise StoreError(f"class pack {path} is {path.stat().st_size} bytes, over the limit of {MAX_PACK_BYTES}")
+    where = f"class pack {path}"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise StoreError(f"{where} has {len(infos)} members, over the limit of {MAX_MEMBERS}")
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names):
+                raise StoreError(f"{where} has duplicate member names; it is damaged or hostile")
+            by_name = {i.filename: i for i in infos}
+            if PACK_JSON not in by_name:
+                raise StoreError(f"{where} has no {PACK_JSON}; is it an edgefs class pack?")
+            budget = [MAX_TOTAL_BYTES]
+            try:
+                doc = json.loads(_read_member(zf, by_name[PACK_JSON], MAX_JSON_BYTES, budget))
+            except ValueError as exc:
+                raise StoreError(f"{where}: {PACK_JSON} is not valid JSON ({exc})") from exc
+            entries = _check_doc(doc, where, fingerprint, dim)
+            expected = {PACK_JSON}
+            for i, entry in enumerate(entries):
+                expected.add(embeddings_member(i))
+                expected.update(thumbnail_member(i, j) for j, has in enumerate(entry["thumbnails"]) if has)
+            if set(names) != expected:
+                extra = sorted(set(names) - expected)[:5]
+                missing = sorted(expected - set(names))[:5]
+                raise StoreError(
+                    f"{where} does not hold the members {PACK_JSON} declares (unexpected: {extra}, "
+                    f"missing: {missing}); it is damaged or was not written by edgefs"
+                )
+            out = []
+            for i, entry in enumerate(entries):
+                member = embeddings_member(i)
+                data = _read_member(zf, by_name[member], MAX_NPY_BYTES, budget)
+                arr = _load_npy(data, member, entry["shots"], dim)
+                emb = check_embeddings(arr, dim, f"{where}: embeddings of {entry['name']!r}")
+                thumbs: list[bytes | None] = [
+                    _read_member(zf, by_name[thumbnail_member(i, j)], MAX_THUMBNAIL_BYTES, budget) if has else None
+                    for j, has in enumerate(entry["thumbnails"])
+                ]
+                try:
+                    thumbs = check_thumbnails(thumbs, entry["shots"])
+                except StoreError as exc:
+                    raise StoreError(f"{where}, class {entry['name']!r}: {exc}") from None
+                out.append(_PackClass(entry["name"], emb, thumbs, entry["sources"]))
+            return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise StoreError(f"{where} is not a readable zip (truncated or corrupt: {exc}); copy it again") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot read {where}: {exc}") from exc
+
+
+def _check_doc(doc: Any, where: str, fingerprint: str, dim: int) -> list[dict[str, Any]]:
+    """Check ``pack.json`` against the store; return its class entries, normalised."""
+    if not isinstance(doc, dict) or doc.get("format") != PACK_FORMAT:
+        raise StoreError(f"{where} is not an edgefs class pack ({PACK_JSON} format is not {PACK_FORMAT!r})")
+    version = _field(doc, "pack_version", int, where)
+    if version > PACK_VERSION:
+        raise StoreError(f"{where} has pack version {version}, newer than this edgefs reads ({PACK_VERSION}); "
+                         "upgrade edgefs")
+    theirs = _field(doc, "fingerprint", str, where)
+    if theirs != fingerprint:
+        raise StoreError(
+            f"{where} was made with bundle {theirs[:12]}..., this store belongs to {fingerprint[:12]}...; "
+            "embedding spaces are never mixed: import it into a store of that bundle, or re-enroll the classes"
+        )
+    if _field(doc, "embedding_dim", int, where) != dim:
+        raise StoreError(f"{where} holds size-{doc['embedding_dim']} embeddings, the store size-{dim}")
+    classes = _field(doc, "classes", list, where)
+    entries = []
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        cw = f"{where}, class {i}"
+        if not isinstance(c, dict):
+            raise StoreError(f"{cw} is not an object")
+        try:
+            name = check_name(c.get("name"))
+        except StoreError as exc:
+            raise StoreError(f"{cw}: {exc}") from None
+        if name in seen:
+            raise StoreError(f"{where} lists class {name!r} twice")
+        seen.add(name)
+        shots = _field(c, "shots", int, cw)
+        if shots < 1:
+            raise StoreError(f"{cw} ({name!r}) has {shots} shots; every class needs at least one")
+        thumbs = c.get("thumbnails", [False] * shots)
+        sources = c.get("sources", [""] * shots)
+        if not (isinstance(thumbs, list) and len(thumbs) == shots and all(isinstance(t, bool) for t in thumbs)):
+            raise StoreError(f"{cw} ({name!r}): 'thumbnails' must be {shots} true/false values")
+        if not (isinstance(sources, list) and len(sources) == shots and all(isinstance(s, str) for s in sources)):
+            raise StoreError(f"{cw} ({name!r}): 'sources' must be {shots} strings")
+        entries.append({"name": name, "shots": shots, "thumbnails": thumbs, "sources": sources})
+    return entries
+
+
+def import_pack(store: ClassStore, path: str | Path, on_conflict: str = "error") -> ImportResult:
+    """Import a pack into ``store``: all classes in one transaction, or nothing.
+
+    Args:
+        on_conflict: for a class already in the store: ``"error"`` (refuse the whole
+            import), ``"skip"`` (keep the store's), ``"replace"`` (the pack's instead)
+            or ``"append"`` (add the pack's shots to it).
+
+    Raises:
+        StoreError: the pack is damaged, hostile, from another bundle, or conflicts.
+    """
+    if on_conflict not in ON_CONFLICT:
+        raise StoreError(f"on_conflict {on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
+    pack = read_pack(path, store.fingerprint, store.dim)
+    result = ImportResult()
+    with store.transaction() as tx:
+        existing = set(store.names())
+        conflicts = [c.name for c in pack if c.name in existing]
+        if conflicts and on_conflict == "error":
+            raise StoreError(
+                f"classes {conflicts} are already in the store; choose --on-conflict skip, replace or append"
+            )
+        for c in pack:
+            if c.name not in existing:
+                tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+                result.added.append(c.name)
+            elif on_conflict == "skip":
+                result.skipped.append(c.name)
+            elif on_conflict == "append":
+                tx.append(c.name, c.embeddings, c.thumbnails, c.sources)
+                result.appended.append(c.name)
+            else:
+                tx.remove(c.name)
+                tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+                result.replaced.append(c.name)
+    return result

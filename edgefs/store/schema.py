@@ -1,0 +1,61 @@
+"""The class store's SQLite schema as an ordered list of migrations.
+
+``PRAGMA user_version`` holds the number of migrations applied: 0 is an empty
+database, ``len(MIGRATIONS)`` is the schema this edgefs writes. Migration ``n``
+(1-based) takes a store at version ``n - 1`` to version ``n``; the store runs
+each one inside the transaction that also sets ``user_version``, so a store is
+never left half-migrated. To change the schema, append one function to
+:data:`MIGRATIONS`; never edit one that has shipped.
+
+Migrations run inside an open transaction, so they use ``conn.execute`` one
+statement at a time (``executescript`` would commit first).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _initial_schema(conn: sqlite3.Connection) -> None:
+    """Version 1: meta, classes, samples and head state."""
+    statements = (
+        # Key/value facts about the store: bundle fingerprint, embedding dim, head type,
+        # created/updated times, the edgefs version that created it, head params (JSON).
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE classes ("
+        " id INTEGER PRIMARY KEY,"
+        " name TEXT NOT NULL UNIQUE,"
+        " created REAL NOT NULL,"
+        " updated REAL NOT NULL)",
+        # embedding: float32 little-endian, exactly embedding_dim values (checked on write and read).
+        # thumbnail: small JPEG bytes or NULL. created: seconds since the epoch.
+        "CREATE TABLE samples ("
+        " id INTEGER PRIMARY KEY,"
+        " class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,"
+        " embedding BLOB NOT NULL,"
+        " thumbnail BLOB,"
+        " source TEXT NOT NULL DEFAULT '',"
+        " created REAL NOT NULL)",
+        "CREATE INDEX samples_by_class ON samples(class_id, id)",
+        # One row per named array of the device head (prototypes, fine-tuned weights):
+        # dtype as numpy's dtype.str (e.g. '<f4'), shape as a JSON list, C-order bytes.
+        "CREATE TABLE head_state ("
+        " name TEXT PRIMARY KEY,"
+        " dtype TEXT NOT NULL,"
+        " shape TEXT NOT NULL,"
+        " data BLOB NOT NULL)",
+    )
+    for statement in statements:
+        conn.execute(statement)
+
+
+# Ordered: MIGRATIONS[i] takes user_version i to i + 1.
+MIGRATIONS: list[Migration] = [_initial_schema]
+
+
+def latest_version() -> int:
+    """The schema version this edgefs writes (read at call time, so tests can add a migration)."""
+    return len(MIGRATIONS)

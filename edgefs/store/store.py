@@ -1,0 +1,560 @@
+"""The on-device class store: enrolled classes, their sample embeddings and the head state, in SQLite.
+
+A store belongs to one bundle: its embeddings live in that backbone's embedding
+space, so opening it with a bundle of another fingerprint (or embedding size)
+is refused rather than mixing spaces. Every write is one transaction, validated
+before anything is written; commits are durable (``synchronous=FULL`` in WAL
+mode: a commit that returned survives a kill or a power cut).
+
+Enrollment updates the samples and the head state together::
+
+    with store.transaction() as tx:
+        tx.add_samples("mug", embeddings, thumbnails, source="camera:0")
+        tx.save_head_state({"prototypes": protos}, {"distance": "euclidean"})
+
+Either both are committed or neither is. A transaction that changes samples
+without saving the head state marks the saved head state out of date
+(:attr:`HeadState.current` is False), so the runtime knows to rebuild it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgefs import __version__
+from edgefs.runtime.bundle import Bundle, Manifest
+from edgefs.store import schema
+from edgefs.store.validate import (
+    EMBEDDING_DTYPE,
+    StoreError,
+    check_embeddings,
+    check_head_state,
+    check_name,
+    check_thumbnails,
+)
+
+if TYPE_CHECKING:
+    from edgefs.store.packs import ImportResult
+
+STORE_FORMAT = "edgefs-class-store"
+# Where shots came from: one text for all of them (e.g. "camera:0"), or one per shot.
+Source = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One enrolled class.
+
+    Attributes:
+        name: the class name (unique in the store).
+        shots: number of sample embeddings.
+        created: seconds since the epoch when it was first enrolled.
+        updated: seconds since the epoch of its last change (append, rename).
+    """
+
+    name: str
+    shots: int
+    created: float
+    updated: float
+
+
+@dataclass
+class HeadState:
+    """The device head's saved arrays and parameters.
+
+    Attributes:
+        arrays: named arrays, e.g. ``{"prototypes": float32 (C, D)}``; empty if none saved.
+        params: JSON parameters saved with them.
+        current: False when samples changed after the head state was saved
+            (then the head should be rebuilt from the samples).
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    current: bool = True
+
+
+def _manifest_of(manifest_or_bundle: Manifest | Bundle) -> Manifest:
+    if isinstance(manifest_or_bundle, Bundle):
+        return manifest_or_bundle.manifest
+    if isinstance(manifest_or_bundle, Manifest):
+        return manifest_or_bundle
+    raise TypeError(f"ClassStore.open needs a Manifest or a Bundle, got {type(manifest_or_bundle).__name__}")
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+class Transaction:
+    """Writes inside one SQLite transaction; obtained from :meth:`ClassStore.transaction`.
+
+    Each method validates its input before writing; an exception anywhere in the
+    ``with`` block rolls the whole transaction back.
+    """
+
+    def __init__(self, store: ClassStore) -> None:
+        self._store = store
+        self._conn = store._conn
+        self.now = time.time()
+        self.samples_changed = False
+        self.head_saved = False
+
+    # ---- classes and samples -------------------------------------------------------------------
+    def _class_id(self, name: str) -> int | None:
+        row = self._conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _insert_samples(
+        self, class_id: int, embeddings: np.ndarray, thumbnails: list[bytes | None], sources: list[str]
+    ) -> None:
+        self._conn.executemany(
+            "INSERT INTO samples (class_id, embedding, thumbnail, source, created) VALUES (?, ?, ?, ?, ?)",
+            [
+                (class_id, row.tobytes(), t, src, self.now)
+                for row, t, src in zip(embeddings, thumbnails, sources, strict=True)
+            ],
+        )
+        self._conn.execute("UPDATE classes SET updated = ? WHERE id = ?", (self.now, class_id))
+        self.samples_changed = True
+
+    def _validated(
+        self, name: str, embeddings: object, thumbnails: Sequence[bytes | None] | None, source: Source
+    ) -> tuple[np.ndarray, list[bytes | None], list[str]]:
+        check_name(name)
+        emb = check_embeddings(embeddings, self._store.dim, f"embeddings for {name!r}")
+        thumbs = check_thumbnails(thumbnails, emb.shape[0])
+        sources = [source] * emb.shape[0] if isinstance(source, str) else list(source)
+        if len(sources) != emb.shape[0] or not all(isinstance(s, str) for s in sources):
+            raise StoreError(f"source must be text (e.g. 'camera:0') or one text per shot, got {source!r:.80}")
+        return emb, thumbs, sources
+
+    def add_class(
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+    ) -> None:
+        """Enroll a new class.
+
+        Args:
+            name: a name not yet in the store.
+            embeddings: float32 ``(K, D)``, ``K >= 1``, finite.
+            thumbnails: ``K`` JPEG byte strings (or None entries), or None.
+            source: where the shots came from, e.g. ``camera:0`` or a folder; or one text per shot.
+        """
+        emb, thumbs, sources = self._validated(name, embeddings, thumbnails, source)
+        if self._class_id(name) is not None:
+            raise StoreError(
+                f"class {name!r} is already enrolled; use --append to add shots to it, "
+                "or remove it first ('edgefs classes remove')"
+            )
+        cur = self._conn.execute(
+            "INSERT INTO classes (name, created, updated) VALUES (?, ?, ?)", (name, self.now, self.now)
+        )
+        self._insert_samples(int(cur.lastrowid or 0), emb, thumbs, sources)
+
+    def append(
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+    ) -> None:
+        """Add shots to an enrolled class (same arguments as :meth:`add_class`)."""
+        emb, thumbs, sources = self._validated(name, embeddings, thumbnails, source)
+        class_id = self._class_id(name)
+        if class_id is None:
+            raise StoreError(f"class {name!r} is not enrolled; enroll it without --append first. {self._known()}")
+        self._insert_samples(class_id, emb, thumbs, sources)
+
+    def add_samples(
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+    ) -> None:
+        """Append to ``name`` if it is enrolled, else enroll it: what live enrollment wants."""
+        if self._class_id(check_name(name)) is None:
+            self.add_class(name, embeddings, thumbnails, source)
+        else:
+            self.append(name, embeddings, thumbnails, source)
+
+    def remove(self, name: str) -> int:
+        """Remove a class and its samples; returns how many samples went."""
+        class_id = self._class_id(name)
+        if class_id is None:
+            raise StoreError(f"class {name!r} is not enrolled. {self._known()}")
+        shots = self._conn.execute("SELECT COUNT(*) FROM samples WHERE class_id = ?", (class_id,)).fetchone()[0]
+        self._conn.execute("DELETE FROM classes WHERE id = ?", (class_id,))  # samples go by ON DELETE CASCADE
+        self.samples_changed = True
+        return int(shots)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a class; its samples and times other than ``updated`` are kept."""
+        check_name(new)
+        class_id = self._class_id(old)
+        if class_id is None:
+            raise StoreError(f"class {old!r} is not enrolled. {self._known()}")
+        if self._class_id(new) is not None:
+            raise StoreError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled; remove it first")
+        self._conn.execute("UPDATE classes SET name = ?, updated = ? WHERE id = ?", (new, self.now, class_id))
+        self.samples_changed = True
+
+    def _known(self) -> str:
+        names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id LIMIT 21")]
+        if not names:
+            return "The store has no classes."
+        more = ", ..." if len(names) > 20 else ""
+        return "Enrolled: " + ", ".join(repr(n) for n in names[:20]) + more
+
+    # ---- head state ---------------------------------------------------------------------------
+    def save_head_state(self, arrays: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> None:
+        """Replace the saved head state with ``arrays`` (name -> numeric array) and JSON ``params``."""
+        params_json = check_head_state(arrays, params)
+        self._conn.execute("DELETE FROM head_state")
+        self._conn.executemany(
+            "INSERT INTO head_state (name, dtype, shape, data) VALUES (?, ?, ?, ?)",
+            [(k, a.dtype.str, json.dumps(list(a.shape)), np.ascontiguousarray(a).tobytes()) for k, a in arrays.items()],
+        )
+        self._store._set_meta("head_params", params_json)
+        self.head_saved = True
+
+    # ---- reads see this transaction's writes --------------------------------------------------
+    def classes(self) -> list[ClassInfo]:
+        """The store's classes as this transaction sees them."""
+        return self._store.classes()
+
+
+class ClassStore:
+    """A SQLite class store tied to one bundle. Open it with :meth:`open`; close it (or use ``with``).
+
+    One store object may be shared between threads (calls are serialised by a lock);
+    several processes may open the same file (SQLite locking; writers wait up to 10 s).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, manifest: Manifest) -> None:
+        self.path = path
+        self._conn = conn
+        self.fingerprint = manifest.fingerprint
+        self.dim = manifest.embedding_dim
+        self.head_type = str(manifest.head.get("type", ""))
+        self._lock = threading.RLock()
+        self._tx: Transaction | None = None
+
+    # ---- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, manifest_or_bundle: Manifest | Bundle, create: bool = True) -> ClassStore:
+        """Open (or create) the store at ``path`` for the given bundle.
+
+        Raises:
+            StoreError: ``path`` is missing and ``create`` is False; not a store; written by a
+                newer edgefs; made with another bundle (fingerprint or embedding size).
+        """
+        manifest = _manifest_of(manifest_or_bundle)
+        path = Path(path)
+        if not path.exists() and not create:
+            raise StoreError(f"class store {path} does not exist; enroll a class to create it, or check --store")
+        if path.is_dir():
+            raise StoreError(f"class store {path} is a folder; --store takes a file, e.g. classes.db")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
+            conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open class store {path}: {exc}") from exc
+        try:
+            store = cls(path, conn, manifest)
+            store._prepare()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path} is not a readable edgefs class store ({exc}); check --store") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        self._refuse_newer(version)
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise StoreError(f"{self.path}: SQLite refused WAL mode here; put the store on a local file system")
+        conn.execute("PRAGMA synchronous=FULL")  # a returned commit survives power loss
+        conn.execute("PRAGMA foreign_keys=ON")
+        if version < schema.latest_version() or not self._has_meta():
+            self._migrate()
+        self._check_bundle()
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > schema.latest_version():
+            raise StoreError(
+                f"class store {self.path} has schema version {version}, newer than this edgefs "
+                f"({__version__}, schema {schema.latest_version()}) understands; upgrade edgefs"
+            )
+
+    def _has_meta(self) -> bool:
+        row = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if row is None:
+            return False
+        return self._conn.execute("SELECT 1 FROM meta WHERE key = 'fingerprint'").fetchone() is not None
+
+    def _migrate(self) -> None:
+        """Apply the missing migrations and, for a new store, write its meta: one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            self._refuse_newer(version)
+            if version == 0:
+                tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                if tables:
+                    raise StoreError(
+                        f"{self.path} is an SQLite database but not an edgefs class store "
+                        f"(tables {sorted(t for (t,) in tables)}); choose another --store"
+                    )
+            for number in range(version + 1, schema.latest_version() + 1):
+                schema.MIGRATIONS[number - 1](conn)
+                conn.execute(f"PRAGMA user_version = {number}")
+            if not conn.execute("SELECT 1 FROM meta WHERE key = 'fingerprint'").fetchone():
+                now = repr(time.time())
+                for key, value in (
+                    ("format", STORE_FORMAT), ("fingerprint", self.fingerprint), ("embedding_dim", str(self.dim)),
+                    ("head_type", self.head_type), ("created", now), ("updated", now),
+                    ("edgefs_version", __version__), ("head_current", "1"),
+                ):
+                    self._set_meta(key, value)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _check_bundle(self) -> None:
+        meta = self.meta()
+        if meta.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path} is not an edgefs class store (format {meta.get('format')!r})")
+        theirs = meta.get("fingerprint", "")
+        if theirs != self.fingerprint:
+            raise StoreError(
+                f"this store belongs to bundle {theirs[:12]}..., you opened it with {self.fingerprint[:12]}...; "
+                "use the bundle it was made with, or a new --store (embedding spaces are never mixed)"
+            )
+        if int(meta.get("embedding_dim", -1)) != self.dim:
+            raise StoreError(
+                f"this store holds size-{meta.get('embedding_dim')} embeddings but the bundle makes size-{self.dim}; "
+                "use the bundle it was made with, or a new --store"
+            )
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed into the main file)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ClassStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One atomic, durable write: everything in the ``with`` block commits together or not at all."""
+        with self._lock:
+            if self._tx is not None:
+                raise StoreError("a store transaction is already open; do all the writes inside that one")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"class store {self.path} is busy or read-only ({exc}); try again") from exc
+            tx = self._tx = Transaction(self)
+            try:
+                yield tx
+                if tx.samples_changed or tx.head_saved:
+                    self._set_meta("updated", repr(tx.now))
+                    self._set_meta("head_current", "1" if tx.head_saved else "0")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._tx = None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # ---- writes, one transaction each -----------------------------------------------------------
+    def add_class(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        thumbnails: Sequence[bytes | None] | None = None,
+        source: Source = "",
+        head_state: dict[str, np.ndarray] | None = None,
+        head_params: dict[str, Any] | None = None,
+    ) -> None:
+        """Enroll ``name`` from float32 ``(K, D)`` embeddings; optionally save the head state in the same commit.
+
+        Raises:
+            StoreError: duplicate name (use :meth:`append`), bad embeddings or thumbnails; nothing is written.
+        """
+        with self.transaction() as tx:
+            tx.add_class(name, embeddings, thumbnails, source)
+            if head_state is not None:
+                tx.save_head_state(head_state, head_params)
+
+    def append(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        thumbnails: Sequence[bytes | None] | None = None,
+        source: Source = "",
+        head_state: dict[str, np.ndarray] | None = None,
+        head_params: dict[str, Any] | None = None,
+    ) -> None:
+        """Add float32 ``(K, D)`` shots to an enrolled class (arguments as :meth:`add_class`)."""
+        with self.transaction() as tx:
+            tx.append(name, embeddings, thumbnails, source)
+            if head_state is not None:
+                tx.save_head_state(head_state, head_params)
+
+    def remove(self, name: str) -> int:
+        """Remove a class and its samples; returns the number of samples removed."""
+        with self.transaction() as tx:
+            return tx.remove(name)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename class ``old`` to ``new`` (which must not exist)."""
+        with self.transaction() as tx:
+            tx.rename(old, new)
+
+    def save_head_state(self, arrays: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> None:
+        """Replace the saved head state (name -> numeric array, JSON params)."""
+        with self.transaction() as tx:
+            tx.save_head_state(arrays, params)
+
+    # ---- class packs --------------------------------------------------------------------------
+    def export_pack(self, path: str | Path, names: list[str] | None = None) -> Path:
+        """Write ``names`` (default all) to a class pack file; see :func:`edgefs.store.packs.export_pack`."""
+        from edgefs.store.packs import export_pack
+
+        return export_pack(self, path, names)
+
+    def import_pack(self, path: str | Path, on_conflict: str = "error") -> ImportResult:
+        """Import a class pack in one transaction; see :func:`edgefs.store.packs.import_pack`."""
+        from edgefs.store.packs import import_pack
+
+        return import_pack(self, path, on_conflict)
+
+    # ---- reads --------------------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        """The store's facts: format, fingerprint, embedding_dim, head_type, created, updated, edgefs_version."""
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def classes(self) -> list[ClassInfo]:
+        """Enrolled classes in enrollment order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT c.name, COUNT(s.id), c.created, c.updated FROM classes c "
+                "LEFT JOIN samples s ON s.class_id = c.id GROUP BY c.id ORDER BY c.id"
+            ).fetchall()
+        return [ClassInfo(name, int(shots), float(created), float(updated)) for name, shots, created, updated in rows]
+
+    def names(self) -> list[str]:
+        """Class names in enrollment order."""
+        return [c.name for c in self.classes()]
+
+    def _decode(self, blob: bytes) -> np.ndarray:
+        if len(blob) != 4 * self.dim:
+            raise StoreError(
+                f"class store {self.path} holds an embedding of {len(blob)} bytes, expected {4 * self.dim}: "
+                "the store is corrupt; restore it from a class pack"
+            )
+        return np.frombuffer(blob, EMBEDDING_DTYPE)
+
+    def embeddings(self, name: str) -> np.ndarray:
+        """float32 ``(K, D)`` sample embeddings of ``name`` in enrollment order."""
+        return self.samples(name)[0]
+
+    def samples(self, name: str) -> tuple[np.ndarray, list[bytes | None], list[str], list[float]]:
+        """All of a class's samples: float32 ``(K, D)`` embeddings, thumbnails, sources and times."""
+        with self._lock:
+            row = self._conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"class {name!r} is not enrolled; 'edgefs classes list' shows what is")
+            rows = self._conn.execute(
+                "SELECT embedding, thumbnail, source, created FROM samples WHERE class_id = ? ORDER BY id", (row[0],)
+            ).fetchall()
+        emb = np.stack([self._decode(r[0]) for r in rows]) if rows else np.zeros((0, self.dim), EMBEDDING_DTYPE)
+        return emb.astype(np.float32), [r[1] for r in rows], [r[2] for r in rows], [float(r[3]) for r in rows]
+
+    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Every sample, for building a head.
+
+        Returns:
+            ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
+            ``names`` (enrollment order).
+        """
+        with self._lock:
+            names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
+            rows = self._conn.execute(
+                "SELECT c.name, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
+            ).fetchall()
+        index = {n: i for i, n in enumerate(names)}
+        x = np.zeros((0, self.dim), np.float32)
+        if rows:
+            x = np.stack([self._decode(b) for _, b in rows]).astype(np.float32)
+        labels = np.array([index[n] for n, _ in rows], dtype=np.int64)
+        return x, labels, names
+
+    def load_head_state(self) -> HeadState:
+        """The saved head state (empty arrays if none was saved)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, dtype, shape, data FROM head_state ORDER BY name").fetchall()
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        arrays: dict[str, np.ndarray] = {}
+        for name, dtype, shape_json, data in rows:
+            try:
+                shape = tuple(int(s) for s in json.loads(shape_json))
+                dt = np.dtype(dtype)
+                if dt.kind not in "biuf" or len(data) != dt.itemsize * math.prod(shape):
+                    raise ValueError(f"{len(data)} bytes for {dtype}{shape}")
+                arrays[name] = np.frombuffer(data, dt).reshape(shape).copy()
+            except (TypeError, ValueError) as exc:
+                raise StoreError(
+                    f"head state array {name!r} in {self.path} is corrupt ({exc}); re-enroll or rebuild the head"
+                ) from exc
+        params = json.loads(meta.get("head_params", "{}"))
+        return HeadState(arrays, params, current=meta.get("head_current", "1") == "1")
+
+    def integrity_check(self) -> str:
+        """SQLite's ``integrity_check`` plus a foreign-key check: ``"ok"`` for a sound store."""
+        with self._lock:
+            result = "; ".join(r[0] for r in self._conn.execute("PRAGMA integrity_check").fetchall())
+            orphans = self._conn.execute("PRAGMA foreign_key_check").fetchall()
+        return result if not orphans else f"{result}; {len(orphans)} rows violate foreign keys"
+
+    def describe(self) -> str:
+        """Human-readable summary used by ``edgefs classes list``."""
+        meta = self.meta()
+        infos = self.classes()
+        head = self.load_head_state()
+        lines = [
+            f"store {self.path}: {len(infos)} classes, {sum(c.shots for c in infos)} samples, "
+            f"bundle {self.fingerprint[:12]}..., dim {self.dim}, head {meta.get('head_type') or '-'}",
+            f"head state: {', '.join(f'{k}{tuple(v.shape)}' for k, v in head.arrays.items()) or 'none'}"
+            + ("" if head.current or not head.arrays else " (out of date: samples changed since)"),
+        ]
+        if infos:
+            width = max(len(c.name) for c in infos)
+            lines.append(f"{'name':<{width}}  shots  created (UTC)        updated (UTC)")
+            lines += [f"{c.name:<{width}}  {c.shots:>5}  {_utc(c.created)}  {_utc(c.updated)}" for c in infos]
+        return "\n".join(lines)
