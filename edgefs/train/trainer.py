@@ -141,7 +141,7 @@ def embedder(method: FewShotMethod, device: torch.device, batch: int = 512) -> C
     return embed
 
 
-def _progress(total: int, initial: int) -> Any:
+def _progress(total: int | None, initial: int) -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
@@ -219,7 +219,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         })
 
     feeder = _EpisodeFeeder(train_data, config, episode)
-    bar = _progress(config.episodes, episode)
+    # With a time budget the episode count is not what ends the run; the bar shows time left instead.
+    bar = _progress(None if config.time_budget_min > 0 else config.episodes, episode)
     logf = (out / "log.jsonl").open("a")
     run_loss, run_acc = 0.0, 0.0
     started = time.monotonic() - elapsed
