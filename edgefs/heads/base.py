@@ -1,0 +1,282 @@
+"""The device head contract: enroll classes incrementally, classify embeddings.
+
+Every head keeps, per class, a running sum and count of its shots and the
+L2-normalised mean (``similarity prototype``); a query's ``best_sim`` is its
+highest cosine to these, whatever the head's own scoring rule, so one open-set
+threshold (:mod:`edgefs.heads.openset`) means the same on every head. Adding,
+appending to or removing a class touches that class's rows only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgefs.errors import EdgefsError
+from edgefs.heads.reference import accumulate_normalize, l2_normalize, softmax, topk
+from edgefs.heads.spec import HeadSpec
+from edgefs.registry import Registry
+
+HEADS: Registry[type[Head]] = Registry("head")
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """What :meth:`Head.classify` returns for ``Q`` queries.
+
+    Attributes:
+        top_idx: int32 ``(Q, k)`` class indices, best first.
+        top_prob: float32 ``(Q, k)`` their probabilities.
+        best_sim: float32 ``(Q,)`` highest cosine to a class's similarity prototype.
+        unknown: bool ``(Q,)``, ``best_sim < threshold``.
+        labels: top-1 class name per query, ``None`` where unknown.
+    """
+
+    top_idx: np.ndarray
+    top_prob: np.ndarray
+    best_sim: np.ndarray
+    unknown: np.ndarray
+    labels: list[str | None]
+
+
+def check_embeddings(embeddings: Any, dim: int, what: str = "embeddings") -> np.ndarray:
+    """Validate a float ``(K, dim)`` array and return it as float32.
+
+    Raises:
+        EdgefsError: not 2-D, wrong width, empty, or holding NaN/inf.
+    """
+    a = np.asarray(embeddings)
+    if a.ndim == 1 and a.shape[0] == dim:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise EdgefsError(f"{what} have shape {a.shape}; expected (K, {dim}): one row per image, "
+                          "from the engine of the bundle this head was built for")
+    if a.shape[0] == 0:
+        raise EdgefsError(f"{what} are empty; pass at least one embedding")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise EdgefsError(f"{what} have dtype {a.dtype}; pass float32 or float16 embeddings")
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise EdgefsError(f"{what} contain NaN or inf; check the engine's output (precision overflow?) "
+                          "and drop those frames")
+    return a
+
+
+class Head(ABC):
+    """A device head: classes enrolled from embeddings, queries classified.
+
+    Subclasses register in :data:`HEADS` under their ``head_type`` and implement
+    :meth:`scores` plus the ``_on_*`` hooks for state beyond the prototype statistics.
+
+    Args:
+        dim: embedding size ``D``.
+        temperature: softmax scale on cosine scores.
+        threshold: a query whose ``best_sim`` is below this is unknown; -1 rejects nothing.
+    """
+
+    head_type: ClassVar[str]
+    #: Hyper-parameters accepted from ``HeadSpec.params`` (besides temperature/threshold).
+    params_accepted: ClassVar[tuple[str, ...]] = ()
+    #: L2-normalise each shot before it enters the running sum (Qi et al. imprinting).
+    normalize_shots: ClassVar[bool] = True
+
+    def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0) -> None:
+        if int(dim) <= 0:
+            raise EdgefsError(f"embedding size must be positive, got {dim}")
+        self.dim = int(dim)
+        self.temperature = float(temperature)
+        self.threshold = float(threshold)
+        self.classes: list[str] = []
+        self._sums = np.zeros((0, self.dim), np.float32)
+        self._counts = np.zeros(0, np.int32)
+        self._protos = np.zeros((0, self.dim), np.float32)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: HeadSpec, dim: int) -> Head:
+        """Build the head a spec names (``Head.from_spec``) or this head from its spec.
+
+        Raises:
+            EdgefsError: unknown head type or parameter, or a spec for another head.
+        """
+        if cls is Head:
+            return HEADS.get(spec.head_type).from_spec(spec, dim)
+        if spec.head_type != cls.head_type:
+            raise EdgefsError(f"spec is for a {spec.head_type!r} head, not {cls.head_type!r}")
+        known = {"temperature", "threshold", *cls.params_accepted}
+        unknown = sorted(set(spec.params) - known)
+        if unknown:
+            raise EdgefsError(f"{cls.head_type} head does not understand spec params {unknown}; "
+                              f"known: {sorted(known)}. Upgrade edgefs or re-export the head spec")
+        head = cls(dim, **spec.params)
+        head._use_spec_arrays(spec.arrays)
+        return head
+
+    def _use_spec_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if arrays:
+            raise EdgefsError(f"{self.head_type} head takes no spec arrays, got {sorted(arrays)}")
+
+    # ---- enrollment ---------------------------------------------------------------------
+    def index(self, name: str) -> int:
+        """Position of class ``name``; EdgefsError naming the enrolled classes if absent."""
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise EdgefsError(f"no class {name!r}; enrolled: {', '.join(self.classes) or 'none'}") from None
+
+    def add_class(self, name: str, embeddings: np.ndarray) -> None:
+        """Enroll a new class from float ``(K, D)`` shots.
+
+        Raises:
+            EdgefsError: duplicate or empty name, or invalid embeddings.
+        """
+        self.add_classes({name: embeddings})
+
+    def add_classes(self, items: Mapping[str, np.ndarray]) -> None:
+        """Enroll several new classes, each from float ``(K_i, D)`` shots, as one update."""
+        checked: dict[str, np.ndarray] = {}
+        for name, emb in items.items():
+            if not isinstance(name, str) or not name.strip():
+                raise EdgefsError(f"class name must be a non-empty string, got {name!r}")
+            if name in self.classes:
+                raise EdgefsError(f"class {name!r} is already enrolled; use append() to add shots "
+                                  "or remove() it first")
+            checked[name] = check_embeddings(emb, self.dim, f"shots of {name!r}")
+        if not checked:
+            raise EdgefsError("no classes given to enroll")
+        first = len(self.classes)
+        grow = len(checked)
+        self._sums = np.concatenate([self._sums, np.zeros((grow, self.dim), np.float32)])
+        self._counts = np.concatenate([self._counts, np.zeros(grow, np.int32)])
+        self._protos = np.concatenate([self._protos, np.zeros((grow, self.dim), np.float32)])
+        for offset, (name, emb) in enumerate(checked.items()):
+            self.classes.append(name)
+            self._accumulate(first + offset, emb)
+        self._on_add(list(range(first, first + grow)), list(checked.values()))
+
+    def append(self, name: str, embeddings: np.ndarray) -> None:
+        """Add float ``(K, D)`` shots to an enrolled class."""
+        idx = self.index(name)
+        emb = check_embeddings(embeddings, self.dim, f"shots of {name!r}")
+        self._accumulate(idx, emb)
+        self._on_append(idx, emb)
+
+    def remove(self, name: str) -> None:
+        """Forget class ``name``; other classes keep their state untouched."""
+        idx = self.index(name)
+        self.classes.pop(idx)
+        self._sums = np.delete(self._sums, idx, axis=0)
+        self._counts = np.delete(self._counts, idx)
+        self._protos = np.delete(self._protos, idx, axis=0)
+        self._on_remove(idx)
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a class; no array changes."""
+        idx = self.index(old)
+        if new != old and new in self.classes:
+            raise EdgefsError(f"cannot rename {old!r} to {new!r}: that name is taken")
+        if not isinstance(new, str) or not new.strip():
+            raise EdgefsError(f"class name must be a non-empty string, got {new!r}")
+        self.classes[idx] = new
+
+    def _accumulate(self, idx: int, emb: np.ndarray) -> None:
+        shots = l2_normalize(emb) if self.normalize_shots else emb
+        # Views of one row: accumulate_normalize updates them in place.
+        row = accumulate_normalize(shots, np.zeros(len(shots), np.int32),
+                                   self._sums[idx : idx + 1], self._counts[idx : idx + 1])
+        self._protos[idx] = row[0]
+
+    def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Hook: classes ``indices`` were appended (float32 shots each ``(K_i, D)``)."""
+
+    def _on_append(self, idx: int, shots: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Hook: float32 ``(K, D)`` shots were added to class ``idx``."""
+
+    def _on_remove(self, idx: int) -> None:  # noqa: B027 - optional hook
+        """Hook: class ``idx`` was removed (indices above it moved down by one)."""
+
+    # ---- inference ----------------------------------------------------------------------
+    @property
+    def prototypes(self) -> np.ndarray:
+        """float32 ``(C, D)`` similarity prototypes (unit rows)."""
+        return self._protos
+
+    @abstractmethod
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """float ``(Q, D)`` -> float32 ``(Q, C)`` logits (softmax gives the class probabilities)."""
+
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        if not self.classes:
+            raise EdgefsError("no classes are enrolled; add_class() before classifying")
+        return check_embeddings(queries, self.dim, "queries")
+
+    def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        top_idx, top_prob = topk(softmax(self.scores(q)), k)
+        best_sim = (l2_normalize(q) @ self._protos.T).max(axis=1).astype(np.float32)
+        return top_idx, top_prob, best_sim, best_sim < np.float32(self.threshold)
+
+    def classify(self, queries: np.ndarray, k: int = 3) -> ClassifyResult:
+        """Rank classes for float ``(Q, D)`` queries; see :class:`ClassifyResult`."""
+        if int(k) < 1:
+            raise EdgefsError(f"k must be at least 1, got {k}")
+        q = self._check_queries(queries)
+        top_idx, top_prob, best_sim, unknown = self._classify(q, int(k))
+        labels = [None if u else self.classes[int(i)] for i, u in zip(top_idx[:, 0], unknown, strict=True)]
+        return ClassifyResult(top_idx, top_prob, best_sim, unknown, labels)
+
+    # ---- persistence --------------------------------------------------------------------
+    def hyperparams(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (what ``from_spec`` accepts)."""
+        return {"temperature": self.temperature, "threshold": self.threshold}
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What the store saves: named arrays and JSON params (classes, dim, hyper-params)."""
+        arrays = {"sums": self._sums.copy(), "counts": self._counts.copy(), **self._state_arrays()}
+        params = {"head_type": self.head_type, "dim": self.dim, "classes": list(self.classes),
+                  "hyperparams": self.hyperparams()}
+        return arrays, params
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> None:
+        """Replace this head's classes and arrays with a saved :meth:`state`.
+
+        Raises:
+            EdgefsError: a state of another head type or size, or arrays that do not fit.
+        """
+        if params.get("head_type") != self.head_type or params.get("dim") != self.dim:
+            raise EdgefsError(f"saved head state is {params.get('head_type')!r} with dim {params.get('dim')}; "
+                              f"this head is {self.head_type!r} with dim {self.dim}. Rebuild the head "
+                              "from the stored samples")
+        classes = list(params.get("classes", []))
+        c = len(classes)
+        sums = np.asarray(arrays.get("sums"))
+        counts = np.asarray(arrays.get("counts"))
+        if sums.shape != (c, self.dim) or counts.shape != (c,) or len(set(classes)) != c:
+            raise EdgefsError(f"saved head state does not fit its {c} classes (sums {sums.shape}, "
+                              f"counts {counts.shape}); rebuild the head from the stored samples")
+        if c and (counts.min() < 1 or not np.isfinite(sums).all()):
+            raise EdgefsError("saved head state has empty classes or non-finite sums; rebuild it")
+        accepted = self.hyperparams()
+        for key, value in dict(params.get("hyperparams", {})).items():
+            if key not in accepted:
+                raise EdgefsError(f"saved head state has unknown hyper-parameter {key!r}; upgrade edgefs")
+            setattr(self, key, value)
+        self.classes = classes
+        self._sums = sums.astype(np.float32).copy()
+        self._counts = counts.astype(np.int32).copy()
+        self._protos = l2_normalize(self._sums / self._counts[:, None].astype(np.float32))
+        self._load_arrays(arrays)
+
+    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Hook: restore arrays added by :meth:`_state_arrays` (classes are already set)."""
+
+
+def build_head(spec: HeadSpec, dim: int) -> Head:
+    """The registered head for ``spec.head_type``, configured from the spec."""
+    return Head.from_spec(spec, dim)
