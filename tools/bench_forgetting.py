@@ -1,0 +1,210 @@
+"""Class-incremental forgetting, open-set rejection and CPU timings of the device heads.
+
+Usage::
+
+    python tools/bench_forgetting.py                                   # defaults below
+    python tools/bench_forgetting.py --checkpoint models/x.pt --repeats 10
+
+Embeds ``DATA/test`` once with the checkpoint's backbone (PyTorch, CPU; this is a
+workstation tool), then for each repeat draws 50 test classes, enrolled in 10
+successive tasks of 5 classes (5 shots each, the remaining images as queries), and
+after each task measures accuracy on every class enrolled so far for each head;
+"joint" fine-tunes once over all classes enrolled so far (the no-forgetting
+reference). 20 further test classes are held out as unknowns: AUROC of ``best_sim``
+and accuracy / known acceptance / unknown rejection at the threshold calibrated by
+leave-one-out on the supports. Finally times ``add_class`` (one 5-shot class into a
+50-class head) and ``classify`` (one query) in NumPy on this CPU. Prints markdown
+tables and writes ``REPORT/forgetting.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefs.heads import Head, HeadSpec
+from edgefs.heads.finetune import FinetuneHead
+from edgefs.heads.openset import auroc, calibrate_threshold
+
+TASKS, WAYS, SHOTS, UNKNOWN_CLASSES = 10, 5, 5, 20
+
+
+def embed_test_split(checkpoint: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+    """float32 ``(N, D)`` embeddings, int64 ``(N,)`` labels, class names, head-spec params."""
+    import torch
+
+    from edgefs.data.images import open_split
+    from edgefs.train.checkpoint import load_checkpoint
+    from edgefs.train.trainer import embedder
+
+    if not (data / "test").is_dir():
+        print(f"{data}/test missing; rendering it with `edgefs data glyphs --out {data}`", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "edgefs", "data", "glyphs", "--out", str(data)], check=True)
+    method, _ = load_checkpoint(checkpoint)
+    spec = method.backbone.spec
+    split = open_split(data, "test", spec.in_channels, spec.input_size)
+    emb = embedder(method, torch.device("cpu"))(split.images)
+    head_spec = method.head_spec()
+    return emb.astype(np.float32), split.labels, split.class_names, {"prototype": head_spec.params}
+
+
+def head_factories(dim: int, proto_params: dict[str, Any]) -> dict[str, Callable[[], Head]]:
+    return {
+        "prototype": lambda: Head.from_spec(HeadSpec("prototype", dict(proto_params)), dim),
+        "imprint": lambda: Head.from_spec(HeadSpec("imprint"), dim),
+        "matching": lambda: Head.from_spec(HeadSpec("matching"), dim),
+        "finetune (l2)": lambda: FinetuneHead(dim, penalty="l2"),
+        "finetune (ewc)": lambda: FinetuneHead(dim, penalty="ewc"),
+        "finetune (no penalty)": lambda: FinetuneHead(dim, penalty="none"),
+    }
+
+
+def split_shots(labels: np.ndarray, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = rng.permutation(np.flatnonzero(labels == cls))
+    return idx[:SHOTS], idx[SHOTS:]
+
+
+def accuracy(head: Head, emb: np.ndarray, queries: list[tuple[np.ndarray, str]]) -> float:
+    idx = np.concatenate([q for q, _ in queries])
+    names = [n for q, n in queries for _ in q]
+    top = head.classify(emb[idx], k=1).top_idx[:, 0]
+    return float(np.mean([head.classes[int(t)] == n for t, n in zip(top, names, strict=True)]))
+
+
+def one_repeat(emb: np.ndarray, labels: np.ndarray, names: list[str], factories: dict[str, Callable[[], Head]],
+               seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    usable = [c for c in range(len(names)) if (labels == c).sum() > SHOTS]
+    chosen = rng.choice(usable, TASKS * WAYS + UNKNOWN_CLASSES, replace=False)
+    known, unknown = chosen[: TASKS * WAYS], chosen[TASKS * WAYS :]
+    heads = {name: make() for name, make in factories.items()}
+    curves: dict[str, list[float]] = {name: [] for name in [*heads, "joint (finetune, all at once)"]}
+    queries: list[tuple[np.ndarray, str]] = []
+    support: dict[str, np.ndarray] = {}
+    for task in range(TASKS):
+        for cls in known[task * WAYS : (task + 1) * WAYS]:
+            shots, query = split_shots(labels, int(cls), rng)
+            support[names[cls]] = emb[shots]
+            queries.append((query, names[cls]))
+            for head in heads.values():
+                head.add_class(names[cls], emb[shots])
+        for name, head in heads.items():
+            curves[name].append(accuracy(head, emb, queries))
+        joint = FinetuneHead(emb.shape[1], penalty="none")
+        joint.add_classes(support)
+        curves["joint (finetune, all at once)"].append(accuracy(joint, emb, queries))
+    heads["joint (finetune, all at once)"] = joint
+    # Open set: threshold from the enrolled shots alone, unknowns from 20 other classes.
+    sup_x = np.concatenate(list(support.values()))
+    sup_y = np.repeat(np.arange(len(support)), [len(v) for v in support.values()])
+    unk_x = emb[np.isin(labels, unknown)]
+    known_idx = np.concatenate([q for q, _ in queries])
+    known_names = [n for q, n in queries for _ in q]
+    openset: dict[str, dict[str, float]] = {}
+    for name, head in heads.items():
+        head.threshold = calibrate_threshold(sup_x, sup_y, target_tpr=0.95, normalize=head.normalize_shots)
+        rk, ru = head.classify(emb[known_idx], k=1), head.classify(unk_x, k=1)
+        correct = np.array([lab == n for lab, n in zip(rk.labels, known_names, strict=True)])
+        openset[name] = {"auroc": auroc(rk.best_sim, ru.best_sim), "threshold": head.threshold,
+                         "known_acc": float(correct.mean()), "known_accept": float(1 - rk.unknown.mean()),
+                         "unknown_reject": float(ru.unknown.mean())}
+    return {"curves": curves, "openset": openset, "heads": heads}
+
+
+def median_us(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e6)
+
+
+def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(0)
+    shots = emb[rng.choice(len(emb), SHOTS, replace=False)]
+    query = emb[rng.choice(len(emb), 1)]
+    batch = emb[rng.choice(len(emb), 32)]
+    out = {}
+    for name, head in heads.items():
+        def enroll(h: Head = head) -> None:
+            # remove() is O(C D) array deletion; measured inside, so this is an upper bound.
+            h.add_class("__bench__", shots)
+            h.remove("__bench__")
+
+        out[name] = {"classes": len(head.classes),
+                     "enroll_us": median_us(enroll, repeat),
+                     "classify1_us": median_us(lambda h=head: h.classify(query, k=3), repeat * 10),
+                     "classify32_us": median_us(lambda h=head: h.classify(batch, k=3), repeat * 10)}
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"Forgetting: accuracy on all classes enrolled so far ({TASKS} tasks x {WAYS} classes, "
+             f"{SHOTS} shots, mean over {report['repeats']} repeats)", ""]
+    cols = [f"T{t + 1}" for t in range(TASKS)]
+    lines += ["| head | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, curve in report["curves"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in curve) + " |")
+    lines += ["", f"Open set ({UNKNOWN_CLASSES} unknown classes; LOO-calibrated threshold, target TPR 0.95)", "",
+              "| head | AUROC | threshold | known acc | known accepted | unknown rejected |",
+              "|---|---|---|---|---|---|"]
+    for name, m in report["openset"].items():
+        lines.append(f"| {name} | {m['auroc']:.3f} | {m['threshold']:.3f} | {m['known_acc']:.3f} | "
+                     f"{m['known_accept']:.3f} | {m['unknown_reject']:.3f} |")
+    lines += ["", f"CPU NumPy figures (median µs; {report['machine']['processor']}, "
+              f"numpy {report['machine']['numpy']})", "",
+              "| head | classes | enroll (add_class, 5 shots) | classify 1 query | classify 32 queries |",
+              "|---|---|---|---|---|"]
+    for name, t in report["timings"].items():
+        lines.append(f"| {name} | {t['classes']} | {t['enroll_us']:.0f} | {t['classify1_us']:.0f} | "
+                     f"{t['classify32_us']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/protonet-conv4-glyphs28.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/glyphs28"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timing-repeat", type=int, default=50)
+    parser.add_argument("--report", type=Path, default=Path("reports/forgetting"))
+    args = parser.parse_args(argv)
+
+    emb, labels, names, specs = embed_test_split(args.checkpoint, args.data)
+    factories = head_factories(emb.shape[1], specs["prototype"])
+    runs = [one_repeat(emb, labels, names, factories, seed) for seed in range(args.repeats)]
+    curves = {name: np.mean([r["curves"][name] for r in runs], axis=0).tolist() for name in runs[0]["curves"]}
+    openset = {name: {key: float(np.mean([r["openset"][name][key] for r in runs])) for key in m}
+               for name, m in runs[0]["openset"].items()}
+    report = {
+        "checkpoint": str(args.checkpoint), "data": str(args.data), "repeats": args.repeats,
+        "protocol": {"tasks": TASKS, "ways": WAYS, "shots": SHOTS, "unknown_classes": UNKNOWN_CLASSES,
+                     "target_tpr": 0.95, "calibration": "loo"},
+        "head_params": {name: h.hyperparams() for name, h in runs[-1]["heads"].items()},
+        "embedding_dim": int(emb.shape[1]),
+        "curves": curves, "openset": openset,
+        "per_repeat": [{"curves": r["curves"], "openset": r["openset"]} for r in runs],
+        "timings": timings(runs[-1]["heads"], emb, args.timing_repeat),
+        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "numpy": np.__version__},
+    }
+    text = markdown(report)
+    print(text)
+    args.report.mkdir(parents=True, exist_ok=True)
+    (args.report / "forgetting.json").write_text(json.dumps(report, indent=2))
+    (args.report / "forgetting.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
