@@ -24,6 +24,7 @@ COMMANDS = {
     "export": "export",
     "build-engine": "build_engine",
     "bench": "bench",
+    "enroll": "enroll",
     "classes": "classes",
 }
 

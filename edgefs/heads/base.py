@@ -128,6 +128,10 @@ class Head(ABC):
         except ValueError:
             raise EdgefsError(f"no class {name!r}; enrolled: {', '.join(self.classes) or 'none'}") from None
 
+    def shots(self, name: str) -> int:
+        """How many shots class ``name`` was enrolled from."""
+        return int(self._counts[self.index(name)])
+
     def add_class(self, name: str, embeddings: np.ndarray) -> None:
         """Enroll a new class from float ``(K, D)`` shots.
 

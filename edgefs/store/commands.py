@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgefs.classifier import Classifier
 from edgefs.runtime.bundle import read_bundle
 from edgefs.store.store import ClassStore
 
 
 def _open(store: str | Path, bundle: str | Path, create: bool = False) -> ClassStore:
     return ClassStore.open(store, read_bundle(bundle), create=create)
+
+
+def _classifier(store: str | Path, bundle: str | Path) -> Classifier:
+    """The store with its head (no engine: nothing is embedded)."""
+    b = read_bundle(bundle)
+    return Classifier(b, None, ClassStore.open(store, b, create=False))
 
 
 def list_classes(store: str | Path, bundle: str | Path) -> str:
@@ -19,16 +26,16 @@ def list_classes(store: str | Path, bundle: str | Path) -> str:
 
 
 def remove_classes(store: str | Path, bundle: str | Path, names: list[str]) -> str:
-    """Remove ``names`` (all or none, in one transaction)."""
-    with _open(store, bundle) as s, s.transaction() as tx:
-        removed = [(name, tx.remove(name)) for name in names]
-    return "\n".join(f"removed {name!r} ({shots} samples)" for name, shots in removed)
+    """Remove ``names`` with their samples and head rows, in one commit (all or nothing)."""
+    with _classifier(store, bundle) as clf:
+        removed = clf.remove(*names)
+    return "\n".join(f"removed {name!r} ({n} samples)" for name, n in removed.items())
 
 
 def rename_class(store: str | Path, bundle: str | Path, old: str, new: str) -> str:
-    """Rename class ``old`` to ``new``."""
-    with _open(store, bundle) as s:
-        s.rename(old, new)
+    """Rename class ``old`` to ``new`` in the samples and the head state together."""
+    with _classifier(store, bundle) as clf:
+        clf.rename(old, new)
     return f"renamed {old!r} to {new!r}"
 
 

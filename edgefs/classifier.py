@@ -1,0 +1,426 @@
+"""The device in one object: a bundle's engine, its head and the class store, kept in step.
+
+:class:`Classifier` is what ``edgefs enroll``, ``edgefs classes`` and ``edgefs run``
+share. Enrolling a class is::
+
+    frames -> to_batch (manifest size, RGB) -> Engine.embed -> quality gate
+           -> head update on a copy -> one store transaction (samples + head state)
+           -> the copy becomes the live head
+
+so a failed write (disk full, a kill, bad input) leaves both the store and the
+live head as they were, and a reader in another thread (the camera loop) sees the
+old head until the new one is complete. Only the enrolled class's rows change:
+prototype sums are running sums, and the fine-tune head anchors every weight to
+its value before the update (:mod:`edgefs.heads.finetune`).
+
+Device side: no torch (DESIGN.md rule 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgefs.errors import EdgefsError
+from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head, calibrate_threshold
+from edgefs.quality import QualityConfig, gate_shots
+from edgefs.runtime.bundle import Bundle, read_bundle
+from edgefs.runtime.engine import Engine
+from edgefs.runtime.preprocess import FitMode, to_batch
+from edgefs.store.store import ClassStore
+
+THUMBNAIL_SIDE = 64
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+#: ``threshold`` values: a cosine, ``"auto"`` (leave-one-out calibration after every
+#: change, :func:`edgefs.heads.calibrate_threshold`) or ``"none"`` (never unknown).
+THRESHOLD_MODES = ("auto", "none")
+
+
+@dataclass
+class EnrollResult:
+    """What :meth:`Classifier.enroll` did.
+
+    Attributes:
+        name: the class.
+        added: shots that passed the gate and were stored.
+        total: the class's shots after the commit.
+        rejected: one message per shot left out (unreadable, blurry, near-duplicate).
+        timings_ms: ``embed``, ``gate``, ``head``, ``commit`` and ``total`` in milliseconds.
+        threshold: the unknown threshold after the change (None when rejection is off).
+    """
+
+    name: str
+    added: int
+    total: int
+    rejected: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+
+    def summary(self) -> str:
+        t = self.timings_ms
+        lines = [
+            f"enrolled {self.name!r}: {self.added} shots added, {self.total} in total "
+            f"(embed {t.get('embed', 0):.1f} ms, gate {t.get('gate', 0):.1f} ms, head {t.get('head', 0):.2f} ms, "
+            f"commit {t.get('commit', 0):.1f} ms)"
+        ]
+        lines += [f"  left out {r}" for r in self.rejected]
+        if self.threshold is not None:
+            lines.append(f"  unknown threshold: cosine < {self.threshold:.3f}")
+        return "\n".join(lines)
+
+
+def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small JPEG of an RGB ``(H, W, 3)`` uint8 image (longest side ``side``), for the store."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise EdgefsError("could not encode a thumbnail")
+    return buf.tobytes()
+
+
+def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Read image files (and the images directly inside folders) as RGB uint8.
+
+    Returns:
+        ``(images, names, problems)``: the readable images with their file names, and
+        one message per file that could not be decoded.
+
+    Raises:
+        EdgefsError: a path that does not exist, or no image files at all.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise EdgefsError(f"{p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise EdgefsError(f"{p} does not exist; pass image files or a folder of them to --images")
+    images, names, problems = [], [], []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is None:
+            problems.append(f"{f.name}: cannot be read as an image (corrupt or not an image); skipped")
+            continue
+        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        names.append(f.name)
+    return images, names, problems
+
+
+def parse_threshold(value: str | float) -> str | float:
+    """``"auto"``, ``"none"`` or a cosine in ``[-1, 1]`` (CLI text or a number)."""
+    if isinstance(value, str) and value.lower() in THRESHOLD_MODES:
+        return value.lower()
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise EdgefsError(f"threshold must be 'auto', 'none' or a cosine between -1 and 1, got {value!r}") from None
+    if not -1.0 <= t <= 1.0:
+        raise EdgefsError(f"threshold {t} is not a cosine between -1 and 1")
+    return t
+
+
+class Classifier:
+    """A bundle's engine and head with the class store behind them.
+
+    Args:
+        bundle: the opened bundle.
+        engine: an engine of that bundle (:func:`edgefs.runtime.open_engine`); None for
+            store maintenance (remove, rename) that embeds nothing.
+        store: the class store (opened with the same bundle), or None for a head in memory only.
+        head_type: a head type to use instead of the bundle's (e.g. ``"imprint"``).
+        threshold: see :data:`THRESHOLD_MODES`; None keeps the store's saved choice
+            (``"auto"`` for a new store). The choice is saved with the head state.
+        quality: the enrollment gate's thresholds.
+        fit: how frames are brought to the input size (``center_crop``, ``resize``, ``letterbox``).
+        log: receives progress lines.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: Engine | None,
+        store: ClassStore | None = None,
+        head_type: str | None = None,
+        threshold: str | float | None = None,
+        quality: QualityConfig | None = None,
+        fit: FitMode = "center_crop",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.bundle = bundle
+        self.engine = engine
+        self.store = store
+        self.quality = quality or QualityConfig()
+        self.fit: FitMode = fit
+        if threshold is None:
+            saved = store.load_head_state().params if store is not None else {}
+            threshold = saved.get("threshold_mode", "auto")
+        self.threshold_mode = parse_threshold(threshold)
+        self.log = log
+        self._write_lock = threading.Lock()
+        spec = bundle.head if head_type in (None, bundle.head.head_type) else HeadSpec(str(head_type))
+        self._spec = spec
+        self.head: Head = self._load_head()
+
+    @classmethod
+    def open(
+        cls,
+        bundle_path: str | Path,
+        store_path: str | Path | None = None,
+        *,
+        backend: str = "auto",
+        device: str | None = None,
+        threads: int | None = None,
+        head_type: str | None = None,
+        threshold: str | float | None = None,
+        quality: QualityConfig | None = None,
+        fit: FitMode = "center_crop",
+        create: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> Classifier:
+        """Read the bundle, open its engine and the store, and restore the head.
+
+        Raises:
+            EdgefsError: a bad bundle, a store of another bundle, an unknown backend or head type.
+        """
+        from edgefs.runtime.select import open_engine
+
+        bundle = read_bundle(bundle_path)
+        store = ClassStore.open(store_path, bundle, create=create) if store_path is not None else None
+        try:
+            engine = open_engine(bundle, backend=backend, device=device, threads=threads, log=log)
+            return cls(bundle, engine, store, head_type, threshold, quality, fit, log)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- head state --------------------------------------------------------------------
+    def _new_head(self) -> Head:
+        return build_head(self._spec, self.bundle.manifest.embedding_dim)
+
+    def _load_head(self) -> Head:
+        """The saved head when it is current and of this type, else one rebuilt from the stored samples."""
+        head = self._new_head()
+        if self.store is None or not self.store.names():
+            return self._apply_threshold(head)
+        saved = self.store.load_head_state()
+        if saved.current and saved.arrays and saved.params.get("head_type") == head.head_type:
+            try:
+                head.load_state(saved.arrays, saved.params)
+                if head.classes == self.store.names():
+                    return self._apply_threshold(head)
+            except EdgefsError as exc:
+                self.log(f"saved head state not usable ({exc}); rebuilding it from the stored samples")
+            head = self._new_head()
+        x, labels, names = self.store.all_embeddings()
+        head.add_classes({n: x[labels == i] for i, n in enumerate(names)})
+        return self._apply_threshold(head)
+
+    def _apply_threshold(self, head: Head) -> Head:
+        mode = self.threshold_mode
+        if mode == "none":
+            head.threshold = -1.0
+        elif mode == "auto":
+            head.threshold = self._calibrated(head)
+        else:
+            head.threshold = float(mode)
+        return head
+
+    def _calibrated(self, head: Head) -> float:
+        """Leave-one-out threshold over the stored shots; -1 (reject nothing) until that is possible."""
+        if self.store is None or not self.store.names():
+            return -1.0
+        x, labels, _ = self.store.all_embeddings()
+        try:
+            return calibrate_threshold(x, labels, normalize=head.normalize_shots)
+        except EdgefsError:  # one class with one shot: nothing to calibrate from yet
+            return -1.0
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.head.classes)
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.head.threshold <= -1.0 else float(self.head.threshold)
+
+    # ---- embedding -------------------------------------------------------------------------
+    def prepare(self, frames: Sequence[np.ndarray] | np.ndarray, input_order: str = "RGB") -> np.ndarray:
+        """Frames of any size as the engine's uint8 ``(B, H, W, 3)`` RGB batch."""
+        return to_batch(frames, self.bundle.manifest, mode=self.fit, input_order=input_order)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """float32 ``(B, D)`` embeddings of a prepared batch, checked for NaN/inf."""
+        if self.engine is None:
+            raise EdgefsError("this classifier was opened without an engine; open it with Classifier.open()")
+        emb = self.engine.embed(batch)
+        if not np.isfinite(emb).all():
+            bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+            raise EdgefsError(f"the engine returned NaN/inf embeddings for images {bad.tolist()}; "
+                              "check the bundle (precision overflow?) and the images")
+        return emb
+
+    # ---- enrollment ------------------------------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        frames: Sequence[np.ndarray] | np.ndarray,
+        *,
+        names: Sequence[str] | None = None,
+        append: bool = False,
+        source: str = "",
+        input_order: str = "RGB",
+        problems: Sequence[str] = (),
+    ) -> EnrollResult:
+        """Enroll ``name`` (or, with ``append``, add shots to it) from camera frames or images.
+
+        Args:
+            name: the class name.
+            frames: uint8 images of any size (``input_order`` channels).
+            names: a label per frame for messages (file names), or None.
+            append: add to an enrolled class instead of creating one.
+            source: where the shots came from, e.g. ``camera:0`` or a folder.
+            input_order: ``"RGB"`` (files read by :func:`read_images`) or ``"BGR"`` (OpenCV).
+            problems: messages about inputs already left out (unreadable files), reported back.
+
+        Returns:
+            :class:`EnrollResult`.
+
+        Raises:
+            EdgefsError: no shots, or none passed the gate (the reasons are in the message),
+                a duplicate name without ``append``, an unknown class with ``append``;
+                nothing is written and the live head is unchanged.
+        """
+        t0 = time.perf_counter()
+        if name in self.head.classes and not append:
+            raise EdgefsError(f"class {name!r} is already enrolled; pass --append to add shots to it, "
+                              "or remove it first with 'edgefs classes remove'")
+        if append and name not in self.head.classes:
+            raise EdgefsError(f"class {name!r} is not enrolled, so there is nothing to --append to; "
+                              f"enrolled: {', '.join(self.head.classes) or 'none'}")
+        if frames is None or len(frames) == 0:
+            raise EdgefsError(f"no images to enroll {name!r} from" + (f": {'; '.join(problems)}" if problems else ""))
+        batch = self.prepare(frames, input_order)
+        emb = self.embed(batch)
+        t1 = time.perf_counter()
+        existing = self.store.embeddings(name) if append and self.store is not None else None
+        gate = gate_shots(batch, emb, self.quality, existing, list(names) if names else None)
+        rejected = [*problems, *gate.reasons]
+        if not gate.keep.any():
+            raise EdgefsError(f"no shot of {name!r} passed the quality gate; nothing was enrolled:\n  "
+                              + "\n  ".join(rejected))
+        kept_emb = emb[gate.keep]
+        thumbs = [thumbnail(im) for im in batch[gate.keep]]
+        t2 = time.perf_counter()
+        with self._write_lock:
+            head = copy.deepcopy(self.head)
+            (head.append if append else head.add_class)(name, kept_emb)
+            t3 = time.perf_counter()
+            self._commit(head, lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source))
+            self.head = head
+        t4 = time.perf_counter()
+        total = head.shots(name)
+        timings = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3,
+                   "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
+        return EnrollResult(name, int(gate.keep.sum()), total, rejected, timings, self.threshold)
+
+    def _commit(self, head: Head, write: Callable[[Any], object]) -> None:
+        """Write samples and the head's state in one transaction; recalibrate the threshold."""
+        if self.store is None:
+            self._apply_threshold(head)
+            return
+        with self.store.transaction() as tx:
+            write(tx)
+            # Calibrate inside the transaction: it reads the samples just written.
+            self._apply_threshold(head)
+            arrays, params = head.state()
+            tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+
+    def remove(self, *names: str) -> dict[str, int]:
+        """Forget classes: their samples and head rows, in one commit (all or none).
+
+        Returns:
+            name -> number of samples removed. Other classes are untouched.
+        """
+        with self._write_lock:
+            head = copy.deepcopy(self.head)
+            shots = {}
+            for name in names:
+                shots[name] = head.shots(name)  # EdgefsError naming the enrolled classes if absent
+                head.remove(name)
+            self._commit(head, lambda tx: [tx.remove(n) for n in names])
+            self.head = head
+        return shots
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a class in the head and the store together."""
+        with self._write_lock:
+            head = copy.deepcopy(self.head)
+            head.rename(old, new)
+            self._commit(head, lambda tx: tx.rename(old, new))
+            self.head = head
+
+    # ---- classification --------------------------------------------------------------------
+    def classify(self, embeddings: np.ndarray, k: int = 3) -> ClassifyResult:
+        """Rank the enrolled classes for float ``(Q, D)`` embeddings."""
+        return self.head.classify(embeddings, k)
+
+    def classify_frames(self, frames: Sequence[np.ndarray] | np.ndarray, k: int = 3,
+                        input_order: str = "RGB") -> ClassifyResult:
+        """Prepare, embed and classify frames in one call."""
+        return self.classify(self.embed(self.prepare(frames, input_order)), k)
+
+
+def enroll_files(
+    bundle: str | Path,
+    store: str | Path,
+    label: str,
+    images: Sequence[str | Path],
+    *,
+    append: bool = False,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    head_type: str | None = None,
+    threshold: str | float | None = None,
+    quality: QualityConfig | None = None,
+    fit: FitMode = "center_crop",
+    log: Callable[[str], None] = print,
+) -> EnrollResult:
+    """``edgefs enroll``: read image files, enroll them as ``label`` into the store, one commit.
+
+    Unreadable files are left out with a message; if no shot is left, nothing is written.
+    """
+    frames, names, problems = read_images(images)
+    for p in problems:
+        log(f"warning: {p}")
+    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
+                         threshold=threshold, quality=quality, fit=fit, log=log) as clf:
+        source = ",".join(str(p) for p in images) if len(images) <= 3 else f"{images[0]} (+{len(images) - 1} more)"
+        return clf.enroll(label, frames, names=names, append=append, source=source, problems=problems)

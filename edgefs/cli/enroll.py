@@ -1,0 +1,46 @@
+"""edgefs enroll: add a class (or shots to one) to a device's class store from image files."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "enroll a new class (or --append shots) into a class store from a few images"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgefs.heads.spec import HEAD_TYPES
+    from edgefs.quality import QualityConfig
+    from edgefs.runtime.preprocess import FIT_MODES
+    from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
+
+    q = QualityConfig()
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
+    p.add_argument("--store", required=True, help="class store file (created if missing), e.g. classes.db")
+    p.add_argument("--label", required=True, help="the class name")
+    p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files, or folders of them")
+    p.add_argument("--append", action="store_true", help="add the shots to an enrolled class")
+    p.add_argument("--head", choices=HEAD_TYPES, help="device head (default: the bundle's)")
+    p.add_argument("--threshold",
+                   help="unknown threshold: auto (leave-one-out over the shots), none, or a cosine "
+                        "(default: the store's choice, auto for a new store)")
+    p.add_argument("--min-sharpness", type=float, default=q.min_sharpness,
+                   help=f"reject shots whose Laplacian variance is below this (default {q.min_sharpness:g}; 0: off)")
+    p.add_argument("--max-similarity", type=float, default=q.max_similarity,
+                   help=f"reject near-duplicate shots above this cosine (default {q.max_similarity:g}; 1: off)")
+    p.add_argument("--fit", default="center_crop", choices=FIT_MODES, help="how images meet the input size")
+    p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgefs.classifier import enroll_files
+    from edgefs.quality import QualityConfig
+
+    result = enroll_files(
+        args.bundle, args.store, args.label, args.images, append=args.append, backend=args.backend,
+        device=args.device, threads=args.threads, head_type=args.head, threshold=args.threshold,
+        quality=QualityConfig(args.min_sharpness, args.max_similarity), fit=args.fit,
+    )
+    print(result.summary())
+    return 0
