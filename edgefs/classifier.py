@@ -318,17 +318,49 @@ class Classifier:
                 nothing is written and the live head is unchanged.
         """
         t0 = time.perf_counter()
+        self._check_target(name, append)
+        if frames is None or len(frames) == 0:
+            raise EdgefsError(f"no images to enroll {name!r} from" + (f": {'; '.join(problems)}" if problems else ""))
+        batch = self.prepare(frames, input_order)
+        emb = self.embed(batch)
+        return self.enroll_embedded(name, batch, emb, names=names, append=append, source=source,
+                                    problems=problems, started=t0)
+
+    def _check_target(self, name: str, append: bool) -> None:
         if name in self.head.classes and not append:
             raise EdgefsError(f"class {name!r} is already enrolled; pass --append to add shots to it, "
                               "or remove it first with 'edgefs classes remove'")
         if append and name not in self.head.classes:
             raise EdgefsError(f"class {name!r} is not enrolled, so there is nothing to --append to; "
                               f"enrolled: {', '.join(self.head.classes) or 'none'}")
-        if frames is None or len(frames) == 0:
-            raise EdgefsError(f"no images to enroll {name!r} from" + (f": {'; '.join(problems)}" if problems else ""))
-        batch = self.prepare(frames, input_order)
-        emb = self.embed(batch)
+
+    def enroll_embedded(
+        self,
+        name: str,
+        batch: np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        names: Sequence[str] | None = None,
+        append: bool = False,
+        source: str = "",
+        problems: Sequence[str] = (),
+        started: float | None = None,
+    ) -> EnrollResult:
+        """:meth:`enroll` for shots already prepared and embedded (the camera loop has both).
+
+        Args:
+            batch: uint8 ``(K, H, W, 3)`` engine inputs (for the gate and the thumbnails).
+            embeddings: float32 ``(K, D)`` their embeddings.
+            started: ``time.perf_counter()`` when the shots' processing began (for timings).
+            Other arguments: as :meth:`enroll`.
+        """
+        t0 = time.perf_counter() if started is None else started
         t1 = time.perf_counter()
+        self._check_target(name, append)
+        if len(batch) != len(embeddings) or not len(batch):
+            raise EdgefsError(f"enroll_embedded() needs as many embeddings as images, got {len(embeddings)} "
+                              f"and {len(batch)}")
+        emb = np.asarray(embeddings, np.float32)
         existing = self.store.embeddings(name) if append and self.store is not None else None
         gate = gate_shots(batch, emb, self.quality, existing, list(names) if names else None)
         rejected = [*problems, *gate.reasons]
@@ -339,16 +371,16 @@ class Classifier:
         thumbs = [thumbnail(im) for im in batch[gate.keep]]
         t2 = time.perf_counter()
         with self._write_lock:
+            self._check_target(name, append)  # another thread may have enrolled it meanwhile
             head = copy.deepcopy(self.head)
             (head.append if append else head.add_class)(name, kept_emb)
             t3 = time.perf_counter()
             self._commit(head, lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source))
             self.head = head
         t4 = time.perf_counter()
-        total = head.shots(name)
         timings = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3,
                    "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
-        return EnrollResult(name, int(gate.keep.sum()), total, rejected, timings, self.threshold)
+        return EnrollResult(name, int(gate.keep.sum()), head.shots(name), rejected, timings, self.threshold)
 
     def _commit(self, head: Head, write: Callable[[Any], object]) -> None:
         """Write samples and the head's state in one transaction; recalibrate the threshold."""
