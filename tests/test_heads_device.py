@@ -196,8 +196,10 @@ def test_prototype_head_keeps_both_distances_from_the_spec() -> None:
     assert np.allclose(co.scores(q), 12.5 * cos, atol=1e-4)
     with pytest.raises(EdgefsError, match="does not understand"):
         Head.from_spec(HeadSpec("prototype", {"metric": "l1"}), D)
+    unknown = HeadSpec("prototype")
+    unknown.head_type = "nearest-star"  # past HeadSpec's own check: the head registry refuses it too
     with pytest.raises(EdgefsError, match="unknown head"):
-        Head.from_spec(HeadSpec("relation"), D)
+        Head.from_spec(unknown, D)
 
 
 # ---- open set ---------------------------------------------------------------------------

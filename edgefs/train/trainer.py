@@ -90,7 +90,7 @@ class _EpisodeFeeder:
             images = self.data.images[idx]
             if self.augment is not None:
                 images = self.augment(images)
-            item = (images, ep.support_labels(), ep.query_labels(), np.int64(len(ep.support)))
+            item = (images, ep.support_labels(), ep.query_labels(), np.int64(len(ep.support)), ep.classes)
             while not self.stop.is_set():
                 try:
                     self.queue.put(item, timeout=0.2)
@@ -202,6 +202,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         f"val: {val_data.num_classes} classes, {len(val_episodes.episodes)} fixed {val_protocol.name} episodes"
     )
 
+    method.setup(train_data)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     episode, elapsed, best = 0, 0.0, -1.0
     history: list[dict[str, Any]] = []
@@ -234,11 +235,16 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             lr = learning_rate(config, episode, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, s_labels, q_labels, n_support = feeder.get()
+            images, s_labels, q_labels, n_support, classes = feeder.get()
             x = torch.from_numpy(images).to(device)
-            sl = torch.from_numpy(s_labels).to(device)
-            ql = torch.from_numpy(q_labels).to(device)
-            loss, acc = method.episode_loss(x[:n_support], sl, x[n_support:], ql)
+            if method.batch_training:
+                # Non-episodic methods see the episode as a class-balanced batch with global labels.
+                labels = torch.from_numpy(classes[np.concatenate([s_labels, q_labels])]).to(device)
+                loss, acc = method.batch_loss(x, labels)
+            else:
+                sl = torch.from_numpy(s_labels).to(device)
+                ql = torch.from_numpy(q_labels).to(device)
+                loss, acc = method.episode_loss(x[:n_support], sl, x[n_support:], ql)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
