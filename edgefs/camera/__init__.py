@@ -1,0 +1,8 @@
+"""Camera side of the device runtime: sources (URIs -> frames), capture threads, the real-time pipeline.
+
+Device side: NumPy and OpenCV only, no torch (DESIGN.md rule 1).
+"""
+
+from edgefs.camera.sources import SOURCES, Frame, Source, SourceError, open_source, source_forms
+
+__all__ = ["SOURCES", "Frame", "Source", "SourceError", "open_source", "source_forms"]
