@@ -26,6 +26,8 @@ COMMANDS = {
     "bench": "bench",
     "enroll": "enroll",
     "classes": "classes",
+    "run": "run",
+    "demo": "demo",
 }
 
 

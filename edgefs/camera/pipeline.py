@@ -1,0 +1,581 @@
+"""The real-time loop: sources -> latest frames -> one batch -> engine -> head -> smoothing -> outputs.
+
+One capture thread per source keeps only the newest frame of a live camera
+(older ones are dropped and counted); file and folder sources hand over every
+frame. The main loop takes whatever frames are ready, prepares them as one
+batch (the bundle's input size, RGB), embeds the batch once, classifies it,
+smooths each source's labels over its recent frames with hysteresis, and writes
+JSONL events, an annotated window or video, and a summary at the end.
+
+Live enrollment (``--enroll NAME``, a stdin command or a key in the window)
+collects shots from a source's frames as they pass through the loop (the
+embeddings are already computed), gates them, and commits the new class in a
+worker thread: classification never stops, and the class is live from the
+frame after the commit.
+
+Device side: no torch (DESIGN.md rule 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from edgefs.camera.capture import CaptureThread
+from edgefs.camera.sources import Frame, open_source
+from edgefs.classifier import Classifier, EnrollResult
+from edgefs.errors import EdgefsError
+from edgefs.fileio import atomic_write_text
+from edgefs.quality import sharpness
+
+UNKNOWN = "unknown"
+STAGES = ("wait", "preprocess", "embed", "head", "total")
+
+
+@dataclass
+class RunConfig:
+    """What ``edgefs run`` does.
+
+    Attributes:
+        sources: source URIs (:func:`edgefs.camera.sources.open_source`).
+        k: classes reported per frame (top-k).
+        smooth: frames in each source's smoothing window (1: no smoothing).
+        switch_margin: hysteresis; the shown label changes only when another label's
+            share of the window beats the current one's by this much.
+        jsonl: write one JSON event per frame here (``-`` for stdout).
+        record: write the annotated stream to this video file.
+        display: show a window (None: when a display exists and OpenCV has a GUI).
+        max_frames: stop after this many frames in all (None: until the sources end).
+        duration_s: stop after this many seconds.
+        enroll: enroll this label live from ``enroll_source`` at the start.
+        shots: shots per live enrollment.
+        enroll_source: index of the source to enroll from.
+        enroll_interval_s: least time between two shots of one enrollment.
+        enroll_delay_s: countdown before the first shot.
+        commands: read commands from stdin (``enroll NAME [SHOTS]``, ``remove NAME``, ``quit``).
+        summary_json: write the end-of-run summary here.
+    """
+
+    sources: list[str]
+    k: int = 3
+    smooth: int = 5
+    switch_margin: float = 0.2
+    jsonl: str | None = None
+    record: str | None = None
+    display: bool | None = False
+    max_frames: int | None = None
+    duration_s: float | None = None
+    enroll: str | None = None
+    shots: int = 5
+    enroll_source: int = 0
+    enroll_interval_s: float = 0.2
+    enroll_delay_s: float = 0.0
+    commands: bool = False
+    summary_json: str | None = None
+    source_options: dict[str, Any] = field(default_factory=dict)
+
+
+class LabelSmoother:
+    """Confidence-weighted vote over a source's recent labels, with hysteresis.
+
+    Args:
+        window: frames remembered.
+        margin: the shown label switches only when another label's share of the
+            weight beats the shown one's by at least this (0..1).
+    """
+
+    def __init__(self, window: int = 5, margin: float = 0.2) -> None:
+        if window < 1 or not 0.0 <= margin < 1.0:
+            raise EdgefsError(f"smoothing needs window >= 1 and 0 <= margin < 1, got {window} and {margin}")
+        self.recent: deque[tuple[str, float]] = deque(maxlen=window)
+        self.margin = margin
+        self.current: str | None = None
+
+    def update(self, label: str, confidence: float) -> tuple[str, float]:
+        """Add a frame's label; return the shown label and its share of the window."""
+        self.recent.append((label, max(float(confidence), 1e-6)))
+        weight: Counter[str] = Counter()
+        for lab, c in self.recent:
+            weight[lab] += c
+        total = sum(weight.values())
+        best, best_w = weight.most_common(1)[0]
+        switch = self.current is not None and self.current in weight and \
+            (best_w - weight[self.current]) / total >= self.margin
+        if self.current is None or self.current not in weight or switch:
+            self.current = best
+        return self.current, weight[self.current] / total
+
+    def reset(self) -> None:
+        self.recent.clear()
+        self.current = None
+
+
+class StageTimes:
+    """Per-stage latencies in milliseconds, for the p50/p99 summary."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+
+    def add(self, stage: str, ms: float) -> None:
+        self.ms[stage].append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.ms.items():
+            if values:
+                a = np.asarray(values)
+                out[stage] = {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+                              "mean": float(a.mean()), "n": len(values)}
+        return out
+
+
+@dataclass
+class LiveEnrollment:
+    """Shots being collected for one label from one source."""
+
+    name: str
+    shots: int
+    source: int
+    interval_s: float
+    start_at: float
+    images: list[np.ndarray] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    last_shot: float = -1e9
+    rejected: list[str] = field(default_factory=list)
+
+    def status(self, now: float) -> str:
+        if now < self.start_at:
+            return f"enrolling {self.name!r}: starting in {self.start_at - now:.1f} s"
+        return f"enrolling {self.name!r}: shot {len(self.images)}/{self.shots}"
+
+
+@dataclass
+class RunSummary:
+    """What a run did, printed at the end and written as JSON."""
+
+    frames: int
+    seconds: float
+    fps: float
+    dropped: int
+    reconnects: int
+    stages_ms: dict[str, dict[str, float]]
+    max_age_ms: float
+    accuracy: float | None
+    accuracy_frames: int
+    known_top1: float | None
+    known_frames: int
+    unknown_rejected: float | None
+    unknown_frames: int
+    enrolled: list[str]
+    per_source: dict[str, dict[str, Any]]
+    stopped_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def text(self) -> str:
+        lines = [f"run: {self.frames} frames in {self.seconds:.1f} s = {self.fps:.1f} FPS; "
+                 f"dropped {self.dropped} stale frames; {self.reconnects} reconnects; stopped by {self.stopped_by}"]
+        if self.accuracy is not None:
+            lines.append(f"accuracy against ground truth: {100 * self.accuracy:.2f}% of {self.accuracy_frames} "
+                         "labelled frames (smoothed label; frames of classes not enrolled must be 'unknown')")
+        if self.known_top1 is not None:
+            lines.append(f"enrolled classes, closed-set top-1 per frame: {100 * self.known_top1:.2f}% "
+                         f"of {self.known_frames} frames")
+        if self.unknown_rejected is not None:
+            lines.append(f"classes not enrolled, called 'unknown': {100 * self.unknown_rejected:.2f}% "
+                         f"of {self.unknown_frames} frames")
+        lines.append("stage          p50 ms   p99 ms")
+        for stage, s in self.stages_ms.items():
+            lines.append(f"{stage:<12} {s['p50']:>8.2f} {s['p99']:>8.2f}")
+        lines.append(f"oldest frame at processing: {self.max_age_ms:.1f} ms")
+        for name, st in self.per_source.items():
+            lines.append(f"source {name}: {st['frames']} frames, {st['dropped']} dropped, status {st['status']}")
+        if self.enrolled:
+            lines.append(f"enrolled during the run: {', '.join(self.enrolled)}")
+        return "\n".join(lines)
+
+
+def display_available() -> bool:
+    """True when a window can be shown: a display exists and OpenCV was built with a GUI."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    info = cv2.getBuildInformation()
+    gui = next((line for line in info.splitlines() if "GUI:" in line), "")
+    return "NONE" not in gui.upper()
+
+
+def _read_commands(out: queue.Queue[str]) -> None:
+    for line in sys.stdin:
+        out.put(line.strip())
+
+
+class Pipeline:
+    """The camera loop over a :class:`Classifier`; see the module docstring.
+
+    Args:
+        classifier: the opened classifier (engine, head, store).
+        config: :class:`RunConfig`.
+        log: receives status lines (enrollment, reconnects).
+    """
+
+    def __init__(self, classifier: Classifier, config: RunConfig, log: Callable[[str], None] = print) -> None:
+        if not config.sources:
+            raise EdgefsError("no sources given; pass at least one, e.g. synthetic:data/glyphs28/test or 0")
+        self.clf = classifier
+        self.cfg = config
+        self.log = log
+        self.captures = [
+            CaptureThread(source, on_status=lambda status, name=source.name: self._on_status(name, status))
+            for source in (open_source(uri, **config.source_options) for uri in config.sources)
+        ]
+        self.smoothers = [LabelSmoother(config.smooth, config.switch_margin) for _ in self.captures]
+        self.times = StageTimes()
+        self.enrollment: LiveEnrollment | None = None
+        self.enrolled: list[str] = []
+        self._enroll_thread: threading.Thread | None = None
+        self._commands: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self.events_out: IO[str] | None = None
+        self.writer: cv2.VideoWriter | None = None
+        self.correct = 0
+        self.labelled = 0
+        self.known_correct = 0
+        self.known = 0
+        self.unknown_rejections = 0
+        self.unknown = 0
+        self.frames = 0
+        self.max_age_ms = 0.0
+        self.per_source_frames = [0] * len(self.captures)
+        self.status_line = ""
+
+    # ---- control --------------------------------------------------------------------
+    def _on_status(self, name: str, status: str) -> None:
+        """A capture thread's state changed (reconnecting, running, ended): show it."""
+        self.status_line = f"{name}: {status}"
+        if not status.startswith(("running", "ended", "stopped")):
+            self.log(f"source {self.status_line}")
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current batch (thread-safe)."""
+        self._stop.set()
+
+    def command(self, line: str) -> None:
+        """Queue a command as if typed on stdin: ``enroll NAME [SHOTS]``, ``remove NAME``, ``quit``."""
+        self._commands.put(line)
+
+    def start_enrollment(self, name: str, shots: int | None = None, source: int | None = None,
+                         delay_s: float | None = None) -> None:
+        """Begin collecting shots for ``name`` (the loop keeps classifying meanwhile)."""
+        name = name.strip()
+        if not name:
+            raise EdgefsError("enrollment needs a label")
+        if self.enrollment is not None:
+            raise EdgefsError(f"already enrolling {self.enrollment.name!r}; wait for it to finish")
+        if name in self.clf.classes:
+            raise EdgefsError(f"class {name!r} is already enrolled; remove it first")
+        src = self.cfg.enroll_source if source is None else source
+        if not 0 <= src < len(self.captures):
+            raise EdgefsError(f"enroll source {src} does not exist; there are {len(self.captures)} sources")
+        delay = self.cfg.enroll_delay_s if delay_s is None else delay_s
+        self.enrollment = LiveEnrollment(name, int(shots or self.cfg.shots), src, self.cfg.enroll_interval_s,
+                                         time.monotonic() + delay)
+        self.log(f"enrolling {name!r} from source {src}: {self.enrollment.shots} shots")
+
+    def _handle_commands(self) -> None:
+        while True:
+            try:
+                line = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            parts = line.split()
+            try:
+                if not parts:
+                    continue
+                if parts[0] == "quit":
+                    self.stop()
+                elif parts[0] == "enroll" and len(parts) >= 2:
+                    shots = int(parts[2]) if len(parts) > 2 else None
+                    self.start_enrollment(parts[1], shots)
+                elif parts[0] == "remove" and len(parts) == 2:
+                    self.clf.remove(parts[1])
+                    self.log(f"removed {parts[1]!r}")
+                else:
+                    self.log(f"unknown command {line!r}; use: enroll NAME [SHOTS] | remove NAME | quit")
+            except (EdgefsError, ValueError) as exc:
+                self.log(f"command {line!r} failed: {exc}")
+
+    # ---- enrollment during the run ----------------------------------------------------
+    def _collect_shot(self, index: int, batch_image: np.ndarray, embedding: np.ndarray, now: float) -> None:
+        e = self.enrollment
+        if e is None or e.source != index or now < e.start_at or now - e.last_shot < e.interval_s:
+            return
+        if self._enroll_thread is not None:
+            return  # the previous class is still committing
+        sharp = sharpness(batch_image)
+        if self.clf.quality.min_sharpness > 0 and sharp < self.clf.quality.min_sharpness:
+            e.rejected.append(f"frame too blurry (sharpness {sharp:.1f})")
+            return
+        e.images.append(batch_image.copy())
+        e.embeddings.append(embedding.copy())
+        e.last_shot = now
+        if len(e.images) >= e.shots:
+            self._enroll_thread = threading.Thread(target=self._commit_enrollment, args=(e,), daemon=True)
+            self._enroll_thread.start()
+
+    def _commit_enrollment(self, e: LiveEnrollment) -> None:
+        try:
+            result: EnrollResult = self.clf.enroll_embedded(
+                e.name, np.stack(e.images), np.stack(e.embeddings),
+                names=[f"shot {i}" for i in range(len(e.images))],
+                source=self.cfg.sources[e.source], problems=e.rejected[:5])
+            self.enrolled.append(e.name)
+            self.log(result.summary())
+        except EdgefsError as exc:
+            self.log(f"enrollment of {e.name!r} failed, nothing was written: {exc}")
+        finally:
+            self.enrollment = None
+            self._enroll_thread = None
+
+    # ---- the loop -------------------------------------------------------------------
+    def _gather(self) -> list[tuple[int, Frame]]:
+        """Ready frames, one per source; waits briefly for the first."""
+        got: list[tuple[int, Frame]] = []
+        for i, cap in enumerate(self.captures):
+            frame = cap.get(timeout=0.0)
+            if frame is not None:
+                got.append((i, frame))
+        if got:
+            return got
+        live = [c for c in self.captures if not c.ended]
+        if not live:
+            return []
+        frame = live[0].get(timeout=0.02)
+        if frame is not None:
+            got.append((self.captures.index(live[0]), frame))
+        return got
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Run the loop, yielding one event per classified frame; ends when the run does."""
+        for cap in self.captures:
+            cap.start()
+        if self.cfg.enroll:
+            self.start_enrollment(self.cfg.enroll)
+        if self.cfg.commands:
+            threading.Thread(target=_read_commands, args=(self._commands,), daemon=True).start()
+        self.t_start = time.monotonic()
+        self.stopped_by = "end of sources"
+        try:
+            while not self._stop.is_set():
+                self._handle_commands()
+                if self.cfg.duration_s is not None and time.monotonic() - self.t_start >= self.cfg.duration_s:
+                    self.stopped_by = "duration"
+                    break
+                if self.cfg.max_frames is not None and self.frames >= self.cfg.max_frames:
+                    self.stopped_by = "frame limit"
+                    break
+                t_wait = time.perf_counter()
+                ready = self._gather()
+                if not ready:
+                    if all(c.ended for c in self.captures):
+                        break
+                    continue
+                yield from self._process(ready, t_wait)
+            else:
+                self.stopped_by = "stop request"
+        except KeyboardInterrupt:
+            self.stopped_by = "Ctrl-C"
+        finally:
+            for cap in self.captures:
+                cap.stop()
+            if self._enroll_thread is not None:
+                self._enroll_thread.join(timeout=10.0)  # let a started commit finish
+
+    def _process(self, ready: list[tuple[int, Frame]], t_wait: float) -> Iterator[dict[str, Any]]:
+        started = time.monotonic()
+        t0 = time.perf_counter()
+        batch = self.clf.prepare([f.image for _, f in ready], "RGB")
+        t1 = time.perf_counter()
+        emb = self.clf.embed(batch)
+        t2 = time.perf_counter()
+        head = self.clf.head  # one consistent head for the batch, even if an enrollment commits meanwhile
+        have_classes = bool(head.classes)
+        result = head.classify(emb, self.cfg.k) if have_classes else None
+        t3 = time.perf_counter()
+        now = time.monotonic()
+        self.times.add("wait", (t0 - t_wait) * 1e3)
+        self.times.add("preprocess", (t1 - t0) * 1e3)
+        self.times.add("embed", (t2 - t1) * 1e3)
+        self.times.add("head", (t3 - t2) * 1e3)
+        for j, (i, frame) in enumerate(ready):
+            latency = (now - frame.timestamp) * 1e3
+            self.max_age_ms = max(self.max_age_ms, (started - frame.timestamp) * 1e3)
+            self.times.add("total", latency)
+            self._collect_shot(i, batch[j], emb[j], now)
+            if result is not None:
+                raw = result.labels[j] or UNKNOWN
+                conf = float(result.top_prob[j, 0])
+                top = [(head.classes[int(c)], round(float(p), 4))
+                       for c, p in zip(result.top_idx[j], result.top_prob[j], strict=True)]
+                best_sim = float(result.best_sim[j])
+            else:
+                raw, conf, top, best_sim = UNKNOWN, 0.0, [], -1.0
+            label, share = self.smoothers[i].update(raw, conf)
+            if frame.label is not None and have_classes and result is not None:
+                self.labelled += 1
+                enrolled = frame.label in head.classes
+                self.correct += int(label == (frame.label if enrolled else UNKNOWN))
+                if enrolled:
+                    self.known += 1
+                    self.known_correct += int(head.classes[int(result.top_idx[j, 0])] == frame.label)
+                else:
+                    self.unknown += 1
+                    self.unknown_rejections += int(label == UNKNOWN)
+            self.frames += 1
+            self.per_source_frames[i] += 1
+            event = {"frame": frame.index, "time": round(time.time(), 4), "source": frame.source,
+                     "label": label, "confidence": round(conf if label == raw else share, 4),
+                     "raw_label": raw, "top": top, "best_sim": round(best_sim, 4),
+                     "latency_ms": round(latency, 2), "truth": frame.label}
+            yield event
+            self._output(frame, event)
+
+    # ---- outputs --------------------------------------------------------------------
+    def _overlay(self, frame: Frame, event: dict[str, Any]) -> np.ndarray:
+        img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        h, w = img.shape[:2]
+        scale = max(0.4, w / 640)
+        color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
+        cv2.putText(img, f"{event['label']} {event['confidence']:.2f}", (8, int(28 * scale)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, color, 2, cv2.LINE_AA)
+        y = int(50 * scale)
+        for name, p in event["top"]:
+            cv2.putText(img, f"{name}: {p:.2f}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+            y += int(18 * scale)
+        elapsed = max(time.monotonic() - self.t_start, 1e-6)
+        stats = self.times.summary()
+        stage = " ".join(f"{s} {stats[s]['p50']:.1f}" for s in ("preprocess", "embed", "head") if s in stats)
+        cv2.putText(img, f"{self.frames / elapsed:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
+        status = self.enrollment.status(time.monotonic()) if self.enrollment else self.status_line
+        if status:
+            cv2.putText(img, status, (8, h - int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                        (0, 0, 255), 1, cv2.LINE_AA)
+        return img
+
+    def _output(self, frame: Frame, event: dict[str, Any]) -> None:
+        if self.events_out is not None:
+            self.events_out.write(json.dumps(event) + "\n")
+        if not (self.writer is not None or self.cfg.display or self.cfg.record):
+            return
+        img = self._overlay(frame, event)
+        if self.cfg.record:
+            if self.writer is None:
+                h, w = img.shape[:2]
+                fps = self.captures[0].source.fps or 30.0
+                self.writer = cv2.VideoWriter(self.cfg.record, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not self.writer.isOpened():
+                    raise EdgefsError(f"cannot write video {self.cfg.record}; use a .mp4 or .avi path")
+            self.writer.write(img)
+        if self.cfg.display:
+            cv2.imshow(f"edgefs: {frame.source}", img)
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), 27):
+                self.stopped_by = "q key"
+                self.stop()
+            elif key == ord("e") and self.enrollment is None:
+                self._prompt_enrollment()
+
+    def _prompt_enrollment(self) -> None:
+        """The 'e' key: ask for a label on the terminal; the window keeps running meanwhile."""
+        def ask() -> None:
+            try:
+                name = input("label to enroll (empty to cancel): ").strip()
+            except EOFError:
+                return
+            if name:
+                self.command(f"enroll {name}")
+
+        threading.Thread(target=ask, daemon=True).start()
+
+    # ---- the whole run --------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Run to the end (sources end, limits, ``quit``, Ctrl-C) and return the summary."""
+        own_events = None
+        if self.cfg.jsonl == "-":
+            self.events_out = sys.stdout
+        elif self.cfg.jsonl:
+            Path(self.cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            own_events = self.events_out = open(self.cfg.jsonl, "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            for _ in self.events():
+                pass
+        finally:
+            if own_events is not None:
+                own_events.close()
+            if self.writer is not None:
+                self.writer.release()
+            if self.cfg.display:
+                cv2.destroyAllWindows()
+        summary = self.summary()
+        if self.cfg.summary_json:
+            atomic_write_text(Path(self.cfg.summary_json), json.dumps(summary.to_json(), indent=2))
+        return summary
+
+    def summary(self) -> RunSummary:
+        seconds = time.monotonic() - self.t_start
+        per_source = {}
+        for cap, n in zip(self.captures, self.per_source_frames, strict=True):
+            stats = cap.stats
+            per_source[cap.source.name] = {"frames": n, "dropped": int(stats.dropped),
+                                           "reconnects": int(stats.reconnects), "status": cap.status}
+        return RunSummary(
+            frames=self.frames, seconds=seconds, fps=self.frames / max(seconds, 1e-9),
+            dropped=sum(s["dropped"] for s in per_source.values()),
+            reconnects=sum(s["reconnects"] for s in per_source.values()),
+            stages_ms=self.times.summary(), max_age_ms=self.max_age_ms,
+            accuracy=self.correct / self.labelled if self.labelled else None, accuracy_frames=self.labelled,
+            known_top1=self.known_correct / self.known if self.known else None, known_frames=self.known,
+            unknown_rejected=self.unknown_rejections / self.unknown if self.unknown else None,
+            unknown_frames=self.unknown,
+            enrolled=list(self.enrolled), per_source=per_source, stopped_by=self.stopped_by,
+        )
+
+
+def run(
+    bundle: str | Path,
+    store: str | Path,
+    config: RunConfig,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    head_type: str | None = None,
+    threshold: str | float | None = None,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary."""
+    if config.display is None:
+        config.display = display_available()
+    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
+                         threshold=threshold, log=log) as clf:
+        if not clf.classes and not config.enroll and not config.commands:
+            log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
+                "'edgefs enroll', --enroll NAME or --commands")
+        pipeline = Pipeline(clf, config, log=log)
+        summary = pipeline.run()
+    log(summary.text())
+    return summary

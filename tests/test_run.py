@@ -1,0 +1,171 @@
+"""The camera loop, headless: files, the synthetic camera, a failing source, live enrollment, a golden clip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgefs.camera.pipeline import UNKNOWN, LabelSmoother, Pipeline, RunConfig
+from edgefs.camera.sources import open_source
+from edgefs.classifier import Classifier
+from edgefs.cli import main
+from edgefs.errors import EdgefsError
+
+GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
+CHECKPOINT = Path(__file__).parents[1] / "models" / "protonet-conv4-glyphs28.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed, trained Conv-4 ProtoNet exported to a bundle (parity-checked on glyph_data)."""
+    from edgefs.export import export_bundle
+
+    out = tmp_path_factory.mktemp("trained") / "model.edgefs"
+    export_bundle(CHECKPOINT, out, data=str(glyph_data), parity_images=16, log=lambda _: None)
+    return out
+
+
+def synthetic(glyph_data: Path, **options: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"seed": 3, "difficulty": 0.2, "object_size": 1.0, **options}.items())
+    return f"synthetic:{glyph_data}?{query}"
+
+
+def classes_of(glyph_data: Path, n: int) -> list[str]:
+    src = open_source(synthetic(glyph_data, n_classes=n, frames=1))
+    return sorted(src.classes)
+
+
+def enroll_from_camera(clf: Classifier, glyph_data: Path, names: list[str], shots: int = 4) -> None:
+    for name in names:
+        src = open_source(synthetic(glyph_data, hold=3, frames=3 * shots, seed=7), classes=[name])
+        with src:
+            frames = [f.image for i, f in enumerate(iter(src.read, None)) if i % 3 == 1]
+        clf.enroll(name, frames)
+
+
+def open_clf(bundle: Path, store: Path) -> Classifier:
+    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=lambda _: None)
+
+
+def test_smoother_votes_and_holds() -> None:
+    s = LabelSmoother(window=4, margin=0.4)
+    assert s.update("a", 0.9) == ("a", 1.0)
+    assert s.update("b", 0.9)[0] == "a"  # a tie does not switch
+    assert s.update("b", 0.9)[0] == "a"  # b leads by 1/3 of the weight: below the 0.4 margin
+    assert s.update("b", 0.9) == ("b", 0.75)  # by 1/2: switch
+    assert s.update(UNKNOWN, 0.9)[0] == "b"
+    with pytest.raises(EdgefsError):
+        LabelSmoother(window=0)
+
+
+def test_run_over_video_file_ends_cleanly_with_summary(trained_bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    src = open_source(synthetic(glyph_data, n_classes=3, frames=60, hold=20))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    names = set()
+    with src:
+        for f in iter(src.read, None):
+            writer.write(cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+            names.add(f.label)
+    writer.release()
+    store = tmp_path / "s.db"
+    with open_clf(trained_bundle, store) as clf:
+        enroll_from_camera(clf, glyph_data, sorted(n for n in names if n))
+    events = tmp_path / "events.jsonl"
+    summary_json = tmp_path / "summary.json"
+    rc = main(["run", str(trained_bundle), "--store", str(store), "--source", str(video), "--jsonl", str(events),
+               "--no-display", "--threads", "1", "--summary-json", str(summary_json)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "run: 60 frames" in out and "stopped by end of sources" in out and "p99" in out
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["frame"] for e in lines] == list(range(60))
+    assert set(lines[0]) >= {"frame", "time", "source", "label", "confidence", "latency_ms", "top"}
+    labels = {e["label"] for e in lines}
+    assert labels <= set(names) | {UNKNOWN} and len(labels - {UNKNOWN}) >= 2
+    summary = json.loads(summary_json.read_text())
+    assert summary["frames"] == 60 and summary["dropped"] == 0
+
+
+def test_source_that_fails_mid_stream_comes_back(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    uri = "flaky:fail_after=15,fail_opens=2:" + synthetic(glyph_data, n_classes=2, frames=40)
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, classes_of(glyph_data, 2))
+        logs: list[str] = []
+        pipeline = Pipeline(clf, RunConfig(sources=[uri]), log=logs.append)
+        pipeline.captures[0].backoff = (0.01, 0.05)  # retry fast in a test
+        summary = pipeline.run()
+    assert any("reconnecting" in line for line in logs)  # the status is shown, not swallowed
+    assert summary.reconnects >= 1
+    assert summary.frames == 40  # a file-like source resumes: every frame once, nothing lost
+    assert summary.stopped_by == "end of sources"
+
+
+def test_enrollment_during_a_run_goes_live_without_stopping(trained_bundle: Path, glyph_data: Path,
+                                                            tmp_path: Path) -> None:
+    names = classes_of(glyph_data, 2)
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, names[:1])
+        target = names[1]
+        cfg = RunConfig(sources=[synthetic(glyph_data, frames=80, hold=80)], enroll=target, shots=3,
+                        enroll_interval_s=0.0, source_options={"classes": [target]})
+        pipeline = Pipeline(clf, cfg, log=lambda _: None)
+        events = list(pipeline.events())
+        assert clf.classes == [names[0], target]
+        if pipeline._enroll_thread is not None:
+            pipeline._enroll_thread.join()
+    assert [e["frame"] for e in events] == list(range(80))  # classification never paused
+    first_live = next(i for i, e in enumerate(events) if target in [t[0] for t in e["top"]])
+    assert first_live >= 3  # the class appears only after its 3 shots were committed
+    assert events[-1]["label"] == target
+
+
+def test_stdin_style_commands(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    names = classes_of(glyph_data, 2)
+    logs: list[str] = []
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, names)
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, frames=500)]), log=logs.append)
+        pipeline.command("bogus")
+        pipeline.command(f"remove {names[0]}")
+        pipeline.command("quit")
+        summary = pipeline.run()
+        assert clf.classes == names[1:]
+    assert summary.stopped_by == "stop request" and summary.frames < 500
+    assert any("unknown command 'bogus'" in line for line in logs)
+
+
+def test_bad_source_is_a_clear_error(trained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", str(trained_bundle), "--store", str(tmp_path / "s.db"), "--source", "nosuch:thing",
+               "--no-display"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "valid sources" in err
+
+
+def test_golden_clip(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    """A fixed clip (PNG frames of the synthetic camera) gives the recorded labels frame by frame."""
+    names = classes_of(glyph_data, 3)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    with open_source(synthetic(glyph_data, frames=45, hold=15, seed=5), classes=names) as src:
+        for f in iter(src.read, None):
+            cv2.imwrite(str(clip / f"{f.index:04d}.png"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, names)
+        events = list(Pipeline(clf, RunConfig(sources=[str(clip)]), log=lambda _: None).events())
+    got = [{"frame": e["frame"], "label": e["label"], "raw_label": e["raw_label"], "top": [t[0] for t in e["top"]]}
+           for e in events]
+    if os.environ.get("EDGEFS_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text("".join(json.dumps(g) + "\n" for g in got))
+    want = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    assert got == want
+    assert np.mean([g["label"] != UNKNOWN for g in got]) > 0.5
+    shutil.rmtree(clip)
