@@ -23,12 +23,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgefs.errors import EdgefsError
 from edgefs.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from edgefs.classifier import Classifier, EnrollResult
 
 DEFAULT_CHECKPOINT = Path("models/protonet-conv4-glyphs28.pt")
 
@@ -95,7 +98,7 @@ def _bundle(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
     return bundle
 
 
-def _choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, list[Path]]]:
+def choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, list[Path]]]:
     from edgefs.camera.synthetic import find_classes
 
     _, classes = find_classes(cfg.data, "test")
@@ -110,14 +113,32 @@ def _choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, li
     return pick[: cfg.classes], pick[cfg.classes :], classes
 
 
-def _camera_options(cfg: DemoConfig, **extra: Any) -> dict[str, Any]:
+def camera_options(cfg: DemoConfig, **extra: Any) -> dict[str, Any]:
     return {"difficulty": cfg.difficulty, "object_size": cfg.object_size, "fps": cfg.fps, **cfg.camera, **extra}
+
+
+def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
+                          log: Callable[[str], None] = _log_default) -> list[EnrollResult]:
+    """Enroll each class from ``cfg.shots`` synthetic-camera frames of its first ``cfg.enroll_designs`` designs."""
+    from edgefs.camera.sources import open_source
+
+    results = []
+    hold = 6  # one shot per presentation: each shows the card anew (design, pose, light)
+    for name in names:
+        src = open_source("synthetic:" + str(cfg.data), **camera_options(
+            cfg, classes=[name], instances=f"0:{cfg.enroll_designs}", hold=hold, frames=hold * cfg.shots,
+            seed=cfg.seed + 1))
+        with src:
+            frames = [f.image for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
+        result = clf.enroll(name, frames, source=src.name)
+        results.append(result)
+        log("      " + result.summary().replace("\n", "\n      "))
+    return results
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
     from edgefs.camera.pipeline import Pipeline, RunConfig
-    from edgefs.camera.sources import open_source
     from edgefs.classifier import Classifier, read_images
 
     t_start = time.perf_counter()
@@ -128,7 +149,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         render_glyph_benchmark(cfg.data, GlyphConfig(), log=log)
     cfg.out.mkdir(parents=True, exist_ok=True)
     bundle = _bundle(cfg, log)
-    enrolled, unknown, designs = _choose_classes(cfg)
+    enrolled, unknown, designs = choose_classes(cfg)
 
     store = cfg.out / "classes.db"
     for suffix in ("", "-wal", "-shm"):
@@ -136,18 +157,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
         f"(designs 1-{cfg.enroll_designs}), into {store}")
     with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads, log=log) as clf:
-        enroll_ms = []
-        for name in enrolled:
-            # One shot per presentation: the card is shown anew (another design, pose and light) each time.
-            hold = 6
-            src = open_source("synthetic:" + str(cfg.data), **_camera_options(
-                cfg, classes=[name], instances=f"0:{cfg.enroll_designs}", hold=hold, frames=hold * cfg.shots,
-                seed=cfg.seed + 1))
-            with src:
-                frames = [f.image for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
-            result = clf.enroll(name, frames, source=src.name)
-            enroll_ms.append(result.timings_ms)
-            log("      " + result.summary().replace("\n", "\n      "))
+        enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         # Static reference: the same head on the clean images of the designs the stream shows.
         images, truth = [], []
@@ -163,7 +173,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         run_cfg = RunConfig(
             sources=["synthetic:" + str(cfg.data)], duration_s=cfg.seconds, jsonl=str(cfg.out / "events.jsonl"),
             record=str(cfg.out / "demo.mp4") if cfg.record else None, display=False,
-            source_options=_camera_options(cfg, classes=enrolled + unknown, instances=f"{cfg.enroll_designs}:",
+            source_options=camera_options(cfg, classes=enrolled + unknown, instances=f"{cfg.enroll_designs}:",
                                            seed=cfg.seed + 2, live=True),
         )
         summary = Pipeline(clf, run_cfg, log=log).run()

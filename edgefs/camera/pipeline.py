@@ -359,12 +359,15 @@ class Pipeline:
                 got.append((i, frame))
         if got:
             return got
-        live = [c for c in self.captures if not c.ended]
-        if not live:
+        waiting = [c for c in self.captures if not c.ended]
+        if not waiting:
             return []
-        frame = live[0].get(timeout=0.02)
+        # Nothing ready: block briefly on one source. With several sources, 1 ms at a time,
+        # so a frame of another source waits at most that long before its batch starts.
+        first = waiting[0]
+        frame = first.get(timeout=0.02 if len(waiting) == 1 else 0.001)
         if frame is not None:
-            got.append((self.captures.index(live[0]), frame))
+            got.append((self.captures.index(first), frame))
         return got
 
     def events(self) -> Iterator[dict[str, Any]]:
