@@ -1,6 +1,6 @@
-"""edgefs.kernels: CUDA sources (``*.cu``) and their pycuda launchers.
+"""edgefs.kernels: CUDA sources (``*.cu``) of the device heads and their pycuda launchers.
 
-Importable as ``edgefs.kernels`` (see DESIGN.md, "Layout"). Every kernel will
-have a NumPy reference in ``edgefs.heads`` with the same signature. No kernel
-exists yet; they arrive with the enrollment issue.
+Importable as ``edgefs.kernels`` (see DESIGN.md, "Layout"). Every kernel mirrors a NumPy
+function of :mod:`edgefs.heads.reference` with the same signature: ``build`` compiles and
+caches the cubins (no GPU needed), ``launch`` runs them (pycuda, imported on first use).
 """

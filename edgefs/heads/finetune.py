@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -63,6 +63,8 @@ class FinetuneHead(Head):
     head_type = "finetune"
     params_accepted = ("lr", "lr_b", "steps", "momentum", "l2", "penalty")
     normalize_shots = True
+    #: The fine-tune routine, with reference.finetune_gram's signature (the CUDA head swaps in its kernel).
+    solver: ClassVar[Callable[..., tuple[np.ndarray, np.ndarray]]] = staticmethod(finetune_gram)
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, lr: float = 0.5,
                  lr_b: float | None = None, steps: int = 50, momentum: float = 0.9, l2: float = 0.001,
@@ -144,8 +146,8 @@ class FinetuneHead(Head):
             l2 = 0.0
         elif self.penalty == "ewc":
             l2 = np.float32(self.l2) * diagonal_fisher(self._support, w0, b0)
-        self.weight, self.bias = finetune_gram(self._support, self._support_labels, w0, b0, lr, self.lr_b,
-                                               self.steps, self.momentum, l2)
+        self.weight, self.bias = self.solver(self._support, self._support_labels, w0, b0, lr, self.lr_b,
+                                             self.steps, self.momentum, l2)
 
     # ---- inference ------------------------------------------------------------------
     def scores(self, queries: np.ndarray) -> np.ndarray:
