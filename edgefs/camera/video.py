@@ -374,7 +374,7 @@ class FileSource(CaptureSource):
     def __init__(self, path: str | Path, *, name: str, uri: str, pace_fps: float | None = None,
                  realtime: bool = False, loop: bool = False, live: bool | None = None) -> None:
         paced = bool(pace_fps) or realtime
-        super().__init__(name, live=paced if live is None else live, pace_fps=pace_fps, uri=uri)
+        super().__init__(name, live=paced if live is None else live, fps=pace_fps, pace_fps=pace_fps, uri=uri)
         self.path = Path(path)
         self.realtime = realtime
         self.loop = loop
