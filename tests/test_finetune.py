@@ -109,3 +109,20 @@ def test_finetune_head_uses_meta_learned_spec_arrays() -> None:
         Head.from_spec(HeadSpec("finetune", {}, {"w_init": np.zeros(3, np.float32)}), 16)
     with pytest.raises(EdgefsError, match="penalty"):
         FinetuneHead(16, penalty="si")
+
+
+@pytest.mark.parametrize("penalty", ["l2", "ewc"])
+def test_refit_head_is_order_independent(penalty: str) -> None:
+    """Enrolled one task at a time, the default (refit) head ends exactly where one fit of everything ends."""
+    x, y, _, _, _ = problem(6, 32, 5, seed=4)
+    joint = FinetuneHead(32, penalty=penalty, steps=20)
+    joint.add_classes({f"c{c}": x[y == c] for c in range(6)})
+    tasks = FinetuneHead(32, penalty=penalty, steps=20)
+    for c in range(6):
+        tasks.add_class(f"c{c}", x[y == c])
+    np.testing.assert_array_equal(tasks.weight, joint.weight)
+    np.testing.assert_array_equal(tasks.bias, joint.bias)
+    drifting = FinetuneHead(32, penalty=penalty, steps=20, refit=False)
+    for c in range(6):
+        drifting.add_class(f"c{c}", x[y == c])
+    assert np.abs(drifting.weight - joint.weight).max() > 1e-3  # continuing from old weights is not the same

@@ -16,6 +16,8 @@ from edgefs.camera.sources import open_source
 from edgefs.classifier import Classifier
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
+from edgefs.runtime.bundle import read_bundle
+from edgefs.store.store import ClassStore
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
 CHECKPOINT = Path(__file__).parents[1] / "models" / "protonet-conv4-glyphs28.pt"
@@ -169,3 +171,33 @@ def test_golden_clip(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> 
     assert got == want
     assert np.mean([g["label"] != UNKNOWN for g in got]) > 0.5
     shutil.rmtree(clip)
+
+
+def test_ctrl_c_exits_cleanly_with_summary(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    """SIGINT during a live run: exit code 0, the summary printed, the store intact."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "s.db"
+    with open_clf(trained_bundle, store) as clf:
+        enroll_from_camera(clf, glyph_data, classes_of(glyph_data, 2))
+    cmd = [sys.executable, "-m", "edgefs", "run", str(trained_bundle), "--store", str(store), "--no-display",
+           "--threads", "1", "--source", synthetic(glyph_data, n_classes=2, fps=30)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the engine is up, then give it a moment to run
+            if line.startswith("engine:") or time.monotonic() > deadline:
+                break
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "stopped by Ctrl-C" in out and "FPS" in out
+    with ClassStore.open(store, read_bundle(trained_bundle), create=False) as s:
+        assert s.integrity_check() == "ok" and len(s.names()) == 2

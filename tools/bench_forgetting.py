@@ -62,9 +62,10 @@ def head_factories(dim: int, proto_params: dict[str, Any]) -> dict[str, Callable
         "prototype": lambda: Head.from_spec(HeadSpec("prototype", dict(proto_params)), dim),
         "imprint": lambda: Head.from_spec(HeadSpec("imprint"), dim),
         "matching": lambda: Head.from_spec(HeadSpec("matching"), dim),
-        "finetune (l2)": lambda: FinetuneHead(dim, penalty="l2"),
-        "finetune (ewc)": lambda: FinetuneHead(dim, penalty="ewc"),
-        "finetune (no penalty)": lambda: FinetuneHead(dim, penalty="none"),
+        "finetune (refit, l2; default)": lambda: FinetuneHead(dim, penalty="l2"),
+        "finetune (continue, l2)": lambda: FinetuneHead(dim, penalty="l2", refit=False),
+        "finetune (continue, ewc)": lambda: FinetuneHead(dim, penalty="ewc", refit=False),
+        "finetune (continue, no penalty)": lambda: FinetuneHead(dim, penalty="none", refit=False),
     }
 
 
