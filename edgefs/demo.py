@@ -138,7 +138,7 @@ def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
-    from edgefs.camera.pipeline import Pipeline, RunConfig
+    from edgefs.camera.pipeline import Pipeline, RunConfig, loop_threads
     from edgefs.classifier import Classifier, read_images
 
     t_start = time.perf_counter()
@@ -156,7 +156,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
         f"(designs 1-{cfg.enroll_designs}), into {store}")
-    with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads, log=log) as clf:
+    with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
+                         log=log) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         # Static reference: the same head on the clean images of the designs the stream shows.

@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgefs.camera.pipeline import Pipeline, RunConfig
+from edgefs.camera.pipeline import Pipeline, RunConfig, loop_threads
 from edgefs.camera.sources import open_source
 from edgefs.classifier import Classifier, read_images
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
@@ -109,7 +109,8 @@ def bench_backbone(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     clip = out / "clip300.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
-    with Classifier.open(bundle, store, backend="onnxruntime", threads=args.threads, log=quiet) as clf:
+    with Classifier.open(bundle, store, backend="onnxruntime", threads=args.threads or loop_threads(),
+                         log=quiet) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         images, truth = [], []
         for i, name in enumerate(enrolled):
@@ -137,7 +138,8 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "# Camera loop benchmark (tools/bench_pipeline.py)",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {platform.platform()}; ONNX Runtime on the CPU, "
-        f"{args.threads or 'all'} threads. Synthetic camera at 320x240 (difficulty 0.3). Same run for every row.",
+        f"{args.threads or loop_threads()} engine thread(s). Synthetic camera at 320x240 (difficulty 0.3). "
+        "Same run for every row.",
         "",
         "| backbone | weights | input | file x1: FPS | compute p50 / p99 ms | live x4: FPS (4 x 30 offered) "
         "| capture-to-result p50 / p99 ms | oldest frame ms | dropped | accuracy (smoothed) | stream top-1 "
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbones", default="conv4,efficientnet_lite0,resnet12")
     p.add_argument("--data", type=Path, default=Path("data/glyphs28"))
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench_pipeline"))
     p.add_argument("--report", type=Path, default=Path("reports/pipeline"))

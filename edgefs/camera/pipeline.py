@@ -208,6 +208,12 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def loop_threads() -> int:
+    """Engine threads for the camera loop: every core but one, which capture, decoding and the
+    loop itself need (on 2 cores, 1 engine thread halves p99 latency: tools/bench_pipeline.py)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def display_available() -> bool:
     """True when a window can be shown: a display exists and OpenCV was built with a GUI."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -573,6 +579,7 @@ def run(
     """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary."""
     if config.display is None:
         config.display = display_available()
+    threads = threads or loop_threads()
     with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
                          threshold=threshold, log=log) as clf:
         if not clf.classes and not config.enroll and not config.commands:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--difficulty", type=float, default=d.difficulty,
                    help=f"synthetic camera difficulty 0-1 (default {d.difficulty:g})")
     p.add_argument("--seed", type=int, default=d.seed, help="choice of classes and camera randomness")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores but one)")
     p.add_argument("--record", action="store_true", help="also write the annotated stream to OUT/demo.mp4")
 
 

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-json", metavar="PATH", help="write the end-of-run summary as JSON")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's choice)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores but one)")
 
 
 def run(args: argparse.Namespace) -> int:
