@@ -12,6 +12,7 @@ from edgefs.methods.base import METHODS, FewShotMethod, build_method
 from edgefs.methods import protonet as _protonet  # noqa: F401  isort: skip
 from edgefs.methods import baselinepp as _baselinepp  # noqa: F401  isort: skip
 from edgefs.methods import distill as _distill  # noqa: F401  isort: skip
+from edgefs.methods import maml as _maml  # noqa: F401  isort: skip
 from edgefs.methods import matching as _matching  # noqa: F401  isort: skip
 from edgefs.methods import relation as _relation  # noqa: F401  isort: skip
 from edgefs.methods import siamese as _siamese  # noqa: F401  isort: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -125,10 +126,18 @@ def build_method(name: str, backbone: Backbone, **options: Any) -> FewShotMethod
     """Build method ``name`` on ``backbone``.
 
     Raises:
-        EdgefsError: an unknown method (the message lists the registered ones), or a
-            backbone the method does not support (the message lists the ones it does).
+        EdgefsError: an unknown method (the message lists the registered ones), a
+            backbone the method does not support (the message lists the ones it does), or
+            an option the method does not take (the message lists the ones it does).
     """
     cls = METHODS.get(name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    accepted = [p.name for p in params if p.name not in ("self", "backbone")
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+        raise ConfigError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(accepted) or 'none'}")
     allowed = cls.supported_backbones
     if allowed is not None and backbone.spec.name not in allowed:
         others = [m for m in METHODS if METHODS.get(m).supported_backbones is None
