@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import threading
 import time
@@ -28,6 +29,7 @@ from edgefs.data.images import ImageSet, open_split
 from edgefs.errors import CheckpointError, ConfigError
 from edgefs.eval.episodic import Accuracy, embedding_table, evaluate_episodes, needed_indices
 from edgefs.methods import FewShotMethod, build_method
+from edgefs.train import distributed as dist
 from edgefs.train.checkpoint import read_checkpoint, save_checkpoint
 
 
@@ -72,11 +74,15 @@ class TrainConfig:
 class _EpisodeFeeder:
     """Samples and augments episodes on a background thread (OpenCV releases the GIL)."""
 
-    def __init__(self, data: ImageSet, config: TrainConfig, start: int) -> None:
+    def __init__(self, data: ImageSet, config: TrainConfig, start: int, rank: int = 0) -> None:
         protocol = Protocol(config.ways, config.shots, config.queries)
-        # Seeded by the episode counter, so a resumed run continues a reproducible stream.
-        self.sampler = EpisodeSampler(data, protocol, seed=config.seed * 1_000_003 + start, allow_repeats=True)
-        self.augment = Augment(config.augment_config, seed=config.seed * 7919 + start) if config.augment else None
+        # Seeded by the episode counter, so a resumed run continues a reproducible stream;
+        # each distributed rank draws its own stream (rank 0's is the single-process one).
+        offset = rank * 2**40
+        self.sampler = EpisodeSampler(data, protocol, seed=config.seed * 1_000_003 + start + offset,
+                                      allow_repeats=True)
+        self.augment = (Augment(config.augment_config, seed=config.seed * 7919 + start + offset)
+                        if config.augment else None)
         self.data = data
         self.queue: queue.Queue[tuple[np.ndarray, ...]] = queue.Queue(maxsize=4)
         self.stop = threading.Event()
@@ -162,7 +168,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     if not config.data:
         raise ConfigError("no training data given; pass --data DIR (render one with 'edgefs data glyphs')")
     out = Path(config.out)
-    device = torch.device(config.device)
+    device = dist.init(torch.device(config.device))  # joins the torchrun group, if any
+    if not dist.is_main():
+        log = lambda _: None  # noqa: E731 - only rank 0 speaks
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     if config.threads:
@@ -174,7 +182,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         if not overwrite:
             raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
                               "--overwrite to start again, or another --out")
-        for name in ("last.pt", "best.pt", "log.jsonl"):
+        for name in ("last.pt", "best.pt", "log.jsonl") if dist.is_main() else ():
             (out / name).unlink(missing_ok=True)
     if resume:
         last = out / "last.pt"
@@ -196,7 +204,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     val_path = episode_list_path(Path(config.data) / "episodes", "val", val_protocol, config.val_episodes, 0)
     if not Path(config.data).is_dir():
         val_path = out / val_path.name
-    val_episodes = fixed_episodes(val_data, val_protocol, config.val_episodes, 0, val_path, say)
+    with dist.main_first():  # rank 0 draws and saves the list; the others read it
+        val_episodes = fixed_episodes(val_data, val_protocol, config.val_episodes, 0, val_path, say)
     log(
         f"train: {train_data.num_classes} classes ({config.rotations} rotations), {len(train_data.images)} images; "
         f"val: {val_data.num_classes} classes, {len(val_episodes.episodes)} fixed {val_protocol.name} episodes"
@@ -211,24 +220,30 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         optimizer.load_state_dict(state["optimizer"])
         episode, elapsed, best = state["episode"], state["elapsed_s"], state["best_val"]
         log(f"resumed from {out / 'last.pt'} at episode {episode} (best val {100 * best:.2f}%)")
-    cfg.save(config, out / "config.yaml")
+    dist.broadcast_module(method)  # every rank starts from rank 0's weights
+    if dist.is_main():
+        cfg.save(config, out / "config.yaml")
 
     def checkpoint(path: Path, val: Accuracy | None) -> None:
+        if not dist.is_main():
+            return
         save_checkpoint(path, method, {
             "config": cfg.to_dict(config), "optimizer": optimizer.state_dict(), "episode": episode,
             "elapsed_s": elapsed, "best_val": best, "val": None if val is None else val.mean,
         })
 
-    feeder = _EpisodeFeeder(train_data, config, episode)
+    feeder = _EpisodeFeeder(train_data, config, episode, dist.rank())
     # With a time budget the episode count is not what ends the run; the bar shows time left instead.
-    bar = _progress(None if config.time_budget_min > 0 else config.episodes, episode)
-    logf = (out / "log.jsonl").open("a")
+    bar = _progress(None if config.time_budget_min > 0 else config.episodes, episode) if dist.is_main() else None
+    logf = (out / "log.jsonl").open("a") if dist.is_main() else open(os.devnull, "w")  # noqa: SIM115
     run_loss, run_acc = 0.0, 0.0
     started = time.monotonic() - elapsed
     method.train()
     try:
         while episode < config.episodes:
             elapsed = time.monotonic() - started
+            if config.time_budget_min > 0:  # rank 0's clock: all ranks anneal and stop at the same episode
+                elapsed = dist.broadcast_float(elapsed)
             if config.time_budget_min > 0 and elapsed >= 60 * config.time_budget_min:
                 log(f"time budget of {config.time_budget_min} min reached at episode {episode}")
                 break
@@ -247,6 +262,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                 loss, acc = method.episode_loss(x[:n_support], sl, x[n_support:], ql)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(method)
             optimizer.step()
             episode += 1
             loss_value = float(loss.detach())
@@ -260,7 +276,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                     extra["left"] = f"{int(left // 60)}:{int(left % 60):02d}"
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{100 * run_acc:.1f}", lr=f"{lr:.1e}",
                                 best=f"{100 * max(best, 0):.2f}", **extra, refresh=False)
-            if episode % config.val_every == 0:
+            if episode % config.val_every == 0 and dist.is_main():  # the others run on into the next all-reduce
                 elapsed = time.monotonic() - started
                 val = validate(method, val_data, val_episodes, device)
                 improved = val.mean > best
@@ -286,11 +302,14 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         logf.close()
 
     elapsed = time.monotonic() - started
-    val = validate(method, val_data, val_episodes, device)
-    if val.mean > best:
-        best = val.mean
-        checkpoint(out / "best.pt", val)
-    checkpoint(out / "last.pt", val)
-    log(f"done: {episode} episodes in {elapsed / 60:.1f} min; best val {val_protocol.name} {100 * best:.2f}%; "
-        f"checkpoint {out / 'best.pt'}")
+    if dist.is_main():
+        val = validate(method, val_data, val_episodes, device)
+        if val.mean > best:
+            best = val.mean
+            checkpoint(out / "best.pt", val)
+        checkpoint(out / "last.pt", val)
+        log(f"done: {episode} episodes in {elapsed / 60:.1f} min; best val {val_protocol.name} {100 * best:.2f}%; "
+            f"checkpoint {out / 'best.pt'}")
+    dist.barrier()
+    dist.cleanup()
     return out / "best.pt"
