@@ -284,3 +284,46 @@ class Head(ABC):
 def build_head(spec: HeadSpec, dim: int) -> Head:
     """The registered head for ``spec.head_type``, configured from the spec."""
     return Head.from_spec(spec, dim)
+
+
+class KeepsShots:
+    """Mixin for heads that keep every shot, not only per-class sums (matching, siamese, finetune).
+
+    ``_support`` float32 ``(S, D)`` holds the shots in enrollment order (L2-normalised when the
+    head's ``normalize_shots`` is set) and ``_support_labels`` int32 ``(S,)`` their class indices;
+    they are saved as the state arrays ``support`` and ``support_labels``.
+    """
+
+    dim: int
+    classes: list[str]
+    normalize_shots: ClassVar[bool]
+    _counts: np.ndarray
+
+    def _init_shots(self) -> None:
+        self._support = np.zeros((0, self.dim), np.float32)
+        self._support_labels = np.zeros(0, np.int32)
+
+    def _keep_shots(self, idx: int, shots: np.ndarray) -> None:
+        rows = l2_normalize(shots) if self.normalize_shots else shots
+        self._support = np.concatenate([self._support, rows])
+        self._support_labels = np.concatenate([self._support_labels, np.full(len(shots), idx, np.int32)])
+
+    def _forget_shots(self, idx: int) -> None:
+        keep = self._support_labels != idx
+        self._support = self._support[keep]
+        labels = self._support_labels[keep]
+        self._support_labels = (labels - (labels > idx)).astype(np.int32)
+
+    def _shots_state(self) -> dict[str, np.ndarray]:
+        return {"support": self._support.copy(), "support_labels": self._support_labels.copy()}
+
+    def _restore_shots(self, arrays: Mapping[str, np.ndarray], what: str) -> None:
+        """Take ``support``/``support_labels`` from saved arrays after checking they fit the classes."""
+        support = np.asarray(arrays.get("support"), np.float32)
+        labels = np.asarray(arrays.get("support_labels"), np.int32)
+        c = len(self.classes)
+        if (support.ndim != 2 or support.shape[1] != self.dim or labels.shape != (support.shape[0],)
+                or (labels.size and (labels.min() < 0 or labels.max() >= c))
+                or (np.bincount(labels, minlength=c) != self._counts).any()):
+            raise EdgefsError(f"saved {what} does not fit its classes; rebuild the head from the samples")
+        self._support, self._support_labels = support, labels

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import HEADS, Head, KeepsShots
 from edgefs.heads.reference import finetune_gram, l2_normalize, softmax
 
 PENALTIES = ("l2", "ewc", "none")
@@ -35,7 +35,7 @@ def diagonal_fisher(support: np.ndarray, weights: np.ndarray, bias: np.ndarray) 
 
 
 @HEADS.register("finetune")
-class FinetuneHead(Head):
+class FinetuneHead(KeepsShots, Head):
     """Linear softmax head ``logits = q_n W^T + b`` on unit-norm embeddings, fine-tuned on device.
 
     Every class's row starts from its initial value (Qi et al. 2018 imprinting:
@@ -91,8 +91,7 @@ class FinetuneHead(Head):
         self.refit = bool(refit)
         self.weight = np.zeros((0, self.dim), np.float32)  # W (C, D)
         self.bias = np.zeros(0, np.float32)  # b (C,)
-        self._support = np.zeros((0, self.dim), np.float32)  # (N, D) unit rows
-        self._support_labels = np.zeros(0, np.int32)  # (N,)
+        self._init_shots()  # (N, D) unit rows, replayed at every update
         self._w_init: np.ndarray | None = None  # (D,) meta-learned start row
         self._b_init: np.ndarray | None = None  # () meta-learned start bias
         self._lr_param: np.ndarray | None = None  # (D,) Meta-SGD per-parameter rate
@@ -127,25 +126,18 @@ class FinetuneHead(Head):
         self.weight = np.concatenate([self.weight, np.stack([r for r, _ in rows])])
         self.bias = np.concatenate([self.bias, np.array([b for _, b in rows], np.float32)])
         for idx, emb in zip(indices, shots, strict=True):
-            self._store(idx, emb)
+            self._keep_shots(idx, emb)
         self._fit()
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._store(idx, shots)
+        self._keep_shots(idx, shots)
         self._fit()
-
-    def _store(self, idx: int, shots: np.ndarray) -> None:
-        self._support = np.concatenate([self._support, l2_normalize(shots)])
-        self._support_labels = np.concatenate([self._support_labels, np.full(len(shots), idx, np.int32)])
 
     def _on_remove(self, idx: int) -> None:
         # Old rows stay as trained: dropping a class only removes its logit.
         self.weight = np.delete(self.weight, idx, axis=0)
         self.bias = np.delete(self.bias, idx)
-        keep = self._support_labels != idx
-        self._support = self._support[keep]
-        labels = self._support_labels[keep]
-        self._support_labels = (labels - (labels > idx)).astype(np.int32)
+        self._forget_shots(idx)
 
     def _fit(self) -> None:
         """Fine-tune W, b on every stored shot, from and anchored to the initial rows (``refit``)
@@ -173,8 +165,7 @@ class FinetuneHead(Head):
         return (l2_normalize(q) @ self.weight.T + self.bias).astype(np.float32)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"weight": self.weight.copy(), "bias": self.bias.copy(), "support": self._support.copy(),
-                  "support_labels": self._support_labels.copy()}
+        arrays = {"weight": self.weight.copy(), "bias": self.bias.copy(), **self._shots_state()}
         for name, a in (("w_init", self._w_init), ("b_init", self._b_init), ("lr_param", self._lr_param)):
             if a is not None:
                 arrays[name] = a.copy()
@@ -184,12 +175,9 @@ class FinetuneHead(Head):
         c = len(self.classes)
         weight = np.asarray(arrays.get("weight"), np.float32)
         bias = np.asarray(arrays.get("bias"), np.float32)
-        support = np.asarray(arrays.get("support"), np.float32)
-        labels = np.asarray(arrays.get("support_labels"), np.int32)
-        if (weight.shape != (c, self.dim) or bias.shape != (c,) or support.ndim != 2
-                or support.shape[1] != self.dim or labels.shape != (support.shape[0],)
-                or (labels.size and (labels.min() < 0 or labels.max() >= c))
-                or (np.bincount(labels, minlength=c) != self._counts).any()):
-            raise EdgefsError("saved finetune head arrays do not fit its classes; rebuild it from the samples")
-        self.weight, self.bias, self._support, self._support_labels = weight, bias, support, labels
+        if weight.shape != (c, self.dim) or bias.shape != (c,):
+            raise EdgefsError(f"saved finetune head weights {weight.shape} and bias {bias.shape} do not fit its "
+                              f"{c} classes; rebuild the head from the samples")
+        self._restore_shots(arrays, "finetune head support")
+        self.weight, self.bias = weight, bias
         self._set_meta(arrays.get("w_init"), arrays.get("b_init"), arrays.get("lr_param"))

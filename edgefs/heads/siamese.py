@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import HEADS, Head, KeepsShots
 
 # |q - s| of one chunk of queries is (rows, S, D) float32; keep a chunk near 32 MiB.
 _CHUNK_BYTES = 32 * 2**20
@@ -86,7 +86,7 @@ def siamese_scores(
 
 
 @HEADS.register("siamese")
-class SiameseHead(Head):
+class SiameseHead(KeepsShots, Head):
     """Nearest stored shot under the learned weighted-L1 verification score.
 
     Koch, Zemel and Salakhutdinov, "Siamese Neural Networks for One-shot Image
@@ -108,8 +108,7 @@ class SiameseHead(Head):
         super().__init__(dim, temperature=temperature, threshold=threshold)
         self.weight = -np.ones(self.dim, np.float32)
         self.bias = np.zeros(1, np.float32)
-        self._support = np.zeros((0, self.dim), np.float32)  # (S, D) raw shots
-        self._support_labels = np.zeros(0, np.int32)  # (S,)
+        self._init_shots()  # raw shots
 
     def _use_spec_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         if arrays:
@@ -117,17 +116,13 @@ class SiameseHead(Head):
 
     def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
         for idx, emb in zip(indices, shots, strict=True):
-            self._on_append(idx, emb)
+            self._keep_shots(idx, emb)
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._support = np.concatenate([self._support, shots])
-        self._support_labels = np.concatenate([self._support_labels, np.full(len(shots), idx, np.int32)])
+        self._keep_shots(idx, shots)
 
     def _on_remove(self, idx: int) -> None:
-        keep = self._support_labels != idx
-        self._support = self._support[keep]
-        labels = self._support_labels[keep]
-        self._support_labels = (labels - (labels > idx)).astype(np.int32)
+        self._forget_shots(idx)
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         q = self._check_queries(queries)
@@ -135,14 +130,7 @@ class SiameseHead(Head):
         return (np.float32(self.temperature) * raw).astype(np.float32)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"support": self._support.copy(), "support_labels": self._support_labels.copy()}
+        return self._shots_state()
 
     def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        support = np.asarray(arrays.get("support"), np.float32)
-        labels = np.asarray(arrays.get("support_labels"), np.int32)
-        c = len(self.classes)
-        if (support.ndim != 2 or support.shape[1] != self.dim or labels.shape != (support.shape[0],)
-                or (labels.size and (labels.min() < 0 or labels.max() >= c))
-                or (np.bincount(labels, minlength=c) != self._counts).any()):
-            raise EdgefsError("saved siamese head support does not fit its classes; rebuild it from the samples")
-        self._support, self._support_labels = support, labels
+        self._restore_shots(arrays, "siamese head support")
