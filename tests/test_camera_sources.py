@@ -350,3 +350,11 @@ def test_synthetic_renders_a_stream_of_default_size_quickly_enough_to_run(classe
     source = open_source(f"synthetic:{classes_dir}?frames=90&difficulty=1")
     frames = read_all(source)
     assert len(frames) == 90 and frames[0].image.shape == (240, 320, 3)
+
+
+def test_query_keeps_plus_signs_of_class_names() -> None:
+    from edgefs.camera.sources import split_query
+
+    assert split_query("data/x?classes=greek/U+03B1,U+0905&seed=2") == (
+        "data/x", {"classes": "greek/U+03B1,U+0905", "seed": "2"})
+    assert split_query("data/x?label=a%20b") == ("data/x", {"label": "a b"})

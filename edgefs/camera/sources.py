@@ -379,7 +379,8 @@ def split_query(target: str) -> tuple[str, dict[str, str]]:
         return target, {}
     base, _, query = target.partition("?")
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        # '+' is literal here (class names such as greek/U+03B1), not a form-encoded space.
+        pairs = parse_qsl(query.replace("+", "%2B"), keep_blank_values=True, strict_parsing=True)
     except ValueError:
         raise SourceError(f"cannot read the options {query!r}: write them as ?key=value&key=value",
                           retryable=False) from None
