@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.camera.pipeline import UNKNOWN, LabelSmoother, Pipeline, RunConfig
+from edgefs.camera.pipeline import UNKNOWN, LabelSmoother, Pipeline, RunConfig, StageTimes
 from edgefs.camera.sources import open_source
 from edgefs.classifier import Classifier
 from edgefs.cli import main
@@ -66,6 +66,14 @@ def test_smoother_votes_and_holds() -> None:
         LabelSmoother(window=0)
 
 
+def test_stage_times_keep_a_bounded_window() -> None:
+    times = StageTimes(window=3)
+    for ms in (100.0, 100.0, 1.0, 2.0, 3.0):
+        times.add("embed", ms)
+    s = times.summary()["embed"]
+    assert s["n"] == 5 and s["p50"] == 2.0 and s["p99"] < 3.0 + 1e-9
+
+
 def test_run_over_video_file_ends_cleanly_with_summary(trained_bundle: Path, glyph_data: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     src = open_source(synthetic(glyph_data, n_classes=3, frames=60, hold=20))
@@ -83,7 +91,8 @@ def test_run_over_video_file_ends_cleanly_with_summary(trained_bundle: Path, gly
     events = tmp_path / "events.jsonl"
     summary_json = tmp_path / "summary.json"
     rc = main(["run", str(trained_bundle), "--store", str(store), "--source", str(video), "--jsonl", str(events),
-               "--no-display", "--threads", "1", "--summary-json", str(summary_json)])
+               "--no-display", "--threads", "1", "--summary-json", str(summary_json),
+               "--record", str(tmp_path / "annotated.mp4")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "run: 60 frames" in out and "stopped by end of sources" in out and "p99" in out
@@ -94,6 +103,8 @@ def test_run_over_video_file_ends_cleanly_with_summary(trained_bundle: Path, gly
     assert labels <= set(names) | {UNKNOWN} and len(labels - {UNKNOWN}) >= 2
     summary = json.loads(summary_json.read_text())
     assert summary["frames"] == 60 and summary["dropped"] == 0
+    recorded = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    assert int(recorded.get(cv2.CAP_PROP_FRAME_COUNT)) == 60  # the annotated stream, every frame
 
 
 def test_source_that_fails_mid_stream_comes_back(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:

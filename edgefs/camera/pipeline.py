@@ -123,13 +123,22 @@ class LabelSmoother:
 
 
 class StageTimes:
-    """Per-stage latencies in milliseconds, for the p50/p99 summary."""
+    """Per-stage latencies in milliseconds, for the p50/p99 summary.
 
-    def __init__(self) -> None:
-        self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+    A device runs for days: each stage keeps its most recent ``window`` samples (the
+    percentiles describe those) and a count of all of them.
+
+    Args:
+        window: samples kept per stage.
+    """
+
+    def __init__(self, window: int = 100_000) -> None:
+        self.ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in STAGES}
+        self.count: Counter[str] = Counter()
 
     def add(self, stage: str, ms: float) -> None:
         self.ms[stage].append(ms)
+        self.count[stage] += 1
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -137,7 +146,7 @@ class StageTimes:
             if values:
                 a = np.asarray(values)
                 out[stage] = {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-                              "mean": float(a.mean()), "n": len(values)}
+                              "mean": float(a.mean()), "n": self.count[stage]}
         return out
 
 
@@ -266,6 +275,8 @@ class Pipeline:
         self.max_age_ms = 0.0
         self.per_source_frames = [0] * len(self.captures)
         self.status_line = ""
+        self._overlay_stats: dict[str, dict[str, float]] = {}
+        self._overlay_stats_at = -1e9
 
     # ---- control --------------------------------------------------------------------
     def _on_status(self, name: str, status: str) -> None:
@@ -475,7 +486,10 @@ class Pipeline:
                         cv2.LINE_AA)
             y += int(18 * scale)
         elapsed = max(time.monotonic() - self.t_start, 1e-6)
-        stats = self.times.summary()
+        now = time.monotonic()
+        if now - self._overlay_stats_at > 1.0:  # percentiles once a second, not per frame
+            self._overlay_stats, self._overlay_stats_at = self.times.summary(), now
+        stats = self._overlay_stats
         stage = " ".join(f"{s} {stats[s]['p50']:.1f}" for s in ("preprocess", "embed", "head") if s in stats)
         cv2.putText(img, f"{self.frames / elapsed:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
                     0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
