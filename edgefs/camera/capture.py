@@ -239,7 +239,8 @@ class CaptureThread:
         text = self.status
         if text != self._last_status:
             self._last_status = text
-            if state in ("reconnecting", "failed"):
+            if state in ("reconnecting", "failed") and self.on_status is None:
+                # With a callback, the owner shows the status (once, its own way).
                 log.warning("capture %s: %s", self.source.name, text)
             if self.on_status is not None:
                 try:
