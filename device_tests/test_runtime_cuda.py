@@ -5,6 +5,7 @@ Skipped where no GPU exists (the ``gpu`` marker, see the root conftest.py).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,46 @@ def test_onnxruntime_cuda_embed_device(bundle: Path) -> None:
     assert cosines(engine.embed(images), reference).min() >= MIN_COSINE["fp32"]
     array = engine.embed_device(images)
     np.testing.assert_allclose(device_contents(array), engine.embed(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engine_output_goes_to_the_cuda_head_without_a_host_copy(bundle: Path, precision: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The camera loop's GPU path: ``embed_device`` -> CUDA head ``classify`` on the same memory.
+
+    Every host-to-device copy pycuda could make is made to fail while the head classifies the
+    engine's device output, so the queries can only have reached the kernel in place; the labels
+    and probabilities must match the NumPy head on the host embeddings of the same frames.
+    """
+    if importlib.util.find_spec("pycuda") is None:
+        pytest.skip("pycuda is not installed (pip install 'edgefs[cuda]'; see ../shared/DEVICE.md)")
+    from edgefs.heads import HEADS, HeadSpec
+    from edgefs.heads.cuda import build_cuda_head
+    from edgefs.kernels import launch
+
+    engine = open_engine(bundle, backend="torch", device="cuda", precision=precision, log=quiet)
+    spec = HeadSpec("prototype", {"distance": "cosine"})
+    cpu = HEADS.get("prototype").from_spec(spec, engine.embedding_dim)
+    gpu = build_cuda_head(spec, engine.embedding_dim)
+    shots = stroke_images(30, seed=4)
+    support = engine.embed(shots)
+    for c in range(6):
+        cpu.add_class(f"c{c}", support[c::6])
+        gpu.add_class(f"c{c}", support[c::6])
+    frames = stroke_images(16, seed=5)
+    want = cpu.classify(engine.embed(frames), k=3)
+    rt = launch.runtime()
+
+    def no_host_copy(*_: Any, **__: Any) -> None:
+        raise AssertionError("a host-to-device copy happened on the zero-copy path")
+
+    for name in ("memcpy_htod", "memcpy_htod_async"):
+        if hasattr(rt.cuda, name):
+            monkeypatch.setattr(rt.cuda, name, no_host_copy)
+    array = engine.embed_device(frames)
+    got = gpu.classify(array, k=3)
+    monkeypatch.undo()
+    assert got.labels == want.labels
+    assert np.abs(got.top_prob - want.top_prob).max() <= 1e-4
+    assert np.abs(got.best_sim - want.best_sim).max() <= 1e-5
