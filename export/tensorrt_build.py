@@ -331,12 +331,12 @@ def _set_precision(
 def _serialize(
     trt: ModuleType, flavour: Flavour, cuda: ModuleType | None, bundle: Bundle, precision: str, max_batch: int,
     workspace_mb: int, key: EngineKey, source: CalibrationSource | None, calib_images: int, calib_cache: Path,
-    timing_cache: Path | None, log: Callable[[str], None],
+    timing_cache: Path | None, log: Callable[[str], None], graph: bytes | None = None,
 ) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
-    """Build and serialize; returns ``(engine bytes, build facts, calibration facts or None)``."""
+    """Build and serialize ``graph`` (a rewritten copy of ``backbone.onnx``) or ``backbone.onnx`` itself;
+    returns ``(engine bytes, build facts, calibration facts or None)``."""
     logger, errors = shared_logger(trt, log)
     builder = trt.Builder(logger)
-    graph = fp16_graph(bundle.onnx_path) if flavour.strongly_typed and precision == "fp16" else None
     network, _parser = _parse(trt, builder, logger, bundle.onnx_path, graph)
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if outputs != [OUTPUT_NAME]:
@@ -418,6 +418,33 @@ def _parity_images(
         log(f"{source.path} has only {len(images)} images left after calibration; using synthetic parity images")
     return (synthetic_images(count, bundle.manifest.input_size, seed), None,
             {"images": "synthetic (seeded gradients, rectangles and noise)", "seed": seed})
+
+
+def check_graph_parity(bundle: Bundle, graph: bytes, images: np.ndarray) -> dict[str, Any]:
+    """A rewritten graph (the fp16 copy) against ``backbone.onnx``, both in ONNX Runtime on the CPU.
+
+    This checks the graph a strongly typed flavour compiles, on any machine: the
+    conversion and the weights rounded to float16. It does not check fp16
+    arithmetic: ONNX Runtime's CPU provider runs many float16 operators in float32
+    behind inserted casts. The engine itself is compared by
+    :func:`check_engine_parity` where a GPU runs it.
+
+    Returns:
+        ``{"reference", "images", "min_cosine", "mean_cosine", "max_abs_diff", "threshold", "passed"}``
+        (threshold: :data:`MIN_COSINE` for fp16).
+    """
+    from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
+
+    ort = require("onnxruntime", install="pip install 'edgefs[rtx]'", why="the fp16 graph check")
+    reference = OnnxRuntimeEngine(bundle, device="cpu").embed(images)
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})
+    cos = cosines(reference, got)
+    threshold = MIN_COSINE["fp16"]
+    return {"reference": "backbone.onnx, onnxruntime CPUExecutionProvider", "images": len(images),
+            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+            "max_abs_diff": float(np.abs(reference - got).max()), "threshold": threshold,
+            "passed": bool(cos.min() >= threshold)}
 
 
 def check_engine_parity(
@@ -519,8 +546,8 @@ def build_engine(
     """
     if precision not in PRECISIONS:
         raise EngineBuildError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if max_batch < 1 or workspace_mb < 1 or calib_images < 1:
-        raise EngineBuildError("max_batch, workspace_mb and calib_images must be at least 1")
+    if max_batch < 1 or workspace_mb < 1 or calib_images < 1 or parity_images < 1:
+        raise EngineBuildError("max_batch, workspace_mb, calib_images and parity_images must be at least 1")
     bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
     flavour = resolve_flavour(trt)
     try:
@@ -560,14 +587,28 @@ def build_engine(
              else f"on {key.gpu_name} (sm {key.compute_capability})")
     log(f"{flavour.description} {key.trt_version} {where}; bundle {bundle.path} ({bundle.fingerprint[:12]})")
     timing = Path(timing_cache) if timing_cache is not None else None
+    graph = graph_parity = None
+    if flavour.strongly_typed and precision == "fp16":
+        graph = fp16_graph(bundle.onnx_path)
+        images, _, origin = _parity_images(bundle, source, parity_images, seed, log)
+        graph_parity = {**check_graph_parity(bundle, graph, images), "data": origin}
+        log(f"fp16 graph vs backbone.onnx in onnxruntime (CPU): {graph_parity['images']} images, min cosine "
+            f"{graph_parity['min_cosine']:.6f}, max abs diff {graph_parity['max_abs_diff']:.3g}")
+        if not graph_parity["passed"]:
+            raise EngineBuildError(
+                f"the fp16 copy of the graph is too far from backbone.onnx in ONNX Runtime: min cosine "
+                f"{graph_parity['min_cosine']:.6f} < {graph_parity['threshold']}; no engine was built. Build fp32."
+            )
     if flavour.builds_without_gpu:
         blob, build, calibration = _serialize(module, flavour, cuda, bundle, precision, max_batch, workspace_mb, key,
-                                              source, calib_images, calib_cache, timing, log)
+                                              source, calib_images, calib_cache, timing, log, graph)
     else:
         assert cuda is not None
         with PrimaryContext(cuda, index).active():
             blob, build, calibration = _serialize(module, flavour, cuda, bundle, precision, max_batch, workspace_mb,
-                                                  key, source, calib_images, calib_cache, timing, log)
+                                                  key, source, calib_images, calib_cache, timing, log, graph)
+    if graph_parity is not None:
+        build["graph_parity"] = graph_parity
     log(f"built in {build['seconds']:.2f} s: {len(blob) / 1e6:.2f} MB")
     info: dict[str, Any] = {"build": build, "calibration": calibration,
                             "bundle": {"path": str(bundle.path), "input_size": list(bundle.manifest.input_size),

@@ -63,7 +63,7 @@ def rtx() -> Any:
 def build(bundle: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[Path, dict[str, Any], str]:
     """``edgefs build-engine BUNDLE --trt rtx FLAGS`` -> (engine file, header, printed output)."""
     before = set((bundle / "engines").glob("*.engine"))
-    assert main(["build-engine", str(bundle), "--trt", "rtx", *flags]) == 0
+    assert main(["build-engine", str(bundle), "--trt", "rtx", "--parity-images", "16", *flags]) == 0
     out = capsys.readouterr().out
     (path,) = set((bundle / "engines").glob("*.engine")) - before
     return path, read_engine_header(path), out
@@ -91,6 +91,12 @@ def test_every_backbone_builds_with_the_rtx_builder(name: str, size: str, glyph_
         assert header["engine_size"] > 10_000 and path.stat().st_size > header["engine_size"]
         assert header["bundle"]["backbone"] == name and header["build"]["strongly_typed"]
         assert header["build"]["uint8_input_cast"] is False  # the exported graph already casts first
+        if precision == "fp16":  # the fp16 graph that was compiled, against backbone.onnx in ONNX Runtime
+            graph = header["build"]["graph_parity"]
+            assert graph["passed"] and graph["min_cosine"] >= 0.999 and graph["images"] == 16
+            assert "fp16 graph vs backbone.onnx in onnxruntime" in out
+        else:
+            assert "graph_parity" not in header["build"]
         # Without a GPU the parity check is skipped, said so, and recorded; with one it must have passed.
         if header["verified"]:
             assert header["parity"]["run"] and header["parity"]["passed"]

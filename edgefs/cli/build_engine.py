@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorRT workspace memory limit in MiB (default 1024)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--device", help="cuda or cuda:N (default cuda:0)")
+    p.add_argument("--parity-images", type=int, default=64,
+                   help="held-out images compared with ONNX Runtime (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
 
     build_engine(args.bundle, precision=args.precision, calib=args.calib, calib_images=args.calib_images,
                  max_batch=args.max_batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
-                 device=args.device, trt=args.trt, targets=args.targets)
+                 device=args.device, trt=args.trt, targets=args.targets, parity_images=args.parity_images)
     return 0
