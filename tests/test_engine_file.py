@@ -177,7 +177,9 @@ def test_device_side_modules_import_without_torch_or_tensorrt() -> None:
 
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None; sys.modules['pycuda'] = None\n"
+        "sys.modules['tensorrt_rtx_bindings'] = None; sys.modules['tensorrt_rtx_libs'] = None\n"
         "import edgefs.runtime.engine_file, edgefs.runtime.calibration, edgefs.runtime.tensorrt_backend\n"
+        "import edgefs.runtime.trt_flavour, edgefs.export.tensorrt_build\n"
         "from edgefs.runtime.engine import ENGINES; assert 'tensorrt' in ENGINES\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
