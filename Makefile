@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefs-installed
 # torch==2.13.0 is this machine's CPU build; on a Jetson use JetPack's torch instead.
+# 'rtx' (TensorRT-RTX, ~90 MB of wheels) lets the tests build a real TensorRT engine for every backbone
+# without a GPU.
 TORCH ?= torch==2.13.0
 
 .PHONY: install demo train-demo test lint reproduce clean
@@ -14,7 +16,7 @@ GLYPHS := data/glyphs28
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev,rtx]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,13 +16,23 @@ def _cuda_reason() -> str | None:
 
 
 def _trt_reason() -> str | None:
-    # TensorRT ships with JetPack / NVIDIA's own index; it is absent on CPU machines.
-    return None if importlib.util.find_spec("tensorrt") else "TensorRT is not installed ('import tensorrt' fails)"
+    # TensorRT ships with JetPack / NVIDIA's own index; TensorRT-RTX with 'edgefs[rtx]'. Running an engine
+    # of either also needs a GPU, which the 'gpu' marker asks for.
+    if importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx_bindings"):
+        return None
+    return "no TensorRT is installed ('import tensorrt' and 'import tensorrt_rtx_bindings' fail)"
+
+
+def _trt_build_reason() -> str | None:
+    # TensorRT-RTX's builder compiles ahead of time on the CPU: only the wheels are needed.
+    if importlib.util.find_spec("tensorrt_rtx_bindings"):
+        return None
+    return "TensorRT-RTX is not installed ('import tensorrt_rtx_bindings' fails; pip install 'edgefs[rtx]')"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # TensorRT first: on a GPU machine without it, that is the reason worth reading.
-    reasons = {"trt": _trt_reason, "gpu": _cuda_reason}
+    reasons = {"trt": _trt_reason, "trt_build": _trt_build_reason, "gpu": _cuda_reason}
     cache: dict[str, str | None] = {}
     for item in items:
         for marker, probe in reasons.items():

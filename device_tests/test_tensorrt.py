@@ -1,11 +1,13 @@
 """TensorRT engines built from a small conv4 bundle: parity with ONNX Runtime, header key, reload,
-key mismatch, calibration cache and GPU-resident output.
+key mismatch, calibration cache and GPU-resident output -- for each installed TensorRT flavour.
 
-Marked ``trt`` and ``gpu``: skipped wherever ``import tensorrt`` fails or there is no CUDA GPU
-(see the root conftest.py). **These tests have never run**: the machines this code was written
-and checked on have no TensorRT (shared/DEVICE.md), so every TensorRT code path in
-``export/tensorrt_build.py`` and ``edgefs/runtime/tensorrt_backend.py`` is unverified until they
-run on a Jetson with JetPack 6 (or any machine with TensorRT 10 and pycuda).
+Marked ``trt`` and ``gpu``: skipped wherever no TensorRT flavour is installed or there is no CUDA GPU
+(see the root conftest.py); each flavour's case is skipped where its module is missing, and the
+TensorRT-RTX case where the GPU is not among the compute capabilities its builder targets (e.g. an
+H100/H200, sm 9.0). **These tests have never run**: the machines this code was written and checked
+on have no GPU (shared/DEVICE.md). TensorRT-RTX engines are built in CI (tests/test_trt_build.py),
+but running any engine, and the whole TensorRT 10 builder, are unverified until these run on a
+Jetson with JetPack 6 or an RTX-class GPU with ``edgefs[cuda,rtx]``.
 """
 
 from __future__ import annotations
@@ -62,26 +64,47 @@ def bundle_path(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "conv4.edgefs"
 
 
-@pytest.fixture(scope="module")
-def engines(bundle_path: Path, data: Path) -> dict[str, Path]:
-    """One engine per precision, built once (int8 calibrated on the ImageFolder)."""
-    from edgefs.export.tensorrt_build import build_engine
+@pytest.fixture(scope="module", params=["tensorrt", "rtx"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    from edgefs.runtime.tensorrt_backend import gpu_identity
+    from edgefs.runtime.trt_flavour import FLAVOURS
 
-    return {p: build_engine(bundle_path, precision=p, calib=data, calib_images=48, max_batch=8, log=print)
-            for p in ("fp32", "fp16", "int8")}
+    chosen = FLAVOURS.get(request.param)
+    if not chosen.available():
+        pytest.skip(f"{chosen.description} is not installed ('import {chosen.module}' fails)")
+    if chosen.builds_without_gpu:
+        gpu, cc = gpu_identity(0)
+        if cc not in chosen.all_targets(chosen.load()):
+            pytest.skip(f"{gpu} (sm {cc}) is not a {chosen.description} target")
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def engines(bundle_path: Path, data: Path, flavour: str) -> dict[str, Path]:
+    """One engine per precision the flavour builds, built once (int8 calibrated on the ImageFolder).
+    The bundle's engines folder is emptied first: each flavour's engines are looked up on their own."""
+    from edgefs.export.tensorrt_build import build_engine
+    from edgefs.runtime.trt_flavour import FLAVOURS
+
+    shutil.rmtree(bundle_path / "engines", ignore_errors=True)
+    return {p: build_engine(bundle_path, precision=p, calib=data, calib_images=48, max_batch=8, log=print, trt=flavour)
+            for p in FLAVOURS.get(flavour).precisions}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_parity_and_header(engines: dict[str, Path], bundle_path: Path, precision: str) -> None:
+def test_parity_and_header(engines: dict[str, Path], bundle_path: Path, precision: str, flavour: str) -> None:
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.engine_file import EngineKey, read_engine_file
     from edgefs.runtime.tensorrt_backend import engine_key
 
+    if precision not in engines:
+        pytest.skip(f"{flavour} does not build {precision}")
     bundle = read_bundle(bundle_path)
-    header, blob = read_engine_file(engines[precision], engine_key(bundle, precision, 8))
+    header, blob = read_engine_file(engines[precision], engine_key(bundle, precision, 8, flavour=flavour))
     assert blob and EngineKey.from_json(header["key"]).fingerprint == bundle.fingerprint
+    assert header["verified"] is True and header["key"]["flavour"] == flavour
     parity = header["parity"]
-    assert parity["passed"] and parity["data"]["kind"] == "imagefolder"
+    assert parity["run"] and parity["passed"] and parity["data"]["kind"] == "imagefolder"
     if precision == "int8":
         assert header["calibration"]["batches"] == 6 and header["calibration"]["images"] == 48
         assert parity["episodes"]["top1_agreement"] > 0.8
@@ -134,15 +157,21 @@ def test_embed_device_leaves_output_on_the_gpu(engines: dict[str, Path], bundle_
         engine.embed_device(np.zeros((9, 28, 28, 3), np.uint8))
 
 
-def test_key_mismatch_and_copied_file(engines: dict[str, Path], bundle_path: Path, tmp_path: Path) -> None:
+def test_key_mismatch_and_copied_file(engines: dict[str, Path], bundle_path: Path, tmp_path: Path,
+                                     flavour: str) -> None:
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.engine_file import EngineKeyMismatch, read_engine_file
     from edgefs.runtime.tensorrt_backend import TensorRTEngine, engine_key
 
     bundle = read_bundle(bundle_path)
-    key = engine_key(bundle, "fp16", 8)
-    with pytest.raises(EngineKeyMismatch, match=r"gpu_name is .* in the file but 'Another GPU' here.*build-engine"):
+    key = engine_key(bundle, "fp16", 8, flavour=flavour)
+    if flavour == "tensorrt":
+        with pytest.raises(EngineKeyMismatch, match=r"gpu_name is .* in the file but 'Another GPU' here.*build-engine"):
+            read_engine_file(engines["fp16"], dataclasses.replace(key, gpu_name="Another GPU"))
+    else:  # ahead of time: any GPU name, but only the targeted compute capabilities
         read_engine_file(engines["fp16"], dataclasses.replace(key, gpu_name="Another GPU"))
+        with pytest.raises(EngineKeyMismatch, match=r"compute_capability is .* in the file but '9.0' here"):
+            read_engine_file(engines["fp16"], dataclasses.replace(key, compute_capability="9.0"))
     # An fp16 engine renamed as the fp32 one is refused by its header, not trusted by its name.
     fp32_name = engines["fp32"].name
     other = tmp_path / "b.edgefs"
@@ -152,10 +181,12 @@ def test_key_mismatch_and_copied_file(engines: dict[str, Path], bundle_path: Pat
         TensorRTEngine(read_bundle(other), precision="fp32", engine_path=other / "engines" / fp32_name)
 
 
-def test_int8_rebuild_reuses_the_calibration_cache(engines: dict[str, Path], bundle_path: Path) -> None:
+def test_int8_rebuild_reuses_the_calibration_cache(engines: dict[str, Path], bundle_path: Path, flavour: str) -> None:
     from edgefs.export.tensorrt_build import build_engine
     from edgefs.runtime.engine_file import read_engine_header
 
-    path = build_engine(bundle_path, precision="int8", calib=None, max_batch=8, log=quiet)
+    if "int8" not in engines:
+        pytest.skip(f"{flavour} does not build int8")
+    path = build_engine(bundle_path, precision="int8", calib=None, max_batch=8, log=quiet, trt=flavour)
     calibration = read_engine_header(path)["calibration"]
     assert calibration["cache_reused"] and calibration["batches"] == 0

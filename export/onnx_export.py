@@ -3,7 +3,9 @@
 The graph takes what a camera gives after resize/crop -- uint8 ``(B, S, S, 3)``
 RGB, ``B`` dynamic -- and returns float32 ``(B, D)`` embeddings; channel
 conversion (BT.601 luma for grey backbones) and normalisation are inside it,
-because they are inside every backbone's ``forward``.
+because they are inside every backbone's ``forward``. Its first node casts the
+uint8 input to float, the only operation TensorRT lets read a uint8 input
+(:func:`check_input_cast_first`).
 
 Only PyTorch's TorchScript-based exporter (``dynamo=False``) is used: it needs no
 onnxscript and is what TensorRT's parser has seen most. The graph is simplified
@@ -165,6 +167,28 @@ def check_interface(model: onnx.ModelProto, size: int, dim: int) -> None:
         raise ExportError("the ONNX graph does not have the bundle interface: " + "; ".join(problems))
 
 
+def check_input_cast_first(model: onnx.ModelProto) -> None:
+    """Check that the uint8 input feeds nothing but Casts, and that the first node of the graph is one.
+
+    TensorRT and TensorRT-RTX take a uint8 network input only straight into a Cast
+    (their ONNX parsers refuse e.g. a Transpose of uint8). ``ImageInput`` casts
+    first; this holds the simplified graph to it, whatever onnxslim reorders.
+
+    Raises:
+        ExportError: naming the offending node.
+    """
+    nodes = list(model.graph.node)
+    consumers = [n for n in nodes if INPUT_NAME in n.input]
+    wrong = [f"{n.op_type} {n.name!r}" for n in consumers if n.op_type != "Cast"]
+    if not consumers or wrong or nodes[0].op_type != "Cast" or INPUT_NAME not in nodes[0].input:
+        first = f"{nodes[0].op_type} {nodes[0].name!r}" if nodes else "nothing"
+        raise ExportError(
+            f"the ONNX graph's uint8 {INPUT_NAME!r} must go through a Cast to float before any other operation "
+            f"(TensorRT's parser refuses anything else); its first node is {first} and it is read by "
+            f"{', '.join(wrong) or 'no other op'}. Cast first in the backbone's ImageInput"
+        )
+
+
 def export_onnx(backbone: Backbone, path: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, int]:
     """Write ``backbone`` (put in eval mode) as a checked, simplified ONNX graph.
 
@@ -191,5 +215,6 @@ def export_onnx(backbone: Backbone, path: str | Path, opset: int = DEFAULT_OPSET
         raise ExportError(f"onnxslim returned {type(simplified).__name__}, not an ONNX model")
     _check(simplified, "simplified")
     check_interface(simplified, backbone.spec.input_size, backbone.spec.embedding_dim)
+    check_input_cast_first(simplified)
     onnx.save(simplified, str(path))
     return {"nodes_traced": len(traced.graph.node), "nodes_simplified": len(simplified.graph.node)}

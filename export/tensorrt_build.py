@@ -1,24 +1,34 @@
-"""Bundle -> TensorRT engine, built on the device that will run it, checked against ONNX Runtime.
+"""Bundle -> TensorRT engine, checked against ONNX Runtime wherever a GPU can run it.
 
-:func:`build_engine` parses the bundle's ``backbone.onnx`` with TensorRT's ONNX
-parser, builds an engine for batches 1..``max_batch`` at fp32, fp16 or int8
-(entropy calibration on camera-like images from a folder, an ImageFolder or a
-video), runs held-out images through it and through ONNX Runtime (CPU), and
-writes ``BUNDLE/engines/<key>.engine`` with a header that records the key, the
-calibration and the parity figures (:mod:`edgefs.runtime.engine_file`). An
-engine whose figures miss the precision's tolerance is not written.
+:func:`build_engine` parses the bundle's ``backbone.onnx`` with the ONNX parser
+of a TensorRT flavour (:mod:`edgefs.runtime.trt_flavour`), builds an engine for
+batches 1..``max_batch``, runs held-out images through it and through ONNX
+Runtime (CPU), and writes ``BUNDLE/engines/<key>.engine`` with a header that
+records the key, the calibration and the parity figures
+(:mod:`edgefs.runtime.engine_file`). An engine whose figures miss the
+precision's tolerance is not written.
+
+* ``--trt tensorrt`` (TensorRT 10.x, JetPack 6): built on the device that will
+  run it, at fp32, fp16 or int8 (builder flags; entropy calibration on
+  camera-like images from a folder, an ImageFolder or a video).
+* ``--trt rtx`` (TensorRT-RTX): compiled ahead of time, on a machine with or
+  without a GPU, for every RTX generation the builder targets (or ``targets``).
+  Its networks are strongly typed, so fp16 is built from an fp16 copy of the
+  graph (inputs and outputs kept: uint8 in, float32 out) and int8 is refused.
+  Where no GPU can run the engine, the parity check is skipped with a line that
+  says so, and the header records ``verified: false`` and the reason.
 
 No PyTorch here: this runs on the device, which has TensorRT, pycuda, numpy,
 OpenCV and ONNX Runtime. TensorRT and pycuda are imported when a build starts.
+8.x is not supported.
 
-Target: TensorRT 10.x (JetPack 6). Differences from 8.x are noted where they
-matter; 8.x is not supported.
-
-**Unverified here.** No machine this was written on has TensorRT (see
-shared/DEVICE.md): the TensorRT calls below follow NVIDIA's Python API
-documentation and samples but have never run. What does not need TensorRT --
-the calibration stream, the engine file and its key -- is tested in tests/;
-device_tests/test_tensorrt.py runs the builder wherever ``import tensorrt`` works.
+**What has run.** The TensorRT-RTX build (parser, strongly typed network,
+optimisation profile, compute-capability targets, serialization) runs in CI on a
+CPU-only machine for every registered backbone (tests/test_trt_build.py). The
+TensorRT 10 builder (flags, int8 calibrator, timing cache) and every engine
+execution (parity) have never run: no machine this was written on has TensorRT
+10 or a GPU (see shared/DEVICE.md); device_tests/test_tensorrt.py runs them
+wherever a flavour, pycuda and a GPU are present.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from edgefs.errors import EdgefsError
+from edgefs._lazy import require
+from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.fileio import atomic_write_bytes
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME, Bundle, read_bundle
 from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
@@ -47,9 +58,10 @@ from edgefs.runtime.tensorrt_backend import (
     TensorRTEngine,
     device_index,
     engine_key,
+    gpu_identity,
     import_pycuda,
-    import_tensorrt,
 )
+from edgefs.runtime.trt_flavour import AUTO, PORTABLE_GPU, Flavour, resolve_flavour, shared_logger
 
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
 """Smallest per-image cosine to ONNX Runtime an engine may have; int8 is reported, not gated."""
@@ -160,24 +172,6 @@ def supports(precision: str, compute_capability: str, builder: Any = None) -> bo
 
 # -- TensorRT pieces (imported lazily; unverified on machines without TensorRT) -------------------
 
-def _make_logger(trt: ModuleType, log: Callable[[str], None]) -> Any:
-    """A TensorRT logger that forwards warnings and errors to ``log`` and keeps the errors."""
-
-    class Logger(trt.ILogger):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                log(f"TensorRT error: {msg}")
-            elif int(severity) <= int(trt.ILogger.Severity.WARNING):
-                log(f"TensorRT warning: {msg}")
-
-    return Logger()
-
-
 def _make_calibrator(
     trt: ModuleType, cuda: ModuleType, batches: Iterator[np.ndarray] | None, batch_shape: tuple[int, ...],
     cache_path: Path, reuse_cache: bool, log: Callable[[str], None],
@@ -231,22 +225,47 @@ def _make_calibrator(
     return EntropyCalibrator()
 
 
-def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
-    """``backbone.onnx`` -> network; parser errors are raised with their node names."""
-    # TensorRT 10: explicit batch is the only mode, flags 0. (8.x needed 1 << EXPLICIT_BATCH.)
+def fp16_graph(onnx_path: Path) -> bytes:
+    """An fp16 copy of ``backbone.onnx``, keeping its uint8 input and float32 output, as bytes.
+
+    For strongly typed flavours (TensorRT-RTX), where precision is the graph's own:
+    weights and activations become float16; the leading uint8 -> float Cast now
+    casts to float16 (0..255 is exact in float16) and a Cast back to float32 ends
+    the graph. Uses ONNX Runtime's converter (``onnxruntime.transformers.float16``).
+    """
+    onnx = require("onnx", install="pip install 'edgefs[rtx]'", why="an fp16 TensorRT-RTX engine")
+    float16 = require("onnxruntime.transformers.float16", install="pip install 'edgefs[rtx]'",
+                      why="an fp16 TensorRT-RTX engine")
+    try:
+        model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    except Exception as exc:  # onnx raises protobuf, shape-inference and checker errors alike
+        raise EngineBuildError(f"cannot make an fp16 copy of {onnx_path} ({type(exc).__name__}: {exc}); re-export "
+                               "the bundle, or build --precision fp32") from exc
+    return bytes(model.SerializeToString())
+
+
+def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path, graph: bytes | None = None) -> tuple[Any, Any]:
+    """``backbone.onnx`` (or ``graph``, a rewritten copy of it) -> network; parser errors are raised
+    with their node names."""
+    # TensorRT 10: explicit batch is the only mode, flags 0 (8.x needed 1 << EXPLICIT_BATCH); networks are
+    # weakly typed. TensorRT-RTX: flags 0 gives a strongly typed network, its only kind.
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    parsed = parser.parse(graph, str(onnx_path)) if graph is not None else parser.parse_from_file(str(onnx_path))
+    if not parsed:
         lines = []
         for i in range(parser.num_errors):
             err = parser.get_error(i)
             name = err.node_name() if hasattr(err, "node_name") else ""
             op = err.node_operator() if hasattr(err, "node_operator") else ""
             lines.append(f"node {err.node()} {name!r} ({op}): {err.desc()}")
+        uint8 = any("uint8" in line.lower() for line in lines)
         raise EngineBuildError(
             f"TensorRT's ONNX parser rejected {onnx_path}:\n  " + "\n  ".join(lines or ["(no parser errors given)"])
-            + ("\nThis TensorRT is too old to take uint8 network inputs; use JetPack 6 (TensorRT 10)."
-               if any("UINT8" in line for line in lines) else
+            + ("\nTensorRT takes a uint8 input only straight into a Cast. Bundles exported before edgefs cast "
+               "the camera input first have a Transpose there: re-export the bundle with 'edgefs export' "
+               "(and, on TensorRT 8.x, move to JetPack 6 / TensorRT 10)."
+               if uint8 else
                "\nRe-export the bundle with a supported opset, or report the failing node.")
         )
     # The caller keeps the parser alive as long as the network: the network may refer to its weights.
@@ -254,18 +273,17 @@ def _parse(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> tuple
 
 
 def _cast_uint8_input(trt: ModuleType, network: Any, log: Callable[[str], None]) -> bool:
-    """Make the uint8 ``images`` input feed the graph through one explicit uint8 -> float32 cast.
+    """Make sure the uint8 ``images`` input feeds the graph only through casts to float.
 
-    TensorRT's ``DataType.UINT8`` is an I/O type only: the documentation says uint8
-    network inputs must be converted to float32/float16 (a cast layer) before other
-    layers use them. Every edgefs graph takes uint8 NHWC images, and its first node
-    is a ``Transpose`` (NHWC -> NCHW) *before* the ``Cast`` to float. So every
-    consumer of the input is rewired to a new float32 cast of it: the transpose then
-    moves float32 data, and the graph's own Cast becomes float32 -> float32. Values
-    0..255 are exact in float32 and float16, so nothing changes numerically.
+    TensorRT's ``DataType.UINT8`` is an I/O type only: uint8 network inputs must be
+    converted to float32/float16 (a cast layer) before other layers use them. The
+    exporter puts a ``Cast`` first (``ImageInput``); for a graph that parsed
+    although a consumer of the input is not a cast, every consumer is rewired to a
+    new float32 cast of it. Values 0..255 are exact in float32 and float16.
 
     Returns:
-        whether a cast was inserted (False when every consumer already is a cast).
+        whether a cast was inserted (False when every consumer already is a cast:
+        every bundle this edgefs exports).
     """
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     if set(inputs) != {INPUT_NAME}:
@@ -290,15 +308,36 @@ def _cast_uint8_input(trt: ModuleType, network: Any, log: Callable[[str], None])
     return True
 
 
+def _set_precision(
+    trt: ModuleType, builder: Any, config: Any, flavour: Flavour, precision: str, compute_capability: str | None,
+) -> None:
+    """Weakly typed flavours: builder flags for ``precision``, refused where the GPU lacks fast math.
+    Strongly typed ones have no flags: the graph's types (:func:`fp16_graph`) are the precision."""
+    if flavour.strongly_typed:
+        return
+    assert compute_capability is not None
+    if not supports(precision, compute_capability, builder):
+        raise EngineBuildError(
+            f"this GPU (compute capability {compute_capability}) has no fast {precision} math, so a {precision} "
+            "engine would be slower, not faster; build --precision fp32"
+            + (" or fp16" if precision == "int8" and supports("fp16", compute_capability, builder) else "")
+        )
+    if precision == "fp16" or (precision == "int8" and supports("fp16", compute_capability, builder)):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers TensorRT cannot quantize fall back to fp16
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+
+
 def _serialize(
-    trt: ModuleType, cuda: ModuleType, bundle: Bundle, precision: str, max_batch: int, workspace_mb: int,
-    compute_capability: str, source: CalibrationSource | None, calib_images: int, calib_cache: Path,
-    timing_cache: Path | None, log: Callable[[str], None],
+    trt: ModuleType, flavour: Flavour, cuda: ModuleType | None, bundle: Bundle, precision: str, max_batch: int,
+    workspace_mb: int, key: EngineKey, source: CalibrationSource | None, calib_images: int, calib_cache: Path,
+    timing_cache: Path | None, log: Callable[[str], None], graph: bytes | None = None,
 ) -> tuple[bytes, dict[str, Any], dict[str, Any] | None]:
-    """Build and serialize; returns ``(engine bytes, build facts, calibration facts or None)``."""
-    logger = _make_logger(trt, log)
+    """Build and serialize ``graph`` (a rewritten copy of ``backbone.onnx``) or ``backbone.onnx`` itself;
+    returns ``(engine bytes, build facts, calibration facts or None)``."""
+    logger, errors = shared_logger(trt, log)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, bundle.onnx_path)
+    network, _parser = _parse(trt, builder, logger, bundle.onnx_path, graph)
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if outputs != [OUTPUT_NAME]:
         raise EngineBuildError(f"backbone.onnx has outputs {outputs}; edgefs graphs have one, {OUTPUT_NAME!r}")
@@ -311,19 +350,15 @@ def _serialize(
     profile.set_shape(INPUT_NAME, (1, h, w, 3), (max_batch, h, w, 3), (max_batch, h, w, 3))
     config = builder.create_builder_config()
     config.add_optimization_profile(profile)
-    # TensorRT 10: memory pools. (8.x before 8.4: config.max_workspace_size.)
+    # TensorRT 10 and TensorRT-RTX: memory pools. (8.x before 8.4: config.max_workspace_size.)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if not supports(precision, compute_capability, builder):
-        raise EngineBuildError(
-            f"this GPU (compute capability {compute_capability}) has no fast {precision} math, so a {precision} "
-            "engine would be slower, not faster; build --precision fp32"
-            + (" or fp16" if precision == "int8" and supports("fp16", compute_capability, builder) else "")
-        )
+    if key.gpu_name == PORTABLE_GPU:
+        flavour.set_targets(trt, config, key.targets())
+    _set_precision(trt, builder, config, flavour, precision, None if key.gpu_name == PORTABLE_GPU
+                   else key.compute_capability)
     calibrator = None
-    if precision == "fp16" or (precision == "int8" and supports("fp16", compute_capability, builder)):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers TensorRT cannot quantize fall back to fp16
     if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
+        assert cuda is not None  # int8 is refused earlier for flavours that build without a GPU
         batches = source.batches(calib_images, max_batch) if source is not None else None
         calibrator = _make_calibrator(trt, cuda, batches, (max_batch, h, w, 3), calib_cache,
                                       reuse_cache=source is None, log=log)
@@ -331,6 +366,9 @@ def _serialize(
         # With a dynamic batch, calibration runs at the calibration profile's opt shape: full batches.
         config.set_calibration_profile(profile)
     cache = None
+    if timing_cache is not None and flavour.builds_without_gpu:
+        log(f"{flavour.description} compiles ahead of time without timing kernels; --timing-cache is not used")
+        timing_cache = None
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache = config.create_timing_cache(blob)
@@ -338,21 +376,26 @@ def _serialize(
             log(f"timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one")
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, False)
-    log(f"building {precision} engine for batches 1..{max_batch} (workspace {workspace_mb} MiB)")
+    targets = f" for compute capabilities {', '.join(key.targets())}" if key.gpu_name == PORTABLE_GPU else ""
+    typed = " (fp16 graph, strongly typed)" if graph is not None else ""
+    log(f"building {precision} engine{typed} for batches 1..{max_batch}{targets} (workspace {workspace_mb} MiB)")
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if calibrator is not None and calibrator.error is not None:
         raise EngineBuildError(f"calibration failed: {calibrator.error}") from calibrator.error
     if serialized is None:
-        errors = "\n  ".join(logger.errors[-10:]) or "(TensorRT logged no error)"
-        raise EngineBuildError(f"TensorRT could not build the {precision} engine:\n  {errors}\n"
+        shown = "\n  ".join(errors[-10:]) or "(TensorRT logged no error)"
+        raise EngineBuildError(f"{flavour.description} could not build the {precision} engine:\n  {shown}\n"
                                "Try a larger --workspace, another precision, or report the message.")
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
         log(f"timing cache saved to {timing_cache}")
-    build = {"seconds": round(seconds, 2), "workspace_mb": int(workspace_mb), "uint8_input_cast": inserted_cast,
-             "timing_cache": str(timing_cache) if timing_cache is not None else None}
+    build = {"seconds": round(seconds, 3), "workspace_mb": int(workspace_mb), "uint8_input_cast": inserted_cast,
+             "timing_cache": str(timing_cache) if timing_cache is not None else None,
+             "flavour": flavour.name, "strongly_typed": flavour.strongly_typed,
+             "graph": "fp16 copy (onnxruntime.transformers.float16, io types kept)" if graph is not None
+             else "backbone.onnx"}
     calibration = None
     if calibrator is not None:
         calibration = {"algorithm": "entropy2", "cache": calib_cache.name, "cache_reused": calibrator.used_cache,
@@ -375,6 +418,33 @@ def _parity_images(
         log(f"{source.path} has only {len(images)} images left after calibration; using synthetic parity images")
     return (synthetic_images(count, bundle.manifest.input_size, seed), None,
             {"images": "synthetic (seeded gradients, rectangles and noise)", "seed": seed})
+
+
+def check_graph_parity(bundle: Bundle, graph: bytes, images: np.ndarray) -> dict[str, Any]:
+    """A rewritten graph (the fp16 copy) against ``backbone.onnx``, both in ONNX Runtime on the CPU.
+
+    This checks the graph a strongly typed flavour compiles, on any machine: the
+    conversion and the weights rounded to float16. It does not check fp16
+    arithmetic: ONNX Runtime's CPU provider runs many float16 operators in float32
+    behind inserted casts. The engine itself is compared by
+    :func:`check_engine_parity` where a GPU runs it.
+
+    Returns:
+        ``{"reference", "images", "min_cosine", "mean_cosine", "max_abs_diff", "threshold", "passed"}``
+        (threshold: :data:`MIN_COSINE` for fp16).
+    """
+    from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
+
+    ort = require("onnxruntime", install="pip install 'edgefs[rtx]'", why="the fp16 graph check")
+    reference = OnnxRuntimeEngine(bundle, device="cpu").embed(images)
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})
+    cos = cosines(reference, got)
+    threshold = MIN_COSINE["fp16"]
+    return {"reference": "backbone.onnx, onnxruntime CPUExecutionProvider", "images": len(images),
+            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+            "max_abs_diff": float(np.abs(reference - got).max()), "threshold": threshold,
+            "passed": bool(cos.min() >= threshold)}
 
 
 def check_engine_parity(
@@ -413,6 +483,19 @@ def check_engine_parity(
 
 # -- the entry point ------------------------------------------------------------------------------
 
+def _gpu_for_parity(index: int) -> tuple[ModuleType | None, str | None]:
+    """``(pycuda.driver, None)`` where CUDA device ``index`` exists, else ``(None, why not)``."""
+    try:
+        cuda = import_pycuda(WHY)
+    except MissingDependencyError:
+        return None, "pycuda is not installed (pip install 'edgefs[cuda]'), so no CUDA GPU can be used"
+    except EdgefsError as exc:  # the driver did not initialise: no GPU or no driver
+        return None, str(exc)
+    if index >= cuda.Device.count():
+        return None, f"no CUDA device {index} (this machine has {cuda.Device.count()})"
+    return cuda, None
+
+
 def build_engine(
     bundle: Bundle | str | Path,
     precision: str = "fp16",
@@ -425,42 +508,73 @@ def build_engine(
     device: str | None = None,
     parity_images: int = PARITY_IMAGES,
     seed: int = 0,
+    trt: str = AUTO,
+    targets: list[str] | None = None,
 ) -> Path:
-    """Build, check and store a TensorRT engine for a bundle on this machine's GPU.
+    """Build, check and store a TensorRT engine for a bundle.
 
     Args:
         bundle: the bundle folder (or an opened :class:`Bundle`).
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (int8: ``tensorrt`` flavour only).
         calib: a folder of images, an ImageFolder or a video: int8 calibration images
             (required for int8 unless a calibration cache for this key exists in
             ``BUNDLE/engines/``) and held-out parity images for every precision.
         calib_images: how many calibration images (rounded down to full batches).
         max_batch: the engine's largest batch (optimisation profile min 1, opt = max = this).
         workspace_mb: TensorRT's workspace memory pool limit.
-        timing_cache: a timing cache file to load (if present) and save, to speed up rebuilds.
+        timing_cache: a timing cache file to load (if present) and save, to speed up rebuilds
+            (``tensorrt`` flavour; TensorRT-RTX does not time kernels ahead of time).
         log: receives progress lines.
-        device: ``"cuda"`` or ``"cuda:N"``.
+        device: ``"cuda"`` or ``"cuda:N"``: the GPU to build for (``tensorrt``) and to run
+            the parity check on.
         parity_images: held-out images compared with ONNX Runtime.
         seed: shuffle seed for the calibration folder and synthetic parity images.
+        trt: the TensorRT flavour, ``"tensorrt"``, ``"rtx"`` or ``"auto"``
+            (:func:`~edgefs.runtime.trt_flavour.resolve_flavour`: ``tensorrt`` where installed).
+        targets: ``rtx`` only: compute capabilities to compile for (``["8.6", "8.9"]``);
+            default every one the builder knows.
 
     Returns:
-        the engine file, ``BUNDLE/engines/<fingerprint>_trt<ver>_<gpu>_sm<cc>_<precision>_b<B>.engine``.
+        the engine file, ``BUNDLE/engines/<fingerprint>_trt<ver>_<gpu>_sm<cc>_<precision>_b<B>.engine``
+        (``..._rtx<ver>_any_sm75-80-..._<precision>_b<B>.engine`` for TensorRT-RTX).
 
     Raises:
-        MissingDependencyError: TensorRT, pycuda or onnxruntime is missing.
-        EngineBuildError: parser errors (with node names), a precision this GPU lacks,
-            a failed build, or fp32/fp16 parity below :data:`MIN_COSINE` (nothing is written).
+        MissingDependencyError: the flavour, pycuda (``tensorrt`` flavour) or onnxruntime is missing.
+        EngineBuildError: parser errors (with node names), a precision this GPU or flavour
+            lacks, a failed build, or fp32/fp16 parity below :data:`MIN_COSINE` (nothing is written).
         CalibrationError: an unusable calibration source.
     """
     if precision not in PRECISIONS:
         raise EngineBuildError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if max_batch < 1 or workspace_mb < 1 or calib_images < 1:
-        raise EngineBuildError("max_batch, workspace_mb and calib_images must be at least 1")
+    if max_batch < 1 or workspace_mb < 1 or calib_images < 1 or parity_images < 1:
+        raise EngineBuildError("max_batch, workspace_mb, calib_images and parity_images must be at least 1")
     bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
-    trt = import_tensorrt(WHY)
-    cuda = import_pycuda(WHY)
+    flavour = resolve_flavour(trt)
+    try:
+        flavour.check_precision(precision)
+    except EdgefsError as exc:
+        raise EngineBuildError(str(exc)) from None
+    if targets is not None and not flavour.builds_without_gpu:
+        raise EngineBuildError(f"{flavour.description} builds for the GPU it runs on; compute-capability targets "
+                               "are for --trt rtx")
+    module = flavour.load(WHY)
     index = device_index(device)
-    key: EngineKey = engine_key(bundle, precision, max_batch, index)
+    # Which GPU can run the engine for the parity check (and, for TensorRT, build it): none is an
+    # error for TensorRT, and a reason to skip parity for an ahead-of-time flavour.
+    cuda, no_gpu = _gpu_for_parity(index) if flavour.builds_without_gpu else (import_pycuda(WHY), None)
+    if flavour.builds_without_gpu:
+        chosen = targets if targets is not None else flavour.all_targets(module)
+        chosen = sorted(set(chosen), key=lambda cc: tuple(int(p) for p in cc.split(".")))
+        if not chosen:
+            raise EngineBuildError(f"{flavour.description} {flavour.version(module)} lists no compute capabilities")
+        key = EngineKey(bundle.fingerprint, flavour.version(module), PORTABLE_GPU, "+".join(chosen), precision,
+                        int(max_batch), flavour.name)
+        if no_gpu is None:
+            gpu, cc = gpu_identity(index)
+            if cc not in chosen:
+                no_gpu = f"this GPU ({gpu}, compute capability {cc}) is not among the engine's targets"
+    else:
+        key = engine_key(bundle, precision, max_batch, index, flavour.name)
     out = engine_file_path(bundle.path, key)
     calib_cache = engines_dir(bundle.path) / (key.stem() + ".calib")
     source = open_calibration_source(calib, bundle.manifest.input_size, seed=seed, warn=log) if calib else None
@@ -469,16 +583,44 @@ def build_engine(
             f"int8 needs calibration images: pass --calib DIR|VIDEO (camera-like images, a few hundred), "
             f"or keep a calibration cache at {calib_cache}"
         )
-    log(f"TensorRT {key.trt_version} on {key.gpu_name} (sm {key.compute_capability}); bundle "
-        f"{bundle.path} ({bundle.fingerprint[:12]})")
-    ctx = PrimaryContext(cuda, index)
-    with ctx.active():
-        blob, build, calibration = _serialize(
-            trt, cuda, bundle, precision, max_batch, workspace_mb, key.compute_capability, source, calib_images,
-            calib_cache, Path(timing_cache) if timing_cache is not None else None, log)
+    where = (f"ahead of time for compute capabilities {', '.join(key.targets())}" if key.gpu_name == PORTABLE_GPU
+             else f"on {key.gpu_name} (sm {key.compute_capability})")
+    log(f"{flavour.description} {key.trt_version} {where}; bundle {bundle.path} ({bundle.fingerprint[:12]})")
+    timing = Path(timing_cache) if timing_cache is not None else None
+    graph = graph_parity = None
+    if flavour.strongly_typed and precision == "fp16":
+        graph = fp16_graph(bundle.onnx_path)
+        images, _, origin = _parity_images(bundle, source, parity_images, seed, log)
+        graph_parity = {**check_graph_parity(bundle, graph, images), "data": origin}
+        log(f"fp16 graph vs backbone.onnx in onnxruntime (CPU): {graph_parity['images']} images, min cosine "
+            f"{graph_parity['min_cosine']:.6f}, max abs diff {graph_parity['max_abs_diff']:.3g}")
+        if not graph_parity["passed"]:
+            raise EngineBuildError(
+                f"the fp16 copy of the graph is too far from backbone.onnx in ONNX Runtime: min cosine "
+                f"{graph_parity['min_cosine']:.6f} < {graph_parity['threshold']}; no engine was built. Build fp32."
+            )
+    if flavour.builds_without_gpu:
+        blob, build, calibration = _serialize(module, flavour, cuda, bundle, precision, max_batch, workspace_mb, key,
+                                              source, calib_images, calib_cache, timing, log, graph)
+    else:
+        assert cuda is not None
+        with PrimaryContext(cuda, index).active():
+            blob, build, calibration = _serialize(module, flavour, cuda, bundle, precision, max_batch, workspace_mb,
+                                                  key, source, calib_images, calib_cache, timing, log, graph)
+    if graph_parity is not None:
+        build["graph_parity"] = graph_parity
+    log(f"built in {build['seconds']:.2f} s: {len(blob) / 1e6:.2f} MB")
     info: dict[str, Any] = {"build": build, "calibration": calibration,
                             "bundle": {"path": str(bundle.path), "input_size": list(bundle.manifest.input_size),
                                        "backbone": bundle.manifest.backbone.get("name")}}
+    if no_gpu is not None:
+        reason = f"no GPU could run the engine here ({no_gpu})"
+        log(f"parity vs onnxruntime: NOT RUN: {reason}. The engine is written unverified (header 'verified': "
+            f"false); build it again where an RTX-class GPU, pycuda and {flavour.description} are present to "
+            "compare it with ONNX Runtime")
+        write_engine_file(out, key, blob, {**info, "verified": False, "parity": {"run": False, "reason": reason}})
+        log(f"engine written (unverified): {out}")
+        return out
     # Parity runs on the file as the runtime will load it; the file only takes its final name once it passed.
     partial = out.with_name("." + out.name + ".partial")
     write_engine_file(partial, key, blob, info)
@@ -497,7 +639,7 @@ def build_engine(
                 f"{parity['min_cosine']:.6f} < {parity['threshold']} on {len(images)} images; no engine was "
                 "written. Try fp32, or report the bundle."
             )
-        write_engine_file(out, key, blob, {**info, "parity": parity})
+        write_engine_file(out, key, blob, {**info, "verified": True, "parity": {"run": True, **parity}})
     finally:
         partial.unlink(missing_ok=True)
     log(f"engine written: {out}")

@@ -177,7 +177,9 @@ def test_device_side_modules_import_without_torch_or_tensorrt() -> None:
 
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['tensorrt'] = None; sys.modules['pycuda'] = None\n"
+        "sys.modules['tensorrt_rtx_bindings'] = None; sys.modules['tensorrt_rtx_libs'] = None\n"
         "import edgefs.runtime.engine_file, edgefs.runtime.calibration, edgefs.runtime.tensorrt_backend\n"
+        "import edgefs.runtime.trt_flavour, edgefs.export.tensorrt_build\n"
         "from edgefs.runtime.engine import ENGINES; assert 'tensorrt' in ENGINES\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -206,7 +208,7 @@ def test_missing_tensorrt_is_an_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(EngineBuildError, match="unknown precision"):
         build_engine(tmp_path, precision="bf16")
     with pytest.raises(MissingDependencyError, match="JetPack"):
-        build_engine(_tiny_bundle(tmp_path), precision="fp16")
+        build_engine(_tiny_bundle(tmp_path), precision="fp16", trt="tensorrt")
     assert device_index(None) == 0 and device_index("cuda:1") == 1
     with pytest.raises(EdgefsError, match="CUDA GPU"):
         device_index("cpu")
@@ -250,3 +252,67 @@ def test_episode_agreement_and_cosines() -> None:
     images = synthetic_images(4, (28, 28), seed=1)
     assert images.shape == (4, 28, 28, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(images, synthetic_images(4, (28, 28), seed=1))
+
+
+# -- TensorRT flavours and ahead-of-time keys ----------------------------------------------------
+
+def rtx_key(**changes: object) -> EngineKey:
+    fields = {"fingerprint": "ab" * 32, "trt_version": "1.7.1.116", "gpu_name": "any",
+              "compute_capability": "8.0+8.6+8.9", "precision": "fp16", "max_batch": 8, "flavour": "rtx"}
+    return EngineKey(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_ahead_of_time_key_names_its_flavour_and_targets(tmp_path: Path) -> None:
+    key = rtx_key()
+    assert key.targets() == ["8.0", "8.6", "8.9"]
+    assert engine_file_path(tmp_path, key).name == "abababababab_rtx1.7.1.116_any_sm80-86-89_fp16_b8.engine"
+    with pytest.raises(EdgefsError, match="compute capability"):
+        EngineKey("ab" * 32, "10.3.0", "Orin", "8.6+8.7", "fp16", 8)  # a list only for gpu 'any'
+
+
+def test_ahead_of_time_engine_fits_every_gpu_among_its_targets(tmp_path: Path) -> None:
+    key = rtx_key()
+    path = engine_file_path(tmp_path / "b.edgefs", key)
+    write_engine_file(path, key, ENGINE, {"verified": False})
+    rtx_4090 = rtx_key(gpu_name="NVIDIA GeForce RTX 4090", compute_capability="8.9", max_batch=8)
+    header, engine = read_engine_file(path, rtx_4090)
+    assert engine == ENGINE and header["key"]["flavour"] == "rtx" and header["verified"] is False
+    h200 = dataclasses.replace(rtx_4090, gpu_name="NVIDIA H200", compute_capability="9.0")
+    with pytest.raises(EngineKeyMismatch, match=r"capability is '8.0\+8.6\+8.9' in the file but '9.0'.*--trt rtx"):
+        read_engine_file(path, h200)
+    jetson = dataclasses.replace(rtx_4090, flavour="tensorrt", trt_version="10.3.0")
+    with pytest.raises(EngineKeyMismatch) as caught:
+        read_engine_file(path, jetson)
+    assert {d[0] for d in caught.value.differences} == {"flavour", "trt_version"}
+
+
+def test_headers_written_before_flavours_read_as_tensorrt(written: Path, key: EngineKey) -> None:
+    data = written.read_bytes()
+    _, version, length = struct.unpack("<9sHI", data[:15])
+    header = json.loads(data[15:15 + length])
+    del header["key"]["flavour"]
+    blob = json.dumps(header).encode()
+    written.write_bytes(struct.pack("<9sHI", MAGIC, version, len(blob)) + blob + data[15 + length:])
+    assert read_engine_file(written, key)[0]["key"] == {k: v for k, v in key.to_json().items() if k != "flavour"}
+    assert key.flavour == "tensorrt"
+
+
+def test_flavour_registry_and_auto() -> None:
+    import importlib.util
+
+    from edgefs.errors import MissingDependencyError
+    from edgefs.runtime.trt_flavour import FLAVOURS, flavour_names, resolve_flavour
+
+    assert flavour_names() == ["auto", "rtx", "tensorrt"]
+    assert FLAVOURS.get("rtx").module == "tensorrt_rtx_bindings" and FLAVOURS.get("rtx").builds_without_gpu
+    assert "int8" not in FLAVOURS.get("rtx").precisions and "int8" in FLAVOURS.get("tensorrt").precisions
+    with pytest.raises(EdgefsError, match="no INT8 calibrator"):
+        FLAVOURS.get("rtx").check_precision("int8")
+    has = {name: importlib.util.find_spec(FLAVOURS.get(name).module) is not None for name in ("tensorrt", "rtx")}
+    if has["tensorrt"]:
+        assert resolve_flavour().name == "tensorrt"
+    elif has["rtx"]:
+        assert resolve_flavour().name == "rtx"
+    else:
+        with pytest.raises(MissingDependencyError, match=r"JetPack.*edgefs\[rtx\]"):
+            resolve_flavour()

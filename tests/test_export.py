@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -96,6 +97,12 @@ def test_export_bundle(name: str, glyph_data: Path, tmp_path: Path) -> None:
     head = build_method("protonet", build_backbone(name, **SMALL.get(name, {}))).head_spec()
     assert (bundle.head.head_type, bundle.head.params) == (head.head_type, head.params)
     assert m.head == {"type": head.head_type, "params": head.params}
+
+    # The uint8 input goes through a Cast before anything else (TensorRT's parsers refuse a Transpose of uint8).
+    graph = onnx.load(str(out / ONNX_FILE)).graph
+    assert graph.node[0].op_type == "Cast" and list(graph.node[0].input) == [INPUT_NAME]
+    assert graph.node[0].attribute[0].i == onnx.TensorProto.FLOAT
+    assert [n.op_type for n in graph.node if INPUT_NAME in n.input] == ["Cast"]
 
     # Dynamic batch: ORT at batch 1 and 5 gives what PyTorch gives, on real glyph images.
     images = parity_images(glyph_data, "test", spec.input_size, 5, seed=3)
@@ -263,3 +270,24 @@ def test_head_that_needs_pickle_is_refused(bundle_copy: Path) -> None:
     (bundle_copy / f"{HEAD_STEM}.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="pickle"):
         read_bundle(bundle_copy)
+
+
+def test_a_graph_that_transposes_uint8_before_casting_is_refused() -> None:
+    """What every bundle looked like before the cast moved first: TensorRT's parser refuses it."""
+    from onnx import TensorProto, helper
+
+    from edgefs.export.onnx_export import check_input_cast_first
+
+    def graph(first: str, second: str) -> onnx.ModelProto:
+        nodes = {"Transpose": helper.make_node("Transpose", [INPUT_NAME if first == "Transpose" else "x"],
+                                               ["t" if first == "Transpose" else OUTPUT_NAME], perm=[0, 3, 1, 2]),
+                 "Cast": helper.make_node("Cast", [INPUT_NAME if first == "Cast" else "t"],
+                                          ["x" if first == "Cast" else OUTPUT_NAME], to=TensorProto.FLOAT)}
+        g = helper.make_graph([nodes[first], nodes[second]], "g",
+                              [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["b", 4, 4, 3])],
+                              [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, None)])
+        return helper.make_model(g)
+
+    check_input_cast_first(graph("Cast", "Transpose"))
+    with pytest.raises(ExportError, match=r"Cast to float before any other operation.*Transpose"):
+        check_input_cast_first(graph("Transpose", "Cast"))

@@ -61,7 +61,10 @@ class ImageInput(nn.Module):
         self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        # Cast before anything else touches the uint8 tensor: TensorRT (and TensorRT-RTX) take uint8
+        # only as a network I/O type whose first consumer is a Cast; a Transpose of uint8 is refused
+        # by their ONNX parsers. Values 0..255 are exact in float32, so the order changes nothing.
+        x = images.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)
         channels = x.shape[1]
         if self.in_channels == 1 and channels == 3:
             x = (x * self.luma).sum(dim=1, keepdim=True)

@@ -1,15 +1,29 @@
-"""edgefs build-engine: bundle -> TensorRT engine for this device's GPU, checked against ONNX Runtime."""
+"""edgefs build-engine: bundle -> TensorRT or TensorRT-RTX engine, checked against ONNX Runtime where a GPU can."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "build a TensorRT engine for a bundle on this device (fp32, fp16 or int8), checked against ONNX Runtime"
+from edgefs.runtime.trt_flavour import AUTO, flavour_names
+
+HELP = ("build a TensorRT engine for a bundle (TensorRT on the device, fp32/fp16/int8; or TensorRT-RTX ahead of "
+        "time, fp32/fp16), checked against ONNX Runtime where a GPU can run it")
+
+
+def _targets(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="default fp16")
+    p.add_argument("--trt", choices=flavour_names(), default=AUTO,
+                   help="TensorRT flavour: 'tensorrt' (TensorRT 10, JetPack; builds on the GPU it runs on), 'rtx' "
+                        "(TensorRT-RTX; compiles ahead of time, no GPU needed, for RTX GPU generations), or 'auto' "
+                        "(default: tensorrt where 'import tensorrt' works, else rtx)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
+                   help="default fp16 (int8: --trt tensorrt only)")
+    p.add_argument("--targets", type=_targets, metavar="CC[,CC...]",
+                   help="--trt rtx: compute capabilities to compile for, e.g. 8.6,8.9 (default: all it knows)")
     p.add_argument("--calib", metavar="DIR|VIDEO",
                    help="camera-like images (a folder, an ImageFolder or a video): int8 calibration and "
                         "held-out parity images")
@@ -19,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorRT workspace memory limit in MiB (default 1024)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     p.add_argument("--device", help="cuda or cuda:N (default cuda:0)")
+    p.add_argument("--parity-images", type=int, default=64,
+                   help="held-out images compared with ONNX Runtime (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
 
     build_engine(args.bundle, precision=args.precision, calib=args.calib, calib_images=args.calib_images,
                  max_batch=args.max_batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
-                 device=args.device)
+                 device=args.device, trt=args.trt, targets=args.targets, parity_images=args.parity_images)
     return 0

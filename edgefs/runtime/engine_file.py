@@ -2,9 +2,15 @@
 
 A serialized TensorRT engine only runs on the GPU model and TensorRT version it
 was built with, and only means something for the bundle it was built from. So
-an engine is stored under a key -- bundle fingerprint, TensorRT version, GPU name,
-compute capability, precision and maximum batch -- both in its file name (to find
-it) and in a header inside the file (to refuse a renamed or copied file).
+an engine is stored under a key -- bundle fingerprint, TensorRT flavour and
+version, GPU name, compute capability, precision and maximum batch -- both in its
+file name (to find it) and in a header inside the file (to refuse a renamed or
+copied file).
+
+A TensorRT-RTX engine (flavour ``rtx``) is compiled ahead of time without a GPU
+for several compute capabilities: its key's GPU name is ``"any"`` and its compute
+capability the list of targets, ``"8.0+8.6+8.9"``; it runs on any GPU whose
+compute capability is in that list (:meth:`EngineKey.mismatches`).
 
 File layout (all integers little-endian)::
 
@@ -39,6 +45,9 @@ HEADER_FORMAT = 1
 ENGINES_DIR = "engines"
 ENGINE_SUFFIX = ".engine"
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PORTABLE_GPU = "any"  # the GPU name of an ahead-of-time engine (same value as trt_flavour.PORTABLE_GPU)
+_FLAVOUR_TAGS = {"tensorrt": "trt"}  # file-name version prefix; other flavours use their own name
+_CC = r"\d+\.\d+"
 _PREFIX = struct.Struct("<9sHI")  # magic, header format, JSON length
 _MAX_HEADER = 16 << 20  # a header is a few kB; anything near this is a corrupt length field
 
@@ -70,11 +79,15 @@ class EngineKey:
 
     Attributes:
         fingerprint: the bundle's fingerprint (sha256 of ``backbone.onnx``).
-        trt_version: ``tensorrt.__version__``, e.g. ``"10.3.0"``.
-        gpu_name: the CUDA device name, e.g. ``"Orin"``.
-        compute_capability: ``"major.minor"``, e.g. ``"8.7"``.
+        trt_version: the flavour module's ``__version__``, e.g. ``"10.3.0"``.
+        gpu_name: the CUDA device name, e.g. ``"Orin"``; ``"any"`` for an engine
+            compiled ahead of time for a list of compute capabilities.
+        compute_capability: ``"major.minor"``, e.g. ``"8.7"``; for ``"any"``, the
+            targets joined by ``+``, e.g. ``"8.0+8.6+8.9+12.0"``.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         max_batch: the largest batch the engine's optimisation profile takes.
+        flavour: ``"tensorrt"`` or ``"rtx"`` (:mod:`edgefs.runtime.trt_flavour`); files
+            written before flavours existed read as ``"tensorrt"``.
     """
 
     fingerprint: str
@@ -83,19 +96,29 @@ class EngineKey:
     compute_capability: str
     precision: str
     max_batch: int
+    flavour: str = "tensorrt"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EdgefsError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if int(self.max_batch) < 1:
             raise EdgefsError(f"max_batch must be at least 1, got {self.max_batch}")
-        if not re.fullmatch(r"\d+\.\d+", self.compute_capability):
-            raise EdgefsError(f"compute capability must look like '8.7', got {self.compute_capability!r}")
+        pattern = rf"{_CC}(\+{_CC})*" if self.gpu_name == PORTABLE_GPU else _CC
+        if not re.fullmatch(pattern, self.compute_capability):
+            raise EdgefsError(f"compute capability must look like '8.7' (or '8.6+8.9' for gpu 'any'), got "
+                              f"{self.compute_capability!r}")
+
+    def targets(self) -> list[str]:
+        """The compute capabilities the engine was built for (one unless ``gpu_name`` is ``"any"``)."""
+        return self.compute_capability.split("+")
 
     def stem(self) -> str:
-        """``<fingerprint[:12]>_trt<ver>_<gpu-slug>_sm<cc>_<precision>_b<B>`` (``sm87`` for 8.7)."""
-        return (f"{self.fingerprint[:12]}_trt{self.trt_version}_{gpu_slug(self.gpu_name)}_"
-                f"sm{self.compute_capability.replace('.', '')}_{self.precision}_b{int(self.max_batch)}")
+        """``<fingerprint[:12]>_trt<ver>_<gpu-slug>_sm<cc>_<precision>_b<B>`` (``sm87`` for 8.7;
+        ``rtx<ver>_any_sm80-86-89`` for an ahead-of-time TensorRT-RTX engine)."""
+        tag = _FLAVOUR_TAGS.get(self.flavour, self.flavour)
+        sm = "-".join(cc.replace(".", "") for cc in self.targets())
+        return (f"{self.fingerprint[:12]}_{tag}{self.trt_version}_{gpu_slug(self.gpu_name)}_"
+                f"sm{sm}_{self.precision}_b{int(self.max_batch)}")
 
     def file_name(self) -> str:
         return self.stem() + ENGINE_SUFFIX
@@ -105,12 +128,26 @@ class EngineKey:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> EngineKey:
-        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc or f.name != "flavour"})
 
     def differences(self, other: EngineKey) -> list[tuple[str, Any, Any]]:
         """``[(field, self's value, other's value), ...]`` where the two keys differ."""
         return [(f.name, getattr(self, f.name), getattr(other, f.name))
                 for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    def mismatches(self, machine: EngineKey) -> list[tuple[str, Any, Any]]:
+        """Like :meth:`differences`, for this file's key against what ``machine`` needs.
+
+        An ahead-of-time engine (``gpu_name == "any"``) fits every GPU whose compute
+        capability is one of its targets, so its GPU name is not compared and its
+        compute capability only has to contain the machine's.
+        """
+        diffs = self.differences(machine)
+        if self.gpu_name == PORTABLE_GPU and machine.gpu_name != PORTABLE_GPU:
+            diffs = [d for d in diffs if d[0] != "gpu_name"]
+            if machine.compute_capability in self.targets():
+                diffs = [d for d in diffs if d[0] != "compute_capability"]
+        return diffs
 
 
 def engines_dir(bundle_path: str | Path) -> Path:
@@ -135,10 +172,12 @@ def candidate_engine_files(bundle_path: str | Path, key: EngineKey) -> list[Path
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def rebuild_command(bundle_path: str | Path, precision: str, max_batch: int | None = None) -> str:
+def rebuild_command(bundle_path: str | Path, precision: str, max_batch: int | None = None,
+                    flavour: str = "tensorrt") -> str:
     """The command that builds the engine again on this machine."""
     batch = f" --max-batch {max_batch}" if max_batch is not None else ""
-    return f"edgefs build-engine {bundle_path} --precision {precision}{batch}"
+    trt = f" --trt {flavour}" if flavour != "tensorrt" else ""
+    return f"edgefs build-engine {bundle_path} --precision {precision}{batch}{trt}"
 
 
 def write_engine_file(
@@ -250,7 +289,7 @@ def read_engine_file(path: str | Path, expected_key: EngineKey | None) -> tuple[
         raise EngineFileError(f"engine file {path} does not exist; build it with 'edgefs build-engine'") from None
     bundle = _bundle_of(path)
     key = EngineKey.from_json(header["key"])
-    rebuild = rebuild_command(bundle, (expected_key or key).precision)
+    rebuild = rebuild_command(bundle, (expected_key or key).precision, flavour=key.flavour)
     if len(engine) != int(header["engine_size"]):
         raise EngineFileError(
             f"{path} is truncated or corrupt: its header declares a {header['engine_size']}-byte engine but "
@@ -260,13 +299,14 @@ def read_engine_file(path: str | Path, expected_key: EngineKey | None) -> tuple[
         raise EngineFileError(f"{path} is corrupt: the engine's sha256 does not match its header; rebuild it with "
                               f"'{rebuild}'")
     if expected_key is not None:
-        diffs = key.differences(expected_key)
+        diffs = key.mismatches(expected_key)
         if diffs:
             what = "; ".join(f"{name} is {found!r} in the file but {wanted!r} here" for name, found, wanted in diffs)
+            command = rebuild_command(bundle, expected_key.precision, expected_key.max_batch, expected_key.flavour)
             raise EngineKeyMismatch(
                 f"engine {path} was built for something else ({what}). TensorRT engines only run on the GPU and "
                 f"TensorRT version that built them, for the bundle they were built from. Rebuild it on this "
-                f"machine with '{rebuild_command(bundle, expected_key.precision, expected_key.max_batch)}'",
+                f"machine with '{command}'",
                 diffs,
             )
     return header, engine

@@ -2,8 +2,9 @@
 
 ``auto`` picks, and logs why:
 
-1. ``tensorrt`` when ``import tensorrt`` works and a serialized engine for this
-   bundle (and precision) exists -- TensorRT engines are built on the device with
+1. ``tensorrt`` when a TensorRT flavour is installed (``tensorrt``, or
+   ``tensorrt_rtx_bindings`` for TensorRT-RTX) and a serialized engine for this
+   bundle (and precision) that fits this GPU exists -- engines are built with
    ``edgefs build-engine``, never shipped;
 2. ``onnxruntime`` on CUDA when ONNX Runtime has the CUDA execution provider;
 3. ``onnxruntime`` on the CPU.
@@ -22,8 +23,6 @@ TensorRT version, without building one.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 from edgefs.errors import MissingDependencyError
 
 # Importing the backend modules registers them; none imports its heavy stack until opened.
-from edgefs.runtime import onnxruntime_backend, tensorrt_backend, torch_backend  # noqa: F401
+from edgefs.runtime import onnxruntime_backend, tensorrt_backend, torch_backend, trt_flavour  # noqa: F401
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
 
@@ -43,12 +42,9 @@ def backend_names() -> list[str]:
 
 def _tensorrt_choice(bundle: Bundle, precision: str) -> tuple[bool, str]:
     """Whether ``auto`` should use TensorRT for this bundle, and why (not)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, "TensorRT is not installed ('import tensorrt' fails)"
-    try:
-        importlib.import_module("tensorrt")
-    except ImportError as exc:
-        return False, f"'import tensorrt' fails ({exc})"
+    flavours = trt_flavour.installed_flavours()
+    if not flavours:
+        return False, "TensorRT is not installed ('import tensorrt' and 'import tensorrt_rtx_bindings' fail)"
     path = tensorrt_backend.find_engine(bundle, precision)
     if path is None:
         return False, (f"no {precision} TensorRT engine built for bundle {bundle.fingerprint[:12]} on this GPU "

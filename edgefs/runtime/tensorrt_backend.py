@@ -13,15 +13,20 @@ module is imported: importing it registers the backend and costs nothing on a
 machine without them, and opening it there raises
 :class:`~edgefs.errors.MissingDependencyError` naming what to install.
 
-Target: TensorRT 10.x (JetPack 6) -- the name-based tensor API
-(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). TensorRT 8.x
-used binding indices and ``execute_async_v2``; it is not supported.
+Target: TensorRT 10.x (JetPack 6) and TensorRT-RTX 1.x (an RTX-class GPU), the
+two flavours of :mod:`edgefs.runtime.trt_flavour` -- both have the name-based
+tensor API (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
+The flavour is the one in the engine file's key; a TensorRT-RTX engine compiled
+ahead of time runs on any GPU among its target compute capabilities (the runtime
+finishes the compilation for that GPU when the engine is deserialized).
+TensorRT 8.x used binding indices and ``execute_async_v2``; it is not supported.
 
-**Unverified here.** No machine this was written on has TensorRT (see
-shared/DEVICE.md); everything below the key lookup is written from NVIDIA's
-Python API documentation and samples and has never run. The key, file format and
-lookup logic are tested without TensorRT in tests/test_engine_file.py;
-device_tests/test_tensorrt.py exercises the rest wherever ``import tensorrt`` works.
+**Unverified here.** No machine this was written on has a GPU (see
+shared/DEVICE.md): deserializing and running an engine has never run. TensorRT-RTX
+engines are built by this project's CI (tests/test_trt_build.py) but not run; the
+key, file format and lookup logic are tested without a GPU in
+tests/test_engine_file.py; device_tests/test_tensorrt.py runs the rest wherever a
+TensorRT flavour, pycuda and a GPU are present.
 """
 
 from __future__ import annotations
@@ -38,22 +43,25 @@ from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME, Bundle
 from edgefs.runtime.engine import ENGINES, DeviceArray, Engine
 from edgefs.runtime.engine_file import (
+    ENGINE_SUFFIX,
     EngineFileError,
     EngineKey,
-    candidate_engine_files,
+    engines_dir,
     read_engine_file,
     read_engine_header,
     rebuild_command,
 )
+from edgefs.runtime.trt_flavour import FLAVOURS, Flavour, installed_flavours, resolve_flavour, shared_logger
 
-TENSORRT_INSTALL = ("JetPack on a Jetson (it ships TensorRT's Python bindings); elsewhere pip install tensorrt "
-                    "(from NVIDIA's own pip index)")
-PYCUDA_INSTALL = "pip install pycuda (it builds against the CUDA toolkit: on Jetson, JetPack's /usr/local/cuda)"
+TENSORRT_INSTALL = FLAVOURS.get("tensorrt").install
+PYCUDA_INSTALL = ("pip install 'edgefs[cuda]' (pycuda; it builds against the CUDA toolkit: on Jetson, JetPack's "
+                  "/usr/local/cuda)")
 
 
-def import_tensorrt(why: str = "the tensorrt engine backend") -> ModuleType:
-    """``tensorrt``, or a :class:`~edgefs.errors.MissingDependencyError` saying how to install it."""
-    return require("tensorrt", install=TENSORRT_INSTALL, why=why)
+def import_tensorrt(why: str = "the tensorrt engine backend", flavour: str = "tensorrt") -> ModuleType:
+    """The flavour's module (``tensorrt`` by default), or a :class:`~edgefs.errors.MissingDependencyError`
+    saying how to install it."""
+    return FLAVOURS.get(flavour).load(why)
 
 
 def import_pycuda(why: str = "the tensorrt engine backend") -> ModuleType:
@@ -103,46 +111,66 @@ class PrimaryContext:
             self.cuda.Context.pop()
 
 
-def machine_identity(index: int = 0) -> tuple[str, str, str]:
-    """``(tensorrt version, GPU name, compute capability "major.minor")`` of this machine.
+def gpu_identity(index: int = 0) -> tuple[str, str]:
+    """``(GPU name, compute capability "major.minor")`` of CUDA device ``index``.
 
     Raises:
-        MissingDependencyError: TensorRT or pycuda is not installed.
+        MissingDependencyError: pycuda is not installed.
+        EdgefsError: no CUDA driver or no such device.
     """
-    trt = import_tensorrt()
     cuda = import_pycuda()
+    if index >= cuda.Device.count():
+        raise EdgefsError(f"no CUDA device {index}: this machine has {cuda.Device.count()}")
     dev = cuda.Device(index)
     major, minor = dev.compute_capability()
-    return str(trt.__version__), str(dev.name()), f"{major}.{minor}"
+    return str(dev.name()), f"{major}.{minor}"
 
 
-def engine_key(bundle: Bundle, precision: str, max_batch: int, index: int = 0) -> EngineKey:
-    """The key an engine for ``bundle`` must carry to run on this machine's GPU ``index``."""
-    version, gpu, cc = machine_identity(index)
-    return EngineKey(bundle.fingerprint, version, gpu, cc, precision, int(max_batch))
+def machine_identity(index: int = 0, flavour: str = "tensorrt") -> tuple[str, str, str]:
+    """``(flavour version, GPU name, compute capability "major.minor")`` of this machine.
+
+    Raises:
+        MissingDependencyError: the flavour's module or pycuda is not installed.
+    """
+    gpu, cc = gpu_identity(index)  # first: where there is no GPU, TensorRT need not be loaded at all
+    trt = import_tensorrt(flavour=flavour)
+    return FLAVOURS.get(flavour).version(trt), gpu, cc
 
 
-def engine_path_for(bundle: Bundle, precision: str, device: str | None = None) -> Path | None:
+def engine_key(bundle: Bundle, precision: str, max_batch: int, index: int = 0, flavour: str = "tensorrt") -> EngineKey:
+    """The key an engine for ``bundle`` must carry to run on this machine's GPU ``index``
+    (an ahead-of-time engine matches it through :meth:`EngineKey.mismatches`)."""
+    version, gpu, cc = machine_identity(index, flavour)
+    return EngineKey(bundle.fingerprint, version, gpu, cc, precision, int(max_batch), flavour)
+
+
+def engine_path_for(
+    bundle: Bundle, precision: str, device: str | None = None, flavours: list[Flavour] | None = None
+) -> Path | None:
     """The engine file that can run ``bundle`` at ``precision`` on this machine, or None.
 
-    Builds nothing. Among engines built for this bundle, TensorRT version, GPU and
-    precision, the one with the largest batch whose header checks out is returned.
-    Returns None where TensorRT or pycuda is missing, so callers such as
-    :func:`edgefs.runtime.select.open_engine` can ask on any machine.
+    Builds nothing. Among engines built for this bundle, an installed TensorRT
+    flavour and its version, this GPU (or, ahead of time, its compute capability)
+    and precision, the one with the largest batch whose header checks out is
+    returned. Returns None where no TensorRT flavour or pycuda is installed, or no
+    GPU exists, so callers such as :func:`edgefs.runtime.select.open_engine` can
+    ask on any machine.
     """
-    try:
-        key = engine_key(bundle, precision, 1, device_index(device))
-    except EdgefsError:
-        return None
-    for path in candidate_engine_files(bundle.path, key):
+    found: list[tuple[int, Path]] = []
+    for flavour in installed_flavours() if flavours is None else flavours:
         try:
-            header = read_engine_header(path)
-        except EngineFileError:
+            key = engine_key(bundle, precision, 1, device_index(device), flavour.name)
+        except EdgefsError:
             continue
-        found = EngineKey.from_json(header["key"])
-        if not [d for d in found.differences(key) if d[0] != "max_batch"]:
-            return path
-    return None
+        for path in sorted(engines_dir(bundle.path).glob("*" + ENGINE_SUFFIX)):
+            try:
+                header = read_engine_header(path)
+            except EngineFileError:
+                continue
+            have = EngineKey.from_json(header["key"])
+            if not [d for d in have.mismatches(key) if d[0] != "max_batch"]:
+                found.append((have.max_batch, path))
+    return max(found)[1] if found else None
 
 
 find_engine = engine_path_for  # the name edgefs.runtime.select uses
@@ -160,8 +188,12 @@ class TensorRTEngine(Engine):
         engine_path: a specific engine file instead of looking one up; its key is
             still checked against this bundle and machine.
 
+    The TensorRT flavour (``tensorrt`` or ``rtx``) is the one in the engine's key.
+
     Attributes:
-        engine_path: the file loaded; ``header``: its JSON header.
+        engine_path: the file loaded; ``header``: its JSON header; ``flavour``: its
+            TensorRT flavour; ``verified``: whether the build compared it with ONNX
+            Runtime (False for an engine built where no GPU could run it).
         max_batch: the largest batch per execution (larger inputs to :meth:`embed`
             are split; :meth:`embed_device` refuses them).
         output_dtype: the engine's output dtype name (``"float32"`` for every edgefs
@@ -187,7 +219,8 @@ class TensorRTEngine(Engine):
     ) -> None:
         super().__init__(bundle)
         del threads
-        self.trt = import_tensorrt()
+        if engine_path is None and not installed_flavours():
+            resolve_flavour()  # raises, naming how to install either flavour
         self.cuda = import_pycuda()
         index = device_index(device)
         self.device = f"cuda:{index}"
@@ -195,26 +228,32 @@ class TensorRTEngine(Engine):
         self.ctx = PrimaryContext(self.cuda, index)
         path = Path(engine_path) if engine_path is not None else engine_path_for(bundle, precision, self.device)
         if path is None:
+            flavours = ", ".join(f.description for f in installed_flavours())
             raise EdgefsError(
-                f"no {precision} TensorRT engine for bundle {bundle.path} (fingerprint {bundle.fingerprint[:12]}) "
-                f"on this GPU and TensorRT; build one with '{rebuild_command(bundle.path, precision)}'"
+                f"no {precision} engine for bundle {bundle.path} (fingerprint {bundle.fingerprint[:12]}) on this GPU "
+                f"for {flavours}; build one with '{rebuild_command(bundle.path, precision)}' (add --trt rtx for "
+                "TensorRT-RTX)"
             )
         probe = read_engine_header(path)
-        key = engine_key(bundle, precision, int(probe["key"]["max_batch"]), index)
+        self.flavour = str(probe["key"].get("flavour", "tensorrt"))
+        self.trt = import_tensorrt(flavour=self.flavour)
+        key = engine_key(bundle, precision, int(probe["key"]["max_batch"]), index, self.flavour)
         self.header, blob = read_engine_file(path, key)
+        self.verified = bool(self.header.get("verified", "parity" in self.header))
         self.engine_path = path
         with self.ctx.active():
             self._load(blob)
 
     def _load(self, blob: bytes) -> None:
         trt, cuda = self.trt, self.cuda
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger, self._errors = shared_logger(trt, print)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
+            errors = "; ".join(self._errors[-3:]) or "no error logged"
             raise EdgefsError(
-                f"TensorRT could not deserialize {self.engine_path} (see its log above); rebuild it with "
-                f"'{rebuild_command(self.bundle.path, self.precision)}'"
+                f"TensorRT could not deserialize {self.engine_path} ({errors}); rebuild it with "
+                f"'{rebuild_command(self.bundle.path, self.precision, flavour=self.flavour)}'"
             )
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         if sorted(names) != sorted([INPUT_NAME, OUTPUT_NAME]):
@@ -302,4 +341,7 @@ class TensorRTEngine(Engine):
                     setattr(self, name, None)
 
     def describe(self) -> str:
-        return f"{self.backend} ({self.precision}, {self.device}, {self.engine_path.name}, max batch {self.max_batch})"
+        flavour = "" if self.flavour == "tensorrt" else f"{self.flavour}, "
+        unverified = "" if self.verified else ", not yet compared with ONNX Runtime"
+        return (f"{self.backend} ({flavour}{self.precision}, {self.device}, {self.engine_path.name}, max batch "
+                f"{self.max_batch}{unverified})")
