@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgefs.cli import args as A
+
 HELP = "build a TensorRT engine for a bundle on this device (fp32, fp16 or int8), checked against ONNX Runtime"
 
 
@@ -13,12 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", metavar="DIR|VIDEO",
                    help="camera-like images (a folder, an ImageFolder or a video): int8 calibration and "
                         "held-out parity images")
-    p.add_argument("--calib-images", type=int, default=500, help="calibration images (default 500)")
-    p.add_argument("--max-batch", type=int, default=8, help="largest batch the engine takes (default 8)")
-    p.add_argument("--workspace", type=int, default=1024, metavar="MB",
+    p.add_argument("--calib-images", type=A.integer(1), default=500, help="calibration images (default 500)")
+    p.add_argument("--max-batch", type=A.integer(1), default=8, help="largest batch the engine takes (default 8)")
+    p.add_argument("--workspace", type=A.integer(1), default=1024, metavar="MB",
                    help="TensorRT workspace memory limit in MiB (default 1024)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
-    p.add_argument("--device", help="cuda or cuda:N (default cuda:0)")
+    p.add_argument("--device", type=A.cuda_device, help="cuda or cuda:N (default cuda:0)")
 
 
 def run(args: argparse.Namespace) -> int:
