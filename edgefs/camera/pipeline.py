@@ -592,8 +592,9 @@ class Pipeline:
             why = ("the source ended" if self.stopped_by == "end of sources"
                    else f"the run stopped ({self.stopped_by})")
             rejected = f"; rejected: {', '.join(e.rejected[:3])}" if e is not None and e.rejected else ""
-            return (f"enrolled nothing: {why} after {frames} frames with {usable} usable shots of the {needed} "
-                    f"needed{rejected}. Give a longer source, or fewer --shots")
+            return (f"enrolled nothing: {why} after {frames} frames with {usable} usable "
+                    f"shot{'' if usable == 1 else 's'} of the {needed} needed{rejected}. Give a longer source, "
+                    "or fewer --shots")
         return self.summary_error
 
     def summary(self) -> RunSummary:
