@@ -31,6 +31,7 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[
         return value
 
     parse.__name__ = "integer"  # argparse names the type in "invalid <type> value" messages
+    parse.bounds = (minimum, maximum, None, None)  # type: ignore[attr-defined]  # for tests and docs
     return parse
 
 
@@ -63,6 +64,7 @@ def real(minimum: float | None = None, maximum: float | None = None, *, above: f
         return value
 
     parse.__name__ = "number"
+    parse.bounds = (minimum, maximum, above, below)  # type: ignore[attr-defined]  # for tests and docs
     return parse
 
 
