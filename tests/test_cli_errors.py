@@ -193,3 +193,17 @@ def test_ctrl_c_during_glyph_rendering(tmp_path: Path) -> None:
     assert json.loads(manifest)["config"]["size"] == 28
     assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == images
     assert not (tmp_path / "glyphs.tmp").exists() and not (tmp_path / "glyphs.old").exists()
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("queries: 0", "edgefs eval: error: queries must be a whole number >= 1, got 0"),
+    ("episodes: -3", "edgefs eval: error: episodes must be a whole number >= 1, got -3"),
+    ("device: banana", "edgefs eval: error: unknown device 'banana'; use one of: cpu, cuda, cuda:N (N: the GPU's "
+                       "index)"),
+])
+def test_eval_settings_from_a_yaml_file_are_checked_too(tmp_path: Path, setting: str, message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(setting + "\n")
+    rc = main(["eval", "baseline:pixels", "--config", str(config), "--data", str(tmp_path / "none")])
+    assert rc == 2 and capsys.readouterr().err.strip() == message

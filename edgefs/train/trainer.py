@@ -26,6 +26,7 @@ from edgefs.backbones import build_backbone
 from edgefs.data.augment import Augment, AugmentConfig, expand_rotations
 from edgefs.data.episodes import EpisodeSampler, Protocol, episode_list_path, fixed_episodes
 from edgefs.data.images import ImageSet, open_split
+from edgefs.device import check_device
 from edgefs.errors import CheckpointError, ConfigError
 from edgefs.eval.episodic import Accuracy, embedding_table, evaluate_episodes, needed_indices
 from edgefs.methods import FewShotMethod, build_method
@@ -216,7 +217,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         raise ConfigError("no training data given; pass --data DIR (render one with 'edgefs data glyphs')")
     check_config(config)
     out = Path(config.out)
-    device = dist.init(torch.device(config.device))  # joins the torchrun group, if any
+    device = dist.init(torch.device(check_device(config.device)))  # joins the torchrun group, if any
     if not dist.is_main():
         log = lambda _: None  # noqa: E731 - only rank 0 speaks
     if device.type == "cuda" and not torch.cuda.is_available():
