@@ -61,12 +61,13 @@ def test_zero_ways_in_the_feeder_raises_instead_of_hanging(stroke_data: Path) ->
 
 
 def test_training_stops_when_augmentation_fails_on_the_feeder(stroke_data: Path, tmp_path: Path) -> None:
-    """A YAML-style augmentation setting that NumPy refuses (negative noise) fails on the feeder
-    thread; train() raises it promptly instead of waiting for an episode for ever."""
+    """An augmentation setting that passes the checks (finite, >= 0) but that NumPy cannot draw from
+    (a rotation range wider than a float holds) fails on the feeder thread; train() raises it
+    promptly instead of waiting for an episode for ever."""
     config = TrainConfig(data=str(stroke_data), out=str(tmp_path / "run"), ways=5, queries=2, episodes=50,
-                         val_every=1000, val_episodes=5, rotations=1, augment_config=AugmentConfig(noise=-1.0))
+                         val_every=1000, val_episodes=5, rotations=1, augment_config=AugmentConfig(rotate=1e308))
     t0 = time.monotonic()
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(OverflowError, match="range exceeds valid bounds"):
         train(config, log=lambda _: None)
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "run" / "last.pt").exists()  # nothing written as if trained
@@ -78,6 +79,8 @@ def test_training_stops_when_augmentation_fails_on_the_feeder(stroke_data: Path,
     ("val_every", 0, "val_every must be a whole number >= 1, got 0"),
     ("lr", -1.0, "lr must be a finite number >= 0, got -1.0"),
     ("lr", float("nan"), "lr must be a finite number >= 0, got nan"),
+    ("augment_config", AugmentConfig(noise=-1.0),
+     r"augment_config.noise must be a finite number >= 0 \(0 turns it off\), got -1.0"),
 ])
 def test_train_refuses_settings_no_run_can_use(stroke_data: Path, tmp_path: Path, setting: str, value: object,
                                                message: str) -> None:

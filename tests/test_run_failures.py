@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def test_unwritable_outputs_are_refused_before_the_run(conv4_bundle: Path, glyph
                       flag, str(target)))
     err = capsys.readouterr().err
     assert rc == 2
-    assert f"edgefs run: error: cannot write {flag} {target}:" in err and "choose a path" in err
+    assert f"edgefs run: error: cannot write {flag} {target}: {blocker} is a file, not a folder; choose another " \
+           "path" in err
     assert time.monotonic() - t0 < 10  # refused at once, not after 1000 frames
     assert not (tmp_path / "s.db").exists()  # nothing was opened
 
@@ -92,3 +94,20 @@ def test_summary_json_to_a_folder_is_refused(conv4_bundle: Path, glyph_data: Pat
     rc = main(run_cli(conv4_bundle, tmp_path / "s.db", "--source", f"synthetic:{glyph_data}?frames=5",
                       "--summary-json", str(tmp_path)))
     assert rc == 2 and f"--summary-json {tmp_path} is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_outputs_in_a_folder_without_write_permission_are_refused(conv4_bundle: Path, glyph_data: Path,
+                                                                  tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user (root) can write to any folder; the check cannot fail here")
+        rc = main(run_cli(conv4_bundle, tmp_path / "s.db", "--source", f"synthetic:{glyph_data}?frames=5",
+                          "--jsonl", str(locked / "e.jsonl")))
+        assert rc == 2
+        assert f"cannot write --jsonl {locked / 'e.jsonl'}: Permission denied" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

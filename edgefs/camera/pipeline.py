@@ -667,6 +667,9 @@ def check_writable(path: Path, flag: str) -> None:
     """
     if path.is_dir():
         raise EdgefsError(f"{flag} {path} is a folder; give a file name")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise EdgefsError(f"cannot write {flag} {path}: {existing} is a file, not a folder; choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):

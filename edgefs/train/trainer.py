@@ -158,6 +158,11 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"lr must be > 0, got {config.lr!r}")
     if config.rotations not in (1, 2, 3, 4):
         raise ConfigError(f"rotations must be 1, 2, 3 or 4, got {config.rotations!r}")
+    for name, value in vars(config.augment_config).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"augment_config.{name} must be a finite number >= 0 (0 turns it off), got {value!r}")
+    if config.augment_config.stroke > 1:
+        raise ConfigError(f"augment_config.stroke is a probability, at most 1; got {config.augment_config.stroke!r}")
 
 
 def learning_rate(config: TrainConfig, episode: int, elapsed_s: float) -> float:
