@@ -194,11 +194,15 @@ def test_operator_name_is_found_in_exporter_messages() -> None:
 def test_parity_failure_leaves_no_bundle(conv4_checkpoint: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.edgefs"
-    with pytest.raises(ParityError, match=r"min cosine .* < 1.5"):
+    with pytest.raises(ParityError, match=r"min cosine .* < 1.5") as failure:
         export_bundle(conv4_checkpoint, out, parity_images=4, min_cosine=1.5, log=quiet)
-    assert main(["export", str(conv4_checkpoint), "--out", str(out), "--parity-images", "4",
-                 "--min-cosine", "1.5"]) == 2
-    assert "no bundle was written" in capsys.readouterr().err
+    assert "no bundle was written" in str(failure.value)
+    assert not out.exists() and partial_folders(tmp_path) == []
+    # The CLI takes only a cosine a parity check can reach, and says so before exporting anything.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(conv4_checkpoint), "--out", str(out), "--parity-images", "4", "--min-cosine", "1.5"])
+    assert exit_info.value.code == 2
+    assert "argument --min-cosine: must be a finite number >= -1 and <= 1, got 1.5" in capsys.readouterr().err
     assert not out.exists() and partial_folders(tmp_path) == []
 
 

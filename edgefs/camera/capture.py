@@ -71,6 +71,10 @@ class CaptureThread:
             attempt, doubling each failed attempt up to ``cap``.
         max_attempts: give up (``failed``) after this many failed reopen attempts in a
             row; None: never give up.
+        open_timeout: give up (``failed``) on a source that has never opened once this
+            many seconds have passed since the first attempt; None: keep trying. A source
+            that opened once is reconnected as ``max_attempts`` says, whatever this is:
+            a camera that was there will likely come back, one that never opened will not.
         blocking: hand over every frame through a queue of ``queue_size`` frames,
             waiting while it is full; default: True for sources that are not live.
         queue_size: the queue's size in blocking mode.
@@ -88,7 +92,8 @@ class CaptureThread:
     """
 
     def __init__(self, source: Source, *, reconnect: bool = True, backoff: tuple[float, float] = (0.1, 2.0),
-                 max_attempts: int | None = None, blocking: bool | None = None, queue_size: int = 4,
+                 max_attempts: int | None = None, open_timeout: float | None = None,
+                 blocking: bool | None = None, queue_size: int = 4,
                  on_status: Callable[[str], None] | None = None) -> None:
         first, cap = backoff
         if first <= 0 or cap < first:
@@ -99,6 +104,12 @@ class CaptureThread:
         self.reconnect = reconnect
         self.backoff = (float(first), float(cap))
         self.max_attempts = max_attempts
+        if open_timeout is not None and not open_timeout > 0:
+            raise ValueError(f"open_timeout must be > 0 seconds or None, got {open_timeout}")
+        self.open_timeout = open_timeout
+        self.opened_once = False
+        self._first_try = 0.0
+        self._open_attempts = 0
         self.blocking = (not source.live) if blocking is None else blocking
         self.capacity = queue_size if self.blocking else 1
         self.on_status = on_status
@@ -261,10 +272,13 @@ class CaptureThread:
                 self._set_state("stopped")
 
     def _open_first(self) -> bool:
+        self._first_try = time.monotonic()
+        self._open_attempts = 1
         try:
             self.source.open()
         except Exception as exc:  # every failure goes through _recover
             return self._recover(exc)
+        self.opened_once = True
         self._set_state("running")
         return True
 
@@ -321,10 +335,18 @@ class CaptureThread:
                 self._set_state("failed", f"gave up after {self.max_attempts} reconnect attempts: {reason}")
                 return False
             delay = backoff_delay(self._attempt, self.backoff)
+            if not self.opened_once and self.open_timeout is not None:
+                waited = time.monotonic() - self._first_try
+                if waited >= self.open_timeout:
+                    self._set_state("failed", f"never opened: gave up after {self._open_attempts} attempts in "
+                                              f"{waited:.1f} s: {reason}")
+                    return False
+                delay = min(delay, self.open_timeout - waited)  # the last attempt falls at the deadline
             self._retry_at = time.monotonic() + delay
             self._set_state("reconnecting", reason)
             if self._stop.wait(delay):
                 return False
+            self._open_attempts += 1
             try:
                 self.source.reopen()
             except Exception as again:  # counted and retried
@@ -332,6 +354,7 @@ class CaptureThread:
                 continue
             with self._cond:
                 self._counts["reconnects"] += 1
+            self.opened_once = True
             self._attempt = 0
             self._set_state("running")
             return True

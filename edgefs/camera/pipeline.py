@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -66,6 +67,8 @@ class RunConfig:
         enroll_delay_s: countdown before the first shot.
         commands: read commands from stdin (``enroll NAME [SHOTS]``, ``remove NAME``, ``quit``).
         summary_json: write the end-of-run summary here.
+        open_timeout_s: give up on a source that has not opened after this many seconds
+            of attempts (None: keep trying); one that opened once is always reconnected.
     """
 
     sources: list[str]
@@ -84,6 +87,7 @@ class RunConfig:
     enroll_delay_s: float = 0.0
     commands: bool = False
     summary_json: str | None = None
+    open_timeout_s: float | None = 10.0
     source_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -253,13 +257,17 @@ class Pipeline:
         self.cfg = config
         self.log = log
         self.captures = [
-            CaptureThread(source, on_status=lambda status, name=source.name: self._on_status(name, status))
+            CaptureThread(source, open_timeout=config.open_timeout_s,
+                          on_status=lambda status, name=source.name: self._on_status(name, status))
             for source in (open_source(uri, **config.source_options) for uri in config.sources)
         ]
         self.smoothers = [LabelSmoother(config.smooth, config.switch_margin) for _ in self.captures]
         self.times = StageTimes()
         self.enrollment: LiveEnrollment | None = None
         self.enrolled: list[str] = []
+        self.enroll_failures: dict[str, str] = {}
+        self.unfinished: LiveEnrollment | None = None  # an enrollment still collecting when the run ended
+        self.summary_error: str | None = None
         self._enroll_thread: threading.Thread | None = None
         self._commands: queue.Queue[str] = queue.Queue()
         self._stop = threading.Event()
@@ -361,6 +369,7 @@ class Pipeline:
             self.enrolled.append(e.name)
             self.log(result.summary())
         except EdgefsError as exc:
+            self.enroll_failures[e.name] = str(exc)
             self.log(f"enrollment of {e.name!r} failed, nothing was written: {exc}")
         finally:
             self.enrollment = None
@@ -422,6 +431,8 @@ class Pipeline:
                 cap.stop()
             if self._enroll_thread is not None:
                 self._enroll_thread.join(timeout=10.0)  # let a started commit finish
+            if self.enrollment is not None and self._enroll_thread is None:
+                self.unfinished = self.enrollment
 
     def _process(self, ready: list[tuple[int, Frame]], t_wait: float) -> Iterator[dict[str, Any]]:
         started = time.monotonic()
@@ -555,8 +566,36 @@ class Pipeline:
                 cv2.destroyAllWindows()
         summary = self.summary()
         if self.cfg.summary_json:
-            atomic_write_text(Path(self.cfg.summary_json), json.dumps(summary.to_json(), indent=2))
+            try:
+                atomic_write_text(Path(self.cfg.summary_json), json.dumps(summary.to_json(), indent=2))
+            except OSError as exc:  # the run is over: say so after the summary text, do not lose it
+                self.summary_error = f"cannot write --summary-json {self.cfg.summary_json}: {exc.strerror or exc}"
         return summary
+
+    def problem(self) -> str | None:
+        """Why the run did not do what was asked, or None: no frame at all from sources that
+        failed or ended, or an ``enroll`` that enrolled nothing. ``edgefs run`` exits non-zero."""
+        if self.frames == 0 and self.stopped_by in ("end of sources", "duration"):
+            states = "; ".join(f"{cap.source.name}: {cap.status}" for cap in self.captures)
+            if self.stopped_by == "duration":
+                return f"no frame came in {self.cfg.duration_s:g} s; {states}"
+            return f"no frame was classified; {states}"
+        name = self.cfg.enroll
+        if name and name not in self.enrolled:
+            if name in self.enroll_failures:
+                return f"enrolled nothing: {self.enroll_failures[name]}"
+            e = self.unfinished
+            usable = len(e.images) if e is not None and e.name == name else 0
+            needed = e.shots if e is not None else self.cfg.shots
+            source = self.cfg.enroll_source
+            frames = self.per_source_frames[source] if source < len(self.per_source_frames) else 0
+            why = ("the source ended" if self.stopped_by == "end of sources"
+                   else f"the run stopped ({self.stopped_by})")
+            rejected = f"; rejected: {', '.join(e.rejected[:3])}" if e is not None and e.rejected else ""
+            return (f"enrolled nothing: {why} after {frames} frames with {usable} usable "
+                    f"shot{'' if usable == 1 else 's'} of the {needed} needed{rejected}. Give a longer source, "
+                    "or fewer --shots")
+        return self.summary_error
 
     def summary(self) -> RunSummary:
         seconds = time.monotonic() - self.t_start
@@ -590,7 +629,16 @@ def run(
     threshold: str | float | None = None,
     log: Callable[[str], None] = print,
 ) -> RunSummary:
-    """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary."""
+    """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary.
+
+    Raises:
+        EdgefsError: an output that cannot be written (checked before anything runs); after the
+            summary is printed, a run that classified no frame or enrolled nothing of ``enroll``.
+    """
+    for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
+                       ("--record", config.record)):
+        if path and path != "-":
+            check_writable(Path(path), flag)
     if config.display is None:
         config.display = display_available()
     threads = threads or loop_threads()
@@ -602,4 +650,32 @@ def run(
         pipeline = Pipeline(clf, config, log=log)
         summary = pipeline.run()
     log(summary.text())
+    problem = pipeline.problem()
+    if problem:
+        raise EdgefsError(problem)
     return summary
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Make sure ``path`` can be written before a run starts, so no output is lost at its end.
+
+    Creates the parent folder and a file beside ``path`` (removed again); ``path`` itself is
+    left as it is.
+
+    Raises:
+        EdgefsError: naming ``flag``, the path and the reason.
+    """
+    if path.is_dir():
+        raise EdgefsError(f"{flag} {path} is a folder; give a file name")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise EdgefsError(f"cannot write {flag} {path}: {existing} is a file, not a folder; choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise EdgefsError(f"cannot write {flag} {path}: {exc.strerror or exc}; choose a path in a folder "
+                          "you can write to") from None

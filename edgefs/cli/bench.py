@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgefs.cli import args as A
+
 HELP = "time a bundle's device pipeline (preprocess, embed, head) per batch size; print a table, write JSON"
 
 
@@ -23,14 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
     p.add_argument("--backend", default="auto", choices=backend_names(),
                    help="engine backend (default auto: tensorrt if an engine is built, else onnxruntime)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's choice)")
+    p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="default fp32")
     p.add_argument("--batch", type=_batches, default=[1, 8], dest="batches",
                    help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--iterations", type=int, default=100, help="timed iterations per batch size (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first (default 10)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores)")
-    p.add_argument("--classes", type=int, default=100, help="random prototypes the head scores (default 100)")
+    p.add_argument("--iterations", type=A.integer(1), default=100, help="timed iterations per batch size (default 100)")
+    p.add_argument("--warmup", type=A.integer(0), default=10, help="untimed iterations first (default 10)")
+    p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores)")
+    p.add_argument("--classes", type=A.integer(1), default=100, help="random prototypes the head scores (default 100)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
 
 

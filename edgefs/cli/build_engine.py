@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edgefs.cli import args as A
 from edgefs.runtime.trt_flavour import AUTO, flavour_names
 
 HELP = ("build a TensorRT engine for a bundle (TensorRT on the device, fp32/fp16/int8; or TensorRT-RTX ahead of "
@@ -27,13 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", metavar="DIR|VIDEO",
                    help="camera-like images (a folder, an ImageFolder or a video): int8 calibration and "
                         "held-out parity images")
-    p.add_argument("--calib-images", type=int, default=500, help="calibration images (default 500)")
-    p.add_argument("--max-batch", type=int, default=8, help="largest batch the engine takes (default 8)")
-    p.add_argument("--workspace", type=int, default=1024, metavar="MB",
+    p.add_argument("--calib-images", type=A.integer(1), default=500, help="calibration images (default 500)")
+    p.add_argument("--max-batch", type=A.integer(1), default=8, help="largest batch the engine takes (default 8)")
+    p.add_argument("--workspace", type=A.integer(1), default=1024, metavar="MB",
                    help="TensorRT workspace memory limit in MiB (default 1024)")
     p.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
-    p.add_argument("--device", help="cuda or cuda:N (default cuda:0)")
-    p.add_argument("--parity-images", type=int, default=64,
+    p.add_argument("--device", type=A.cuda_device, help="cuda or cuda:N (default cuda:0)")
+    p.add_argument("--parity-images", type=A.integer(1), default=64,
                    help="held-out images compared with ONNX Runtime (default 64)")
 
 

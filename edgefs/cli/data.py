@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgefs.cli import args as A
+
 HELP = "build data sets: 'edgefs data glyphs --out DIR' renders the glyph benchmark"
 
 
@@ -12,13 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     g = sub.add_parser("glyphs", help="render the Omniglot-like glyph benchmark from Debian fonts")
     g.add_argument("--out", required=True, help="output folder (DIR/<split>/<script>/<char>/<n>.png)")
-    g.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=A.integer(8, 512), default=28, help="image side in pixels, 8 to 512 (default 28)")
+    g.add_argument("--seed", type=A.integer(0), default=0, help="default 0")
     g.add_argument("--fonts-cache", type=Path, help="where fetched font packages are unpacked "
                    "(default ~/.cache/edgefs/fonts, or $EDGEFS_CACHE/fonts)")
     g.add_argument("--dejavu-only", action="store_true",
                    help="do not fetch font packages; use the fonts already on this machine")
-    g.add_argument("--max-classes-per-script", type=int, help="cap classes per script (default 300)")
+    g.add_argument("--max-classes-per-script", type=A.integer(1), help="cap classes per script (default 300)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgefs.cli import args as A
+
 HELP = "enroll a new class (or --append shots) into a class store from a few images"
 
 
@@ -20,17 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files, or folders of them")
     p.add_argument("--append", action="store_true", help="add the shots to an enrolled class")
     p.add_argument("--head", choices=HEAD_TYPES, help="device head (default: the bundle's)")
-    p.add_argument("--threshold",
+    p.add_argument("--threshold", type=A.threshold,
                    help="unknown threshold: auto (leave-one-out over the shots), none, or a cosine "
                         "(default: the store's choice, auto for a new store)")
-    p.add_argument("--min-sharpness", type=float, default=q.min_sharpness,
+    p.add_argument("--min-sharpness", type=A.real(0), default=q.min_sharpness,
                    help=f"reject shots whose Laplacian variance is below this (default {q.min_sharpness:g}; 0: off)")
-    p.add_argument("--max-similarity", type=float, default=q.max_similarity,
+    p.add_argument("--max-similarity", type=A.real(above=0, maximum=1), default=q.max_similarity,
                    help=f"reject near-duplicate shots above this cosine (default {q.max_similarity:g}; 1: off)")
     p.add_argument("--fit", default="center_crop", choices=FIT_MODES, help="how images meet the input size")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's choice)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores)")
+    p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
+    p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

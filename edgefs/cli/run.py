@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgefs.cli import args as A
+
 HELP = "classify camera streams in real time (window or JSONL), enroll live, record"
 
 
@@ -20,22 +22,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", metavar="PATH", help="write the annotated stream to a video file (.mp4)")
     p.add_argument("--display", action=argparse.BooleanOptionalAction, default=None,
                    help="show a window (default: when a display and OpenCV GUI exist)")
-    p.add_argument("--frames", type=int, dest="max_frames", help="stop after this many frames")
-    p.add_argument("--duration", type=float, dest="duration_s", help="stop after this many seconds")
-    p.add_argument("--enroll", metavar="NAME", help="enroll NAME live from the first source at the start")
-    p.add_argument("--shots", type=int, default=5, help="shots per live enrollment (default 5)")
-    p.add_argument("--enroll-delay", type=float, default=3.0, dest="enroll_delay_s",
+    p.add_argument("--frames", type=A.integer(1), dest="max_frames", help="stop after this many frames")
+    p.add_argument("--duration", type=A.real(above=0), dest="duration_s", help="stop after this many seconds")
+    p.add_argument("--open-timeout", type=A.real(above=0), default=10.0, dest="open_timeout_s", metavar="S",
+                   help="give up on a source that has not opened after S seconds of attempts (default 10); "
+                        "a source that opened once and then dropped is reconnected for as long as the run lasts")
+    p.add_argument("--enroll", type=A.label, metavar="NAME", help="enroll NAME live from the first source at the start")
+    p.add_argument("--shots", type=A.integer(1), default=5, help="shots per live enrollment (default 5)")
+    p.add_argument("--enroll-delay", type=A.real(0), default=3.0, dest="enroll_delay_s",
                    help="countdown before the first shot in seconds (default 3)")
     p.add_argument("--commands", action="store_true",
                    help="read commands from stdin: enroll NAME [SHOTS] | remove NAME | quit")
-    p.add_argument("-k", "--top", type=int, default=3, dest="k", help="classes reported per frame (default 3)")
-    p.add_argument("--smooth", type=int, default=5, help="frames in the label smoothing window (default 5)")
+    p.add_argument("-k", "--top", type=A.integer(1), default=3, dest="k", help="classes reported per frame (default 3)")
+    p.add_argument("--smooth", type=A.integer(1), default=5, help="frames in the label smoothing window (default 5)")
     p.add_argument("--head", choices=HEAD_TYPES, help="device head (default: the bundle's)")
-    p.add_argument("--threshold", help="unknown threshold: auto, none or a cosine (default: the store's choice)")
+    p.add_argument("--threshold", type=A.threshold,
+                   help="unknown threshold: auto, none or a cosine (default: the store's choice)")
     p.add_argument("--summary-json", metavar="PATH", help="write the end-of-run summary as JSON")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's choice)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine (default: all cores but one)")
+    p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
+    p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
-        summary_json=args.summary_json,
+        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s,
     )
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
         head_type=args.head, threshold=args.threshold)

@@ -38,10 +38,11 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import time
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,28 +210,47 @@ def render_all(fonts: list[F.FontInfo], wanted: dict[int, list[int]], cfg: Glyph
     total = sum(len(t[2]) for t in tasks)
     done, t0 = 0, time.time()
     results = _map(_render_task, tasks, cfg.workers)
-    for fi, (notdef, out) in zip(owners, results, strict=True):
-        notdefs[fi] = notdef
-        for cp, r in out:
-            if r is None:
-                stats["empty"] += 1
-            else:
-                renders.append(Render(cp, fi, r[0], raw_side=r[1]))
-        done += len(out)
-        if done % 10000 < len(out):
-            log(f"  rendered {done}/{total} ({time.time() - t0:.0f} s)")
+    try:
+        for fi, (notdef, out) in zip(owners, results, strict=True):
+            notdefs[fi] = notdef
+            for cp, r in out:
+                if r is None:
+                    stats["empty"] += 1
+                else:
+                    renders.append(Render(cp, fi, r[0], raw_side=r[1]))
+            done += len(out)
+            if done % 10000 < len(out):
+                log(f"  rendered {done}/{total} ({time.time() - t0:.0f} s)")
+    finally:
+        results.close()  # on Ctrl-C or an error: stop the workers now, not when the generator is collected
     return renders, notdefs, stats
 
 
-def _map(fn: Callable, tasks: list, workers: int) -> Iterator:  # type: ignore[type-arg]
-    """Ordered map, in ``workers`` processes when more than one task and worker."""
+def _map(fn: Callable, tasks: list, workers: int) -> Generator:  # type: ignore[type-arg]
+    """Ordered map, in ``workers`` processes when more than one task and worker.
+
+    The workers ignore SIGINT: Ctrl-C reaches the parent alone, which terminates the pool
+    and raises KeyboardInterrupt once (instead of every worker printing a traceback).
+    """
     if workers <= 1 or len(tasks) <= 1:
         yield from (fn(t) for t in tasks)
         return
     import multiprocessing as mp
 
-    with mp.get_context("fork").Pool(workers) as pool:
+    pool = mp.get_context("fork").Pool(workers, initializer=_ignore_sigint)
+    try:
         yield from pool.imap(fn, tasks, chunksize=1)
+        pool.close()
+    except BaseException:  # Ctrl-C, an error, or the consumer closing the generator
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _ignore_sigint() -> None:
+    """Pool initializer: the parent handles Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- shape distances
@@ -677,9 +697,8 @@ def render_glyph_benchmark(out: Path, config: GlyphConfig | None = None,
     splits = assign_splits({s: len(v) for s, v in by_script.items()}, cfg)
     dups = near_duplicates(classes, scripts, splits, cfg.near_duplicate_distance)
     manifest = _manifest(cfg, fonts, source, classes, scripts, splits, stats, report, dups)
+    manifest["wall_time_s"] = round(time.time() - t0, 1)  # up to the writing of the images
     _write(out, cfg, classes, scripts, splits, manifest)
-    manifest["wall_time_s"] = round(time.time() - t0, 1)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
     _summary(manifest, log)
     return manifest
 
@@ -728,20 +747,33 @@ def _manifest(cfg: GlyphConfig, fonts: list[F.FontInfo], source: str, classes: d
 
 def _write(out: Path, cfg: GlyphConfig, classes: dict, scripts: dict[int, str],
            splits: dict[str, list[str]], manifest: dict) -> None:
-    """Write images and manifest into ``out.tmp``, then move it into place."""
+    """Write images and manifest into ``out.tmp``, then move it into place.
+
+    ``out`` is either the old folder, untouched, or the complete new one: the new one is
+    renamed into place and only then is the old one (moved aside first) deleted. A run
+    stopped while writing (Ctrl-C, an error) removes its ``out.tmp``.
+    """
     tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    old = out.with_name(out.name + ".old")
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     split_of = {s: split for split, ss in splits.items() for s in ss}
-    for cp, group in sorted(classes.items()):
-        folder = tmp / split_of[scripts[cp]] / scripts[cp] / f"U+{cp:04X}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for n, r in enumerate(group):
-            cv2.imwrite(str(folder / f"{n}.png"), 255 - r.ink)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
+    try:
+        for cp, group in sorted(classes.items()):
+            folder = tmp / split_of[scripts[cp]] / scripts[cp] / f"U+{cp:04X}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for n, r in enumerate(group):
+                if not cv2.imwrite(str(folder / f"{n}.png"), 255 - r.ink):
+                    raise DataError(f"cannot write {folder / f'{n}.png'}; check the disk has room")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _plain(obj: object) -> object:

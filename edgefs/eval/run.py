@@ -16,6 +16,7 @@ from edgefs import config as cfg
 from edgefs.backbones import build_backbone
 from edgefs.data.episodes import EpisodeList, Protocol, episode_list_path, fixed_episodes
 from edgefs.data.images import ImageSet, open_split
+from edgefs.device import check_device
 from edgefs.errors import ConfigError
 from edgefs.eval.baselines import (
     BASELINES,
@@ -94,8 +95,14 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         raise ConfigError("nothing to evaluate: give a checkpoint or baseline:NAME")
     if not config.data:
         raise ConfigError("no data given; pass --data DIR")
-    device = torch.device(config.device)
+    for name in ("episodes", "queries"):  # from a YAML file too: 0 would report nan +- nan
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    device = torch.device(check_device(config.device))
     protocols = [Protocol.parse(p, config.queries) for p in config.protocols]
+    if any(p.ways < 2 or p.shots < 1 for p in protocols):
+        raise ConfigError(f"protocols need at least 2 ways and 1 shot, got {', '.join(config.protocols)}")
     models = [resolve_model(m, device) for m in config.models]
     out = Path(config.out) if config.out else Path("reports") / "eval"
     data_dir = Path(config.data)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgefs.device import check_device
 from edgefs.errors import MissingDependencyError
 
 # Importing the backend modules registers them; none imports its heavy stack until opened.
@@ -59,6 +60,8 @@ def choose_backend(bundle: Bundle, device: str | None = None, precision: str = "
         ``(backend, device, reason)``: the backend's registry name, the device to
         open it on (``None``: the backend's own default) and one line saying why.
     """
+    if device is not None:
+        device = check_device(device)  # a name like 'banana' must not quietly mean the CPU
     wanted = (device or "auto").lower()
     if wanted != "cpu":
         use_trt, why_trt = _tensorrt_choice(bundle, precision)

@@ -26,6 +26,7 @@ from edgefs.backbones import build_backbone
 from edgefs.data.augment import Augment, AugmentConfig, expand_rotations
 from edgefs.data.episodes import EpisodeSampler, Protocol, episode_list_path, fixed_episodes
 from edgefs.data.images import ImageSet, open_split
+from edgefs.device import check_device
 from edgefs.errors import CheckpointError, ConfigError
 from edgefs.eval.episodic import Accuracy, embedding_table, evaluate_episodes, needed_indices
 from edgefs.methods import FewShotMethod, build_method
@@ -72,24 +73,41 @@ class TrainConfig:
 
 
 class _EpisodeFeeder:
-    """Samples and augments episodes on a background thread (OpenCV releases the GIL)."""
+    """Samples and augments episodes on a background thread (OpenCV releases the GIL).
 
-    def __init__(self, data: ImageSet, config: TrainConfig, start: int, rank: int = 0) -> None:
+    An exception on the thread ends it and is raised again by :meth:`get` in the training
+    loop, so a failure in sampling or augmentation stops the run instead of leaving the
+    loop waiting for an episode that will never come.
+
+    Args:
+        sampler: draws the episodes (default: an :class:`EpisodeSampler` over ``data``
+            seeded from ``config.seed`` and ``start``).
+    """
+
+    def __init__(self, data: ImageSet, config: TrainConfig, start: int, rank: int = 0,
+                 sampler: EpisodeSampler | None = None) -> None:
         protocol = Protocol(config.ways, config.shots, config.queries)
         # Seeded by the episode counter, so a resumed run continues a reproducible stream;
         # each distributed rank draws its own stream (rank 0's is the single-process one).
         offset = rank * 2**40
-        self.sampler = EpisodeSampler(data, protocol, seed=config.seed * 1_000_003 + start + offset,
-                                      allow_repeats=True)
+        self.sampler = sampler or EpisodeSampler(data, protocol, seed=config.seed * 1_000_003 + start + offset,
+                                                 allow_repeats=True)
         self.augment = (Augment(config.augment_config, seed=config.seed * 7919 + start + offset)
                         if config.augment else None)
         self.data = data
         self.queue: queue.Queue[tuple[np.ndarray, ...]] = queue.Queue(maxsize=4)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, name="episode feeder", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:  # handed to the training loop, which raises it
+            self.error = exc
+
+    def _feed(self) -> None:
         while not self.stop.is_set():
             ep = self.sampler.sample()
             idx = np.concatenate([ep.support, ep.query])
@@ -105,11 +123,46 @@ class _EpisodeFeeder:
                     continue
 
     def get(self) -> tuple[np.ndarray, ...]:
-        return self.queue.get()
+        """The next episode; raises the feeder thread's exception if it died."""
+        while True:
+            try:
+                return self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.error is not None:
+                    raise self.error from None  # its own traceback shows where the feeder failed
+                if not self.thread.is_alive():
+                    raise RuntimeError("the episode feeder thread stopped without an error") from None
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=2)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings no run can use (from flags, which the CLI checks too, or from a YAML file).
+
+    Raises:
+        ConfigError: naming the setting and its valid range.
+    """
+    minimum = {"ways": 2, "shots": 1, "queries": 1, "episodes": 1, "val_every": 1, "val_episodes": 1,
+               "val_queries": 1, "seed": 0, "threads": 0, "warmup_episodes": 0}
+    for name, low in minimum.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    for name in ("lr", "lr_final", "time_budget_min", "weight_decay"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if config.lr <= 0:
+        raise ConfigError(f"lr must be > 0, got {config.lr!r}")
+    if config.rotations not in (1, 2, 3, 4):
+        raise ConfigError(f"rotations must be 1, 2, 3 or 4, got {config.rotations!r}")
+    for name, value in vars(config.augment_config).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"augment_config.{name} must be a finite number >= 0 (0 turns it off), got {value!r}")
+    if config.augment_config.stroke > 1:
+        raise ConfigError(f"augment_config.stroke is a probability, at most 1; got {config.augment_config.stroke!r}")
 
 
 def learning_rate(config: TrainConfig, episode: int, elapsed_s: float) -> float:
@@ -167,8 +220,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     """
     if not config.data:
         raise ConfigError("no training data given; pass --data DIR (render one with 'edgefs data glyphs')")
+    check_config(config)
     out = Path(config.out)
-    device = dist.init(torch.device(config.device))  # joins the torchrun group, if any
+    device = dist.init(torch.device(check_device(config.device)))  # joins the torchrun group, if any
     if not dist.is_main():
         log = lambda _: None  # noqa: E731 - only rank 0 speaks
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -1,0 +1,185 @@
+"""Argument types for the CLI: every number, device and name is checked when the command line is parsed.
+
+A type function raises :class:`argparse.ArgumentTypeError`; argparse then prints
+``edgefs CMD: error: argument --flag: <message>`` and exits with status 2, before
+any data is read or any model loaded. The messages give the valid range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import re
+from collections.abc import Callable, Iterator
+
+from edgefs.device import check_device
+from edgefs.errors import EdgefsError
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer in ``[minimum, maximum]`` (either end open when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except (ValueError, AttributeError):
+            raise argparse.ArgumentTypeError(f"expected a whole number{_range(minimum, maximum)}, got {text!r}") \
+                from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be{_range(minimum, maximum)}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid <type> value" messages
+    parse.bounds = (minimum, maximum, None, None)  # type: ignore[attr-defined]  # for tests and docs
+    return parse
+
+
+def real(minimum: float | None = None, maximum: float | None = None, *, above: float | None = None,
+         below: float | None = None) -> Callable[[str], float]:
+    """A finite number in ``[minimum, maximum]``; ``above``/``below`` are exclusive bounds."""
+
+    def describe() -> str:
+        parts = []
+        if minimum is not None:
+            parts.append(f">= {minimum:g}")
+        if above is not None:
+            parts.append(f"> {above:g}")
+        if maximum is not None:
+            parts.append(f"<= {maximum:g}")
+        if below is not None:
+            parts.append(f"< {below:g}")
+        return " a finite number" + (" " + " and ".join(parts) if parts else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except (ValueError, AttributeError):
+            raise argparse.ArgumentTypeError(f"expected{describe()}, got {text!r}") from None
+        bad = (not math.isfinite(value) or (minimum is not None and value < minimum)
+               or (maximum is not None and value > maximum) or (above is not None and value <= above)
+               or (below is not None and value >= below))
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be{describe()}, got {text.strip()}")
+        return value
+
+    parse.__name__ = "number"
+    parse.bounds = (minimum, maximum, above, below)  # type: ignore[attr-defined]  # for tests and docs
+    return parse
+
+
+def _range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    try:
+        return check_device(text)
+    except EdgefsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def label(text: str) -> str:
+    """A class name: not empty, no surrounding spaces kept."""
+    name = text.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("a class name cannot be empty")
+    return name
+
+
+def threshold(text: str) -> str:
+    """``auto``, ``none`` or a cosine in [-1, 1] (kept as text; the library parses it again)."""
+    if text.strip().lower() in ("auto", "none"):
+        return text.strip().lower()
+    real(-1.0, 1.0)(text)
+    return text.strip()
+
+
+class RegistryChoices:
+    """The names of a registry, loaded when argparse first needs them (help or a check).
+
+    Registries of PyTorch components fill up when their package is imported, which
+    takes a second; loading them lazily keeps ``edgefs --help`` and the device commands
+    fast while ``edgefs train --help`` still lists every registered name.
+
+    Args:
+        module: the package whose import registers the components (e.g. ``edgefs.methods``).
+        attribute: the :class:`~edgefs.registry.Registry` in it (e.g. ``METHODS``).
+        install: what to install when the import fails (e.g. ``pip install 'edgefs[train]'``).
+    """
+
+    def __init__(self, module: str, attribute: str, install: str) -> None:
+        self.module = module
+        self.attribute = attribute
+        self.install = install
+        self._names: list[str] | None = None
+
+    def names(self) -> list[str]:
+        if self._names is None:
+            try:
+                registry = getattr(importlib.import_module(self.module), self.attribute)
+            except ImportError as exc:
+                from edgefs.errors import MissingDependencyError
+
+                raise MissingDependencyError(f"listing {self.attribute.lower()} needs {exc.name or exc}; "
+                                             f"install it with: {self.install}") from exc
+            self._names = registry.names()
+        return self._names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+
+def cuda_device(text: str) -> str:
+    """``cuda`` or ``cuda:N`` (TensorRT engines are built on a GPU)."""
+    name = device(text)
+    if name == "cpu":
+        raise argparse.ArgumentTypeError("TensorRT needs a GPU: use cuda or cuda:N")
+    return name
+
+
+_PROTOCOL = re.compile(r"(\d+)w(\d+)s(-within)?")
+
+
+def protocols(text: str) -> list[str]:
+    """Comma-separated ``NwKs`` or ``NwKs-within`` with N >= 2 and K >= 1."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one protocol, e.g. 5w1s,20w5s-within")
+    for name in names:
+        match = _PROTOCOL.fullmatch(name.lower())
+        if not match or int(match.group(1)) < 2 or int(match.group(2)) < 1:
+            raise argparse.ArgumentTypeError(
+                f"cannot read protocol {name!r}: write NwKs or NwKs-within with N >= 2 ways and K >= 1 shots, "
+                "e.g. 5w1s,20w5s-within")
+    return [n.lower() for n in names]
+
+
+def baseline_names() -> list[str]:
+    from edgefs.eval.baselines import BASELINES
+
+    return list(BASELINES)
+
+
+def baselines(text: str) -> list[str]:
+    """Comma-separated names of :data:`edgefs.eval.baselines.BASELINES`."""
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    known = baseline_names()
+    unknown = [b for b in names if b not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline {unknown[0]!r}; known: {', '.join(known)}")
+    return names
