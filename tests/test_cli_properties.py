@@ -101,6 +101,8 @@ def _satisfies(action: argparse.Action, value: object) -> bool:
         return value in ("auto", "none") or (-1.0 <= float(value) <= 1.0)  # type: ignore[arg-type]
     if action.type is A.protocols:
         return bool(value) and all(re.fullmatch(r"\d+w\d+s(-within)?", p) for p in value)  # type: ignore[union-attr]
+    if action.type is A.compute_capabilities:
+        return bool(value) and all(re.fullmatch(r"[1-9]\d?\.\d", t) for t in value)  # type: ignore[union-attr]
     if action.type is A.baselines:
         return set(value) <= set(A.baseline_names())  # type: ignore[arg-type]
     if getattr(action.type, "__name__", "") == "_batches":

@@ -183,3 +183,19 @@ def baselines(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown baseline {unknown[0]!r}; known: {', '.join(known)}")
     return names
+
+
+_CAPABILITY = re.compile(r"([1-9]\d?)\.(\d)")
+
+
+def compute_capabilities(text: str) -> list[str]:
+    """Comma-separated GPU compute capabilities ``MAJOR.MINOR`` (e.g. ``8.6,8.9``); the builder
+    then checks each against the ones its TensorRT flavour can compile for."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one compute capability, e.g. 8.6,8.9")
+    for name in names:
+        if not _CAPABILITY.fullmatch(name):
+            raise argparse.ArgumentTypeError(
+                f"cannot read compute capability {name!r}: write MAJOR.MINOR, e.g. 8.6 (RTX 30xx) or 8.9 (RTX 40xx)")
+    return names

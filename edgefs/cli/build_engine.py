@@ -11,10 +11,6 @@ HELP = ("build a TensorRT engine for a bundle (TensorRT on the device, fp32/fp16
         "time, fp32/fp16), checked against ONNX Runtime where a GPU can run it")
 
 
-def _targets(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
     p.add_argument("--trt", choices=flavour_names(), default=AUTO,
@@ -23,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: tensorrt where 'import tensorrt' works, else rtx)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16",
                    help="default fp16 (int8: --trt tensorrt only)")
-    p.add_argument("--targets", type=_targets, metavar="CC[,CC...]",
+    p.add_argument("--targets", type=A.compute_capabilities, metavar="CC[,CC...]",
                    help="--trt rtx: compute capabilities to compile for, e.g. 8.6,8.9 (default: all it knows)")
     p.add_argument("--calib", metavar="DIR|VIDEO",
                    help="camera-like images (a folder, an ImageFolder or a video): int8 calibration and "
