@@ -15,10 +15,18 @@ Enrollment updates the samples and the head state together::
 Either both are committed or neither is. A transaction that changes samples
 without saving the head state marks the saved head state out of date
 (:attr:`HeadState.current` is False), so the runtime knows to rebuild it.
+
+The saved head state also records the exact sample set it was derived from
+(:meth:`ClassStore.sample_set`: the number of samples and a sha256 over every
+sample's class, row id and time; samples are never changed in place, so these
+identify them). It is current only while the store holds exactly that set, so a
+head saved by a writer that had not seen another writer's samples is detected
+at open, whoever wrote it, and rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sqlite3
@@ -76,13 +84,46 @@ class HeadState:
     Attributes:
         arrays: named arrays, e.g. ``{"prototypes": float32 (C, D)}``; empty if none saved.
         params: JSON parameters saved with them.
-        current: False when samples changed after the head state was saved
-            (then the head should be rebuilt from the samples).
+        current: False when the store's samples are not exactly the ones the head state
+            was derived from (then the head should be rebuilt from the samples).
+        samples: how many samples the head state was derived from (None if not recorded).
+        stored: how many samples the store holds now.
     """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     current: bool = True
+    samples: int | None = None
+    stored: int = 0
+
+    def staleness(self) -> str:
+        """Why the head state is not current, in words ("" when it is)."""
+        if self.current:
+            return ""
+        if self.samples is None:
+            return f"it records no sample set (written by an older edgefs); the store holds {self.stored} samples"
+        if self.samples != self.stored:
+            return f"it was derived from {self.samples} samples but the store holds {self.stored}"
+        return f"it was derived from another set of {self.samples} samples than the store holds"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Identity of a store's samples: how many and a sha256 over (class id, name, sample id, time)."""
+
+    count: int
+    digest: str
+
+    def to_text(self) -> str:
+        return f"{self.count}:{self.digest}"
+
+    @classmethod
+    def from_text(cls, text: str | None) -> SampleSet | None:
+        try:
+            count, digest = str(text).split(":", 1)
+            return cls(int(count), digest)
+        except ValueError:
+            return None
 
 
 def _manifest_of(manifest_or_bundle: Manifest | Bundle) -> Manifest:
@@ -110,6 +151,7 @@ class Transaction:
         self.now = time.time()
         self.samples_changed = False
         self.head_saved = False
+        self.committed_samples: SampleSet | None = None  # set on commit when the head state was saved
 
     # ---- classes and samples -------------------------------------------------------------------
     def _class_id(self, name: str) -> int | None:
@@ -225,6 +267,10 @@ class Transaction:
     def classes(self) -> list[ClassInfo]:
         """The store's classes as this transaction sees them."""
         return self._store.classes()
+
+    def sample_set(self) -> SampleSet:
+        """The samples as this transaction sees them (see :meth:`ClassStore.sample_set`)."""
+        return self._store.sample_set()
 
 
 class ClassStore:
@@ -376,6 +422,10 @@ class ClassStore:
                 if tx.samples_changed or tx.head_saved:
                     self._set_meta("updated", repr(tx.now))
                     self._set_meta("head_current", "1" if tx.head_saved else "0")
+                if tx.head_saved:
+                    # The head state is derived from the samples as they are at this commit.
+                    tx.committed_samples = self.sample_set()
+                    self._set_meta("head_samples", tx.committed_samples.to_text())
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -515,11 +565,31 @@ class ClassStore:
         labels = np.array([index[n] for n, _ in rows], dtype=np.int64)
         return x, labels, names
 
+    def sample_set(self) -> SampleSet:
+        """The identity of the stored samples: count and sha256 over (class id, name, sample id, time).
+
+        Samples are only ever inserted or deleted, never changed, and a row id is never
+        reused with the same insertion time, so two stores (or one store at two moments)
+        with the same :class:`SampleSet` hold the same samples in the same classes and order.
+        """
+        h = hashlib.sha256()
+        count = 0
+        with self._lock:
+            cursor = self._conn.execute(
+                "SELECT c.id, c.name, s.id, s.created FROM samples s JOIN classes c ON c.id = s.class_id "
+                "ORDER BY c.id, s.id"
+            )
+            for class_id, name, sample_id, created in cursor:
+                h.update(f"{class_id}\x1f{name}\x1f{sample_id}\x1f{float(created)!r}\x1e".encode())
+                count += 1
+        return SampleSet(count, h.hexdigest())
+
     def load_head_state(self) -> HeadState:
-        """The saved head state (empty arrays if none was saved)."""
+        """The saved head state (empty arrays if none was saved), checked against the stored samples."""
         with self._lock:
             rows = self._conn.execute("SELECT name, dtype, shape, data FROM head_state ORDER BY name").fetchall()
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            stored = self.sample_set()
         arrays: dict[str, np.ndarray] = {}
         for name, dtype, shape_json, data in rows:
             try:
@@ -532,8 +602,16 @@ class ClassStore:
                 raise StoreError(
                     f"head state array {name!r} in {self.path} is corrupt ({exc}); re-enroll or rebuild the head"
                 ) from exc
-        params = json.loads(meta.get("head_params", "{}"))
-        return HeadState(arrays, params, current=meta.get("head_current", "1") == "1")
+        try:
+            params = json.loads(meta.get("head_params", "{}"))
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            raise StoreError(f"the head parameters in {self.path} are corrupt; re-enroll or rebuild the head")
+        derived = SampleSet.from_text(meta.get("head_samples"))
+        current = meta.get("head_current", "1") == "1" and (derived == stored or not arrays)
+        return HeadState(arrays, params, current=current, samples=None if derived is None else derived.count,
+                         stored=stored.count)
 
     def integrity_check(self) -> str:
         """SQLite's ``integrity_check`` plus a foreign-key check: ``"ok"`` for a sound store."""
@@ -551,7 +629,8 @@ class ClassStore:
             f"store {self.path}: {len(infos)} classes, {sum(c.shots for c in infos)} samples, "
             f"bundle {self.fingerprint[:12]}..., dim {self.dim}, head {meta.get('head_type') or '-'}",
             f"head state: {', '.join(f'{k}{tuple(v.shape)}' for k, v in head.arrays.items()) or 'none'}"
-            + ("" if head.current or not head.arrays else " (out of date: samples changed since)"),
+            + ("" if head.current or not head.arrays else f" (out of date: {head.staleness()}; "
+               "it is rebuilt from the samples when the store is next opened for enroll or run)"),
         ]
         if infos:
             width = max(len(c.name) for c in infos)
