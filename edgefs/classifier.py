@@ -31,11 +31,13 @@ import numpy as np
 
 from edgefs.errors import EdgefsError
 from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head, calibrate_threshold
+from edgefs.imagefile import ImageRefused, read_image_file
 from edgefs.quality import QualityConfig, gate_shots
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
 from edgefs.store.store import ClassStore, SampleSet
+from edgefs.store.validate import check_name
 
 THUMBNAIL_SIDE = 64
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
@@ -92,9 +94,12 @@ def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
 def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Read image files (and the images directly inside folders) as RGB uint8.
 
+    Each file is checked before it is decoded (:func:`edgefs.imagefile.read_image_file`:
+    a regular file, size and pixel limits); one that fails is left out with a reason.
+
     Returns:
         ``(images, names, problems)``: the readable images with their file names, and
-        one message per file that could not be decoded.
+        one message per file that was left out, naming it and why.
 
     Raises:
         EdgefsError: a path that does not exist, or no image files at all.
@@ -107,17 +112,17 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str
             if not found:
                 raise EdgefsError(f"{p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
-        elif p.is_file():
-            files.append(p)
+        elif p.exists():
+            files.append(p)  # a device or pipe is refused, with its name, when read
         else:
             raise EdgefsError(f"{p} does not exist; pass image files or a folder of them to --images")
     images, names, problems = [], [], []
     for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            problems.append(f"{f.name}: cannot be read as an image (corrupt or not an image); skipped")
+        try:
+            images.append(read_image_file(f))  # size and pixel limits before decoding
+        except ImageRefused as exc:
+            problems.append(f"{exc}; skipped")
             continue
-        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         names.append(f.name)
     return images, names, problems
 
@@ -359,6 +364,7 @@ class Classifier:
                                     problems=problems, started=t0)
 
     def _check_target(self, name: str, append: bool) -> None:
+        check_name(name)  # empty, the reject label, control characters: refused before any work
         if name in self.head.classes and not append:
             raise EdgefsError(f"class {name!r} is already enrolled; pass --append to add shots to it, "
                               "or remove it first with 'edgefs classes remove'")
@@ -472,6 +478,7 @@ class Classifier:
 
     def rename(self, old: str, new: str) -> None:
         """Rename a class in the head and the store together."""
+        check_name(new)
         with self._write_lock:
             self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new))
 

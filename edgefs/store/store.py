@@ -26,9 +26,12 @@ at open, whoever wrote it, and rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -132,6 +135,38 @@ def _manifest_of(manifest_or_bundle: Manifest | Bundle) -> Manifest:
     if isinstance(manifest_or_bundle, Manifest):
         return manifest_or_bundle
     raise TypeError(f"ClassStore.open needs a Manifest or a Bundle, got {type(manifest_or_bundle).__name__}")
+
+
+def explain_sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreError:
+    """A :class:`StoreError` that says what an SQLite failure means for the user and what to do."""
+    text = str(exc)
+    low = text.lower()
+    if "disk is full" in low or "database or disk is full" in low:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free // 1024} KiB free"
+        except OSError:
+            free = "free space unknown"
+        return StoreError(f"the disk holding class store {path} is full ({free}) while {doing}; nothing was "
+                          "written and the store is as it was. Free some space and run the command again")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return StoreError(damaged_message(path, text))
+    if "readonly" in low or "read-only" in low:
+        return StoreError(f"class store {path} is read-only ({text}) while {doing}; make the file and its folder "
+                          "writable by this user, or choose another --store")
+    if "locked" in low or "busy" in low:
+        return StoreError(f"class store {path} is busy: another process held it for more than 10 s while "
+                          f"{doing} ({text}); nothing was written. Try again")
+    if "unable to open" in low:
+        return StoreError(f"cannot open class store {path} ({text}); check that its folder exists and is "
+                          "writable by this user, or choose another --store")
+    return StoreError(f"class store {path} failed while {doing}: {text}; nothing was written")
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    return (f"class store {path} is damaged ({detail[:200]}); it was not changed. Restore it from a backup, "
+            f"or import a class pack exported earlier into a new store ('edgefs classes import PACK --store "
+            f"NEW.db'), or enroll the classes again into a new --store. 'sqlite3 {path} .recover' may salvage "
+            "the readable rows")
 
 
 def _utc(t: float) -> str:
@@ -304,18 +339,32 @@ class ClassStore:
             raise StoreError(f"class store {path} does not exist; enroll a class to create it, or check --store")
         if path.is_dir():
             raise StoreError(f"class store {path} is a folder; --store takes a file, e.g. classes.db")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        if new:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create class store {path}: its folder {path.parent} cannot be created "
+                                 f"({exc.strerror or exc}); choose a --store in a folder you can write") from None
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot create class store {path}: its folder {path.parent} is not writable by "
+                                 "this user; choose a --store in a folder you can write")
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open class store {path}: {exc}") from exc
+            raise explain_sqlite_error(path, exc, "opening it") from None
         try:
             store = cls(path, conn, manifest)
             store._prepare()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise explain_sqlite_error(path, exc, "creating it" if new else "opening it") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"{path} is not a readable edgefs class store ({exc}); check --store") from exc
+            if "not a database" in str(exc):
+                raise StoreError(f"{path} is not a readable edgefs class store ({exc}); check --store") from None
+            raise StoreError(damaged_message(path, str(exc))) from None
         except BaseException:
             conn.close()
             raise
@@ -332,6 +381,11 @@ class ClassStore:
         if version < schema.latest_version() or not self._has_meta():
             self._migrate()
         self._check_bundle()
+        # A damaged page would otherwise surface later as 'database disk image is malformed' in the
+        # middle of a command; quick_check reads every page once (milliseconds for a few thousand shots).
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(damaged_message(self.path, "; ".join(problems)))
 
     def _refuse_newer(self, version: int) -> None:
         if version > schema.latest_version():
@@ -414,25 +468,35 @@ class ClassStore:
                 raise StoreError("a store transaction is already open; do all the writes inside that one")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"class store {self.path} is busy or read-only ({exc}); try again") from exc
+            except sqlite3.Error as exc:
+                raise explain_sqlite_error(self.path, exc, "starting a write") from None
             tx = self._tx = Transaction(self)
             try:
-                yield tx
-                if tx.samples_changed or tx.head_saved:
-                    self._set_meta("updated", repr(tx.now))
-                    self._set_meta("head_current", "1" if tx.head_saved else "0")
-                if tx.head_saved:
-                    # The head state is derived from the samples as they are at this commit.
-                    tx.committed_samples = self.sample_set()
-                    self._set_meta("head_samples", tx.committed_samples.to_text())
-                self._conn.execute("COMMIT")
+                with self._sqlite_errors("writing"):
+                    yield tx
+                    if tx.samples_changed or tx.head_saved:
+                        self._set_meta("updated", repr(tx.now))
+                        self._set_meta("head_current", "1" if tx.head_saved else "0")
+                    if tx.head_saved:
+                        # The head state is derived from the samples as they are at this commit.
+                        tx.committed_samples = self.sample_set()
+                        self._set_meta("head_samples", tx.committed_samples.to_text())
+                    self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
             finally:
                 self._tx = None
+
+    @contextmanager
+    def _sqlite_errors(self, doing: str) -> Iterator[None]:
+        """SQLite failures (disk full, a damaged page, read-only) as a :class:`StoreError` that says what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise explain_sqlite_error(self.path, exc, doing) from None
 
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute(
@@ -506,12 +570,12 @@ class ClassStore:
     # ---- reads --------------------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
         """The store's facts: format, fingerprint, embedding_dim, head_type, created, updated, edgefs_version."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
     def classes(self) -> list[ClassInfo]:
         """Enrolled classes in enrollment order."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             rows = self._conn.execute(
                 "SELECT c.name, COUNT(s.id), c.created, c.updated FROM classes c "
                 "LEFT JOIN samples s ON s.class_id = c.id GROUP BY c.id ORDER BY c.id"
@@ -536,7 +600,7 @@ class ClassStore:
 
     def samples(self, name: str) -> tuple[np.ndarray, list[bytes | None], list[str], list[float]]:
         """All of a class's samples: float32 ``(K, D)`` embeddings, thumbnails, sources and times."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             row = self._conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise StoreError(f"class {name!r} is not enrolled; 'edgefs classes list' shows what is")
@@ -553,7 +617,7 @@ class ClassStore:
             ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
             ``names`` (enrollment order).
         """
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
                 "SELECT c.name, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
@@ -574,7 +638,7 @@ class ClassStore:
         """
         h = hashlib.sha256()
         count = 0
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             cursor = self._conn.execute(
                 "SELECT c.id, c.name, s.id, s.created FROM samples s JOIN classes c ON c.id = s.class_id "
                 "ORDER BY c.id, s.id"
@@ -586,7 +650,7 @@ class ClassStore:
 
     def load_head_state(self) -> HeadState:
         """The saved head state (empty arrays if none was saved), checked against the stored samples."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             rows = self._conn.execute("SELECT name, dtype, shape, data FROM head_state ORDER BY name").fetchall()
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
             stored = self.sample_set()
