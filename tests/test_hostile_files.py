@@ -7,6 +7,7 @@ a class store on a full disk, with a damaged page, or in a folder that cannot be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,7 +96,7 @@ def test_oversized_manifest_is_refused_before_parsing(bundle: Path, monkeypatch:
 
 
 @pytest.mark.parametrize(("damage", "message"), [
-    (lambda b: (b / "head.json").write_text("[1, 2, 3]"), "head.json holds list, not an object"),
+    (lambda b: (b / "head.json").write_text("[1, 2, 3]"), "head.json holds a JSON list, not an object"),
     (lambda b: (b / "head.npz").write_bytes(b""), r"head.npz is empty \(0 bytes\)"),
     (lambda b: (b / "head.npz").write_bytes(b"not a zip at all"), "head.npz is not a readable .npz archive"),
 ])
@@ -249,7 +250,7 @@ def fill_until_full(store: ClassStore) -> None:
     store._conn.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def test_disk_full_during_enroll_and_remove_loses_nothing(tmp_path: Path) -> None:
+def test_disk_full_during_enroll_and_append_loses_nothing(tmp_path: Path) -> None:
     store = ClassStore.open(tmp_path / "s.db", manifest())
     store.add_class("a", shots(2), head_state={"p": shots(1)})
     fill_until_full(store)
@@ -274,6 +275,29 @@ def tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True).returncode == 0
+
+
+def test_remove_on_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    disk = tmp_path / "small"
+    if not tmpfs(disk, "200k"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        with ClassStore.open(disk / "s.db", manifest()) as store:
+            for i in range(3):
+                store.add_class(f"c{i}", shots(7, i), head_state={"p": shots(i + 1)})
+        # Fill the disk to the last block (unbuffered: nothing left to flush at close).
+        with open(disk / "fill", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        with pytest.raises(StoreError, match=r"^the disk holding class store .* is full \(0 KiB free\) while "
+                                             r"opening it; nothing was written and the store is as it was"):
+            ClassStore.open(disk / "s.db", manifest(), create=False).remove("c1")
+        (disk / "fill").unlink()
+        with ClassStore.open(disk / "s.db", manifest(), create=False) as store:
+            assert store.names() == ["c0", "c1", "c2"] and store.integrity_check() == "ok"
+            assert store.remove("c1") == 7 and store.names() == ["c0", "c2"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_export_to_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from edgefs.heads import build_head
 from edgefs.runtime.bundle import read_bundle
 from edgefs.store.store import ClassStore
 
-WRITERS = 2
+WRITERS = int(os.environ.get("EDGEFS_CONCURRENCY_WRITERS", "2"))
 ROUNDS = int(os.environ.get("EDGEFS_CONCURRENCY_ROUNDS", "3"))
 SHOTS_PER_WRITE = 2
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgefs import limits
 from edgefs.errors import EdgefsError
-from edgefs.fileio import check_regular_file, load_npy, read_limited
+from edgefs.fileio import FileRefused, check_regular_file, load_npy, read_limited
 
 HEAD_SCHEMA_VERSION = 1
 HEAD_TYPES = ("prototype", "imprint", "matching", "relation", "siamese", "finetune")
@@ -62,7 +62,7 @@ class HeadSpec:
     @classmethod
     def from_json(cls, doc: Any, arrays: dict[str, np.ndarray], where: str = "head spec") -> HeadSpec:
         if not isinstance(doc, dict):
-            raise EdgefsError(f"{where}: head.json holds {type(doc).__name__}, not an object; export the bundle again")
+            raise EdgefsError(f"{where} holds a JSON {type(doc).__name__}, not an object; export the bundle again")
         version = doc.get("schema_version")
         if not isinstance(version, int) or isinstance(version, bool):
             raise EdgefsError(f"{where}: schema_version is {version!r:.40}, not a whole number; "
@@ -93,7 +93,10 @@ class HeadSpec:
             EdgefsError: a missing, oversized, non-regular or malformed file (the message names it).
         """
         json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
-        data = read_limited(json_path, limits.MAX_HEAD_JSON_BYTES, "head spec")
+        try:
+            data = read_limited(json_path, limits.MAX_HEAD_JSON_BYTES, "head spec")
+        except FileRefused as exc:
+            raise EdgefsError(f"{exc}; copy the bundle again, or export it again") from None
         try:
             doc = json.loads(data)
         except ValueError as exc:

@@ -141,11 +141,15 @@ def explain_sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreErr
     """A :class:`StoreError` that says what an SQLite failure means for the user and what to do."""
     text = str(exc)
     low = text.lower()
-    if "disk is full" in low or "database or disk is full" in low:
-        try:
-            free = f"{shutil.disk_usage(path.parent).free // 1024} KiB free"
-        except OSError:
-            free = "free space unknown"
+    try:
+        free_bytes: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free_bytes = None
+    # SQLite reports a full disk as SQLITE_FULL while writing, but as an I/O error when it cannot
+    # even create the WAL or shared-memory file at open.
+    full = "disk is full" in low or ("disk i/o error" in low and free_bytes is not None and free_bytes < 1 << 20)
+    if full:
+        free = "free space unknown" if free_bytes is None else f"{free_bytes // 1024} KiB free"
         return StoreError(f"the disk holding class store {path} is full ({free}) while {doing}; nothing was "
                           "written and the store is as it was. Free some space and run the command again")
     if "malformed" in low or "not a database" in low or "corrupt" in low:
@@ -159,6 +163,9 @@ def explain_sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreErr
     if "unable to open" in low:
         return StoreError(f"cannot open class store {path} ({text}); check that its folder exists and is "
                           "writable by this user, or choose another --store")
+    if "disk i/o error" in low:
+        return StoreError(f"class store {path}: the disk reported an I/O error while {doing}; nothing was written. "
+                          "Check the disk ('dmesg', free space) and restore the store from a backup if it persists")
     return StoreError(f"class store {path} failed while {doing}: {text}; nothing was written")
 
 
