@@ -60,8 +60,9 @@ def rebuilt_state(bundle: Path, store: ClassStore) -> tuple[dict[str, np.ndarray
     return head.state()[0], head.classes, {n: head.shots(n) for n in names}
 
 
-def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, glyph_data: Path,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("repeat", range(int(os.environ.get("EDGEFS_CONCURRENCY_REPEAT", "1"))))
+def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                              repeat: int) -> None:
     store_path = tmp_path / "classes.db"
     images = distinct_images(glyph_data, SHOTS_PER_WRITE * (1 + WRITERS * ROUNDS))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
