@@ -31,11 +31,13 @@ import numpy as np
 
 from edgefs.errors import EdgefsError
 from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head, calibrate_threshold
+from edgefs.imagefile import ImageRefused, read_image_file
 from edgefs.quality import QualityConfig, gate_shots
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
-from edgefs.store.store import ClassStore
+from edgefs.store.store import ClassStore, SampleSet
+from edgefs.store.validate import check_name
 
 THUMBNAIL_SIDE = 64
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
@@ -92,9 +94,12 @@ def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
 def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Read image files (and the images directly inside folders) as RGB uint8.
 
+    Each file is checked before it is decoded (:func:`edgefs.imagefile.read_image_file`:
+    a regular file, size and pixel limits); one that fails is left out with a reason.
+
     Returns:
         ``(images, names, problems)``: the readable images with their file names, and
-        one message per file that could not be decoded.
+        one message per file that was left out, naming it and why.
 
     Raises:
         EdgefsError: a path that does not exist, or no image files at all.
@@ -107,17 +112,17 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str
             if not found:
                 raise EdgefsError(f"{p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
-        elif p.is_file():
-            files.append(p)
+        elif p.exists():
+            files.append(p)  # a device or pipe is refused, with its name, when read
         else:
             raise EdgefsError(f"{p} does not exist; pass image files or a folder of them to --images")
     images, names, problems = [], [], []
     for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if img is None:
-            problems.append(f"{f.name}: cannot be read as an image (corrupt or not an image); skipped")
+        try:
+            images.append(read_image_file(f))  # size and pixel limits before decoding
+        except ImageRefused as exc:
+            problems.append(f"{exc}; skipped")
             continue
-        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         names.append(f.name)
     return images, names, problems
 
@@ -175,6 +180,9 @@ class Classifier:
         self._write_lock = threading.Lock()
         spec = bundle.head if head_type in (None, bundle.head.head_type) else HeadSpec(str(head_type))
         self._spec = spec
+        # The stored samples the live head is derived from; a write whose transaction finds
+        # other samples (another process wrote meanwhile) rebuilds the head first.
+        self._basis: SampleSet | None = None
         self.head: Head = self._load_head()
 
     @classmethod
@@ -225,11 +233,15 @@ class Classifier:
         return build_head(self._spec, self.bundle.manifest.embedding_dim)
 
     def _load_head(self) -> Head:
-        """The saved head when it is current and of this type, else one rebuilt from the stored samples."""
+        """The saved head when it is derived from exactly the stored samples and of this type, else
+        one rebuilt from the stored samples (and saved, where the store is writable)."""
         head = self._new_head()
-        if self.store is None or not self.store.names():
+        if self.store is None:
             return self._apply_threshold(head)
         saved = self.store.load_head_state()
+        self._basis = self.store.sample_set()
+        if not self.store.names():
+            return self._apply_threshold(head)
         if saved.current and saved.arrays and saved.params.get("head_type") == head.head_type:
             try:
                 head.load_state(saved.arrays, saved.params)
@@ -237,10 +249,35 @@ class Classifier:
                     return self._apply_threshold(head)
             except EdgefsError as exc:
                 self.log(f"saved head state not usable ({exc}); rebuilding it from the stored samples")
-            head = self._new_head()
+        elif saved.arrays and not saved.current:
+            self.log(f"the saved head state is out of date ({saved.staleness()}); "
+                     "rebuilding it from the stored samples")
+        head = self._apply_threshold(self._rebuilt())
+        self._save_rebuilt(head)
+        return head
+
+    def _rebuilt(self) -> Head:
+        """A head built from every stored sample (call under the store's transaction to see a consistent set)."""
+        assert self.store is not None
+        head = self._new_head()
         x, labels, names = self.store.all_embeddings()
         head.add_classes({n: x[labels == i] for i, n in enumerate(names)})
-        return self._apply_threshold(head)
+        return head
+
+    def _save_rebuilt(self, head: Head) -> None:
+        """Save a head rebuilt at open unless the samples changed meanwhile; a read-only store keeps it in memory."""
+        assert self.store is not None
+        try:
+            with self.store.transaction() as tx:
+                if tx.sample_set() != self._basis:
+                    return  # another writer was faster; its commit saved a head of its own
+                arrays, params = head.state()
+                tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+        except EdgefsError as exc:
+            self.log(f"the rebuilt head is used but not saved ({exc})")
+            return
+        self._basis = tx.committed_samples
+        self.log(f"saved the rebuilt head state ({self._basis.count if self._basis else 0} samples)")
 
     def _apply_threshold(self, head: Head) -> Head:
         mode = self.threshold_mode
@@ -327,6 +364,7 @@ class Classifier:
                                     problems=problems, started=t0)
 
     def _check_target(self, name: str, append: bool) -> None:
+        check_name(name)  # empty, the reject label, control characters: refused before any work
         if name in self.head.classes and not append:
             raise EdgefsError(f"class {name!r} is already enrolled; pass --append to add shots to it, "
                               "or remove it first with 'edgefs classes remove'")
@@ -370,29 +408,55 @@ class Classifier:
         kept_emb = emb[gate.keep]
         thumbs = [thumbnail(im) for im in batch[gate.keep]]
         t2 = time.perf_counter()
+        marks: list[float] = []
+
+        def change(head: Head) -> None:
+            (head.append if append else head.add_class)(name, kept_emb)
+            marks.append(time.perf_counter())
+
         with self._write_lock:
             self._check_target(name, append)  # another thread may have enrolled it meanwhile
-            head = copy.deepcopy(self.head)
-            (head.append if append else head.add_class)(name, kept_emb)
-            t3 = time.perf_counter()
-            self._commit(head, lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source))
-            self.head = head
+            head = self._commit(change,
+                                lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source))
         t4 = time.perf_counter()
+        t3 = marks[-1] if marks else t2
         timings = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3,
                    "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
         return EnrollResult(name, int(gate.keep.sum()), head.shots(name), rejected, timings, self.threshold)
 
-    def _commit(self, head: Head, write: Callable[[Any], object]) -> None:
-        """Write samples and the head's state in one transaction; recalibrate the threshold."""
+    def _commit(self, change: Callable[[Head], object], write: Callable[[Any], object]) -> Head:
+        """Apply ``change`` to a copy of the head and ``write`` to the store in one transaction; swap the copy in.
+
+        Inside the transaction (SQLite's write lock, ``BEGIN IMMEDIATE``) the stored samples
+        are compared with the ones the live head was derived from. If another process wrote
+        meanwhile, the head is rebuilt from the samples as they are now before ``change``
+        is applied, so no writer's update is lost from the saved head. Call with
+        ``_write_lock`` held.
+        """
         if self.store is None:
+            head = copy.deepcopy(self.head)
+            change(head)
             self._apply_threshold(head)
-            return
+            self.head = head
+            return head
         with self.store.transaction() as tx:
+            now = tx.sample_set()
+            if now != self._basis:
+                before = self._basis.count if self._basis else 0
+                self.log(f"the class store changed since it was read ({before} samples then, {now.count} now: "
+                         "another process wrote to it); rebuilding the head from the stored samples")
+                head = self._rebuilt()
+            else:
+                head = copy.deepcopy(self.head)
+            change(head)
             write(tx)
             # Calibrate inside the transaction: it reads the samples just written.
             self._apply_threshold(head)
             arrays, params = head.state()
             tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+        self._basis = tx.committed_samples
+        self.head = head
+        return head
 
     def remove(self, *names: str) -> dict[str, int]:
         """Forget classes: their samples and head rows, in one commit (all or none).
@@ -400,23 +464,23 @@ class Classifier:
         Returns:
             name -> number of samples removed. Other classes are untouched.
         """
-        with self._write_lock:
-            head = copy.deepcopy(self.head)
-            shots = {}
+        shots: dict[str, int] = {}
+
+        def change(head: Head) -> None:
+            shots.clear()
             for name in names:
                 shots[name] = head.shots(name)  # EdgefsError naming the enrolled classes if absent
                 head.remove(name)
-            self._commit(head, lambda tx: [tx.remove(n) for n in names])
-            self.head = head
+
+        with self._write_lock:
+            self._commit(change, lambda tx: [tx.remove(n) for n in names])
         return shots
 
     def rename(self, old: str, new: str) -> None:
         """Rename a class in the head and the store together."""
+        check_name(new)
         with self._write_lock:
-            head = copy.deepcopy(self.head)
-            head.rename(old, new)
-            self._commit(head, lambda tx: tx.rename(old, new))
-            self.head = head
+            self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new))
 
     # ---- classification --------------------------------------------------------------------
     def classify(self, embeddings: np.ndarray, k: int = 3) -> ClassifyResult:

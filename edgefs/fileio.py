@@ -1,18 +1,149 @@
-"""Durable file writes: a kill or power cut mid-write leaves the old file or the new one, never half.
+"""Durable file writes and bounded file reads.
 
-Write to a temporary file in the same folder, flush and fsync it, rename it over
-the target (atomic on POSIX), then fsync the folder so the rename itself is on
-disk. Used for checkpoints, manifests, episode lists, engines and caches.
+Writes: a kill or power cut mid-write leaves the old file or the new one, never
+half. Write to a temporary file in the same folder, flush and fsync it, give it
+the mode a plain ``open(path, "w")`` would (0666 less the umask; a temporary file
+starts at 0600), rename it over the target (atomic on POSIX), then fsync the
+folder so the rename itself is on disk. Used for checkpoints, manifests, episode
+lists, engines, class packs and caches.
+
+Reads of files edgefs did not write itself: :func:`check_regular_file` (a regular
+file, after following links, no bigger than a limit from :mod:`edgefs.limits`)
+before any byte is read, and :func:`read_limited`, which never reads more than
+the limit whatever the file turns out to be. :func:`load_npy` checks an ``.npy``
+header's shape against the bytes present before NumPy allocates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
+
+from edgefs.errors import EdgefsError
+
+
+class FileRefused(EdgefsError):
+    """A file that is missing, not a regular file, or over its size limit; nothing of it was read."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def unreadable_hint(path: str | Path) -> str:
+    """Why this user cannot read ``path`` and what its owner can do (for a PermissionError)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path} cannot be opened by this user"
+    return (f"{path} is not readable by this user (uid {os.getuid()}): it is mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"owned by uid {st.st_uid}. Its owner can run 'chmod a+r {path}' (and 'chmod a+x' on its folders), "
+            "or run edgefs as a user that may read it")
+
+
+def check_regular_file(path: str | Path, limit: int, what: str) -> int:
+    """Return the size of ``path`` if it is a regular file (links followed) of at most ``limit`` bytes.
+
+    Args:
+        what: how the message names the file, e.g. ``"bundle manifest"``.
+
+    Raises:
+        FileRefused: missing, a device, pipe, socket or folder (also through a link), or too big.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)  # follows links: a link to /dev/zero is refused as a device
+    except FileNotFoundError:
+        raise FileRefused(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise FileRefused(f"cannot read {what}: {unreadable_hint(path)}") from None
+    except OSError as exc:
+        raise FileRefused(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        link = f" (a link to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise FileRefused(f"{what} {path}{link} is {_file_kind(st.st_mode)}, not a regular file; refusing to read it")
+    if st.st_size > limit:
+        raise FileRefused(
+            f"{what} {path} is {st.st_size} bytes, over the limit of {limit} (edgefs.limits); "
+            "it is damaged or not what it claims to be"
+        )
+    return int(st.st_size)
+
+
+def read_limited(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (checked before and while reading)."""
+    check_regular_file(path, limit, what)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # the file may have grown since the check
+    except PermissionError:
+        raise FileRefused(f"cannot read {what}: {unreadable_hint(path)}") from None
+    except OSError as exc:
+        raise FileRefused(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise FileRefused(f"{what} {path} grew past the limit of {limit} bytes while being read")
+    return data
+
+
+def load_npy(data: bytes, what: str) -> np.ndarray:
+    """An array from ``.npy`` bytes, never unpickling, and never allocating more than the bytes present.
+
+    Raises:
+        EdgefsError: not an ``.npy``, object dtype, or a header whose shape does not fit the data.
+    """
+    if not data.startswith(b"\x93NUMPY"):
+        raise EdgefsError(f"{what} is not a .npy array")
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError, OverflowError) as exc:
+        raise EdgefsError(f"{what} has a malformed .npy header ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise EdgefsError(f"{what} has dtype {dtype}: it would need pickle, and edgefs reads arrays only "
+                          "without pickle")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise EdgefsError(f"{what} declares shape {shape}")
+    need = math.prod(shape) * dtype.itemsize
+    have = len(data) - f.tell()
+    if need != have:
+        raise EdgefsError(f"{what} declares shape {shape} of {dtype} ({need} bytes) but holds {have} bytes; "
+                          "it is truncated or corrupt")
+    arr = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=f.tell())
+    return (arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)).copy()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (changing it races other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(folder: Path) -> None:
@@ -37,6 +168,9 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file 0600; a bundle or pack must be readable by whoever a plain
+            # write would let read it (e.g. the service account that runs 'edgefs run').
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())

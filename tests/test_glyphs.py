@@ -167,15 +167,16 @@ def test_split_assignment_is_seeded_and_balanced() -> None:
         G.assign_splits(counts, G.GlyphConfig(split_scripts={"train": ["klingon"]}))
 
 
-def test_fetch_failure_falls_back_to_machine_fonts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_failure_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise F.FetchError("'apt-get download fonts-cardo' failed: no network")
 
     monkeypatch.setattr(F, "fetch_font_packages", fail)
-    lines: list[str] = []
-    fonts, source = G.load_fonts(G.GlyphConfig().resolved(), lines.append)
-    assert fonts and source.startswith("system fonts (fetch failed")
-    assert any("apt-get update" in line for line in lines)
+    with pytest.raises(DataError) as err:
+        G.load_fonts(G.GlyphConfig().resolved(), lambda _: None)
+    text = str(err.value)
+    assert "could not fetch the font packages: 'apt-get download fonts-cardo' failed: no network" in text
+    assert "Nothing was rendered" in text and "apt-get update" in text and "--dejavu-only" in text
 
 
 def test_fetch_without_apt_raises_fetch_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgefs import limits
 from edgefs.cli import main
 from edgefs.runtime.bundle import Manifest, read_bundle
-from edgefs.store import ClassStore, StoreError, packs, schema
+from edgefs.store import ClassStore, StoreError, schema
 
 DIM = 16
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 60 + b"\xff\xd9"
@@ -323,12 +324,12 @@ def test_pack_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = filled(tmp_path / "a.db").export_pack(tmp_path / "good.efpack")
     dst = ClassStore.open(tmp_path / "b.db", manifest())
     # A member larger than the per-entry limit (declared size checked before reading).
-    monkeypatch.setattr(packs, "MAX_NPY_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_PACK_NPY_BYTES", 100)
     with pytest.raises(StoreError, match=r"declares .* over the limit"):
         dst.import_pack(good)
     monkeypatch.undo()
     # A zip bomb: a highly compressible member far over the total budget.
-    monkeypatch.setattr(packs, "MAX_TOTAL_BYTES", 1 << 20)
+    monkeypatch.setattr(limits, "MAX_PACK_TOTAL_BYTES", 1 << 20)
     bomb = tmp_path / "bomb.efpack"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf, zipfile.ZipFile(good) as src:
         for n in src.namelist():  # 8 MiB of zeros deflate to a few KiB

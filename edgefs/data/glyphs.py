@@ -504,12 +504,13 @@ def load_fonts(cfg: GlyphConfig, log: Callable[[str], None]) -> tuple[list[F.Fon
             files = [(name, p) for name, root in pkgs for p in F.package_font_files(root)]
             source = f"Debian packages in {cfg.font_cache}"
         except F.FetchError as exc:
-            files = [("system", p) for p in F.system_font_files()]
-            source = f"system fonts (fetch failed: {exc})"
-            log(f"WARNING: could not fetch the font packages: {exc}.\n  Falling back to the "
-                f"{len(files)} fonts on this machine: far fewer scripts and classes. To fix: on a "
-                "Debian/Ubuntu machine with access to its package mirror run 'apt-get update', check "
-                "that 'apt-get download fonts-cardo' works, and run again.")
+            # No silent fallback: the machine's fonts give a different, much smaller benchmark.
+            raise DataError(
+                f"could not fetch the font packages: {exc}. Nothing was rendered. To fix: on a Debian/Ubuntu "
+                "machine with access to its package mirror run 'apt-get update', check that 'apt-get download "
+                f"fonts-cardo' works, and run again (fetched packages are kept in {cfg.font_cache}). Or pass "
+                "--dejavu-only to build the smaller DejaVu-only benchmark from this machine's fonts instead"
+            ) from None
     fonts = F.pick_styles(F.read_fonts(files), cfg.styles_per_design or 3, cfg.italics)
     if not fonts:
         raise DataError("no usable fonts found; install fonts-dejavu-core ('apt-get install fonts-dejavu-core')")

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefs import limits
 from edgefs.errors import EdgefsError
-from edgefs.fileio import atomic_write_text
+from edgefs.fileio import FileRefused, atomic_write_text, check_regular_file, read_limited, unreadable_hint
 from edgefs.heads import HeadSpec
 
 BUNDLE_FORMAT = "edgefs-bundle"
@@ -28,6 +29,7 @@ ONNX_FILE = "backbone.onnx"
 HEAD_STEM = "head"
 MANIFEST_FILE = "manifest.json"
 INPUT_NAME = "images"
+MAX_DIMENSION = 1 << 16  # input height/width and embedding size a manifest may declare
 OUTPUT_NAME = "embeddings"
 
 
@@ -98,15 +100,25 @@ class Manifest:
                 f"{where} has bundle schema version {version}, newer than this edgefs reads "
                 f"({BUNDLE_SCHEMA_VERSION}); upgrade edgefs on this device, or export with a matching version"
             )
-        try:
-            return cls(
-                backbone=dict(doc["backbone"]), input=dict(doc["input"]), output=dict(doc["output"]),
-                head=dict(doc["head"]), fingerprint=str(doc["fingerprint"]),
-                training=dict(doc.get("training", {})), export=dict(doc.get("export", {})),
-                schema_version=version,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{where} is missing or has a malformed field: {exc}") from exc
+        for key in ("backbone", "input", "output", "head"):
+            if not isinstance(doc.get(key), dict):
+                raise BundleError(f"{where}: field {key!r} is missing or not an object; export the bundle again")
+        for key in ("training", "export"):
+            if not isinstance(doc.get(key, {}), dict):
+                raise BundleError(f"{where}: field {key!r} is not an object; export the bundle again")
+        if not isinstance(doc.get("fingerprint"), str):
+            raise BundleError(f"{where}: field 'fingerprint' is missing or not text; export the bundle again")
+        for section, key in (("input", "height"), ("input", "width"), ("output", "dim")):
+            value = doc[section].get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIMENSION:
+                raise BundleError(f"{where}: {section}.{key} is {value!r:.40}, not a whole number from 1 to "
+                                  f"{MAX_DIMENSION}; the manifest is damaged: export the bundle again")
+        return cls(
+            backbone=dict(doc["backbone"]), input=dict(doc["input"]), output=dict(doc["output"]),
+            head=dict(doc["head"]), fingerprint=doc["fingerprint"],
+            training=dict(doc.get("training", {})), export=dict(doc.get("export", {})),
+            schema_version=version,
+        )
 
 
 @dataclass
@@ -143,18 +155,29 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} does not exist; create it with 'edgefs export CKPT --out {folder}'")
     manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.exists() and not manifest_path.is_symlink():
+        raise BundleError(f"{folder} has no {MANIFEST_FILE}; is it an edgefs bundle?")
     try:
-        doc = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{folder} has no {MANIFEST_FILE}; is it an edgefs bundle?") from None
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{manifest_path} is unreadable ({exc}); export the bundle again") from exc
+        doc = json.loads(read_limited(manifest_path, limits.MAX_MANIFEST_BYTES, "bundle manifest"))
+    except FileRefused as exc:
+        raise BundleError(f"{exc}; copy the bundle again, or export it again") from None
+    except ValueError as exc:
+        raise BundleError(f"{manifest_path} is unreadable: not valid JSON ({exc}); copy the bundle again, or "
+                          "export it again") \
+            from None
     manifest = Manifest.from_json(doc, str(manifest_path))
     onnx_path = folder / ONNX_FILE
-    if not onnx_path.is_file():
+    if not onnx_path.exists() and not onnx_path.is_symlink():
         raise BundleError(f"{folder} has no {ONNX_FILE}; export the bundle again")
+    try:
+        check_regular_file(onnx_path, limits.MAX_ONNX_BYTES, "bundle model")
+    except FileRefused as exc:
+        raise BundleError(f"{exc}; copy the bundle again, or export it again") from None
     if verify:
-        actual = sha256_file(onnx_path)
+        try:
+            actual = sha256_file(onnx_path)
+        except PermissionError:
+            raise BundleError(f"cannot read the bundle model: {unreadable_hint(onnx_path)}") from None
         if actual != manifest.fingerprint:
             raise BundleError(
                 f"{onnx_path} does not match the manifest's fingerprint (sha256 {actual[:12]}..., expected "

@@ -36,9 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgefs import __version__
+from edgefs import __version__, limits
 from edgefs.errors import EdgefsError
-from edgefs.fileio import atomic_writer
+from edgefs.fileio import FileRefused, atomic_writer, check_regular_file
 
 MAGIC = b"EDGEFSTRT"
 HEADER_FORMAT = 1
@@ -248,6 +248,16 @@ def _read_header(f: Any, path: Path, size: int) -> dict[str, Any]:
     return header
 
 
+def _checked_size(path: Path) -> int:
+    """The size of an engine file that is a regular file within :data:`edgefs.limits.MAX_ENGINE_BYTES`."""
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(path)
+    try:
+        return check_regular_file(path, limits.MAX_ENGINE_BYTES, "engine file")
+    except FileRefused as exc:
+        raise EngineFileError(f"{exc}; delete it and run 'edgefs build-engine {_bundle_of(path)}'") from None
+
+
 def read_engine_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of an engine file, without reading the engine.
 
@@ -256,7 +266,7 @@ def read_engine_header(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = _checked_size(path)
         with open(path, "rb") as f:
             return _read_header(f, path, size)
     except FileNotFoundError:
@@ -281,7 +291,7 @@ def read_engine_file(path: str | Path, expected_key: EngineKey | None) -> tuple[
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = _checked_size(path)
         with open(path, "rb") as f:
             header = _read_header(f, path, size)
             engine = f.read()

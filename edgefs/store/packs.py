@@ -16,6 +16,7 @@ everything in one transaction, or nothing.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import time
@@ -27,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from edgefs import __version__
-from edgefs.fileio import atomic_writer
+from edgefs import __version__, limits
+from edgefs.errors import EdgefsError
+from edgefs.fileio import FileRefused, atomic_writer, check_regular_file, load_npy
 from edgefs.store import schema
 from edgefs.store.store import ClassStore
 from edgefs.store.validate import (
@@ -45,12 +47,7 @@ PACK_VERSION = 1
 PACK_JSON = "pack.json"
 ON_CONFLICT = ("error", "skip", "replace", "append")
 
-# Limits on what an import will read (module attributes so a device can tune them).
-MAX_PACK_BYTES = 2 << 30  # the zip file itself
-MAX_MEMBERS = 200_000
-MAX_JSON_BYTES = 16 << 20
-MAX_NPY_BYTES = 256 << 20  # one class's embeddings
-MAX_TOTAL_BYTES = 1 << 30  # all members, uncompressed
+# What an import reads is bounded by edgefs.limits (MAX_PACK_*, MAX_SHOTS_PER_CLASS), read at call time.
 
 
 def embeddings_member(i: int) -> str:
@@ -91,6 +88,21 @@ def export_pack(store: ClassStore, path: str | Path, names: list[str] | None = N
         raise StoreError(f"cannot export {unknown}: not enrolled; 'edgefs classes list' shows the classes")
     if not chosen:
         raise StoreError(f"store {store.path} has no classes to export; enroll some first")
+    if path.is_dir():
+        # A folder is refused rather than guessed into: a class name is no safe file name.
+        raise StoreError(f"{path} is a folder; give the pack a file name, e.g. {path / 'classes.efpack'}")
+    try:
+        return _write_pack(store, path, chosen)
+    except OSError as exc:
+        full = exc.errno == errno.ENOSPC
+        raise StoreError(
+            f"cannot write class pack {path}: {exc.strerror or exc}; nothing was written"
+            + (" (an older file there is kept). Free some space and export again" if full
+               else ". Choose a PACK path in a folder you can write")
+        ) from None
+
+
+def _write_pack(store: ClassStore, path: Path, chosen: list[str]) -> Path:
     classes: list[dict[str, Any]] = []
     with atomic_writer(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i, name in enumerate(chosen):
@@ -142,12 +154,12 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget:
 
 
 def _load_npy(data: bytes, member: str, shots: int, dim: int) -> np.ndarray:
-    if not data.startswith(b"\x93NUMPY"):
-        raise StoreError(f"pack member {member!r} is not a .npy array")
     try:
-        arr = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        raise StoreError(f"pack member {member!r} cannot be read without pickle or is malformed ({exc})") from exc
+        arr = load_npy(data, f"pack member {member!r}")
+    except StoreError:
+        raise
+    except EdgefsError as exc:
+        raise StoreError(str(exc)) from None
     if arr.dtype != np.float32:
         raise StoreError(f"pack member {member!r} has dtype {arr.dtype}; packs hold float32 embeddings")
     if arr.shape != (shots, dim):
@@ -165,25 +177,25 @@ def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
 def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
     """Read and fully validate a pack for a store with ``fingerprint`` and ``dim``; writes nothing."""
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"class pack {path} does not exist")
-    if path.stat().st_size > MAX_PACK_BYTES:
-        raise StoreError(f"class pack {path} is {path.stat().st_size} bytes, over the limit of {MAX_PACK_BYTES}")
+    try:
+        check_regular_file(path, limits.MAX_PACK_BYTES, "class pack")
+    except FileRefused as exc:
+        raise StoreError(str(exc)) from None
     where = f"class pack {path}"
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            if len(infos) > MAX_MEMBERS:
-                raise StoreError(f"{where} has {len(infos)} members, over the limit of {MAX_MEMBERS}")
+            if len(infos) > limits.MAX_PACK_MEMBERS:
+                raise StoreError(f"{where} has {len(infos)} members, over the limit of {limits.MAX_PACK_MEMBERS}")
             names = [i.filename for i in infos]
             if len(set(names)) != len(names):
                 raise StoreError(f"{where} has duplicate member names; it is damaged or hostile")
             by_name = {i.filename: i for i in infos}
             if PACK_JSON not in by_name:
                 raise StoreError(f"{where} has no {PACK_JSON}; is it an edgefs class pack?")
-            budget = [MAX_TOTAL_BYTES]
+            budget = [limits.MAX_PACK_TOTAL_BYTES]
             try:
-                doc = json.loads(_read_member(zf, by_name[PACK_JSON], MAX_JSON_BYTES, budget))
+                doc = json.loads(_read_member(zf, by_name[PACK_JSON], limits.MAX_PACK_JSON_BYTES, budget))
             except ValueError as exc:
                 raise StoreError(f"{where}: {PACK_JSON} is not valid JSON ({exc})") from exc
             entries = _check_doc(doc, where, fingerprint, dim)
@@ -201,7 +213,7 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
             out = []
             for i, entry in enumerate(entries):
                 member = embeddings_member(i)
-                data = _read_member(zf, by_name[member], MAX_NPY_BYTES, budget)
+                data = _read_member(zf, by_name[member], limits.MAX_PACK_NPY_BYTES, budget)
                 arr = _load_npy(data, member, entry["shots"], dim)
                 emb = check_embeddings(arr, dim, f"{where}: embeddings of {entry['name']!r}")
                 thumbs: list[bytes | None] = [
@@ -237,6 +249,9 @@ def _check_doc(doc: Any, where: str, fingerprint: str, dim: int) -> list[dict[st
     if _field(doc, "embedding_dim", int, where) != dim:
         raise StoreError(f"{where} holds size-{doc['embedding_dim']} embeddings, the store size-{dim}")
     classes = _field(doc, "classes", list, where)
+    if len(classes) > limits.MAX_PACK_CLASSES:
+        raise StoreError(f"{where} declares {len(classes)} classes, over the limit of {limits.MAX_PACK_CLASSES} "
+                         "(edgefs.limits.MAX_PACK_CLASSES); it is damaged or hostile")
     entries = []
     seen: set[str] = set()
     for i, c in enumerate(classes):
@@ -250,9 +265,18 @@ def _check_doc(doc: Any, where: str, fingerprint: str, dim: int) -> list[dict[st
         if name in seen:
             raise StoreError(f"{where} lists class {name!r} twice")
         seen.add(name)
-        shots = _field(c, "shots", int, cw)
+        shots = c.get("shots")
+        if isinstance(shots, float) and shots.is_integer():
+            shots = int(shots)  # "3e8" in JSON is a float; judge its size, not its spelling
+        if not isinstance(shots, int) or isinstance(shots, bool):
+            raise StoreError(f"{cw}: field 'shots' is missing or not a whole number")
         if shots < 1:
             raise StoreError(f"{cw} ({name!r}) has {shots} shots; every class needs at least one")
+        # Bound the declared count before anything is allocated for it (lists, arrays).
+        most = min(limits.MAX_SHOTS_PER_CLASS, limits.MAX_PACK_NPY_BYTES // (4 * max(dim, 1)))
+        if shots > most:
+            raise StoreError(f"{cw} ({name!r}) declares {shots} shots, over the limit of {most} "
+                             "(edgefs.limits.MAX_SHOTS_PER_CLASS); the pack is damaged or hostile: refusing it")
         thumbs = c.get("thumbnails", [False] * shots)
         sources = c.get("sources", [""] * shots)
         if not (isinstance(thumbs, list) and len(thumbs) == shots and all(isinstance(t, bool) for t in thumbs)):

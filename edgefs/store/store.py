@@ -15,12 +15,23 @@ Enrollment updates the samples and the head state together::
 Either both are committed or neither is. A transaction that changes samples
 without saving the head state marks the saved head state out of date
 (:attr:`HeadState.current` is False), so the runtime knows to rebuild it.
+
+The saved head state also records the exact sample set it was derived from
+(:meth:`ClassStore.sample_set`: the number of samples and a sha256 over every
+sample's class, row id and time; samples are never changed in place, so these
+identify them). It is current only while the store holds exactly that set, so a
+head saved by a writer that had not seen another writer's samples is detected
+at open, whoever wrote it, and rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -76,13 +87,46 @@ class HeadState:
     Attributes:
         arrays: named arrays, e.g. ``{"prototypes": float32 (C, D)}``; empty if none saved.
         params: JSON parameters saved with them.
-        current: False when samples changed after the head state was saved
-            (then the head should be rebuilt from the samples).
+        current: False when the store's samples are not exactly the ones the head state
+            was derived from (then the head should be rebuilt from the samples).
+        samples: how many samples the head state was derived from (None if not recorded).
+        stored: how many samples the store holds now.
     """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     current: bool = True
+    samples: int | None = None
+    stored: int = 0
+
+    def staleness(self) -> str:
+        """Why the head state is not current, in words ("" when it is)."""
+        if self.current:
+            return ""
+        if self.samples is None:
+            return f"it records no sample set (written by an older edgefs); the store holds {self.stored} samples"
+        if self.samples != self.stored:
+            return f"it was derived from {self.samples} samples but the store holds {self.stored}"
+        return f"it was derived from another set of {self.samples} samples than the store holds"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Identity of a store's samples: how many and a sha256 over (class id, name, sample id, time)."""
+
+    count: int
+    digest: str
+
+    def to_text(self) -> str:
+        return f"{self.count}:{self.digest}"
+
+    @classmethod
+    def from_text(cls, text: str | None) -> SampleSet | None:
+        try:
+            count, digest = str(text).split(":", 1)
+            return cls(int(count), digest)
+        except ValueError:
+            return None
 
 
 def _manifest_of(manifest_or_bundle: Manifest | Bundle) -> Manifest:
@@ -91,6 +135,45 @@ def _manifest_of(manifest_or_bundle: Manifest | Bundle) -> Manifest:
     if isinstance(manifest_or_bundle, Manifest):
         return manifest_or_bundle
     raise TypeError(f"ClassStore.open needs a Manifest or a Bundle, got {type(manifest_or_bundle).__name__}")
+
+
+def explain_sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreError:
+    """A :class:`StoreError` that says what an SQLite failure means for the user and what to do."""
+    text = str(exc)
+    low = text.lower()
+    try:
+        free_bytes: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free_bytes = None
+    # SQLite reports a full disk as SQLITE_FULL while writing, but as an I/O error when it cannot
+    # even create the WAL or shared-memory file at open.
+    full = "disk is full" in low or ("disk i/o error" in low and free_bytes is not None and free_bytes < 1 << 20)
+    if full:
+        free = "free space unknown" if free_bytes is None else f"{free_bytes // 1024} KiB free"
+        return StoreError(f"the disk holding class store {path} is full ({free}) while {doing}; nothing was "
+                          "written and the store is as it was. Free some space and run the command again")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return StoreError(damaged_message(path, text))
+    if "readonly" in low or "read-only" in low:
+        return StoreError(f"class store {path} is read-only ({text}) while {doing}; make the file and its folder "
+                          "writable by this user, or choose another --store")
+    if "locked" in low or "busy" in low:
+        return StoreError(f"class store {path} is busy: another process held it for more than 10 s while "
+                          f"{doing} ({text}); nothing was written. Try again")
+    if "unable to open" in low:
+        return StoreError(f"cannot open class store {path} ({text}); check that its folder exists and is "
+                          "writable by this user, or choose another --store")
+    if "disk i/o error" in low:
+        return StoreError(f"class store {path}: the disk reported an I/O error while {doing}; nothing was written. "
+                          "Check the disk ('dmesg', free space) and restore the store from a backup if it persists")
+    return StoreError(f"class store {path} failed while {doing}: {text}; nothing was written")
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    return (f"class store {path} is damaged ({detail[:200]}); it was not changed. Restore it from a backup, "
+            f"or import a class pack exported earlier into a new store ('edgefs classes import PACK --store "
+            f"NEW.db'), or enroll the classes again into a new --store. 'sqlite3 {path} .recover' may salvage "
+            "the readable rows")
 
 
 def _utc(t: float) -> str:
@@ -110,6 +193,7 @@ class Transaction:
         self.now = time.time()
         self.samples_changed = False
         self.head_saved = False
+        self.committed_samples: SampleSet | None = None  # set on commit when the head state was saved
 
     # ---- classes and samples -------------------------------------------------------------------
     def _class_id(self, name: str) -> int | None:
@@ -226,6 +310,10 @@ class Transaction:
         """The store's classes as this transaction sees them."""
         return self._store.classes()
 
+    def sample_set(self) -> SampleSet:
+        """The samples as this transaction sees them (see :meth:`ClassStore.sample_set`)."""
+        return self._store.sample_set()
+
 
 class ClassStore:
     """A SQLite class store tied to one bundle. Open it with :meth:`open`; close it (or use ``with``).
@@ -258,18 +346,32 @@ class ClassStore:
             raise StoreError(f"class store {path} does not exist; enroll a class to create it, or check --store")
         if path.is_dir():
             raise StoreError(f"class store {path} is a folder; --store takes a file, e.g. classes.db")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        if new:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create class store {path}: its folder {path.parent} cannot be created "
+                                 f"({exc.strerror or exc}); choose a --store in a folder you can write") from None
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot create class store {path}: its folder {path.parent} is not writable by "
+                                 "this user; choose a --store in a folder you can write")
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open class store {path}: {exc}") from exc
+            raise explain_sqlite_error(path, exc, "opening it") from None
         try:
             store = cls(path, conn, manifest)
             store._prepare()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise explain_sqlite_error(path, exc, "creating it" if new else "opening it") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"{path} is not a readable edgefs class store ({exc}); check --store") from exc
+            if "not a database" in str(exc):
+                raise StoreError(f"{path} is not a readable edgefs class store ({exc}); check --store") from None
+            raise StoreError(damaged_message(path, str(exc))) from None
         except BaseException:
             conn.close()
             raise
@@ -286,6 +388,11 @@ class ClassStore:
         if version < schema.latest_version() or not self._has_meta():
             self._migrate()
         self._check_bundle()
+        # A damaged page would otherwise surface later as 'database disk image is malformed' in the
+        # middle of a command; quick_check reads every page once (milliseconds for a few thousand shots).
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(damaged_message(self.path, "; ".join(problems)))
 
     def _refuse_newer(self, version: int) -> None:
         if version > schema.latest_version():
@@ -368,21 +475,35 @@ class ClassStore:
                 raise StoreError("a store transaction is already open; do all the writes inside that one")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"class store {self.path} is busy or read-only ({exc}); try again") from exc
+            except sqlite3.Error as exc:
+                raise explain_sqlite_error(self.path, exc, "starting a write") from None
             tx = self._tx = Transaction(self)
             try:
-                yield tx
-                if tx.samples_changed or tx.head_saved:
-                    self._set_meta("updated", repr(tx.now))
-                    self._set_meta("head_current", "1" if tx.head_saved else "0")
-                self._conn.execute("COMMIT")
+                with self._sqlite_errors("writing"):
+                    yield tx
+                    if tx.samples_changed or tx.head_saved:
+                        self._set_meta("updated", repr(tx.now))
+                        self._set_meta("head_current", "1" if tx.head_saved else "0")
+                    if tx.head_saved:
+                        # The head state is derived from the samples as they are at this commit.
+                        tx.committed_samples = self.sample_set()
+                        self._set_meta("head_samples", tx.committed_samples.to_text())
+                    self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
             finally:
                 self._tx = None
+
+    @contextmanager
+    def _sqlite_errors(self, doing: str) -> Iterator[None]:
+        """SQLite failures (disk full, a damaged page, read-only) as a :class:`StoreError` that says what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise explain_sqlite_error(self.path, exc, doing) from None
 
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute(
@@ -456,12 +577,12 @@ class ClassStore:
     # ---- reads --------------------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
         """The store's facts: format, fingerprint, embedding_dim, head_type, created, updated, edgefs_version."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
     def classes(self) -> list[ClassInfo]:
         """Enrolled classes in enrollment order."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             rows = self._conn.execute(
                 "SELECT c.name, COUNT(s.id), c.created, c.updated FROM classes c "
                 "LEFT JOIN samples s ON s.class_id = c.id GROUP BY c.id ORDER BY c.id"
@@ -486,7 +607,7 @@ class ClassStore:
 
     def samples(self, name: str) -> tuple[np.ndarray, list[bytes | None], list[str], list[float]]:
         """All of a class's samples: float32 ``(K, D)`` embeddings, thumbnails, sources and times."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             row = self._conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise StoreError(f"class {name!r} is not enrolled; 'edgefs classes list' shows what is")
@@ -503,7 +624,7 @@ class ClassStore:
             ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
             ``names`` (enrollment order).
         """
-        with self._lock:
+        with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
                 "SELECT c.name, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
@@ -515,11 +636,31 @@ class ClassStore:
         labels = np.array([index[n] for n, _ in rows], dtype=np.int64)
         return x, labels, names
 
+    def sample_set(self) -> SampleSet:
+        """The identity of the stored samples: count and sha256 over (class id, name, sample id, time).
+
+        Samples are only ever inserted or deleted, never changed, and a row id is never
+        reused with the same insertion time, so two stores (or one store at two moments)
+        with the same :class:`SampleSet` hold the same samples in the same classes and order.
+        """
+        h = hashlib.sha256()
+        count = 0
+        with self._lock, self._sqlite_errors("reading"):
+            cursor = self._conn.execute(
+                "SELECT c.id, c.name, s.id, s.created FROM samples s JOIN classes c ON c.id = s.class_id "
+                "ORDER BY c.id, s.id"
+            )
+            for class_id, name, sample_id, created in cursor:
+                h.update(f"{class_id}\x1f{name}\x1f{sample_id}\x1f{float(created)!r}\x1e".encode())
+                count += 1
+        return SampleSet(count, h.hexdigest())
+
     def load_head_state(self) -> HeadState:
-        """The saved head state (empty arrays if none was saved)."""
-        with self._lock:
+        """The saved head state (empty arrays if none was saved), checked against the stored samples."""
+        with self._lock, self._sqlite_errors("reading"):
             rows = self._conn.execute("SELECT name, dtype, shape, data FROM head_state ORDER BY name").fetchall()
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+            stored = self.sample_set()
         arrays: dict[str, np.ndarray] = {}
         for name, dtype, shape_json, data in rows:
             try:
@@ -532,8 +673,16 @@ class ClassStore:
                 raise StoreError(
                     f"head state array {name!r} in {self.path} is corrupt ({exc}); re-enroll or rebuild the head"
                 ) from exc
-        params = json.loads(meta.get("head_params", "{}"))
-        return HeadState(arrays, params, current=meta.get("head_current", "1") == "1")
+        try:
+            params = json.loads(meta.get("head_params", "{}"))
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            raise StoreError(f"the head parameters in {self.path} are corrupt; re-enroll or rebuild the head")
+        derived = SampleSet.from_text(meta.get("head_samples"))
+        current = meta.get("head_current", "1") == "1" and (derived == stored or not arrays)
+        return HeadState(arrays, params, current=current, samples=None if derived is None else derived.count,
+                         stored=stored.count)
 
     def integrity_check(self) -> str:
         """SQLite's ``integrity_check`` plus a foreign-key check: ``"ok"`` for a sound store."""
@@ -551,7 +700,8 @@ class ClassStore:
             f"store {self.path}: {len(infos)} classes, {sum(c.shots for c in infos)} samples, "
             f"bundle {self.fingerprint[:12]}..., dim {self.dim}, head {meta.get('head_type') or '-'}",
             f"head state: {', '.join(f'{k}{tuple(v.shape)}' for k, v in head.arrays.items()) or 'none'}"
-            + ("" if head.current or not head.arrays else " (out of date: samples changed since)"),
+            + ("" if head.current or not head.arrays else f" (out of date: {head.staleness()}; "
+               "it is rebuilt from the samples when the store is next opened for enroll or run)"),
         ]
         if infos:
             width = max(len(c.name) for c in infos)

@@ -18,6 +18,8 @@ MAX_NAME_LENGTH = 128
 MAX_THUMBNAIL_BYTES = 256 * 1024
 JPEG_MAGIC = b"\xff\xd8\xff"
 EMBEDDING_DTYPE = np.dtype("<f4")
+#: What the camera loop shows for a frame that matches no class; no class may be called that.
+REJECT_LABEL = "unknown"
 
 
 class StoreError(EdgefsError):
@@ -34,6 +36,9 @@ def check_name(name: object) -> str:
         raise StoreError(f"class name {name[:20]!r}... is {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise StoreError(f"class name {name!r} contains control characters; use printable text")
+    if name.casefold() == REJECT_LABEL:
+        raise StoreError(f"class name {name!r} is the label edgefs gives frames that match no class; "
+                         "choose another name")
     return name
 
 
