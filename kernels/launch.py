@@ -26,7 +26,9 @@ checks, launch plans and marshalling with a runtime whose "device memory" is hos
 whose kernels are the same ``.cu`` sources compiled as C++ (:func:`using_runtime`).
 
 Verification status: written and compiled with nvcc (sm_87, sm_90) on a machine with no GPU;
-the GPU tests in ``device_tests/test_kernels.py`` and ``tools/bench_kernels.py`` have not run
+``device_tests/test_kernels.py`` runs every case through these launchers on the CPU emulation
+of the kernels in CI (:mod:`edgefs.kernels.emu`: arithmetic, indexing, synchronisation logic,
+marshalling), but the GPU variant of those tests and ``tools/bench_kernels.py`` have not run
 on a GPU from this code yet.
 """
 
