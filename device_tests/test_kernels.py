@@ -1,10 +1,17 @@
-"""The CUDA head kernels against their NumPy references, on a GPU (marker ``gpu``).
+"""The CUDA head kernels against their NumPy references, on a GPU and under the CPU emulation.
 
 Every kernel of kernels/*.cu runs through its launcher in edgefs.kernels.launch and is compared
 with the function of edgefs.heads.reference it mirrors, over C in {1, 5, 100, 1000}, D in
 {64, 512, 640, 1280} and shots in {1, 5, 20}, with float16 inputs too; a zero-copy test feeds
-torch CUDA tensors straight to the kernels. Skipped with a reason where there is no GPU (root
-conftest.py) or no pycuda.
+torch CUDA tensors straight to the kernels. Each test runs once per backend (the ``launch``
+fixture):
+- ``cuda``: pycuda on a GPU (marker ``gpu``); skipped with a reason where there is no GPU (root
+  conftest.py) or no pycuda.
+- ``emu``: the same launchers and the same .cu sources compiled as C++ and run on CPU threads
+  emulated as fibers (edgefs.kernels.emu; runs in CI, needs only a C++ compiler). It checks the
+  arithmetic, indexing, synchronisation logic and argument marshalling, not GPU timing or the
+  GPU memory model (see kernels/emu/cuda_emu.h). The zero-copy and CUDA-head tests need torch
+  CUDA tensors and run on the GPU only.
 
 Tolerances (float32 accumulation in another order than NumPy's):
 - accumulate: sums and counts bit-identical (same sequence of float32 adds as np.add.at);
@@ -20,6 +27,7 @@ Status: written on a machine without a GPU; not yet run on one.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,10 +36,25 @@ import pytest
 from edgefs.heads import HEADS, HeadSpec
 from edgefs.heads import reference as ref
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(importlib.util.find_spec("pycuda") is None,
-                       reason="pycuda is not installed (pip install pycuda; see ../shared/DEVICE.md)"),
+
+def _compiler_reason() -> str | None:
+    from edgefs.errors import MissingDependencyError
+    from edgefs.kernels.emu import build
+
+    try:
+        build.find_compiler()
+    except MissingDependencyError as exc:
+        return str(exc)
+    return None
+
+
+BACKENDS = [
+    pytest.param("cuda", id="cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(importlib.util.find_spec("pycuda") is None,
+                           reason="pycuda is not installed (pip install pycuda; see ../shared/DEVICE.md)")]),
+    pytest.param("emu", id="emu", marks=pytest.mark.skipif(_compiler_reason() is not None,
+                                                           reason=f"no C++ compiler: {_compiler_reason()}")),
 ]
 
 CLASSES = [1, 5, 100, 1000]
@@ -42,12 +65,48 @@ PROB_ATOL = 1e-5
 FT_RTOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def launch() -> Any:
-    from edgefs.kernels import launch
+@pytest.fixture(scope="module", params=BACKENDS)
+def launch(request: pytest.FixtureRequest) -> Any:
+    """The launcher module of the backend: edgefs.kernels.launch (GPU) or its emulated twin."""
+    if request.param == "cuda":
+        from edgefs.kernels import launch
 
-    launch.runtime()
-    return launch
+        launch.runtime()
+        return launch
+    from edgefs.kernels.emu import launch as emulated
+
+    emulated.runtime()
+    return emulated
+
+
+def gpu_only(launch: Any, why: str) -> None:
+    if launch.__name__.endswith(".emu.launch"):
+        pytest.skip(f"GPU only: {why}")
+
+
+def emu_heavy(test: str, params: dict[str, Any]) -> str | None:
+    """Why a case is too heavy for the default run under the CPU emulation (device_tests/conftest.py
+    marks it ``slow`` there), or None. Measured on a 2-core VM, CPU seconds per case."""
+    if test == "test_finetune_gram_and_plain" and params["classes"] >= 1000:
+        return "C=1000, N=256: ~12 s, of which the plain loop's 2.6M warp reductions ~10 s"
+    if test == "test_finetune_per_parameter_rates_and_ewc" and params["classes"] >= 100:
+        return "C=100, N=256: per-class Gram of 100 x 256 x 256 plus three plain loops, minutes"
+    return None
+
+
+Check = Callable[[str, str, float, float], None]
+
+
+@pytest.fixture
+def measure(record_property: Callable[[str, object], None]) -> Check:
+    """check(kernel, quantity, error, tolerance): assert error <= tolerance and record both
+    (device_tests/conftest.py prints the largest error per kernel and backend)."""
+
+    def check(kernel: str, quantity: str, error: float, tolerance: float) -> None:
+        record_property("kernel_error", [kernel, quantity, float(error), float(tolerance)])
+        assert error <= tolerance, f"{kernel} {quantity}: error {error:.3g} above the tolerance {tolerance:.3g}"
+
+    return check
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
@@ -55,11 +114,11 @@ def unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def assert_topk_close(ref_idx: np.ndarray, ref_prob: np.ndarray, idx: np.ndarray, prob: np.ndarray,
-                      all_prob: np.ndarray) -> None:
+                      all_prob: np.ndarray, measure: Check) -> None:
     """Same ranking up to near ties: where an index differs, both classes' reference
     probabilities lie within PROB_ATOL of each other."""
     assert idx.shape == ref_idx.shape and idx.dtype == np.int32
-    assert np.abs(prob - ref_prob).max(initial=0.0) <= PROB_ATOL
+    measure("classify", "top-k probabilities", np.abs(prob - ref_prob).max(initial=0.0), PROB_ATOL)
     rows, cols = np.nonzero(idx != ref_idx)
     for r, c in zip(rows, cols, strict=True):
         assert abs(all_prob[r, idx[r, c]] - all_prob[r, ref_idx[r, c]]) <= PROB_ATOL, (r, c)
@@ -70,7 +129,7 @@ def assert_topk_close(ref_idx: np.ndarray, ref_prob: np.ndarray, idx: np.ndarray
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("classes", CLASSES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_accumulate_normalize(launch: Any, classes: int, dim: int, shots: int, dtype: type) -> None:
+def test_accumulate_normalize(launch: Any, measure: Check, classes: int, dim: int, shots: int, dtype: type) -> None:
     rng = np.random.default_rng(classes * 7 + dim + shots)
     enrolled = min(classes, 10)
     x = rng.normal(size=(enrolled * shots, dim)).astype(dtype)
@@ -86,21 +145,24 @@ def test_accumulate_normalize(launch: Any, classes: int, dim: int, shots: int, d
 
     s_host, c_host = sums.copy(), counts.copy()
     p_host = launch.accumulate_normalize(x, y, s_host, c_host)
-    assert np.array_equal(s_host, s_ref) and np.array_equal(c_host, c_ref)
-    assert np.abs(p_host - p_ref).max() <= PROTO_ATOL
+    measure("accumulate", "sums (bit-identical)", np.abs(s_host - s_ref).max(), 0.0)
+    assert np.array_equal(c_host, c_ref)
+    measure("accumulate", "means", np.abs(p_host - p_ref).max(), PROTO_ATOL)
 
     # GPU state, touched rows only, the other rows of `out` untouched.
     d_sums, d_counts = launch.DeviceBuffer.from_host(sums), launch.DeviceBuffer.from_host(counts)
     out = launch.DeviceBuffer.from_host(np.full((classes, dim), 7.0, np.float32))
     launch.accumulate_normalize(launch.DeviceBuffer.from_host(x), y, d_sums, d_counts, out=out, touched_only=True)
     touched = np.isin(np.arange(classes), y)
-    assert np.array_equal(d_sums.to_host(), s_ref) and np.array_equal(d_counts.to_host(), c_ref)
+    measure("accumulate", "sums (bit-identical)", np.abs(d_sums.to_host() - s_ref).max(), 0.0)
+    assert np.array_equal(d_counts.to_host(), c_ref)
     got = out.to_host()
-    assert np.abs(got[touched] - p_ref[touched]).max() <= PROTO_ATOL and (got[~touched] == 7.0).all()
+    measure("accumulate", "means", np.abs(got[touched] - p_ref[touched]).max(), PROTO_ATOL)
+    assert (got[~touched] == 7.0).all()
 
 
 @pytest.mark.parametrize("dim", [64, 1280])
-def test_accumulate_with_shot_normalisation_is_what_the_heads_do(launch: Any, dim: int) -> None:
+def test_accumulate_with_shot_normalisation_is_what_the_heads_do(launch: Any, measure: Check, dim: int) -> None:
     rng = np.random.default_rng(dim)
     x = (3.0 * rng.normal(size=(5, dim))).astype(np.float32)
     y = np.full(5, 2, np.int32)
@@ -108,8 +170,9 @@ def test_accumulate_with_shot_normalisation_is_what_the_heads_do(launch: Any, di
     p_ref = ref.accumulate_normalize(ref.l2_normalize(x), y, s_ref, c_ref)
     d_sums, d_counts = launch.DeviceBuffer((4, dim), zero=True), launch.DeviceBuffer((4,), np.int32, zero=True)
     out = launch.accumulate_normalize(x, y, d_sums, d_counts, normalize_shots=True)
-    assert np.abs(d_sums.to_host() - s_ref).max() <= 1e-6 and np.array_equal(d_counts.to_host(), c_ref)
-    assert np.abs(out.to_host() - p_ref).max() <= PROTO_ATOL
+    measure("accumulate", "sums (unit shots)", np.abs(d_sums.to_host() - s_ref).max(), 1e-6)
+    assert np.array_equal(d_counts.to_host(), c_ref)
+    measure("accumulate", "means", np.abs(out.to_host() - p_ref).max(), PROTO_ATOL)
 
 
 # ---- classify -----------------------------------------------------------------------------------
@@ -117,7 +180,7 @@ def test_accumulate_with_shot_normalisation_is_what_the_heads_do(launch: Any, di
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("classes", CLASSES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_classify(launch: Any, classes: int, dim: int, shots: int, dtype: type) -> None:
+def test_classify(launch: Any, measure: Check, classes: int, dim: int, shots: int, dtype: type) -> None:
     rng = np.random.default_rng(classes + 3 * dim + shots)
     w = unit_rows(rng, classes, dim)
     if classes > 4:
@@ -129,13 +192,13 @@ def test_classify(launch: Any, classes: int, dim: int, shots: int, dtype: type) 
     all_prob = ref.softmax(np.float32(temperature) * (ref.l2_normalize(q) @ w.T))
     for weights in (w, launch.DeviceBuffer.from_host(w)):
         idx, prob, best, unknown = launch.classify(q, weights, temperature, k, threshold)
-        assert_topk_close(r_idx, r_prob, idx, prob, all_prob)
-        assert np.abs(best - r_best).max() <= PROB_ATOL
+        assert_topk_close(r_idx, r_prob, idx, prob, all_prob, measure)
+        measure("classify", "best cosine", np.abs(best - r_best).max(), PROB_ATOL)
         near = np.abs(r_best - threshold) <= PROB_ATOL
         assert np.array_equal(unknown[~near], r_unknown[~near])
 
 
-def test_classify_with_bias_and_similarity_rows(launch: Any) -> None:
+def test_classify_with_bias_and_similarity_rows(launch: Any, measure: Check) -> None:
     """The fine-tune head's scoring: l2_normalize(q) @ W^T + b; best cosine against the prototypes."""
     rng = np.random.default_rng(5)
     w = rng.normal(size=(100, 640)).astype(np.float32)
@@ -146,8 +209,9 @@ def test_classify_with_bias_and_similarity_rows(launch: Any) -> None:
     r_idx, r_prob = ref.topk(ref.softmax(logits), 8)
     r_best = (ref.l2_normalize(q) @ protos.T).max(axis=1)
     idx, prob, best, unknown = launch.classify(q, w, 1.0, 8, 0.1, bias=b, sim_rows=protos)
-    assert_topk_close(r_idx, r_prob, idx, prob, ref.softmax(logits))
-    assert np.abs(best - r_best).max() <= PROB_ATOL and np.array_equal(unknown, r_best < 0.1)
+    assert_topk_close(r_idx, r_prob, idx, prob, ref.softmax(logits), measure)
+    measure("classify", "best cosine", np.abs(best - r_best).max(), PROB_ATOL)
+    assert np.array_equal(unknown, r_best < 0.1)
 
 
 # ---- fine-tune ----------------------------------------------------------------------------------
@@ -162,41 +226,46 @@ def finetune_problem(classes: int, dim: int, shots: int, seed: int) -> tuple[np.
     return x, y, w0, b0
 
 
-def assert_weights_close(got: tuple[Any, Any], want: tuple[np.ndarray, np.ndarray], launch: Any) -> None:
+def assert_weights_close(got: tuple[Any, Any], want: tuple[np.ndarray, np.ndarray], launch: Any, measure: Check,
+                         kernel: str) -> None:
+    """W and b within FT_RTOL * max(1, max|W_want|) (recorded as that relative error)."""
     w, b = (launch.to_host(a) for a in got)
-    tol = FT_RTOL * max(1.0, float(np.abs(want[0]).max()))
-    assert np.abs(w - want[0]).max() <= tol and np.abs(b - want[1]).max() <= tol
+    scale = max(1.0, float(np.abs(want[0]).max()))
+    error = max(float(np.abs(w - want[0]).max(initial=0.0)), float(np.abs(b - want[1]).max(initial=0.0)))
+    measure(kernel, "W, b / max(1, max|W|)", error / scale, FT_RTOL)
 
 
 @pytest.mark.parametrize("shots", SHOTS)
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("classes", CLASSES)
-def test_finetune_gram_and_plain(launch: Any, classes: int, dim: int, shots: int) -> None:
+def test_finetune_gram_and_plain(launch: Any, measure: Check, classes: int, dim: int, shots: int) -> None:
     x, y, w0, b0 = finetune_problem(classes, dim, shots, classes + dim + shots)
     steps = 100 if len(y) * len(y) * classes <= 2_000_000 else 10
     args = (0.5, 0.5, steps, 0.9, 0.01)
     want = ref.finetune_gram(x, y, w0, b0, *args)
     gram = launch.finetune_gram(x, y, w0, b0, *args)
     plain = launch.finetune(x, y, w0, b0, *args)
-    assert_weights_close(gram, want, launch)
-    assert_weights_close(plain, ref.finetune(x, y, w0, b0, *args), launch)
-    assert_weights_close(gram, plain, launch)  # the Gram form matches the plain loop
+    assert_weights_close(gram, want, launch, measure, "finetune_gram")
+    assert_weights_close(plain, ref.finetune(x, y, w0, b0, *args), launch, measure, "finetune_plain")
+    assert_weights_close(gram, plain, launch, measure, "gram vs plain")  # the Gram form matches the plain loop
 
 
 @pytest.mark.parametrize("classes", [1, 5, 100])
 @pytest.mark.parametrize("dim", [64, 1280])
-def test_finetune_per_parameter_rates_and_ewc(launch: Any, classes: int, dim: int) -> None:
+def test_finetune_per_parameter_rates_and_ewc(launch: Any, measure: Check, classes: int, dim: int) -> None:
     x, y, w0, b0 = finetune_problem(classes, dim, 5, 11 * classes + dim)
     rng = np.random.default_rng(dim)
     lr = (0.5 * rng.uniform(0.5, 1.5, size=dim)).astype(np.float32)
     fisher = rng.uniform(0.0, 2.0, size=(classes, dim)).astype(np.float32)
     for lr_, l2 in ((lr, 0.0), (np.broadcast_to(lr, w0.shape), 0.0), (0.5, 0.01 * fisher), (lr, 0.01)):
         want = ref.finetune_gram(x, y, w0, b0, lr_, 0.5, 50, 0.9, l2)
-        assert_weights_close(launch.finetune_gram(x, y, w0, b0, lr_, 0.5, 50, 0.9, l2), want, launch)
+        # A per-parameter lr with l2 == 0 runs the per-class Gram kernel, the rest the plain loop.
+        kernel = "finetune_gram" if isinstance(l2, float) and l2 == 0.0 else "finetune_plain"
+        assert_weights_close(launch.finetune_gram(x, y, w0, b0, lr_, 0.5, 50, 0.9, l2), want, launch, measure, kernel)
 
 
 @pytest.mark.parametrize("dim", [640, 1280])
-def test_finetune_float16_support_on_the_gpu(launch: Any, dim: int) -> None:
+def test_finetune_float16_support_on_the_gpu(launch: Any, measure: Check, dim: int) -> None:
     x, y, w0, b0 = finetune_problem(5, dim, 5, dim)
     x16 = x.astype(np.float16)
     want = ref.finetune_gram(x16, y, w0, b0, 0.5, 0.5, 100, 0.9, 0.01)
@@ -204,12 +273,35 @@ def test_finetune_float16_support_on_the_gpu(launch: Any, dim: int) -> None:
     out = (launch.DeviceBuffer(w0.shape), launch.DeviceBuffer(b0.shape))
     got = launch.finetune_gram(dev[0], dev[1], dev[2], dev[3], 0.5, 0.5, 100, 0.9, 0.01, out=out)
     assert got[0] is out[0] and got[1] is out[1]
-    assert_weights_close(got, want, launch)
+    assert_weights_close(got, want, launch, measure, "finetune_gram")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_dimension_not_a_multiple_of_4_takes_the_element_wise_path(launch: Any, measure: Check,
+                                                                     dtype: type) -> None:
+    """D % 4 != 0: the launchers pass vec = 0, and classify and both fine-tune kernels load one
+    element at a time (the grid above, all D % 4 == 0, never takes that path)."""
+    dim = 66
+    rng = np.random.default_rng(dim)
+    w = unit_rows(rng, 7, dim)
+    q = (w[rng.integers(0, 7, 3)] + 0.5 * unit_rows(rng, 3, dim)).astype(dtype)
+    r_idx, r_prob, r_best, _ = ref.classify(q, w, 10.0, 3, 0.6)
+    idx, prob, best, _ = launch.classify(q, w, 10.0, 3, 0.6)
+    assert_topk_close(r_idx, r_prob, idx, prob, ref.softmax(np.float32(10.0) * (ref.l2_normalize(q) @ w.T)), measure)
+    measure("classify", "best cosine", np.abs(best - r_best).max(), PROB_ATOL)
+    x, y, w0, b0 = finetune_problem(7, dim, 3, dim)
+    x = x.astype(dtype)
+    args = (0.5, 0.5, 100, 0.9, 0.01)
+    assert_weights_close(launch.finetune_gram(x, y, w0, b0, *args), ref.finetune_gram(x, y, w0, b0, *args), launch,
+                         measure, "finetune_gram")
+    assert_weights_close(launch.finetune(x, y, w0, b0, *args), ref.finetune(x, y, w0, b0, *args), launch, measure,
+                         "finetune_plain")
 
 
 # ---- zero copy ----------------------------------------------------------------------------------
-def test_torch_cuda_tensors_go_to_the_kernels_without_a_host_copy(launch: Any,
+def test_torch_cuda_tensors_go_to_the_kernels_without_a_host_copy(launch: Any, measure: Check,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_only(launch, "torch CUDA tensors read in place")
     torch = pytest.importorskip("torch")
     from edgefs.runtime.engine import DeviceArray
 
@@ -235,7 +327,8 @@ def test_torch_cuda_tensors_go_to_the_kernels_without_a_host_copy(launch: Any,
     for queries, host in cases:
         want = ref.classify(host, w, 10.0, 5, 0.2)
         idx, prob, best, unknown = launch.classify(queries, d_w, 10.0, 5, 0.2)
-        assert_topk_close(want[0], want[1], idx, prob, ref.softmax(np.float32(10.0) * (ref.l2_normalize(host) @ w.T)))
+        assert_topk_close(want[0], want[1], idx, prob, ref.softmax(np.float32(10.0) * (ref.l2_normalize(host) @ w.T)),
+                          measure)
         assert np.abs(best - want[2]).max() <= PROB_ATOL and np.array_equal(unknown, want[3])
     monkeypatch.undo()
     # torch reads a kernel's output in place (the interface's stream 1 = legacy default).
@@ -254,6 +347,7 @@ def test_torch_cuda_tensors_go_to_the_kernels_without_a_host_copy(launch: Any,
 @pytest.mark.parametrize("name, params", [("imprint", {}), ("prototype", {"distance": "cosine"}),
                                           ("finetune", {"steps": 50}), ("finetune", {"penalty": "ewc"})])
 def test_cuda_heads_agree_with_numpy_heads(launch: Any, name: str, params: dict[str, Any]) -> None:
+    gpu_only(launch, "the CUDA heads take torch CUDA tensors")
     torch = pytest.importorskip("torch")
     from edgefs.heads.cuda import build_cuda_head, to_cuda
 

@@ -19,17 +19,28 @@ between calls. Launches are serialised by a lock.
 Shared memory: without an opt-in that pycuda does not expose, a block gets 48 KiB; each
 ``plan_*`` function below says what goes where for a shape, and is pure Python (tested on CPU).
 
+Backends: the launchers reach the GPU only through the :class:`Runtime` that :func:`runtime`
+returns (kernel loading, memory allocation and copies, ``prepared_call``). The CPU emulation
+of the kernels for tests (:mod:`edgefs.kernels.emu.launch`) runs these same launchers, argument
+checks, launch plans and marshalling with a runtime whose "device memory" is host memory and
+whose kernels are the same ``.cu`` sources compiled as C++ (:func:`using_runtime`).
+
 Verification status: written and compiled with nvcc (sm_87, sm_90) on a machine with no GPU;
-the GPU tests in ``device_tests/test_kernels.py`` and ``tools/bench_kernels.py`` have not run
+``device_tests/test_kernels.py`` runs every case through these launchers on the CPU emulation
+of the kernels in CI (:mod:`edgefs.kernels.emu`: arithmetic, indexing, synchronisation logic,
+marshalling), but the GPU variant of those tests and ``tools/bench_kernels.py`` have not run
 on a GPU from this code yet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import importlib
 import importlib.util
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +278,9 @@ class Runtime:
         EdgefsError: no usable GPU.
     """
 
+    #: Whether "device" pointers are host memory (the CPU emulation's runtime).
+    host_memory = False
+
     def __init__(self) -> None:
         if importlib.util.find_spec("pycuda") is None:
             raise MissingDependencyError(f"the CUDA head kernels need the Python package 'pycuda', which is not "
@@ -320,7 +334,7 @@ class Runtime:
     def function(self, name: str, dtype: Any = np.float32) -> Any:
         """Entry point ``name`` (a key of :data:`ARG_FORMATS`) for float32 or float16 inputs,
         compiled for this GPU (cached on disk), loaded and prepared once."""
-        entry = f"{name}_{'f16' if np.dtype(dtype) == np.float16 else 'f32'}"
+        entry = entry_point(name, dtype)
         fn = self._functions.get(entry)
         if fn is None:
             fn = self.raw_function(MODULES[name], entry)
@@ -373,12 +387,33 @@ class Runtime:
         return out
 
 
+def entry_point(name: str, dtype: Any) -> str:
+    """The kernel symbol of launcher entry ``name`` for float32 or float16 inputs."""
+    return f"{name}_{'f16' if np.dtype(dtype) == np.float16 else 'f32'}"
+
+
 _RUNTIME: Runtime | None = None
 _RUNTIME_LOCK = threading.Lock()
+_OVERRIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("edgefs_kernel_runtime", default=None)
+
+
+@contextlib.contextmanager
+def using_runtime(rt: Any) -> Iterator[Any]:
+    """Within the block (this thread / task only), launchers and new DeviceBuffers use ``rt``,
+    an object with :class:`Runtime`'s interface, instead of the pycuda runtime."""
+    token = _OVERRIDE.set(rt)
+    try:
+        yield rt
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def runtime() -> Runtime:
-    """The process's :class:`Runtime`, created (pycuda imported, context retained) on first use."""
+    """The process's :class:`Runtime`, created (pycuda imported, context retained) on first use;
+    inside :func:`using_runtime`, the runtime given there."""
+    override = _OVERRIDE.get()
+    if override is not None:
+        return override
     global _RUNTIME
     if _RUNTIME is None:
         with _RUNTIME_LOCK:
@@ -401,6 +436,7 @@ class DeviceBuffer:
 
     def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32, *, zero: bool = False) -> None:
         rt = runtime()
+        self.runtime = rt  # the runtime (GPU or emulation) that owns the memory
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
@@ -414,6 +450,9 @@ class DeviceBuffer:
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
+        if self.runtime.host_memory:
+            # An emulated buffer is host memory: no GPU consumer may read it in place.
+            raise AttributeError("an emulated DeviceBuffer (host memory) has no __cuda_array_interface__")
         # stream 1: written on the legacy default stream, which consumers order themselves after.
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
                 "strides": None, "stream": 1}
@@ -424,12 +463,12 @@ class DeviceBuffer:
         a = np.ascontiguousarray(array)
         buf = cls(a.shape, a.dtype)
         if a.nbytes:
-            runtime().cuda.memcpy_htod(buf.ptr, a)
+            buf.runtime.cuda.memcpy_htod(buf.ptr, a)
         return buf
 
     def to_host(self) -> np.ndarray:
         """A host copy (waits for the kernels that write it)."""
-        return runtime().download(self.ptr, self.shape, self.dtype)
+        return self.runtime.download(self.ptr, self.shape, self.dtype)
 
     def upload(self, array: np.ndarray, row: int = 0) -> None:
         """Copy host rows into this buffer starting at ``row`` (first axis)."""
@@ -438,7 +477,7 @@ class DeviceBuffer:
         if row < 0 or row * row_bytes + a.nbytes > self.nbytes:
             raise EdgefsError(f"cannot upload {a.shape} at row {row} into a buffer of shape {self.shape}")
         if a.nbytes:
-            runtime().cuda.memcpy_htod(self.ptr + row * row_bytes, a)
+            self.runtime.cuda.memcpy_htod(self.ptr + row * row_bytes, a)
 
     def rows(self, count: int, start: int = 0) -> DeviceArray:
         """A view of rows ``start .. start+count`` as a DeviceArray (no copy; this buffer owns it)."""
