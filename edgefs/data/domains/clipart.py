@@ -7,7 +7,8 @@ as ``cartoon`` and deeper sub-folders are merged into their second-level
 parent, and a few folders naming one concept twice are merged), so classes here are
 category-level (harder and broader than the other domains' object-level classes);
 folders with the same path in both sources are one class. At most
-``MAX_PER_CLASS`` files per class are used, chosen by a hash of their names.
+``MAX_PER_CLASS`` files per class are used, chosen by a hash of their names;
+files over ``MAX_PIXELS`` (a few PNGs are 13000 px wide) are not decoded.
 
 Folders left out (counted in the manifest): emoji-like faces and smileys (emoji
 sets are reserved for an independent check), flags and playing cards (the flags and cards domains),
@@ -28,7 +29,7 @@ from pathlib import Path
 from edgefs.data.debian import Package
 from edgefs.data.domains.base import DOMAINS, Domain, Item, slug
 from edgefs.data.domains.filters import to_canvas
-from edgefs.data.domains.svg import read_rgba
+from edgefs.data.domains.svg import MAX_PIXELS, image_pixels, read_rgba
 
 EMOJI_WORDS = ("smil", "faces", "emot", "emoji")
 OVERLAP_WORDS = ("flags", "cards", "cardbacks")
@@ -117,7 +118,9 @@ class Clipart(Domain):
                 classes.setdefault(cat, []).extend((f"{prefix}-{p.stem}", p) for p in files)
         jobs = []
         for cat, files in sorted(classes.items()):
-            files = sorted(files, key=lambda f: _rank(f[1]))
+            sizes = {p: image_pixels(p) for _, p in files}
+            stats["over_max_pixels"] += sum(1 for n in sizes.values() if n > MAX_PIXELS)
+            files = sorted((f for f in files if 0 < sizes[f[1]] <= MAX_PIXELS), key=lambda f: _rank(f[1]))
             stats["over_class_cap"] += max(0, len(files) - MAX_PER_CLASS)
             jobs.extend((slug(cat.replace("/", "_")), inst, p) for inst, p in files[:MAX_PER_CLASS])
         log(f"clipart: reading {len(jobs)} images of {len(classes)} categories")

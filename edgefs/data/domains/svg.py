@@ -57,12 +57,29 @@ def crop_alpha(image: np.ndarray, threshold: int = 8) -> np.ndarray | None:
     return image[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
-def read_rgba(path: Path) -> np.ndarray | None:
-    """Read a raster image file as RGBA, or None when it cannot be decoded."""
+MAX_PIXELS = 16_000_000
+"""Larger files (a few Open Clip Art PNGs are 13000 px wide) are not decoded: memory and time."""
+
+
+def image_pixels(path: Path) -> int:
+    """Width x height from the file header (0 when unreadable), without decoding."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            return im.width * im.height
+    except (UnidentifiedImageError, OSError, ValueError):
+        return 0
+
+
+def read_rgba(path: Path) -> np.ndarray | None:
+    """Read a raster image file as RGBA, or None when it cannot be decoded or exceeds ``MAX_PIXELS``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                return None
             return np.asarray(im.convert("RGBA"))
     except (UnidentifiedImageError, OSError, ValueError):
         return None
