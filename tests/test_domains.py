@@ -399,3 +399,42 @@ def test_audit_sheets_and_record(tmp_path: Path) -> None:
     first = entry["sampled_classes"]
     audit.main([str(out), "--classes", "2", "--seed", "3", "--record", "1"])
     assert json.loads((out / "manifest.json").read_text())["audit"]["sampled_classes"] == first
+
+
+def test_oversized_images_are_not_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefs.data.domains import svg
+
+    small, big = write_png(tmp_path / "s.png", blob(1, 16)[:8, :8]), write_png(tmp_path / "b.png", blob(2, 20))
+    monkeypatch.setattr(svg, "MAX_PIXELS", 100)
+    assert svg.image_pixels(big) == 400 and svg.read_rgba(big) is None
+    assert svg.read_rgba(small).shape == (8, 8, 4)
+    assert svg.image_pixels(tmp_path / "missing.png") == 0
+
+
+def test_clipart_build_merges_sources_and_same_named_files(tmp_path: Path) -> None:
+    tp = tmp_path / "tp"
+    oc = tmp_path / "oc"
+    seed = 0
+    for cat in ("animals/insects", "food/fruit", "plants/trees"):
+        for i in range(4):
+            seed += 1
+            write_png(tp / "usr/share/tuxpaint/stamps" / cat / f"x{i}.png", blob(seed))
+            seed += 1
+            write_png(oc / "usr/share/openclipart/png" / cat / f"x{i}.png", blob(seed))
+    write_png(tp / "usr/share/tuxpaint/stamps/animals/insects/cartoon/x0.png", blob(999))
+    trees = {"tuxpaint-stamps-default": tp, "openclipart-png": oc, "_empty": tmp_path}
+    m = build_domain("clipart", tmp_path / "out", fetch=fake_fetch(trees), log=lambda s: None)
+    assert m["total"]["classes"] == 3 and m["total"]["images"] == 25
+    names = {p.stem for p in (tmp_path / "out").glob("*/animals_insects/*.png")}
+    assert {"tp-animals_insects_x0", "tp-animals_insects_cartoon_x0", "oc-animals_insects_x0"} <= names
+
+
+def test_near_duplicates_across_classes_leave_both_classes() -> None:
+    placeholder = canvas(7)
+    items = [Item("a", f"i{k}", canvas(k + 10)) for k in range(5)] + [Item("a", "ph", placeholder)]
+    items += [Item("b", f"j{k}", canvas(k + 20)) for k in range(5)]
+    items += [Item("b", "ph", np.clip(placeholder.astype(int) - 3, 0, 255).astype(np.uint8))]
+    items += [Item("c", f"k{k}", canvas(k + 30)) for k in range(5)]
+    kept, removed = apply_filters(items, min_instances=5, bits=4)
+    assert removed == Counter({"near_duplicate_across_classes": 2})
+    assert "ph" not in {i.instance for i in kept} and len(kept) == 15

@@ -185,7 +185,12 @@ def deb_licence(root: Path, name: str) -> str:
             lic = line.split(":", 1)[1].strip()
             if lic and lic not in names:
                 names.append(lic)
-    return ", ".join(names) if names else "see /usr/share/doc/" + name + "/copyright"
+    if names:
+        return ", ".join(names)
+    text = path.read_text(errors="replace").lower()
+    if "public domain" in text:  # not machine-readable, e.g. openclipart: a public-domain dedication
+        return "public-domain (per /usr/share/doc/" + name + "/copyright)"
+    return "see /usr/share/doc/" + name + "/copyright"
 
 
 def fetch_npm(spec: str, cache: Path, log: Callable[[str], None] = print) -> Package:

@@ -38,6 +38,7 @@ NOT_A_CATEGORY = (
     "unsorted", "duplicates", "special", "patterns", "gradients", "examples", "shapes", "arrows", "callouts",
     "flowchart", "alphabets", "led", "diagrams", "buttons", "logos", "icons", "math", "map_symbols",
     "aiga-symbols", "00_symbols",
+    "religion",  # a contact sheet showed it as mostly digits and letters, not religious objects
 )
 MAX_PER_CLASS = 40
 # Two folders for one concept (in one source or across the two) are one class.
@@ -114,8 +115,11 @@ class Clipart(Domain):
     def extract(self, packages: dict[str, Package], stats: Counter, log: Callable[[str], None]) -> list[Item]:
         classes: dict[str, list[tuple[str, Path]]] = {}
         for pkg, (prefix, sub) in SOURCES.items():
-            for cat, files in category_files(packages[pkg].root / sub, stats).items():
-                classes.setdefault(cat, []).extend((f"{prefix}-{p.stem}", p) for p in files)
+            root = packages[pkg].root / sub
+            for cat, files in category_files(root, stats).items():
+                # Named by path: merged folders (animals/insects and its cartoon/) reuse file names.
+                classes.setdefault(cat, []).extend(
+                    (f"{prefix}-{slug(str(p.relative_to(root).with_suffix('')))}", p) for p in files)
         jobs = []
         for cat, files in sorted(classes.items()):
             sizes = {p: image_pixels(p) for _, p in files}

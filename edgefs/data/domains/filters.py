@@ -4,7 +4,8 @@ Order (each step counts what it removes):
 1. ``blank``: under 2% of pixels differ from the background by more than 24 levels.
 2. ``identical_across_classes``: the same pixels under two or more class names (an alias,
    a shared placeholder or fallback drawing): removed from every class, since no class
-   can claim it.
+   can claim it. ``near_duplicate_across_classes``: the same test with the near-duplicate
+   measure of step 3 (a placeholder rendered at two sizes, flags two countries share).
 3. ``near_duplicate``: within a class, an image whose 64-bit difference hash is within
    ``bits`` of an earlier one (instances sorted by name) and whose 32x32 colour thumbnail
    differs from it by under 6 grey levels on average: one set copied another's drawing,
@@ -89,6 +90,23 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image, "RGB").resize((32, 32), Image.BOX), np.float32)
 
 
+def near_duplicates_across_classes(items: list[Item], hashes: np.ndarray, thumbs: np.ndarray,
+                                   bits: int) -> set[int]:
+    """Indices of images with a near-duplicate (hash within ``bits``, thumbnail within tolerance) in another class.
+
+    Such an image is a placeholder ("linked image not found"), a drawing filed under two
+    names, or two classes that cannot be told apart from this image; no class can claim it.
+    """
+    out: set[int] = set()
+    labels = np.array([it.cls for it in items])
+    for k in range(len(items)):
+        close = np.bitwise_count(hashes[k + 1:] ^ hashes[k]) <= bits
+        for j in np.nonzero(close)[0] + k + 1:
+            if labels[j] != labels[k] and float(np.abs(thumbs[j] - thumbs[k]).mean()) < THUMB_TOLERANCE:
+                out.update((k, int(j)))
+    return out
+
+
 def apply_filters(items: list[Item], min_instances: int, bits: int,
                   background: int = 255) -> tuple[list[Item], Counter]:
     """Apply the module's filters in order; returns surviving items (sorted) and removal counts."""
@@ -109,20 +127,20 @@ def apply_filters(items: list[Item], min_instances: int, bits: int,
     for it, d in zip(unique, digests, strict=True):
         classes_of.setdefault(d, set()).add(it.cls)
     shared = {d for d, c in classes_of.items() if len(c) > 1}
-    kept: list[Item] = []
-    for it, d in zip(unique, digests, strict=True):
-        if d in shared:
-            removed["identical_across_classes"] += 1
-        else:
-            kept.append(it)
-    by_class: dict[str, list[Item]] = {}
-    for it in kept:
-        by_class.setdefault(it.cls, []).append(it)
+    kept = [it for it, d in zip(unique, digests, strict=True) if d not in shared]
+    removed["identical_across_classes"] += len(unique) - len(kept)
+    hashes = np.array([dhash(it.image) for it in kept], np.uint64)
+    thumbs = np.stack([thumbnail(it.image) for it in kept]) if kept else np.zeros((0, 32, 32, 3), np.float32)
+    cross = near_duplicates_across_classes(kept, hashes, thumbs, bits)
+    removed["near_duplicate_across_classes"] += len(cross)
+    by_class: dict[str, list[tuple[Item, int, np.ndarray]]] = {}
+    for k, it in enumerate(kept):
+        if k not in cross:
+            by_class.setdefault(it.cls, []).append((it, int(hashes[k]), thumbs[k]))
     out: list[Item] = []
     for cls in sorted(by_class):
         chosen: list[tuple[Item, int, np.ndarray]] = []
-        for it in by_class[cls]:
-            h, c = dhash(it.image), thumbnail(it.image)
+        for it, h, c in by_class[cls]:
             if any(bin(h ^ h2).count("1") <= bits and float(np.abs(c - c2).mean()) < THUMB_TOLERANCE
                    for _, h2, c2 in chosen):
                 removed["near_duplicate"] += 1

@@ -63,11 +63,17 @@ MAX_PIXELS = 16_000_000
 
 def image_pixels(path: Path) -> int:
     """Width x height from the file header (0 when unreadable), without decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return im.width * im.height
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.width * im.height
+    except Image.DecompressionBombError:
+        return MAX_PIXELS + 1
     except (UnidentifiedImageError, OSError, ValueError):
         return 0
 
@@ -81,5 +87,5 @@ def read_rgba(path: Path) -> np.ndarray | None:
             if im.width * im.height > MAX_PIXELS:
                 return None
             return np.asarray(im.convert("RGBA"))
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
