@@ -203,9 +203,10 @@ def fetch_npm(spec: str, cache: Path, log: Callable[[str], None] = print) -> Pac
     except json.JSONDecodeError:
         info = None
     if proc.returncode != 0 or not isinstance(info, dict) or "dist.integrity" not in info:
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        raise PackageFetchError(f"'npm view {spec}' failed: {err[-1] if err else 'no answer'}; "
-                                "check that the npm registry is reachable, then retry")
+        err = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+               if line.strip() and "complete log" not in line and "_logs" not in line]
+        raise PackageFetchError(f"'npm view {spec}' failed: {err[0] if err else 'no answer'}; "
+                                "check the package name and that the npm registry is reachable, then retry")
     name, version, integrity = info["name"], info["version"], info["dist.integrity"]
     algo, _, want = integrity.partition("-")
     if algo != "sha512":
