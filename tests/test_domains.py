@@ -438,3 +438,13 @@ def test_near_duplicates_across_classes_leave_both_classes() -> None:
     kept, removed = apply_filters(items, min_instances=5, bits=4)
     assert removed == Counter({"near_duplicate_across_classes": 2})
     assert "ph" not in {i.instance for i in kept} and len(kept) == 15
+
+
+def test_cross_class_check_can_be_switched_off() -> None:
+    base = canvas(7)
+    items = [Item(c, f"i{k}", canvas(100 * n + k)) for n, c in enumerate("abc") for k in range(4)]
+    items += [Item("a", "x", base), Item("b", "x", np.clip(base.astype(int) - 3, 0, 255).astype(np.uint8))]
+    on, removed_on = apply_filters(items, min_instances=4, bits=4)
+    off, removed_off = apply_filters(items, min_instances=4, bits=4, cross_class=False)
+    assert removed_on["near_duplicate_across_classes"] == 2 and len(on) == 12
+    assert not removed_off and len(off) == 14

@@ -66,6 +66,9 @@ class Domain:
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     # Near-duplicate threshold: Hamming distance on the 64-bit difference hash (see filters).
     near_duplicate_bits: int = 4
+    # Drop near-duplicates across classes (placeholders, one drawing filed under two names).
+    # Off where classes are alike by construction (one deck's 3 and 4 of clubs differ by one pip).
+    cross_class_near_duplicates: bool = True
 
     def extract(self, packages: dict[str, debian.Package], stats: Counter,
                 log: Callable[[str], None]) -> list[Item]:
@@ -136,7 +139,8 @@ def build_domain(name: str, out: Path, *, seed: int = 0, cache: Path | None = No
     stats: Counter = Counter()
     items = domain.extract(packages, stats, log)
     log(f"{name}: {len(items)} images of {len({i.cls for i in items})} classes extracted")
-    kept, removed = apply_filters(items, domain.min_instances, domain.near_duplicate_bits, domain.background_level)
+    kept, removed = apply_filters(items, domain.min_instances, domain.near_duplicate_bits, domain.background_level,
+                                  domain.cross_class_near_duplicates)
     if len({i.cls for i in kept}) < 3:
         raise DataError(f"domain {name!r}: fewer than 3 classes survive the filters ({dict(removed)})")
     by_class: dict[str, list[Item]] = {}
@@ -204,7 +208,8 @@ def _manifest(domain: Domain, packages: dict[str, debian.Package], splits: dict[
         "instances": dict(sorted(instances.items())),
         "filters": {"extraction": dict(sorted(stats.items())), "quality": dict(sorted(removed.items())),
                     "min_instances_per_class": domain.min_instances,
-                    "near_duplicate_hamming_bits": domain.near_duplicate_bits},
+                    "near_duplicate_hamming_bits": domain.near_duplicate_bits,
+                    "cross_class_near_duplicates": domain.cross_class_near_duplicates},
         "build_seconds": round(seconds, 1),
         "audit": None,
     }

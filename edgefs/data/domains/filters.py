@@ -107,8 +107,8 @@ def near_duplicates_across_classes(items: list[Item], hashes: np.ndarray, thumbs
     return out
 
 
-def apply_filters(items: list[Item], min_instances: int, bits: int,
-                  background: int = 255) -> tuple[list[Item], Counter]:
+def apply_filters(items: list[Item], min_instances: int, bits: int, background: int = 255,
+                  cross_class: bool = True) -> tuple[list[Item], Counter]:
     """Apply the module's filters in order; returns surviving items (sorted) and removal counts."""
     removed: Counter = Counter()
     items = sorted(items, key=lambda i: (i.cls, i.instance))
@@ -128,11 +128,13 @@ def apply_filters(items: list[Item], min_instances: int, bits: int,
         classes_of.setdefault(d, set()).add(it.cls)
     shared = {d for d, c in classes_of.items() if len(c) > 1}
     kept = [it for it, d in zip(unique, digests, strict=True) if d not in shared]
-    removed["identical_across_classes"] += len(unique) - len(kept)
+    if len(kept) < len(unique):
+        removed["identical_across_classes"] += len(unique) - len(kept)
     hashes = np.array([dhash(it.image) for it in kept], np.uint64)
     thumbs = np.stack([thumbnail(it.image) for it in kept]) if kept else np.zeros((0, 32, 32, 3), np.float32)
-    cross = near_duplicates_across_classes(kept, hashes, thumbs, bits)
-    removed["near_duplicate_across_classes"] += len(cross)
+    cross = near_duplicates_across_classes(kept, hashes, thumbs, bits) if cross_class else set()
+    if cross:
+        removed["near_duplicate_across_classes"] += len(cross)
     by_class: dict[str, list[tuple[Item, int, np.ndarray]]] = {}
     for k, it in enumerate(kept):
         if k not in cross:
