@@ -39,7 +39,6 @@ THEMES: dict[str, str] = {
     "elementary-xfce-icon-theme": "elementary-xfce",
     "faenza-icon-theme": "Faenza",
     "gnome-colors-common": "gnome-colors-common",
-    "gnome-icon-theme": "gnome",
     "lxde-icon-theme": "nuoveXT2",
     "moka-icon-theme": "Moka",
     "numix-icon-theme": "Numix",
@@ -56,6 +55,8 @@ THEMES: dict[str, str] = {
 FORKS: dict[str, str] = {
     "mate-icon-theme": "a fork of the GNOME icons: 58% of the names it shares with gnome and 42% of those "
                        "it shares with Adwaita were near-copies (difference hash <= 12 bits, thumbnail < 12 levels)",
+    "gnome-icon-theme": "Adwaita 43's full-colour icons are the GNOME 3.12 drawings re-exported: a contact sheet "
+                        "showed Adwaita/gnome near-copies in 8 of 20 sampled classes that the hash test missed",
     "elementary-icon-theme": "elementary-xfce is its fork: 38% of their shared names were near-copies; the "
                              "larger theme (elementary-xfce) is kept",
 }
