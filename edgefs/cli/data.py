@@ -22,9 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not fetch font packages; use the fonts already on this machine")
     g.add_argument("--max-classes-per-script", type=A.integer(1), help="cap classes per script (default 300)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    from edgefs.data.domains import DOMAINS, add_domain_parsers
+
+    add_domain_parsers(sub, DOMAINS)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset != "glyphs":
+        from edgefs.data.domains import run_domain_command
+
+        return run_domain_command(args)
     from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
 
     options = {"size": args.size, "seed": args.seed, "dejavu_only": args.dejavu_only, "overwrite": args.overwrite}

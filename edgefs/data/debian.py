@@ -1,0 +1,246 @@
+"""Fetch Debian (and npm) packages into a local cache, verified, never installed system-wide.
+
+A Debian package is downloaded with ``apt-get download`` into a temporary folder
+inside the cache, checked against the SHA256 that ``apt-cache show`` states for
+that version, then renamed into ``CACHE/debs/``; only complete, verified files
+ever carry their final name. A cached .deb that no longer matches is deleted and
+fetched again. It is unpacked with ``dpkg -x`` into a temporary folder renamed to
+``CACHE/pkgs/<name>_<version>/`` when complete (a ``.unpacked`` marker records the
+verified digest). npm packages go the same way with ``npm pack`` and the
+registry's ``dist.integrity`` (SHA-512) instead of apt's SHA256.
+
+Every failure raises :class:`PackageFetchError` with what failed and what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefs.errors import DataError
+
+
+class PackageFetchError(DataError):
+    """A package could not be downloaded, verified or unpacked."""
+
+
+@dataclass(frozen=True)
+class Package:
+    """An unpacked, verified package.
+
+    Attributes:
+        name: package name (``npm:flag-icons`` for npm packages).
+        version: exact version fetched.
+        licence: licence(s) as the package states them.
+        sha256: SHA256 of the .deb or .tgz that was unpacked.
+        root: folder the package was unpacked into.
+    """
+
+    name: str
+    version: str
+    licence: str
+    sha256: str
+    root: Path
+
+    def record(self) -> dict[str, str]:
+        """The manifest entry: name, version, licence, sha256."""
+        return {"name": self.name, "version": self.version, "licence": self.licence, "sha256": self.sha256}
+
+
+Fetcher = Callable[[str], Package]
+"""Package name (``npm:NAME`` for npm) -> unpacked :class:`Package`."""
+
+
+def default_cache() -> Path:
+    """``$EDGEFS_CACHE`` when set, else ``~/.cache/edgefs``."""
+    root = os.environ.get("EDGEFS_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "edgefs"
+
+
+def fetch(name: str, cache: Path | None = None, log: Callable[[str], None] = print) -> Package:
+    """Fetch and unpack ``name`` (a Debian package, or ``npm:NAME[@VERSION]``) into ``cache``."""
+    cache = Path(cache) if cache else default_cache()
+    if name.startswith("npm:"):
+        return fetch_npm(name[4:], cache, log)
+    return fetch_deb(name, cache, log)
+
+
+def _need(tool: str, hint: str) -> None:
+    if shutil.which(tool) is None:
+        raise PackageFetchError(f"'{tool}' is not available: {hint}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def apt_record(name: str) -> dict[str, str]:
+    """The candidate version's fields from ``apt-cache show`` (Version, SHA256, Filename, ...)."""
+    _need("apt-cache", "domains are built from Debian packages; use a Debian or Ubuntu machine")
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True)
+    fields: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^([A-Za-z0-9-]+): (.*)$", line)
+        if m and m.group(1) not in fields:
+            fields[m.group(1)] = m.group(2).strip()
+    if proc.returncode != 0 or "SHA256" not in fields or "Filename" not in fields:
+        raise PackageFetchError(
+            f"Debian package {name!r} is not known to apt on this machine "
+            f"({(proc.stderr or 'no SHA256/Filename in apt-cache show').strip().splitlines()[-1]}); "
+            "run 'apt-get update' (with the main archive in /etc/apt/sources.list) and retry")
+    return fields
+
+
+def fetch_deb(name: str, cache: Path, log: Callable[[str], None] = print) -> Package:
+    """Download (or reuse), verify and unpack one Debian package; see the module docstring."""
+    fields = apt_record(name)
+    version, digest = fields["Version"], fields["SHA256"]
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = debs / Path(fields["Filename"]).name
+    if deb.exists() and _sha256(deb) != digest:
+        log(f"  {name}: cached {deb.name} does not match apt's SHA256; fetching it again")
+        deb.unlink()
+    if not deb.exists():
+        _download_deb(name, version, digest, deb)
+        log(f"  {name} {version}: downloaded {deb.stat().st_size / 1e6:.1f} MB")
+    target = cache / "pkgs" / f"{name}_{version}"
+    try:
+        _unpack(target, digest, lambda tmp: _dpkg_x(deb, tmp))
+    except PackageFetchError:
+        # A verified .deb that dpkg cannot unpack is damaged in a way SHA256 cannot see
+        # (or apt's index is stale): drop it and fetch once more.
+        deb.unlink(missing_ok=True)
+        _download_deb(name, version, digest, deb)
+        _unpack(target, digest, lambda tmp: _dpkg_x(deb, tmp))
+    return Package(name, version, deb_licence(target, name), digest, target)
+
+
+def _download_deb(name: str, version: str, digest: str, deb: Path) -> None:
+    _need("apt-get", "install apt or use a Debian/Ubuntu machine")
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=deb.parent) as tmp:
+        proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=tmp,
+                              capture_output=True, text=True)
+        got = sorted(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or not got:
+            err = (proc.stderr or proc.stdout).strip().splitlines()
+            raise PackageFetchError(
+                f"'apt-get download {name}={version}' failed: {err[-1] if err else 'no .deb written'}; "
+                "check the network and apt sources ('apt-get update'), then retry")
+        actual = _sha256(got[0])
+        if actual != digest:
+            raise PackageFetchError(
+                f"{got[0].name}: SHA256 {actual[:16]}... does not match apt's {digest[:16]}...; "
+                "run 'apt-get update' and retry")
+        os.replace(got[0], deb)
+
+
+def _dpkg_x(deb: Path, dest: Path) -> None:
+    _need("dpkg", "install dpkg or use a Debian/Ubuntu machine")
+    proc = subprocess.run(["dpkg", "-x", str(deb), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PackageFetchError(f"'dpkg -x {deb.name}' failed: {proc.stderr.strip()[-300:]}")
+
+
+def _unpack(target: Path, digest: str, unpack: Callable[[Path], None]) -> None:
+    """Unpack into a temporary sibling of ``target`` and rename it when complete."""
+    marker = target / ".unpacked"
+    if marker.exists() and marker.read_text().strip() == digest:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        unpack(tmp)
+        (tmp / ".unpacked").write_text(digest + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def deb_licence(root: Path, name: str) -> str:
+    """Licence names from the package's machine-readable ``copyright`` file (in order, unique)."""
+    path = root / "usr" / "share" / "doc" / name / "copyright"
+    if not path.exists():
+        return "unknown (no copyright file)"
+    names: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("License:"):
+            lic = line.split(":", 1)[1].strip()
+            if lic and lic not in names:
+                names.append(lic)
+    if names:
+        return ", ".join(names)
+    text = path.read_text(errors="replace").lower()
+    if "public domain" in text:  # not machine-readable, e.g. openclipart: a public-domain dedication
+        return "public-domain (per /usr/share/doc/" + name + "/copyright)"
+    return "see /usr/share/doc/" + name + "/copyright"
+
+
+def fetch_npm(spec: str, cache: Path, log: Callable[[str], None] = print) -> Package:
+    """``npm pack`` one package, verify it against the registry's SHA-512, unpack it."""
+    _need("npm", "install Node.js and npm (Debian: apt-get install npm)")
+    proc = subprocess.run(["npm", "view", spec, "name", "version", "license", "dist.integrity", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    try:
+        info = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        info = None
+    if proc.returncode != 0 or not isinstance(info, dict) or "dist.integrity" not in info:
+        err = [line for line in (proc.stderr or proc.stdout).strip().splitlines()
+               if line.strip() and "complete log" not in line and "_logs" not in line]
+        raise PackageFetchError(f"'npm view {spec}' failed: {err[0] if err else 'no answer'}; "
+                                "check the package name and that the npm registry is reachable, then retry")
+    name, version, integrity = info["name"], info["version"], info["dist.integrity"]
+    algo, _, want = integrity.partition("-")
+    if algo != "sha512":
+        raise PackageFetchError(f"npm {name}@{version}: unsupported integrity {algo!r}")
+    npm_dir = cache / "npm"
+    npm_dir.mkdir(parents=True, exist_ok=True)
+    tgz = npm_dir / f"{name.replace('/', '_')}-{version}.tgz"
+
+    def digest_ok(path: Path) -> bool:
+        return base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode() == want
+
+    if tgz.exists() and not digest_ok(tgz):
+        log(f"  npm {name}: cached {tgz.name} does not match the registry's SHA-512; fetching it again")
+        tgz.unlink()
+    if not tgz.exists():
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=npm_dir) as tmp:
+            p = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", tmp],
+                               capture_output=True, text=True, timeout=300)
+            got = sorted(Path(tmp).glob("*.tgz"))
+            if p.returncode != 0 or not got or not digest_ok(got[0]):
+                raise PackageFetchError(f"'npm pack {name}@{version}' failed or gave a file that does not match "
+                                        "the registry's SHA-512; check the network and retry")
+            os.replace(got[0], tgz)
+        log(f"  npm {name}@{version}: downloaded {tgz.stat().st_size / 1e6:.1f} MB")
+    sha = _sha256(tgz)
+
+    def untar(dest: Path) -> None:
+        try:
+            with tarfile.open(tgz) as tf:
+                tf.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            raise PackageFetchError(f"unpacking {tgz.name} failed: {e}") from e
+
+    target = cache / "pkgs" / f"npm_{name.replace('/', '_')}_{version}"
+    _unpack(target, sha, untar)
+    lic = info.get("license") or "unknown"
+    return Package(f"npm:{name}", version, str(lic), sha, target)
