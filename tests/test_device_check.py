@@ -31,7 +31,8 @@ def test_device_check_on_a_cpu_machine_reports_every_step(tmp_path: Path) -> Non
     out = tmp_path / "report"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "tools" / "device_check.sh"), str(out), "--engines-on-cpu",
-                           "--iterations", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                           "--iterations", "2",
+                           "--engines-seconds", "900"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "device_check.json").read_text())

@@ -254,7 +254,7 @@ STEPS: dict[str, tuple[Callable[[Path, float], dict[str, Any]], float]] = {
     "machine": (step_machine, 60),
     "device_tests": (step_device_tests, 240),
     "kernels": (step_kernels, 90),
-    "engines": (step_engines, 90),
+    "engines": (step_engines, 180),
 }
 
 
@@ -305,12 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs/device_check", help="report folder")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--iterations", type=int, default=50, help="timed iterations per engine and batch size")
+    parser.add_argument("--engines-seconds", type=float, default=STEPS["engines"][1],
+                        help="time budget of the engines step (default %(default)s s; the exports count)")
     parser.add_argument("--engines-on-cpu", action="store_true",
                         help="run the engines step with CPU engines (exercises the step where no GPU exists)")
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error("--iterations must be >= 1")
+    if not args.engines_seconds > 0:
+        parser.error("--engines-seconds must be > 0")
     OPTIONS.update(iterations=args.iterations, engines=CPU_ENGINES if args.engines_on_cpu else GPU_ENGINES)
+    STEPS["engines"] = (step_engines, args.engines_seconds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [s.strip() for s in args.steps.split(",") if s.strip()]
