@@ -258,7 +258,8 @@ class Classifier:
             return -1.0
         x, labels, _ = self.store.all_embeddings()
         try:
-            return calibrate_threshold(x, labels, normalize=head.normalize_shots)
+            # The head's own view of the shots: centred when its spec has a center.
+            return calibrate_threshold(head.transform(x), labels, normalize=head.normalize_shots)
         except EdgefsError:  # one class with one shot: nothing to calibrate from yet
             return -1.0
 
