@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -93,7 +95,7 @@ def test_gate_accepts_sharp_small_shots_and_rejects_blurred_ones() -> None:
     assert all("too blurry" in r for r in result.reasons[-len(blurred):])
 
 
-def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(tmp_path) -> None:  # noqa: ANN001
+def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(tmp_path: Path) -> None:
     """The bug this rule fixes: with a 224 px engine, sharp 64 px photos were 'too blurry'."""
     import torch
 
