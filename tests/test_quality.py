@@ -95,25 +95,52 @@ def test_gate_accepts_sharp_small_shots_and_rejects_blurred_ones() -> None:
     assert all("too blurry" in r for r in result.reasons[-len(blurred):])
 
 
-def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(tmp_path: Path) -> None:
-    """The bug this rule fixes: with a 224 px engine, sharp 64 px photos were 'too blurry'."""
+@pytest.fixture(scope="module")
+def bundle_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 224 px RGB conv4 bundle (untrained, seeded): the engine input size of a Lite0 bundle, cheaply."""
     import torch
 
     from edgefs.backbones import build_backbone
-    from edgefs.classifier import Classifier
-    from edgefs.errors import EdgefsError
     from edgefs.export import write_bundle
     from edgefs.heads import HeadSpec
 
     torch.manual_seed(0)
     backbone = build_backbone("conv4", input_size=224, in_channels=3).eval()
+    out = tmp_path_factory.mktemp("b224") / "b.edgefs"
+    write_bundle(backbone, HeadSpec("prototype", {"distance": "cosine"}), out, small_photos(4, 224),
+                 {"data": "procedural"}, {}, log=lambda _: None)
+    return out
+
+
+def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: Path, tmp_path: Path) -> None:
+    """The bug this rule fixes: with a 224 px engine, sharp 64 px photos were 'too blurry'."""
+    from edgefs.classifier import Classifier
+    from edgefs.errors import EdgefsError
+
     sharp = small_photos(6)
-    bundle = write_bundle(backbone, HeadSpec("prototype", {"distance": "cosine"}), tmp_path / "b.edgefs",
-                          small_photos(4, 224), {"data": "procedural"}, {}, log=lambda _: None)
-    with Classifier.open(bundle.path, tmp_path / "store.db", backend="onnxruntime", threads=1,
+    with Classifier.open(bundle_224, tmp_path / "store.db", backend="onnxruntime", threads=1,
                          log=lambda _: None) as clf:
         result = clf.enroll("photo", list(sharp[:5]))
         assert result.added >= 4, result.rejected
         blurred = [cv2.GaussianBlur(im, (0, 0), 2.0) for im in sharp[:3]]
         with pytest.raises(EdgefsError, match="too blurry"):
             clf.enroll("blurred", blurred)
+
+
+def test_live_enrollment_in_the_camera_loop_uses_the_same_rule(bundle_224: Path, tmp_path: Path) -> None:
+    from edgefs.camera.pipeline import Pipeline, RunConfig
+    from edgefs.classifier import Classifier
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, im in enumerate(small_photos(8)):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    logs: list[str] = []
+    with Classifier.open(bundle_224, tmp_path / "s.db", backend="onnxruntime", threads=1,
+                         log=lambda _: None) as clf:
+        pipeline = Pipeline(clf, RunConfig(sources=[str(folder)], enroll="photo", shots=3, enroll_interval_s=0.0),
+                            log=logs.append)
+        list(pipeline.events())
+        if pipeline._enroll_thread is not None:
+            pipeline._enroll_thread.join()
+        assert clf.classes == ["photo"], logs
