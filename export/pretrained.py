@@ -143,6 +143,9 @@ def export_pretrained(
     center_facts: dict[str, Any] | None = None
     if center:
         source = mean_from if mean_from is not None else data
+        if source is None:
+            log("mean feature from procedural images (no --mean-from or --data given); a mean over images "
+                "like yours centres better: pass --mean-from DIR (tools/bench_pretrained.py measures both)")
         m, center_facts = mean_feature(backbone, source, mean_split, mean_images)
         arrays["center"] = m
         log(f"mean feature over {center_facts['images']} images of {center_facts['data']} "
