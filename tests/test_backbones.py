@@ -34,6 +34,8 @@ STANDARD_OPS = {
 }  # fmt: skip
 
 NAMES = BACKBONES.names()
+# Lite1/Lite2 run the same module as Lite0 (more and wider blocks); native-size exports cost the most.
+SAME_CODE_AS_LITE0 = {"efficientnet_lite1", "efficientnet_lite2"}
 
 
 def build(name: str, in_channels: int | None = None, native: bool = False) -> Backbone:
@@ -115,6 +117,9 @@ def test_spec_round_trip(name: str) -> None:
 def test_onnx_export_matches_torch(name: str, channels: int, size: str) -> None:
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    if size == "native" and name in SAME_CODE_AS_LITE0:
+        pytest.skip(f"{name} is EfficientNet-Lite0's code with more blocks: its small size and Lite0's native "
+                    "size cover the export; tools/export_parity.py checks it at its native size")
     backbone = build(name, native=size == "native")
     model_bytes = export_onnx(backbone, channels)
 
