@@ -154,7 +154,7 @@ def test_leave_one_domain_out_reports_each_domain_and_the_mean(tmp_path: Path, c
     assert held["domains"] == 1  # the bundle was given for one domain only
     assert "held-out model per domain" not in per["cards"]["results"]
     md = (tmp_path / "r" / "eval.md").read_text()
-    assert "| model | cards | flags | mean |" in md and "(2 domains)" in md
+    assert "| model | cards | flags | mean |" in md and "(2 of 2 domains)" in md
     assert "- cards 5w5s:" in md
     # fixed episodes per domain, none written into the domain folders
     assert not any((root / d / "episodes").exists() for d in ("cards", "flags"))

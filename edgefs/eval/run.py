@@ -351,7 +351,7 @@ def domains_markdown(report: dict[str, Any]) -> str:
         for m in models:
             cells = [_cell(per[d]["results"].get(m, {}).get(p)) if m in per[d]["results"] else "-" for d in domains]
             mean = report["mean"][m].get(p)
-            mean_cell = "skipped" if mean is None else f"{_cell(mean)} ({mean['domains']} domains)"
+            mean_cell = "skipped" if mean is None else f"{_cell(mean)} ({mean['domains']} of {len(domains)} domains)"
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean_cell} |")
     skipped = [(d, p, why) for d, r in per.items() for p, why in r["skipped"].items()]
     if skipped:
