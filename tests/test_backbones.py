@@ -119,7 +119,7 @@ def test_onnx_export_matches_torch(name: str, channels: int, size: str) -> None:
     ort = pytest.importorskip("onnxruntime")
     if size == "native" and name in SAME_CODE_AS_LITE0:
         pytest.skip(f"{name} is EfficientNet-Lite0's code with more blocks: its small size and Lite0's native "
-                    "size cover the export; tools/export_parity.py checks it at its native size")
+                    "size cover the export; tools/export_parity.py exports it at its native size")
     backbone = build(name, native=size == "native")
     model_bytes = export_onnx(backbone, channels)
 
