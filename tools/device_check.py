@@ -2,7 +2,7 @@
 
 Run it through ``tools/device_check.sh`` (which builds pycuda from the carried source first);
 on a machine without a GPU it still runs, and every step that needs one is reported as skipped
-with the reason. Steps, each bounded by its own timeout so the whole check fits in 8 minutes:
+with the reason. Steps, each bounded by its own timeout so the whole check fits in 9 minutes:
 
 ``machine``
     GPU, driver, CUDA, PyTorch, pycuda, TensorRT, ONNX Runtime providers and nvcc, as found.
@@ -256,7 +256,7 @@ STEPS: dict[str, tuple[Callable[[Path, float], dict[str, Any]], float]] = {
     "machine": (step_machine, 60),
     "device_tests": (step_device_tests, 240),
     "kernels": (step_kernels, 90),
-    "engines": (step_engines, 90),
+    "engines": (step_engines, 150),  # 30 s per registered backbone
 }
 
 
