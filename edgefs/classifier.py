@@ -32,7 +32,7 @@ import numpy as np
 from edgefs.errors import EdgefsError
 from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head, calibrate_threshold
 from edgefs.imagefile import ImageRefused, read_image_file
-from edgefs.quality import QualityConfig, gate_shots
+from edgefs.quality import QualityConfig, gate_shots, shot_sharpness
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
@@ -295,7 +295,8 @@ class Classifier:
             return -1.0
         x, labels, _ = self.store.all_embeddings()
         try:
-            return calibrate_threshold(x, labels, normalize=head.normalize_shots)
+            # The head's own view of the shots: centred when its spec has a center.
+            return calibrate_threshold(head.transform(x), labels, normalize=head.normalize_shots)
         except EdgefsError:  # one class with one shot: nothing to calibrate from yet
             return -1.0
 
@@ -358,10 +359,16 @@ class Classifier:
         self._check_target(name, append)
         if frames is None or len(frames) == 0:
             raise EdgefsError(f"no images to enroll {name!r} from" + (f": {'; '.join(problems)}" if problems else ""))
+        sharp = [self.shot_sharpness(f, input_order) for f in frames]
         batch = self.prepare(frames, input_order)
         emb = self.embed(batch)
         return self.enroll_embedded(name, batch, emb, names=names, append=append, source=source,
-                                    problems=problems, started=t0)
+                                    problems=problems, started=t0, sharpness=sharp)
+
+    def shot_sharpness(self, frame: np.ndarray, input_order: str = "RGB") -> float:
+        """The blur gate's measure of one frame as read, at the smaller of its own resolution and
+        the engine's input (:func:`edgefs.quality.shot_sharpness`)."""
+        return shot_sharpness(frame, self.bundle.manifest.input_size, self.fit, input_order)
 
     def _check_target(self, name: str, append: bool) -> None:
         check_name(name)  # empty, the reject label, control characters: refused before any work
@@ -383,6 +390,7 @@ class Classifier:
         source: str = "",
         problems: Sequence[str] = (),
         started: float | None = None,
+        sharpness: Sequence[float] | None = None,
     ) -> EnrollResult:
         """:meth:`enroll` for shots already prepared and embedded (the camera loop has both).
 
@@ -390,6 +398,8 @@ class Classifier:
             batch: uint8 ``(K, H, W, 3)`` engine inputs (for the gate and the thumbnails).
             embeddings: float32 ``(K, D)`` their embeddings.
             started: ``time.perf_counter()`` when the shots' processing began (for timings).
+            sharpness: per shot, :meth:`shot_sharpness` of the frame as read; None: measured
+                on ``batch`` (right when the frames were not enlarged to the input size).
             Other arguments: as :meth:`enroll`.
         """
         t0 = time.perf_counter() if started is None else started
@@ -400,7 +410,8 @@ class Classifier:
                               f"and {len(batch)}")
         emb = np.asarray(embeddings, np.float32)
         existing = self.store.embeddings(name) if append and self.store is not None else None
-        gate = gate_shots(batch, emb, self.quality, existing, list(names) if names else None)
+        gate = gate_shots(batch, emb, self.quality, existing, list(names) if names else None,
+                          None if sharpness is None else np.asarray(sharpness, np.float64))
         rejected = [*problems, *gate.reasons]
         if not gate.keep.any():
             raise EdgefsError(f"no shot of {name!r} passed the quality gate; nothing was enrolled:\n  "

@@ -26,6 +26,8 @@ _LAZY = {
     "TORCH_WEIGHTS_FILE": "bundle_writer",
     "ParityError": "bundle_writer",
     "export_bundle": "bundle_writer",
+    "export_pretrained": "pretrained",
+    "write_bundle": "bundle_writer",
     "ExportError": "onnx_export",
     "export_onnx": "onnx_export",
     "ParityReport": "parity",

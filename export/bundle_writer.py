@@ -26,12 +26,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgefs import __version__
 from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
 from edgefs.export.parity import DEFAULT_BATCH_SIZES, ParityReport, check_parity
 from edgefs.export.parity import parity_images as pick_parity_images
+from edgefs.heads.spec import HeadSpec
 from edgefs.runtime.bundle import (
     HEAD_STEM,
     INPUT_NAME,
@@ -133,6 +135,8 @@ def export_bundle(
     min_cosine: float = 0.9999,
     overwrite: bool = False,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    head_type: str | None = None,
+    distance: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
     """Export a checkpoint's backbone and head as a device bundle, after a parity check.
@@ -149,6 +153,8 @@ def export_bundle(
             PyTorch embeddings that passes.
         overwrite: replace a non-empty ``out``.
         batch_sizes: batch sizes the parity check runs at (1 and a larger one).
+        head_type, distance: another device head or prototype distance than the
+            checkpoint's (:func:`override_head`).
         log: where progress and the parity table go.
 
     Returns:
@@ -171,15 +177,86 @@ def export_bundle(
     source = resolve_parity_data(data, doc, checkpoint)
     images = pick_parity_images(source, split, spec.input_size, parity_images, seed=PARITY_SEED)
     log(f"exporting {spec.name} ({spec.input_size} px, {spec.embedding_dim}-d) from {checkpoint} to {out}")
+    head = override_head(method.head_spec(), head_type, distance)
+    return write_bundle(backbone, head, out, images, {"data": source, "split": split, "seed": PARITY_SEED},
+                        _training_facts(doc, checkpoint), opset=opset, min_cosine=min_cosine,
+                        overwrite=overwrite, batch_sizes=batch_sizes, log=log)
 
+
+#: Heads a bundle can be given without learned arrays (``--head``): built from the shots alone.
+ARRAY_FREE_HEADS = ("prototype", "imprint", "matching", "finetune")
+
+
+def override_head(spec: HeadSpec, head_type: str | None = None, distance: str | None = None) -> HeadSpec:
+    """``spec`` with another head type and/or prototype distance (``edgefs export --head/--distance``).
+
+    The same type keeps its parameters and arrays; another type starts from defaults and
+    must be one of :data:`ARRAY_FREE_HEADS` (relation and siamese heads need arrays that
+    only their own training produces).
+
+    Raises:
+        ExportError: an unknown or array-needing head type, or a distance for a non-prototype head.
+    """
+    if head_type is None and distance is None:
+        return spec
+    target = head_type or spec.head_type
+    if target == spec.head_type:
+        params, arrays = dict(spec.params), dict(spec.arrays)
+    elif target in ARRAY_FREE_HEADS:
+        params, arrays = {}, {k: v for k, v in spec.arrays.items() if k == "center"}
+    else:
+        raise ExportError(f"--head {target} needs arrays learned by its own training method; choose one of "
+                          f"{', '.join(ARRAY_FREE_HEADS)} or export a '{target}' checkpoint")
+    if distance is not None:
+        if target != "prototype":
+            raise ExportError(f"--distance applies to the prototype head, not to --head {target}")
+        if distance not in ("cosine", "euclidean"):
+            raise ExportError(f"unknown --distance {distance!r}; use cosine or euclidean")
+        params["distance"] = distance
+        params.pop("temperature", None)  # each distance has its own default scale
+    return HeadSpec(target, params, arrays)
+
+
+def write_bundle(
+    backbone: torch.nn.Module,
+    head: HeadSpec,
+    out: str | Path,
+    images: np.ndarray,
+    parity_data: dict[str, Any],
+    training: dict[str, Any],
+    *,
+    opset: int = DEFAULT_OPSET,
+    min_cosine: float = 0.9999,
+    overwrite: bool = False,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Export ``backbone`` to ONNX, check parity on ``images`` and write the bundle with ``head``.
+
+    Args:
+        backbone: a :class:`edgefs.backbones.Backbone` in eval mode.
+        head: the device head's spec.
+        out: the bundle folder to create.
+        images: uint8 ``(N, S, S, 3)`` parity images at the backbone's input size.
+        parity_data: where the parity images came from (recorded in the manifest).
+        training: what made the weights (the manifest's ``training`` field).
+        Other arguments: as :func:`export_bundle`.
+
+    Returns:
+        the written bundle, read back.
+    """
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    spec = backbone.spec
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the bundle is an ordinary folder
         onnx_path = tmp / ONNX_FILE
         graph = export_onnx(backbone, onnx_path, opset=opset)
         report = check_parity(backbone, onnx_path, images, batch_sizes)
-        report.data = {"data": source, "split": split, "seed": PARITY_SEED}
-        log(f"parity, ONNX Runtime ({report.provider}) vs PyTorch on {len(images)} {split} images:\n{report.table()}")
+        report.data = parity_data
+        log(f"parity, ONNX Runtime ({report.provider}) vs PyTorch on {len(images)} images of "
+            f"{parity_data.get('data')}:\n{report.table()}")
         if report.min_cosine < min_cosine:
             raise ParityError(
                 f"ONNX Runtime and PyTorch embeddings disagree: min cosine {report.min_cosine:.7f} < "
@@ -187,10 +264,10 @@ def export_bundle(
                 f"over {len(images)} images; no bundle was written. Check the backbone for ops whose ONNX "
                 "form differs (or lower --min-cosine only if the difference is understood)"
             )
-        method.head_spec().save(tmp / HEAD_STEM)
+        head.save(tmp / HEAD_STEM)
         weights = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
         torch.save(weights, tmp / TORCH_WEIGHTS_FILE)
-        write_manifest(tmp, _manifest(method, doc, checkpoint, onnx_path, opset, graph, report))
+        write_manifest(tmp, _manifest(spec, head, training, onnx_path, opset, graph, report))
         read_bundle(tmp)  # the finished bundle must read back before it takes the name
         _move_into_place(tmp, out)
     except BaseException:
@@ -201,18 +278,16 @@ def export_bundle(
     return bundle
 
 
-def _manifest(method: Any, doc: dict[str, Any], checkpoint: Path, onnx_path: Path, opset: int,
+def _manifest(spec: Any, head: HeadSpec, training: dict[str, Any], onnx_path: Path, opset: int,
               graph: dict[str, int], report: ParityReport) -> Manifest:
-    spec = method.backbone.spec
-    head = method.head_spec()
     return Manifest(
-        backbone=_jsonable(doc["backbone"]["spec"]),
+        backbone=_jsonable(spec.to_dict()),
         input={"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "height": spec.input_size,
                "width": spec.input_size, "channels": 3, "color_order": "RGB"},
         output={"name": OUTPUT_NAME, "dtype": "float32", "dim": spec.embedding_dim},
         head=_jsonable({"type": head.head_type, "params": head.params}),
         fingerprint=sha256_file(onnx_path),
-        training=_training_facts(doc, checkpoint),
+        training=training,
         export={
             "opset": opset,
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",

@@ -41,6 +41,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "conv4": {"input_size": 28, "in_channels": 1},
     "resnet12": {"input_size": 32, "in_channels": 3, "channels": [16, 32, 64, 128]},
     "efficientnet_lite0": {"input_size": 64, "pretrained": False},
+    "efficientnet_lite1": {"input_size": 64, "pretrained": False},
+    "efficientnet_lite2": {"input_size": 64, "pretrained": False},
 }
 SLOW: set[str] = set()  # none takes > 3 s at these sizes
 

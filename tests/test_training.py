@@ -89,8 +89,11 @@ def test_eval_reports_every_protocol_on_shared_episodes(
     assert set(model_row["4w1s-within"]["per_group"]) <= test_scripts
     md = (tmp_path / "rep" / "eval.md").read_text()
     assert "| model | 5w1s | 4w1s-within |" in md
-    # The episode lists were saved beside the data and are reused.
-    assert list((glyph_data / "episodes").glob("test_5w1s1q_mixed_n30_seed0.json"))
+    # The episode lists are cached outside the data folder (keyed by the data's fingerprint) and reused.
+    assert not list((glyph_data / "episodes").glob("test_*.json"))
+    from edgefs.data.episodes import episodes_cache_dir
+
+    assert list(episodes_cache_dir().glob("*/test_5w1s1q_mixed_n30_seed0.json"))
 
 
 def test_cli_eval_and_errors(trained: Path, glyph_data: Path, tmp_path: Path, capsys) -> None:

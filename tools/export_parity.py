@@ -32,6 +32,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("conv4-28", "conv4", {"input_size": 28, "in_channels": 1}),
     ("resnet12-84", "resnet12", {"input_size": 84}),
     ("efficientnet_lite0-224", "efficientnet_lite0", {"input_size": 224, "pretrained": True}),
+    ("efficientnet_lite1-240", "efficientnet_lite1", {"input_size": 240, "pretrained": True}),
+    ("efficientnet_lite2-260", "efficientnet_lite2", {"input_size": 260, "pretrained": True}),
 ]
 
 

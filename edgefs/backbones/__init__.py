@@ -22,7 +22,7 @@ def build_backbone(name: str, **options: Any) -> Backbone:
 
 # Importing the modules registers them.
 from edgefs.backbones import conv4 as _conv4  # noqa: E402,F401
-from edgefs.backbones import efficientnet_lite0 as _efficientnet_lite0  # noqa: E402,F401
+from edgefs.backbones import efficientnet_lite as _efficientnet_lite  # noqa: E402,F401
 from edgefs.backbones import resnet12 as _resnet12  # noqa: E402,F401
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "ImageInput", "build_backbone"]

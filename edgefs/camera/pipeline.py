@@ -165,6 +165,7 @@ class LiveEnrollment:
     start_at: float
     images: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    sharpness: list[float] = field(default_factory=list)
     last_shot: float = -1e9
     rejected: list[str] = field(default_factory=list)
 
@@ -343,18 +344,21 @@ class Pipeline:
                 self.log(f"command {line!r} failed: {exc}")
 
     # ---- enrollment during the run ----------------------------------------------------
-    def _collect_shot(self, index: int, batch_image: np.ndarray, embedding: np.ndarray, now: float) -> None:
+    def _collect_shot(self, index: int, batch_image: np.ndarray, embedding: np.ndarray, now: float,
+                      frame_image: np.ndarray | None = None) -> None:
         e = self.enrollment
         if e is None or e.source != index or now < e.start_at or now - e.last_shot < e.interval_s:
             return
         if self._enroll_thread is not None:
             return  # the previous class is still committing
-        sharp = sharpness(batch_image)
+        # The classifier's rule: measured on the frame as captured, never on an enlargement of it.
+        sharp = self.clf.shot_sharpness(frame_image, "RGB") if frame_image is not None else sharpness(batch_image)
         if self.clf.quality.min_sharpness > 0 and sharp < self.clf.quality.min_sharpness:
             e.rejected.append(f"frame too blurry (sharpness {sharp:.1f})")
             return
         e.images.append(batch_image.copy())
         e.embeddings.append(embedding.copy())
+        e.sharpness.append(sharp)
         e.last_shot = now
         if len(e.images) >= e.shots:
             self._enroll_thread = threading.Thread(target=self._commit_enrollment, args=(e,), daemon=True)
@@ -365,7 +369,7 @@ class Pipeline:
             result: EnrollResult = self.clf.enroll_embedded(
                 e.name, np.stack(e.images), np.stack(e.embeddings),
                 names=[f"shot {i}" for i in range(len(e.images))],
-                source=self.cfg.sources[e.source], problems=e.rejected[:5])
+                source=self.cfg.sources[e.source], problems=e.rejected[:5], sharpness=e.sharpness)
             self.enrolled.append(e.name)
             self.log(result.summary())
         except EdgefsError as exc:
@@ -454,7 +458,7 @@ class Pipeline:
             latency = (now - frame.timestamp) * 1e3
             self.max_age_ms = max(self.max_age_ms, (started - frame.timestamp) * 1e3)
             self.times.add("total", latency)
-            self._collect_shot(i, batch[j], emb[j], now)
+            self._collect_shot(i, batch[j], emb[j], now, frame.image)
             if result is not None:
                 raw = result.labels[j] or UNKNOWN
                 conf = float(result.top_prob[j, 0])

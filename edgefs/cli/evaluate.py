@@ -10,7 +10,7 @@ HELP = "evaluate checkpoints (and baselines) on fixed few-shot episodes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="*", help="checkpoint files (.pt) or baseline:NAME")
+    p.add_argument("models", nargs="*", help="checkpoint files (.pt), bundles (model.edgefs) or baseline:NAME")
     p.add_argument("--config", help="YAML file of settings (flags override it)")
     p.add_argument("--data", help="data folder (with a test/ split) or fashion-mnist[:DIR]")
     p.add_argument("--split", help="split to evaluate (default test)")
@@ -27,6 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="report folder (default reports/eval)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--strict", dest="strict_data", action="store_true", default=None)
+    p.add_argument("--support", dest="support_data", metavar="DIR",
+                   help="cross-set protocol: support images from DIR (with --query-set; classes matched by name)")
+    p.add_argument("--query-set", dest="query_data", metavar="DIR",
+                   help="cross-set protocol: query images from DIR (--queries stays the count per class)")
+    p.add_argument("--domains", metavar="ROOT",
+                   help="evaluate each ROOT/<domain>/ and report per domain and the mean (leave-one-domain-out)")
+    p.add_argument("--domain-split", help="split evaluated in each domain (default test)")
+    p.add_argument("--model-per-domain", action="append", metavar="DOMAIN=MODEL",
+                   help="with --domains: a model trained without DOMAIN, evaluated on DOMAIN only (repeat per domain)")
+    p.add_argument("--episodes-cache", metavar="DIR",
+                   help="where fixed episode lists are kept (default ~/.cache/edgefs/episodes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +51,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --ways and --shots together (or --protocols)")
     if args.ways is not None:
         protocols = [f"{args.ways}w{args.shots}s" + ("-within" if args.within else "")]
+    per_domain = None
+    if args.model_per_domain:
+        pairs = [item.partition("=") for item in args.model_per_domain]
+        if any(not d or not sep or not m for d, sep, m in pairs):
+            raise ConfigError("write --model-per-domain as DOMAIN=MODEL, e.g. flags=runs/no-flags/best.pt")
+        per_domain = {d: m for d, _, m in pairs}
     flags = {"data": args.data, "split": args.split, "protocols": protocols, "episodes": args.episodes,
              "queries": args.queries, "seed": args.seed, "out": args.out, "device": args.device,
-             "strict_data": args.strict_data}
+             "strict_data": args.strict_data, "support_data": args.support_data, "query_data": args.query_data,
+             "domains": args.domains, "domain_split": args.domain_split, "model_per_domain": per_domain,
+             "episodes_cache": args.episodes_cache}
     config = resolve(EvalConfig, args.config, flags)
     if models:
         config.models = models

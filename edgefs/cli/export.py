@@ -10,9 +10,24 @@ HELP = "export a checkpoint as a device bundle (ONNX backbone, head, manifest) a
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="CKPT", help="edgefs checkpoint, e.g. runs/protonet-conv4/best.pt")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?",
+                   help="edgefs checkpoint, e.g. runs/protonet-conv4/best.pt (or --pretrained NAME)")
+    p.add_argument("--pretrained", metavar="NAME",
+                   help="export a backbone's ImageNet weights with no checkpoint: efficientnet_lite0/1/2")
+    p.add_argument("--input-size", type=int, help="with --pretrained: input side in pixels (default: native)")
+    p.add_argument("--head", help="device head: prototype, imprint, matching or finetune "
+                   "(default: the checkpoint's; with --pretrained, prototype)")
+    p.add_argument("--distance", choices=["cosine", "euclidean"],
+                   help="prototype head distance (default: the checkpoint's; with --pretrained, cosine)")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --pretrained: subtract a stored mean feature before the head (default on)")
+    p.add_argument("--mean-from", metavar="DIR",
+                   help="with --pretrained: images for the mean feature (its train split if it has one; "
+                   "default: --data, else procedural images drawn by edgefs)")
+    p.add_argument("--mean-images", type=int, default=256, help="images the mean feature is taken over (default 256)")
     p.add_argument("--out", required=True, help="bundle folder to create, e.g. models/glyphs.edgefs")
-    p.add_argument("--data", help="images for the parity check (default: the checkpoint's training data)")
+    p.add_argument("--data", help="images for the parity check (default: the checkpoint's training data; "
+                   "with --pretrained, procedural images)")
     p.add_argument("--split", default="test", help="split of --data to take parity images from (default test)")
     p.add_argument("--parity-images", type=A.integer(1), default=64, help="images in the parity check (default 64)")
     p.add_argument("--opset", type=A.integer(9), default=17, help="ONNX opset, 9 or later (default 17)")
@@ -22,8 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgefs.export import export_bundle
+    from edgefs.errors import ConfigError
+    from edgefs.export import export_bundle, export_pretrained
 
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise ConfigError("give a checkpoint or --pretrained NAME (one of them)")
+    if args.pretrained:
+        export_pretrained(args.pretrained, args.out, input_size=args.input_size, head_type=args.head,
+                          distance=args.distance, center=args.center, mean_from=args.mean_from,
+                          mean_images=args.mean_images, data=args.data, split=args.split,
+                          parity_images=args.parity_images, opset=args.opset, min_cosine=args.min_cosine,
+                          overwrite=args.overwrite)
+        return 0
     export_bundle(args.checkpoint, args.out, data=args.data, split=args.split, parity_images=args.parity_images,
-                  opset=args.opset, min_cosine=args.min_cosine, overwrite=args.overwrite)
+                  opset=args.opset, min_cosine=args.min_cosine, overwrite=args.overwrite, head_type=args.head,
+                  distance=args.distance)
     return 0

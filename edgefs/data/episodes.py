@@ -7,6 +7,7 @@ numbers in a report differ because the models differ, not the episodes.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,4 +216,49 @@ def fixed_episodes(
     episodes = EpisodeList(protocol, seed, data.fingerprint(), [sampler.sample() for _ in range(count)])
     if path is not None:
         episodes.save(path)
+    return episodes
+
+
+def episodes_cache_dir() -> Path:
+    """``$EDGEFS_CACHE/episodes`` when ``EDGEFS_CACHE`` is set, else ``~/.cache/edgefs/episodes``."""
+    root = os.environ.get("EDGEFS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "edgefs") / "episodes"
+
+
+def cached_episodes(
+    data: ImageSet,
+    protocol: Protocol,
+    count: int,
+    seed: int,
+    split: str,
+    data_dir: Path | None = None,
+    cache: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EpisodeList:
+    """The fixed episode list for (data, split, protocol, count, seed), without writing into the data folder.
+
+    A list already saved beside the data (``DATA/episodes/``, how earlier edgefs kept
+    them and how reported figures were made) is read if present, never written. Otherwise
+    the list lives in ``cache/<data fingerprint>/`` (default :func:`episodes_cache_dir`):
+    drawn and saved the first time, reused afterwards, so every model is scored on the
+    same episodes. Drawing is seeded, so a lost cache gives the same episodes again.
+
+    Raises:
+        DataError: the data cannot give the protocol (too few classes or images), or a
+            saved list belongs to other data.
+    """
+    if data_dir is not None and data_dir.is_dir():
+        legacy = episode_list_path(data_dir / "episodes", split, protocol, count, seed)
+        if legacy.is_file():
+            return fixed_episodes(data, protocol, count, seed, legacy, log)
+    folder = (cache or episodes_cache_dir()) / data.fingerprint()
+    path = episode_list_path(folder, split, protocol, count, seed)
+    if path.is_file():
+        return fixed_episodes(data, protocol, count, seed, path, log)
+    episodes = fixed_episodes(data, protocol, count, seed, None, log)
+    try:
+        episodes.save(path)
+    except OSError as exc:  # a read-only home: the seeded draw is reproducible anyway
+        if log:
+            log(f"could not cache episode list at {path} ({exc}); continuing without it")
     return episodes

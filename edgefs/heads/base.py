@@ -5,6 +5,13 @@ L2-normalised mean (``similarity prototype``); a query's ``best_sim`` is its
 highest cosine to these, whatever the head's own scoring rule, so one open-set
 threshold (:mod:`edgefs.heads.openset`) means the same on every head. Adding,
 appending to or removing a class touches that class's rows only.
+
+A spec may carry a ``center`` array, float32 ``(D,)``: a mean feature subtracted
+from every shot and every query before the head sees them (SimpleShot's CL2N
+when the head then L2-normalises). It is applied in one place, on the way in
+(:meth:`Head.transform`), so enrollment, classification and ``best_sim`` all see
+centred features. Heads whose learned arrays were trained on raw features
+(relation, siamese) refuse a centred spec.
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class Head(ABC):
     params_accepted: ClassVar[tuple[str, ...]] = ()
     #: L2-normalise each shot before it enters the running sum (Qi et al. imprinting).
     normalize_shots: ClassVar[bool] = True
+    #: Whether a spec's ``center`` array (a mean feature subtracted on the way in) is accepted.
+    supports_center: ClassVar[bool] = True
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0) -> None:
         if int(dim) <= 0:
@@ -94,6 +103,7 @@ class Head(ABC):
         self._sums = np.zeros((0, self.dim), np.float32)
         self._counts = np.zeros(0, np.int32)
         self._protos = np.zeros((0, self.dim), np.float32)
+        self.center: np.ndarray | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -113,8 +123,38 @@ class Head(ABC):
             raise EdgefsError(f"{cls.head_type} head does not understand spec params {unknown}; "
                               f"known: {sorted(known)}. Upgrade edgefs or re-export the head spec")
         head = cls(dim, **spec.params)
-        head._use_spec_arrays(spec.arrays)
+        arrays = dict(spec.arrays)
+        center = arrays.pop("center", None)
+        if center is not None:
+            head.set_center(center)
+        head._use_spec_arrays(arrays)
         return head
+
+    def set_center(self, center: np.ndarray | None) -> None:
+        """Subtract float ``(D,)`` ``center`` from every shot and query from now on (None: no centring).
+
+        Raises:
+            EdgefsError: this head type cannot be centred, classes are already enrolled
+                (their sums were taken without it), or the array is not ``D`` finite values.
+        """
+        if center is None:
+            self.center = None
+            return
+        if not self.supports_center:
+            raise EdgefsError(f"the {self.head_type} head does not support a 'center' array (its learned "
+                              "arrays were trained on raw features); export with --head prototype, imprint, "
+                              "matching or finetune, or without centring")
+        if self.classes:
+            raise EdgefsError("set the center before enrolling classes: enrolled sums were taken without it")
+        c = np.asarray(center)
+        if c.shape != (self.dim,) or not np.issubdtype(c.dtype, np.floating) or not np.isfinite(c).all():
+            raise EdgefsError(f"head 'center' must be {self.dim} finite floats, got {c.dtype}{c.shape}")
+        self.center = c.astype(np.float32).copy()
+
+    def transform(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32 ``(K, D)`` embeddings as this head sees them: minus ``center`` when it has one."""
+        a = np.asarray(embeddings, np.float32)
+        return a if self.center is None else (a - self.center).astype(np.float32)
 
     def _use_spec_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         if arrays:
@@ -149,7 +189,7 @@ class Head(ABC):
             if name in self.classes:
                 raise EdgefsError(f"class {name!r} is already enrolled; use append() to add shots "
                                   "or remove() it first")
-            checked[name] = check_embeddings(emb, self.dim, f"shots of {name!r}")
+            checked[name] = self.transform(check_embeddings(emb, self.dim, f"shots of {name!r}"))
         if not checked:
             raise EdgefsError("no classes given to enroll")
         first = len(self.classes)
@@ -165,7 +205,7 @@ class Head(ABC):
     def append(self, name: str, embeddings: np.ndarray) -> None:
         """Add float ``(K, D)`` shots to an enrolled class."""
         idx = self.index(name)
-        emb = check_embeddings(embeddings, self.dim, f"shots of {name!r}")
+        emb = self.transform(check_embeddings(embeddings, self.dim, f"shots of {name!r}"))
         self._accumulate(idx, emb)
         self._on_append(idx, emb)
 
@@ -209,17 +249,22 @@ class Head(ABC):
         """float32 ``(C, D)`` similarity prototypes (unit rows)."""
         return self._protos
 
-    @abstractmethod
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """float ``(Q, D)`` -> float32 ``(Q, C)`` logits (softmax gives the class probabilities)."""
+        return self._scores(self._check_queries(queries))
+
+    @abstractmethod
+    def _scores(self, q: np.ndarray) -> np.ndarray:
+        """:meth:`scores` of float32 ``(Q, D)`` queries already checked and transformed."""
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Checked float32 ``(Q, D)`` queries, centred when the head has a center."""
         if not self.classes:
             raise EdgefsError("no classes are enrolled; add_class() before classifying")
-        return check_embeddings(queries, self.dim, "queries")
+        return self.transform(check_embeddings(queries, self.dim, "queries"))
 
     def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        top_idx, top_prob = topk(softmax(self.scores(q)), k)
+        top_idx, top_prob = topk(softmax(self._scores(q)), k)
         best_sim = (l2_normalize(q) @ self._protos.T).max(axis=1).astype(np.float32)
         return top_idx, top_prob, best_sim, best_sim < np.float32(self.threshold)
 
@@ -240,6 +285,8 @@ class Head(ABC):
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """What the store saves: named arrays and JSON params (classes, dim, hyper-params)."""
         arrays = {"sums": self._sums.copy(), "counts": self._counts.copy(), **self._state_arrays()}
+        if self.center is not None:
+            arrays["center"] = self.center.copy()
         params = {"head_type": self.head_type, "dim": self.dim, "classes": list(self.classes),
                   "hyperparams": self.hyperparams()}
         return arrays, params
@@ -266,11 +313,21 @@ class Head(ABC):
                               f"counts {counts.shape}); rebuild the head from the stored samples")
         if c and (counts.min() < 1 or not np.isfinite(sums).all()):
             raise EdgefsError("saved head state has empty classes or non-finite sums; rebuild it")
+        saved_center = arrays.get("center")
+        if saved_center is not None and self.center is not None:
+            if np.asarray(saved_center).shape != self.center.shape or not np.allclose(saved_center, self.center):
+                raise EdgefsError("saved head state was centred with another mean feature than this head; "
+                                  "rebuild the head from the stored samples")
+        elif saved_center is None and self.center is not None:
+            raise EdgefsError("saved head state was taken without the center this head subtracts; "
+                              "rebuild the head from the stored samples")
         accepted = self.hyperparams()
         for key, value in dict(params.get("hyperparams", {})).items():
             if key not in accepted:
                 raise EdgefsError(f"saved head state has unknown hyper-parameter {key!r}; upgrade edgefs")
             setattr(self, key, value)
+        if saved_center is not None and self.center is None:
+            self.center = np.asarray(saved_center, np.float32).copy()  # a copy of a centred head (to_cuda)
         self.classes = classes
         self._sums = sums.astype(np.float32).copy()
         self._counts = counts.astype(np.int32).copy()

@@ -118,6 +118,10 @@ class CudaHeadMixin:
             raise EdgefsError(f"k must be at least 1, got {k}")
         if not self.classes:
             raise EdgefsError("no classes are enrolled; add_class() before classifying")
+        if self.center is not None:
+            # The fused kernels take the engine's buffer as it is; centring would need its own pass.
+            raise EdgefsError("this head subtracts a center feature, which the CUDA kernels do not apply; "
+                              "classify host embeddings (the NumPy path) with a centred bundle")
         top_idx, top_prob, best_sim, unknown = self._kernel_classify(queries, int(k))
         labels = [None if u else self.classes[int(i)] for i, u in zip(top_idx[:, 0], unknown, strict=True)]
         return ClassifyResult(top_idx, top_prob, best_sim, unknown, labels)

@@ -160,8 +160,7 @@ class FinetuneHead(KeepsShots, Head):
                                              self.steps, self.momentum, l2)
 
     # ---- inference ------------------------------------------------------------------
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        q = self._check_queries(queries)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
         return (l2_normalize(q) @ self.weight.T + self.bias).astype(np.float32)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:

@@ -30,8 +30,7 @@ class ImprintHead(Head):
         """float32 ``(C, D)`` unit-norm classifier weights."""
         return self._protos
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        q = self._check_queries(queries)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
         return (self.temperature * (l2_normalize(q) @ self._protos.T)).astype(np.float32)
 
     def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

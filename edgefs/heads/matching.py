@@ -43,14 +43,16 @@ class MatchingHead(KeepsShots, Head):
 
     def probabilities(self, queries: np.ndarray) -> np.ndarray:
         """float ``(Q, D)`` -> float32 ``(Q, C)`` class probabilities (rows sum to 1)."""
-        q = self._check_queries(queries)
+        return self._probabilities(self._check_queries(queries))
+
+    def _probabilities(self, q: np.ndarray) -> np.ndarray:
         attn = softmax(np.float32(self.temperature) * (l2_normalize(q) @ self._support.T))  # (Q, S)
         onehot = np.zeros((len(self._support_labels), len(self.classes)), np.float32)
         onehot[np.arange(len(self._support_labels)), self._support_labels] = 1.0
         return attn @ onehot
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        return np.log(np.maximum(self.probabilities(queries), np.float32(1e-30))).astype(np.float32)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(self._probabilities(q), np.float32(1e-30))).astype(np.float32)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return self._shots_state()

@@ -48,8 +48,7 @@ class PrototypeHead(Head):
         """float32 ``(C, D)`` raw class means."""
         return (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float32)
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        q = self._check_queries(queries)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
         if self.distance == "cosine":
             return prototype_logits(q, self._protos, "cosine", self.temperature)
         return prototype_logits(q, self.means(), "euclidean", self.temperature)

@@ -115,6 +115,7 @@ class RelationHead(Head):
 
     head_type = "relation"
     normalize_shots = False
+    supports_center = False  # the learned arrays were trained on raw features
 
     def __init__(self, dim: int, *, temperature: float = 1.0, threshold: float = -1.0) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
@@ -128,7 +129,6 @@ class RelationHead(Head):
         """float32 ``(C, D)`` raw class means."""
         return (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float32)
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        q = self._check_queries(queries)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
         raw = relation_scores(q, self.means(), *(self.module[k] for k in RELATION_ARRAYS))
         return (np.float32(self.temperature) * raw).astype(np.float32)

