@@ -228,7 +228,9 @@ def add_domain_parsers(sub: argparse._SubParsersAction, registry: Registry[type[
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="class split seed (default 0)")
+    from edgefs.cli import args as A  # the CLI's checked value types; only the command line needs them
+
+    p.add_argument("--seed", type=A.integer(0), default=0, help="class split seed (default 0)")
     p.add_argument("--cache", type=Path, help="package cache (default ~/.cache/edgefs, or $EDGEFS_CACHE)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
