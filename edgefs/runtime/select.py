@@ -31,7 +31,13 @@ from edgefs.device import check_device
 from edgefs.errors import MissingDependencyError
 
 # Importing the backend modules registers them; none imports its heavy stack until opened.
-from edgefs.runtime import onnxruntime_backend, tensorrt_backend, torch_backend, trt_flavour  # noqa: F401
+from edgefs.runtime import (  # noqa: F401
+    onnxruntime_backend,
+    openvino_backend,
+    tensorrt_backend,
+    torch_backend,
+    trt_flavour,
+)
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
 
