@@ -88,3 +88,31 @@ def test_openvino_missing_names_the_install(conv4_bundle: Path, monkeypatch: pyt
 
     assert main(["bench", str(conv4_bundle), "--backend", "openvino", "--iterations", "1", "--warmup", "0"]) == 2
     assert "pip install 'edgefs[openvino]'" in capsys.readouterr().err
+
+
+@needs_openvino
+def test_auto_picks_openvino_for_int8_on_x86_and_says_why(conv4_bundle: Path, int8_bundle: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from edgefs.runtime.bundle import read_bundle
+    from edgefs.runtime.select import choose_backend
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    backend, device, reason = choose_backend(read_bundle(int8_bundle), device="cpu")
+    assert (backend, device) == ("openvino", "cpu") and "INT8 bundle on an x86 CPU" in reason
+    assert choose_backend(read_bundle(conv4_bundle), device="cpu")[0] == "onnxruntime"  # fp32 stays on ORT
+    lines: list[str] = []
+    engine = open_engine(int8_bundle, "auto", device="cpu", threads=1, log=lines.append)
+    assert engine.backend == "openvino" and "INT8 bundle on an x86 CPU" in lines[0]
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # untested there: ONNX Runtime
+    assert choose_backend(read_bundle(int8_bundle), device="cpu")[0] == "onnxruntime"
+
+
+def test_auto_without_openvino_stays_on_onnxruntime(int8_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefs.runtime.bundle import read_bundle
+    from edgefs.runtime.select import choose_backend
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    backend, _, _ = choose_backend(read_bundle(int8_bundle), device="cpu")
+    assert backend == "onnxruntime"
