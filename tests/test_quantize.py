@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,20 @@ def test_carry_is_refused_without_a_measured_close_parent(parent_store: Path, co
         reembed_store(parent_store, conv4_bundle, low, tmp_path / "b.db", mode="carry", log=quiet)
     text = reembed_store(parent_store, conv4_bundle, low, tmp_path / "c.db", log=quiet)  # auto
     assert "thumbnails embedded again" in text
+
+
+def test_quantize_cli_writes_the_bundle_and_its_report(conv4_bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out, report = tmp_path / "q.edgefs", tmp_path / "q.json"
+    args = ["quantize", str(conv4_bundle), "--calib", str(glyph_data / "test"), "--out", str(out),
+            "--calib-images", "48", "--parity-images", "32", "--json", str(report)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"parity vs fp32 on \d+ held-out images: mean cosine", printed) and f"wrote {out}" in printed
+    doc = json.loads(report.read_text())
+    assert doc["passed"] and doc["out"] == str(out) and doc["calibration"]["images"] == 48
+    assert graph_precision(read_bundle(out)) == "int8"
+    assert main(args) == 2  # an existing --out is not replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(QuantizeError, match="already an INT8 bundle"):
+        quantize_bundle(out, glyph_data / "test", tmp_path / "qq.edgefs", log=quiet)

@@ -152,10 +152,15 @@ def mlas_peak_gops(kind: str, n: int = 1024, seconds: float = 2.0) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def episodes_accuracy(emb: np.ndarray, labels: np.ndarray, episodes: int, seed: int) -> np.ndarray:
-    """Per-episode 5-way 1-shot accuracy with cosine prototypes; the same episodes for any ``emb``."""
+def episodes_accuracy(emb: np.ndarray, labels: np.ndarray, episodes: int, seed: int,
+                      shots_from: np.ndarray | None = None) -> np.ndarray:
+    """Per-episode 5-way 1-shot accuracy with cosine prototypes; the same episodes for any ``emb``.
+
+    ``shots_from``: embeddings of the same images to take the support shots from (a store
+    enrolled with another engine: FP32 shots, INT8 queries)."""
     rng = np.random.default_rng(seed)
     unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    shots = unit if shots_from is None else shots_from / np.linalg.norm(shots_from, axis=1, keepdims=True)
     classes = np.unique(labels)
     acc = []
     for _ in range(episodes):
@@ -166,7 +171,7 @@ def episodes_accuracy(emb: np.ndarray, labels: np.ndarray, episodes: int, seed: 
             support.append(idx[0])
             queries += list(idx[1:])
             truth += [way] * (len(idx) - 1)
-        pred = (unit[queries] @ unit[support].T).argmax(1)
+        pred = (unit[queries] @ shots[support].T).argmax(1)
         acc.append(float((pred == np.asarray(truth)).mean()))
     return np.asarray(acc)
 
@@ -210,6 +215,13 @@ def bench_size(size: int, args: argparse.Namespace, calib: Path, evaluation: Pat
                     e.embed(batch)
                     w[key].append(time.perf_counter() - t)
                     c[key].append(time.process_time() - p)
+    from edgefs.classifier import thumbnail
+    from edgefs.store.reembed import _decode
+
+    # What 'edgefs classes reembed --mode thumbnails' embeds: the stored 64-px JPEG thumbnail, upscaled.
+    thumbs = np.stack([_decode(thumbnail(im), (size, size)) for im in images])
+    thumb_embeddings = {k: np.concatenate([e.embed(thumbs[i:i + 16]) for i in range(0, len(thumbs), 16)])
+                        for k, e in engines.items()}
     embeddings = {k: np.concatenate([e.embed(images[i:i + 16]) for i in range(0, len(images), 16)])
                   for k, e in engines.items()}
     flops = graph_flops(fp32 / "backbone.onnx", size)
@@ -228,6 +240,8 @@ def bench_size(size: int, args: argparse.Namespace, calib: Path, evaluation: Pat
         cpu_tp = args.batch / float(np.median(bcpu[key]))
         emb = embeddings[key]
         acc = episodes_accuracy(emb, labels, args.episodes, seed=1)
+        mixed = episodes_accuracy(emb, labels, args.episodes, seed=1, shots_from=ref)
+        from_thumbs = episodes_accuracy(emb, labels, args.episodes, seed=1, shots_from=thumb_embeddings[key])
         unit_ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
         unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         rng = np.random.default_rng(1)
@@ -242,6 +256,9 @@ def bench_size(size: int, args: argparse.Namespace, calib: Path, evaluation: Pat
             "cpu_throughput_batch": cpu_tp, "cpu_speedup_batch": cpu_tp / base_cpu_tp,
             "accuracy": float(acc.mean()), "accuracy_ci95": float(1.96 * acc.std() / np.sqrt(len(acc))),
             "accuracy_delta_points": 100 * float(acc.mean() - ref_acc.mean()),
+            "accuracy_fp32_shots": float(mixed.mean()),
+            "accuracy_fp32_shots_delta_points": 100 * float(mixed.mean() - ref_acc.mean()),
+            "accuracy_thumbnail_shots_delta_points": 100 * float(from_thumbs.mean() - ref_acc.mean()),
             "top1_agreement": agree, "mean_cosine": float(cosines(ref, emb).mean()),
             "min_cosine": float(cosines(ref, emb).min()),
             "gflop": flops / 1e9, "floor_ms": floor_ms, "quantize_parity": quant,
@@ -294,12 +311,15 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
         "other processes' load; wall times carry that load. "
         f"Accuracy: {doc['config']['episodes']} fixed 5-way 1-shot episodes of "
         "synthetic-camera colour frames of unseen glyph classes, cosine prototypes (mean ± 95% CI); "
-        "agreement and cosine against ONNX Runtime FP32 on the same images.",
+        "agreement and cosine against ONNX Runtime FP32 on the same images. 'FP32 shots': the support shots "
+        "embedded by ONNX Runtime FP32, the queries by the row's engine (a store carried over from the FP32 "
+        "bundle); 'thumbnail shots': shots embedded by the row's engine from their 64-px stored thumbnails "
+        "(edgefs classes reembed --mode thumbnails). Δ pts against ONNX Runtime FP32 with its own shots.",
         "",
         "| px | backend | precision | embed CPU ms (b1) | x vs ORT fp32 | wall p10 / p50 / p99 ms | x (wall p50) "
-        "| images per CPU-s (batch) | x | images/s wall (batch) | floor ms | 5w1s acc % | Δ pts | top-1 agree "
-        "| mean cos |",
-        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| images per CPU-s (batch) | x | images/s wall (batch) | floor ms | 5w1s acc % | Δ pts "
+        "| Δ pts, FP32 shots | Δ pts, thumbnail shots | top-1 agree | mean cos |",
+        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -308,6 +328,7 @@ def markdown(rows: list[dict[str, Any]], doc: dict[str, Any]) -> str:
             f"| {r['cpu_throughput_batch']:.0f} | {r['cpu_speedup_batch']:.2f} | {r['throughput_batch']:.0f} "
             f"| {r['floor_ms']:.2f} "
             f"| {100 * r['accuracy']:.2f} ± {100 * r['accuracy_ci95']:.2f} | {r['accuracy_delta_points']:+.2f} "
+            f"| {r['accuracy_fp32_shots_delta_points']:+.2f} | {r['accuracy_thumbnail_shots_delta_points']:+.2f} "
             f"| {r['top1_agreement']:.4f} | {r['mean_cosine']:.4f} |"
         )
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-HELP = "list, remove, rename, export or import the enrolled classes of a class store"
+HELP = "list, remove, rename, export, import or reembed (for another bundle) the enrolled classes of a class store"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
