@@ -94,7 +94,8 @@ class QuantizeReport:
         if ep:
             out.append(f"{ep['episodes']} held-out {ep['ways']}-way {ep['shots']}-shot episodes ({ep['queries']} "
                        f"queries, nearest prototype): top-1 agreement {ep['top1_agreement']:.4f}; accuracy fp32 "
-                       f"{ep['accuracy_reference']:.4f}, int8 {ep['accuracy_candidate']:.4f}")
+                       f"{ep['accuracy_reference']:.4f}, int8 {ep['accuracy_candidate']:.4f}, int8 queries on "
+                       f"fp32 shots {ep.get('accuracy_fp32_shots', float('nan')):.4f}")
         else:
             out.append("no episodes: the calibration source has no classes (give an ImageFolder to measure top-1 "
                        "agreement)")
@@ -124,6 +125,47 @@ def _reader(quantization: Any, batches: list[np.ndarray]) -> Any:
             self._it = iter(batches)
 
     return Reader()
+
+
+def mixed_accuracy(
+    shots: np.ndarray, queries: np.ndarray, labels: np.ndarray, distance: str = "cosine",
+    ways: int = 5, n_shots: int = 1, episodes: int = PARITY_EPISODES, seed: int = 0,
+) -> float:
+    """Nearest-prototype accuracy with prototypes from ``shots`` and queries from ``queries``.
+
+    Args:
+        shots, queries: float ``(N, D)`` embeddings of the same images by two engines (FP32
+            parent, INT8 child): a class store carried over from the parent, queried by the child.
+        labels: int ``(N,)``.
+
+    Returns:
+        accuracy over the same episodes :func:`edgefs.export.tensorrt_build.episode_agreement`
+        draws for the same arguments.
+    """
+    counts = np.bincount(labels)
+    usable = np.flatnonzero(counts >= n_shots + 1)
+    ways = min(ways, len(usable))
+    rng = np.random.default_rng(seed)
+    right = total = 0
+    for _ in range(episodes):
+        classes = rng.choice(usable, ways, replace=False)
+        support, query, truth = [], [], []
+        for way, c in enumerate(classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            support.append(idx[:n_shots])
+            query.extend(idx[n_shots:])
+            truth.extend([way] * (len(idx) - n_shots))
+        protos = np.stack([shots[s].mean(0) for s in support])
+        q = queries[np.asarray(query)]
+        if distance == "cosine":
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+            pred = (q @ p.T).argmax(1)
+        else:
+            pred = ((q[:, None, :] - protos[None]) ** 2).sum(-1).argmin(1)
+        right += int((pred == np.asarray(truth)).sum())
+        total += len(query)
+    return right / max(total, 1)
 
 
 def preprocessing_nodes(onnx_path: Path) -> list[str]:
@@ -327,8 +369,11 @@ def quantize_bundle(
         }
         if labels is not None:
             distance = str(parent.head.params.get("distance", "cosine"))
-            parity["episodes"] = episode_agreement(ref, got, labels, "cosine" if distance == "cosine" else
-                                                   "euclidean", episodes=PARITY_EPISODES, seed=seed)
+            rule = "cosine" if distance == "cosine" else "euclidean"
+            parity["episodes"] = episode_agreement(ref, got, labels, rule, episodes=PARITY_EPISODES, seed=seed)
+            if parity["episodes"] is not None:
+                parity["episodes"]["accuracy_fp32_shots"] = mixed_accuracy(
+                    ref, got, labels, rule, episodes=PARITY_EPISODES, seed=seed)
         report = QuantizeReport(parity, info["calibration"], warnings)
         ep = parity["episodes"]
         failures = []

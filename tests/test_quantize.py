@@ -20,7 +20,7 @@ from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import open_calibration_source
 from edgefs.runtime.quantized import graph_precision, parent_fingerprint, quantization_info
 from edgefs.runtime.select import open_engine
-from edgefs.store.reembed import CARRY_MIN_COSINE, reembed_store
+from edgefs.store.reembed import CARRY_MAX_DROP, CARRY_MIN_COSINE, reembed_store
 from edgefs.store.store import ClassStore
 from edgefs.store.validate import StoreError
 
@@ -54,6 +54,7 @@ def test_int8_bundle_records_its_parent_and_runs_int8(conv4_bundle: Path, int8_b
     parity = info["parity"]
     assert parity["images"] >= 8 and parity["mean_cosine"] >= info["floors"]["mean_cosine"]
     assert parity["episodes"] is not None and 0.0 <= parity["episodes"]["top1_agreement"] <= 1.0
+    assert 0.0 <= parity["episodes"]["accuracy_fp32_shots"] <= 1.0
     # The graph really is quantised: weights stored as int8 with QuantizeLinear/DequantizeLinear pairs.
     import onnx
 
@@ -173,7 +174,7 @@ def test_reembed_from_thumbnails_uses_the_new_bundle(parent_store: Path, conv4_b
     rc = main(["classes", "reembed", "--store", str(parent_store), "--bundle", str(conv4_bundle),
                  "--to", str(int8_bundle), "--out", str(out), "--mode", "thumbnails"])
     assert rc == 0
-    engine = open_engine(int8_bundle, "onnxruntime", device="cpu", threads=1, log=quiet)
+    engine = open_engine(int8_bundle, "auto", log=quiet)  # what reembed opens
     from edgefs.store.reembed import _decode
 
     with ClassStore.open(out, read_bundle(int8_bundle), create=False) as new:
@@ -191,16 +192,23 @@ def test_carry_is_refused_without_a_measured_close_parent(parent_store: Path, co
     # Another FP32 bundle is not an INT8 child of the store's bundle.
     with pytest.raises(StoreError, match="was not quantised from"):
         reembed_store(parent_store, conv4_bundle, conv4_bundle, tmp_path / "a.db", mode="carry", log=quiet)
-    # An INT8 child whose measured cosine is below the carry floor: thumbnails only.
+    # An INT8 child whose queries did worse on the parent's shots than the floor allows: thumbnails only.
     low = tmp_path / "low.edgefs"
     shutil.copytree(int8_bundle, low)
     doc = json.loads((low / "manifest.json").read_text())
-    doc["export"]["quantization"]["parity"]["mean_cosine"] = CARRY_MIN_COSINE - 0.01
+    episodes = doc["export"]["quantization"]["parity"]["episodes"]
+    episodes["accuracy_fp32_shots"] = episodes["accuracy_reference"] - (CARRY_MAX_DROP + 0.5) / 100
     (low / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(StoreError, match="below"):
+    with pytest.raises(StoreError, match="points below the parent"):
         reembed_store(parent_store, conv4_bundle, low, tmp_path / "b.db", mode="carry", log=quiet)
     text = reembed_store(parent_store, conv4_bundle, low, tmp_path / "c.db", log=quiet)  # auto
     assert "thumbnails embedded again" in text
+    # Calibrated without classes (no episodes): the recorded mean cosine decides.
+    doc["export"]["quantization"]["parity"]["episodes"] = None
+    doc["export"]["quantization"]["parity"]["mean_cosine"] = CARRY_MIN_COSINE - 0.01
+    (low / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match=f"below {CARRY_MIN_COSINE}"):
+        reembed_store(parent_store, conv4_bundle, low, tmp_path / "d.db", mode="carry", log=quiet)
 
 
 def test_quantize_cli_writes_the_bundle_and_its_report(conv4_bundle: Path, glyph_data: Path, tmp_path: Path,
@@ -218,3 +226,22 @@ def test_quantize_cli_writes_the_bundle_and_its_report(conv4_bundle: Path, glyph
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(QuantizeError, match="already an INT8 bundle"):
         quantize_bundle(out, glyph_data / "test", tmp_path / "qq.edgefs", log=quiet)
+
+
+def test_mixed_accuracy_scores_the_same_episodes_as_the_parity_check(conv4_bundle: Path, int8_bundle: Path,
+                                                                     glyph_data: Path) -> None:
+    from edgefs.export.quantize import mixed_accuracy
+    from edgefs.export.tensorrt_build import episode_agreement
+
+    source = open_calibration_source(glyph_data / "test", 28, seed=0)
+    images, labels = source.held_out(len(source))
+    assert labels is not None
+    fp32 = open_engine(conv4_bundle, "onnxruntime", device="cpu", threads=1, log=quiet).embed(images)
+    int8 = open_engine(int8_bundle, "onnxruntime", device="cpu", threads=1, log=quiet).embed(images)
+    ep = episode_agreement(fp32, int8, labels, "euclidean", episodes=50, seed=4)
+    assert ep is not None
+    # Same shots and queries: the reference accuracy and the candidate's, exactly.
+    assert mixed_accuracy(fp32, fp32, labels, "euclidean", episodes=50, seed=4) == ep["accuracy_reference"]
+    assert mixed_accuracy(int8, int8, labels, "euclidean", episodes=50, seed=4) == ep["accuracy_candidate"]
+    mixed = mixed_accuracy(fp32, int8, labels, "euclidean", episodes=50, seed=4)
+    assert abs(mixed - ep["accuracy_reference"]) < 0.05

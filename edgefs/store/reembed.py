@@ -7,12 +7,18 @@ made from the FP32 one with ``edgefs quantize``, or a re-exported model),
 one as it was:
 
 * ``carry``: the stored embeddings are copied as they are. Allowed only when the
-  new bundle is an INT8 bundle quantised from the store's bundle and its measured
-  mean cosine to it (recorded in its manifest at quantisation) is at least
+  new bundle is an INT8 bundle quantised from the store's bundle and what was
+  measured at quantisation (recorded in its manifest) says the parent's shots
+  serve its queries: few-shot accuracy with FP32 shots and INT8 queries at most
+  :data:`CARRY_MAX_DROP` points below FP32's own, on held-out episodes; where no
+  episodes were measured (calibration without classes), a mean cosine of at least
   :data:`CARRY_MIN_COSINE`. The new store records where they came from.
 * ``thumbnails``: every shot is embedded again by the new bundle from its stored
   thumbnail (a 64-px JPEG of the engine input, upscaled to the input size). Works
   for any bundle; a shot without a thumbnail is refused (re-enroll that class).
+  Lossy for large inputs (EfficientNet-Lite0 at 224 px: 13-15 points of 5-way
+  1-shot accuracy lost, ``tools/bench_precisions.py``), and the result says so:
+  re-enrolling from the camera is better where possible.
 * ``auto``: ``carry`` when allowed, else ``thumbnails``.
 
 The head is rebuilt from the new samples and saved with them.
@@ -26,14 +32,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgefs.classifier import THUMBNAIL_SIDE, Classifier
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
 from edgefs.store.store import ClassStore
 from edgefs.store.validate import StoreError
 
+CARRY_MAX_DROP = 1.0
+"""Most the measured accuracy with parent shots and INT8 queries may fall below the parent's, in points."""
 CARRY_MIN_COSINE = 0.995
-"""Smallest measured mean cosine between an INT8 bundle and its parent for embeddings to be carried over."""
+"""Without measured episodes: the smallest mean cosine to the parent for embeddings to be carried over."""
 MODES = ("auto", "carry", "thumbnails")
 
 
@@ -42,7 +51,16 @@ def carry_allowed(store_bundle: Bundle, new_bundle: Bundle) -> tuple[bool, str]:
     if parent_fingerprint(new_bundle) != store_bundle.fingerprint:
         return False, (f"{new_bundle.path.name} was not quantised from {store_bundle.path.name} "
                        "(its manifest names another parent, or none)")
-    cosine = ((quantization_info(new_bundle) or {}).get("parity") or {}).get("mean_cosine")
+    parity = (quantization_info(new_bundle) or {}).get("parity") or {}
+    episodes = parity.get("episodes") or {}
+    if isinstance(episodes.get("accuracy_fp32_shots"), float):
+        drop = 100 * (episodes["accuracy_reference"] - episodes["accuracy_fp32_shots"])
+        if drop > CARRY_MAX_DROP:
+            return False, (f"measured accuracy with its parent's shots is {drop:.2f} points below the parent's "
+                           f"(at most {CARRY_MAX_DROP})")
+        return True, (f"INT8 bundle quantised from it; its queries on the parent's shots measured {drop:+.2f} points "
+                      f"from the parent's accuracy (at most {CARRY_MAX_DROP} allowed)")
+    cosine = parity.get("mean_cosine")
     if not isinstance(cosine, float):
         return False, f"{new_bundle.path.name} records no measured cosine to its parent"
     if cosine < CARRY_MIN_COSINE:
@@ -98,8 +116,6 @@ def reembed_store(
     if mode == "carry" and not ok:
         raise StoreError(f"cannot carry the embeddings over to {new_bundle.path.name}: {why}; use --mode thumbnails")
     use = ("carry" if ok else "thumbnails") if mode == "auto" else mode
-    from edgefs.classifier import Classifier
-
     with ClassStore.open(store, old_bundle, create=False) as old:
         names = old.names()
         samples = {name: old.samples(name) for name in names}
@@ -140,4 +156,9 @@ def reembed_store(
         new.close()
     shots = sum(len(v) for v in embedded.values())
     how = f"embeddings carried over ({why})" if use == "carry" else f"{shots} thumbnails embedded again"
+    side = max(new_bundle.manifest.input_size)
+    if use == "thumbnails" and side > THUMBNAIL_SIDE:
+        how += (f". Warning: the thumbnails are {THUMBNAIL_SIDE} px and this bundle takes {side} px, so these shots "
+                "are blurred (EfficientNet-Lite0 at 224 px lost 13-15 points of 5-way 1-shot accuracy this way, "
+                "tools/bench_precisions.py); re-enroll the classes from the camera where you can")
     return f"wrote {out} for {new_bundle.path.name}: {len(names)} classes, {shots} shots; {how}"
