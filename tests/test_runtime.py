@@ -26,7 +26,13 @@ from edgefs.runtime.preprocess import to_batch
 from edgefs.runtime.select import backend_names, choose_backend, open_engine
 from edgefs.train.checkpoint import load_checkpoint
 
-CPU_BACKENDS = ("onnxruntime", "torch")
+CPU_BACKENDS = ("onnxruntime", "openvino", "torch")
+
+
+def skip_if_missing(backend: str) -> None:
+    """The openvino backend is an optional extra (installed by 'make install'); skip where it is absent."""
+    if backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'edgefs[openvino]')")
 
 
 def quiet(_: str) -> None:
@@ -62,6 +68,7 @@ def test_every_backend_embeds_like_the_exported_pytorch_model(
 ) -> None:
     if backend not in CPU_BACKENDS:
         pytest.skip(f"{backend} needs a GPU engine; see device_tests/")
+    skip_if_missing(backend)
     engine = open_engine(conv4_bundle, backend=backend, device="cpu", log=quiet)
     assert (engine.backend, engine.device, engine.precision) == (backend, "cpu", "fp32")
     out = engine.embed(glyph_images)
@@ -97,6 +104,7 @@ def test_camera_frames_through_preprocess_give_the_same_embeddings(
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_wrong_inputs_are_refused_with_the_expected_shape(backend: str, conv4_bundle: Path) -> None:
+    skip_if_missing(backend)
     engine = open_engine(conv4_bundle, backend=backend, device="cpu", log=quiet)
     with pytest.raises(EdgefsError, match="uint8"):
         engine.embed(np.zeros((2, 28, 28, 3), np.float32))
@@ -141,8 +149,8 @@ def test_threads_option(conv4_bundle: Path) -> None:
 
 
 def test_unknown_backend_lists_the_known_ones(conv4_bundle: Path) -> None:
-    with pytest.raises(EdgefsError, match=r"known: .*onnxruntime.*torch"):
-        open_engine(conv4_bundle, backend="openvino", log=quiet)
+    with pytest.raises(EdgefsError, match=r"known: .*onnxruntime.*openvino.*torch"):
+        open_engine(conv4_bundle, backend="tvm", log=quiet)
 
 
 def test_tensorrt_without_tensorrt_says_what_is_missing(conv4_bundle: Path) -> None:
@@ -178,10 +186,12 @@ def test_device_modules_do_not_import_torch_or_onnxruntime() -> None:
         "import sys\n"
         "import edgefs.runtime, edgefs.runtime.bundle, edgefs.runtime.engine, edgefs.runtime.preprocess\n"
         "import edgefs.runtime.onnxruntime_backend, edgefs.runtime.torch_backend, edgefs.runtime.select\n"
+        "import edgefs.runtime.openvino_backend, edgefs.runtime.quantized, edgefs.store.reembed\n"
         "import edgefs.runtime.bench, edgefs.cli.bench\n"
         "from edgefs.runtime.engine import ENGINES\n"
-        "assert {'onnxruntime', 'torch'} <= set(ENGINES.names()), ENGINES.names()\n"
-        "heavy = sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'edgefs.backbones') if m in sys.modules)\n"
+        "assert {'onnxruntime', 'openvino', 'torch'} <= set(ENGINES.names()), ENGINES.names()\n"
+        "heavy = sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'edgefs.backbones')\n"
+        "               if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

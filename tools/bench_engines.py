@@ -5,23 +5,31 @@ Usage::
     python tools/bench_engines.py                          # every bundle under runs/bundles/
     python tools/bench_engines.py models/a.edgefs models/b.edgefs --batch 1,8,32
     python tools/bench_engines.py --backend torch --name cpu-torch
+    python tools/bench_engines.py --backend openvino models/lite0-int8.edgefs --name cpu-openvino
+    python tools/bench_engines.py --compare [--sizes 224,160,128 ...]   # tools/bench_precisions.py
 
 For each bundle it runs :func:`edgefs.runtime.bench.run_bench` (preprocess a
 640x480 camera frame, embed, prototype head; p50/p90/p99 latency and throughput
 per batch size), then writes ``REPORT/NAME.json`` (every report, full detail)
 and ``REPORT/NAME.md`` (the machine and one row per bundle and batch size).
 A benchmark is a program, not a test: run it on a quiet machine.
+
+``--compare`` runs ``tools/bench_precisions.py`` instead (its options follow):
+ONNX Runtime and OpenVINO, FP32 and INT8 bundles of EfficientNet-Lite0 at several
+input sizes, timed interleaved in one process, with accuracy on fixed episodes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from edgefs.runtime.bench import machine_info, run_bench
 from edgefs.runtime.bundle import MANIFEST_FILE
+from edgefs.runtime.select import backend_names
 
 
 def quiet(_: str) -> None:
@@ -66,10 +74,14 @@ def markdown(reports: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    if "--compare" in sys.argv[1:]:
+        from bench_precisions import main as compare  # tools/ is on sys.path when this runs as a script
+
+        raise SystemExit(compare([a for a in sys.argv[1:] if a != "--compare"]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundles", nargs="*", help="bundle folders (default: every bundle under --root)")
     parser.add_argument("--root", default="runs/bundles", help="where to look for bundles (default runs/bundles)")
-    parser.add_argument("--backend", default="auto", help="engine backend (default auto)")
+    parser.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")

@@ -4,6 +4,8 @@ Usage::
 
     python tools/bench_pipeline.py                       # conv4 (trained), efficientnet_lite0, resnet12
     python tools/bench_pipeline.py --backbones conv4 --seconds 30
+    python tools/bench_pipeline.py --backbones efficientnet_lite0@224,efficientnet_lite0@160 \
+        --engines onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8
 
 For each backbone a bundle is exported (conv4 from the committed trained
 checkpoint; efficientnet_lite0 with its ImageNet weights and resnet12 untrained,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -51,7 +54,7 @@ def quiet(_: str) -> None:
 
 
 def make_bundle(backbone: str, out: Path, data: Path) -> tuple[Path, str]:
-    """A bundle for ``backbone`` under ``out`` and what its weights are."""
+    """A bundle for ``backbone`` (``name`` or ``name@SIZE``) under ``out`` and what its weights are."""
     import torch
 
     from edgefs.backbones import build_backbone
@@ -59,16 +62,18 @@ def make_bundle(backbone: str, out: Path, data: Path) -> tuple[Path, str]:
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 
+    name, _, size = backbone.partition("@")
+    options = {"input_size": int(size)} if size else {}
     bundle = out / f"{backbone}.edgefs"
     if backbone == "conv4":
         what = f"trained ({DEFAULT_CHECKPOINT.name})"
         ckpt = DEFAULT_CHECKPOINT
     else:
-        what = "ImageNet weights, not meta-trained" if backbone == "efficientnet_lite0" else "untrained"
+        what = "ImageNet weights, not meta-trained" if name == "efficientnet_lite0" else "untrained"
         ckpt = out / f"{backbone}.pt"
         if not ckpt.is_file():
             torch.manual_seed(0)
-            method = build_method("protonet", build_backbone(backbone))
+            method = build_method("protonet", build_backbone(name, **options))
             save_checkpoint(ckpt, method, {"config": {"data": str(data)}, "episode": 0, "best_val": None})
     if not (bundle / "manifest.json").is_file():
         export_bundle(ckpt, bundle, data=str(data), parity_images=16, overwrite=True, log=quiet)
@@ -98,18 +103,34 @@ def scenario(clf: Classifier, config: RunConfig) -> dict[str, Any]:
     return out
 
 
-def bench_backbone(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
+def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
+    """``bundle`` quantised by ``edgefs quantize`` on synthetic-camera colour frames of train-split classes."""
+    from bench_precisions import render_frames  # tools/ is on sys.path when this runs as a script
+
+    from edgefs.export.quantize import quantize_bundle
+
+    out = bundle.with_name(bundle.name.replace(".edgefs", "-int8.edgefs"))
+    if not (out / "manifest.json").is_file():
+        calib = render_frames(args.data, args.out_dir / "frames-train", "train", 60, 6, seed=11)
+        quantize_bundle(bundle, calib, out, overwrite=True, log=quiet)
+    return out
+
+
+def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxruntime:fp32") -> dict[str, Any]:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     bundle, weights = make_bundle(backbone, out, args.data)
+    backend, _, precision = engine.partition(":")
+    if precision == "int8":
+        bundle = int8_bundle(bundle, args)
     cfg = DemoConfig(data=args.data, seed=args.seed)
     enrolled, unknown, designs = choose_classes(cfg)
-    store = out / f"{backbone}.db"
+    store = out / f"{backbone}-{backend}-{precision}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     clip = out / "clip300.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
-    with Classifier.open(bundle, store, backend="onnxruntime", threads=args.threads or loop_threads(),
+    with Classifier.open(bundle, store, backend=backend, device="cpu", threads=args.threads or loop_threads(),
                          log=quiet) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         images, truth = [], []
@@ -124,7 +145,9 @@ def bench_backbone(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
         live4 = scenario(clf, RunConfig(
             sources=[f"synthetic:{args.data}?seed={s}" for s in range(4)], duration_s=args.seconds,
             source_options=live_opts))
-    return {"backbone": backbone, "weights": weights, "input": clf.bundle.manifest.input_size,
+    return {"backbone": backbone, "engine": clf.engine.describe() if clf.engine else engine,
+            "backend": backend, "precision": clf.engine.precision if clf.engine else precision,
+            "weights": weights, "input": clf.bundle.manifest.input_size,
             "enroll_ms_median": float(np.median([r.timings_ms["total"] for r in enroll])),
             "static_top1": static, "static_images": len(images), "file_x1": file1, "live_x4": live4}
 
@@ -137,20 +160,21 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
     lines = [
         "# Camera loop benchmark (tools/bench_pipeline.py)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {platform.platform()}; ONNX Runtime on the CPU, "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {platform.platform()}; engines on the CPU, "
         f"{args.threads or loop_threads()} engine thread(s). Synthetic camera at 320x240 (difficulty 0.3). "
-        "Same run for every row.",
+        f"Same run for every row; load average before / after: {args.load_before} / {args.load_after}.",
         "",
-        "| backbone | weights | input | file x1: FPS | compute p50 / p99 ms | live x4: FPS (4 x 30 offered) "
+        "| backbone | engine | weights | input | file x1: FPS | compute p50 / p99 ms | live x4: FPS (4 x 30 offered) "
         "| capture-to-result p50 / p99 ms | oldest frame ms | dropped | accuracy (smoothed) | stream top-1 "
         "| static top-1 | unknown rejected | enroll ms |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f, lv = r["file_x1"], r["live_x4"]
         t = lv["stages_ms"]["total"]
         lines.append(
-            f"| {r['backbone']} | {r['weights']} | {r['input'][0]} px | {f['fps']:.0f} | "
+            f"| {r['backbone'].partition('@')[0]} | {r['backend']} {r['precision']} | {r['weights']} "
+            f"| {r['input'][0]} px | {f['fps']:.0f} | "
             f"{f['compute_ms']['p50']:.2f} / {f['compute_ms']['p99']:.2f} | {lv['fps']:.1f} | "
             f"{t['p50']:.1f} / {t['p99']:.1f} | {lv['max_age_ms']:.1f} | {lv['dropped']} | {pct(lv['accuracy'])} | "
             f"{pct(lv['known_top1'])} | {pct(r['static_top1'])} | {pct(lv['unknown_rejected'])} | "
@@ -170,7 +194,12 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backbones", default="conv4,efficientnet_lite0,resnet12")
+    p.add_argument("--backbones", default="conv4,efficientnet_lite0,resnet12",
+                   help="comma-separated; NAME@SIZE sets the input size, e.g. efficientnet_lite0@160")
+    p.add_argument("--engines", default="onnxruntime:fp32",
+                   help="comma-separated BACKEND:PRECISION rows per backbone, e.g. onnxruntime:fp32,onnxruntime:int8,"
+                        "openvino:fp32,openvino:int8 (int8: the bundle quantised with edgefs quantize on synthetic "
+                        "colour frames of train-split classes)")
     p.add_argument("--data", type=Path, default=Path("data/glyphs28"))
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
@@ -182,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}/test missing; render it with `edgefs data glyphs --out {args.data}`", file=sys.stderr)
         return 2
     rows = []
+    args.load_before = [round(x, 1) for x in os.getloadavg()]
     for backbone in [b for b in args.backbones.split(",") if b]:
-        t = time.perf_counter()
-        rows.append(bench_backbone(backbone, args))
-        print(f"{backbone}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        for engine in [e for e in args.engines.split(",") if e]:
+            t = time.perf_counter()
+            rows.append(bench_backbone(backbone, args, engine))
+            print(f"{backbone} {engine}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    args.load_after = [round(x, 1) for x in os.getloadavg()]
     machine = machine_info()
     text = markdown(rows, machine, args)
     print(text)

@@ -26,6 +26,7 @@ COMMANDS = {
     "eval": "evaluate",
     "export": "export",
     "build-engine": "build_engine",
+    "quantize": "quantize",
     "bench": "bench",
     "enroll": "enroll",
     "classes": "classes",

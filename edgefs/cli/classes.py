@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-HELP = "list, remove, rename, export or import the enrolled classes of a class store"
+HELP = "list, remove, rename, export, import or reembed (for another bundle) the enrolled classes of a class store"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.set_defaults(
         _action=lambda args: _commands().import_classes(args.store, args.bundle, args.pack, args.on_conflict)
     )
+
+    from edgefs.store.reembed import MODES  # torch-free
+
+    a = actions.add_parser("reembed", parents=[common],
+                           help="write a new store for another bundle (e.g. an INT8 one) from this store's classes")
+    a.add_argument("--to", required=True, metavar="BUNDLE", help="the bundle the new store is for")
+    a.add_argument("--out", required=True, metavar="STORE", help="the new store file to write")
+    a.add_argument("--mode", choices=MODES, default="auto",
+                   help="carry the embeddings over (INT8 bundle of this store's bundle, measured cosine above the "
+                        "floor), embed the stored thumbnails again, or auto (carry when allowed; default)")
+    a.set_defaults(_action=lambda args: _reembed().reembed_store(args.store, args.bundle, args.to, args.out,
+                                                                 args.mode))
+
+
+def _reembed() -> ModuleType:
+    from edgefs.store import reembed
+
+    return reembed
 
 
 def _commands() -> ModuleType:

@@ -19,6 +19,7 @@ from edgefs._lazy import require
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import Bundle
 from edgefs.runtime.engine import ENGINES, DeviceArray, Engine
+from edgefs.runtime.quantized import cpu_precision, graph_precision
 
 INSTALL = "pip install 'edgefs[device]' (CPU) or pip install onnxruntime-gpu (CUDA)"
 CPU_EP = "CPUExecutionProvider"
@@ -75,7 +76,10 @@ class OnnxRuntimeEngine(Engine):
             TensorRT and CUDA execution providers, where present, with the CPU one
             for any node they cannot take); ``None`` or ``"auto"``: CUDA when this
             ONNX Runtime has it, else CPU.
-        precision: ``"fp32"``; ``"fp16"`` only through the TensorRT execution provider.
+        precision: ``"fp32"`` (the bundle's graph as it is); ``"int8"`` on the CPU for an INT8
+            bundle made by ``edgefs quantize`` (an INT8 bundle runs INT8 either way: the
+            engine's ``precision`` is the graph's); ``"fp16"`` only through the TensorRT
+            execution provider.
         threads: intra-op threads for the CPU provider (default: every core this
             process may use).
         providers: an explicit provider list for ONNX Runtime, overriding ``device``.
@@ -145,27 +149,32 @@ class OnnxRuntimeEngine(Engine):
                 "device='cpu'"
             )
         self.device = f"cuda:{self._device_id}" if on_gpu else "cpu"
-        self.precision = precision
+        # An INT8 bundle (edgefs quantize) runs its QDQ graph as it is: its precision is the graph's.
+        self.precision = precision if precision == "fp16" else graph_precision(bundle)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
 
     def _providers(self, bundle: Bundle, device: str | None, precision: str, available: list[str]) -> list[Any]:
         """The provider list for ``device``/``precision``, refusing what this ONNX Runtime cannot do."""
-        if precision not in ("fp32", "fp16"):
-            raise EdgefsError(
-                f"the onnxruntime backend runs fp32 (or fp16 through its TensorRT provider), not {precision}; "
-                "int8 needs the tensorrt backend"
-            )
+        if precision not in ("fp32", "fp16", "int8"):
+            raise EdgefsError(f"the onnxruntime backend runs fp32, fp16 (TensorRT provider) or int8 bundles, not "
+                              f"{precision}")
         device = (device or "auto").lower()
         if device == "auto":
             device = "cuda" if CUDA_EP in available else "cpu"
         if device == "cpu":
-            if precision != "fp32":
+            if precision == "fp16":
                 raise EdgefsError(
-                    f"the onnxruntime backend on cpu runs the fp32 graph; {precision} needs the tensorrt "
+                    "the onnxruntime backend on cpu runs the bundle's fp32 or int8 graph; fp16 needs the tensorrt "
                     "backend (or onnxruntime-gpu with its TensorRT provider)"
                 )
+            cpu_precision(bundle, precision, self.backend)
             return [CPU_EP]
+        if precision == "int8":
+            raise EdgefsError(
+                "int8 on cuda needs the tensorrt backend ('edgefs build-engine --precision int8'); the onnxruntime "
+                "backend runs an INT8 bundle on the cpu"
+            )
         if not device.startswith("cuda"):
             raise EdgefsError(f"bad device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
         self._device_id = _cuda_index(device)

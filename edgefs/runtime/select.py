@@ -7,7 +7,10 @@
    bundle (and precision) that fits this GPU exists -- engines are built with
    ``edgefs build-engine``, never shipped;
 2. ``onnxruntime`` on CUDA when ONNX Runtime has the CUDA execution provider;
-3. ``onnxruntime`` on the CPU.
+3. on the CPU: ``openvino`` for an INT8 bundle on an x86 CPU when OpenVINO is
+   installed (its INT8 kernels ran Lite0 faster than ONNX Runtime's there:
+   ``tools/bench_precisions.py``), or when ONNX Runtime is not installed;
+   otherwise ``onnxruntime``.
 
 The ``torch`` backend is never picked automatically: it needs PyTorch and is for
 development and GPU tests.
@@ -23,6 +26,7 @@ TensorRT version, without building one.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,16 @@ from edgefs.device import check_device
 from edgefs.errors import MissingDependencyError
 
 # Importing the backend modules registers them; none imports its heavy stack until opened.
-from edgefs.runtime import onnxruntime_backend, tensorrt_backend, torch_backend, trt_flavour  # noqa: F401
+from edgefs.runtime import (  # noqa: F401
+    onnxruntime_backend,
+    openvino_backend,
+    tensorrt_backend,
+    torch_backend,
+    trt_flavour,
+)
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
+from edgefs.runtime.quantized import graph_precision
 
 
 def backend_names() -> list[str]:
@@ -53,6 +64,11 @@ def _tensorrt_choice(bundle: Bundle, precision: str) -> tuple[bool, str]:
     return True, f"TensorRT engine {path}"
 
 
+def _prefer_openvino(bundle: Bundle) -> bool:
+    """INT8 bundles on x86 go to OpenVINO when it is installed (measured: tools/bench_precisions.py)."""
+    return graph_precision(bundle) == "int8" and platform.machine().lower() in ("x86_64", "amd64")
+
+
 def choose_backend(bundle: Bundle, device: str | None = None, precision: str = "fp32") -> tuple[str, str | None, str]:
     """What ``auto`` picks on this machine.
 
@@ -70,6 +86,11 @@ def choose_backend(bundle: Bundle, device: str | None = None, precision: str = "
     else:
         why_trt = "device 'cpu' was asked for"
     providers = onnxruntime_backend.available_providers()
+    on_cpu = wanted == "cpu" or (wanted == "auto" and onnxruntime_backend.CUDA_EP not in providers)
+    if on_cpu and (not providers or _prefer_openvino(bundle)) and openvino_backend.openvino_available():
+        why = ("INT8 bundle on an x86 CPU: OpenVINO's INT8 kernels are the faster there" if providers
+               else "onnxruntime is not installed")
+        return "openvino", "cpu", f"{why_trt}; {why}"
     if not providers:
         raise MissingDependencyError(
             f"no engine backend can run bundle {bundle.path}: {why_trt}, and onnxruntime is not installed; "

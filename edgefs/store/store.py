@@ -45,6 +45,7 @@ import numpy as np
 
 from edgefs import __version__
 from edgefs.runtime.bundle import Bundle, Manifest
+from edgefs.runtime.quantized import parent_fingerprint, quantization_info
 from edgefs.store import schema
 from edgefs.store.validate import (
     EMBEDDING_DTYPE,
@@ -325,6 +326,7 @@ class ClassStore:
     def __init__(self, path: Path, conn: sqlite3.Connection, manifest: Manifest) -> None:
         self.path = path
         self._conn = conn
+        self._manifest = manifest
         self.fingerprint = manifest.fingerprint
         self.dim = manifest.embedding_dim
         self.head_type = str(manifest.head.get("type", ""))
@@ -443,6 +445,16 @@ class ClassStore:
         if meta.get("format") != STORE_FORMAT:
             raise StoreError(f"{self.path} is not an edgefs class store (format {meta.get('format')!r})")
         theirs = meta.get("fingerprint", "")
+        if theirs != self.fingerprint and theirs == parent_fingerprint(self._manifest):
+            info = quantization_info(self._manifest) or {}
+            cosine = (info.get("parity") or {}).get("mean_cosine")
+            measured = f" (measured mean cosine {cosine:.4f} to it)" if isinstance(cosine, float) else ""
+            raise StoreError(
+                f"this store belongs to bundle {theirs[:12]}..., the FP32 parent of the INT8 bundle you opened it "
+                f"with ({self.fingerprint[:12]}...{measured}); a store holds one embedding space, so make one for "
+                f"the INT8 bundle: 'edgefs classes reembed --store {self.path} --bundle PARENT.edgefs --to "
+                "INT8.edgefs --out NEW.db' (or open this store with its FP32 bundle)"
+            )
         if theirs != self.fingerprint:
             raise StoreError(
                 f"this store belongs to bundle {theirs[:12]}..., you opened it with {self.fingerprint[:12]}...; "

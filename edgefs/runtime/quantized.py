@@ -1,0 +1,63 @@
+"""What an INT8 bundle says about itself: its graph precision and the FP32 bundle it was made from.
+
+``edgefs quantize`` writes a new bundle whose ``backbone.onnx`` holds a static
+INT8 (QDQ) graph. Its fingerprint is the sha256 of that graph, as for every
+bundle, so class stores, packs and TensorRT engines are tied to it alone. The
+manifest's ``export["quantization"]`` records the parent bundle's fingerprint,
+how it was calibrated and the measured agreement with the parent (cosine of the
+embeddings, top-1 agreement on held-out episodes). The CPU engines read the
+precision from here: an INT8 bundle runs INT8.
+
+Torch-free; no heavy imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefs.errors import EdgefsError
+from edgefs.runtime.bundle import Bundle, Manifest
+
+QUANTIZATION_KEY = "quantization"
+
+
+def quantization_info(manifest_or_bundle: Manifest | Bundle) -> dict[str, Any] | None:
+    """``manifest.export["quantization"]`` of an INT8 bundle, or None for a float bundle."""
+    manifest = manifest_or_bundle.manifest if isinstance(manifest_or_bundle, Bundle) else manifest_or_bundle
+    info = manifest.export.get(QUANTIZATION_KEY)
+    return dict(info) if isinstance(info, dict) else None
+
+
+def graph_precision(manifest_or_bundle: Manifest | Bundle) -> str:
+    """``"int8"`` for a bundle made by ``edgefs quantize``, else ``"fp32"``."""
+    info = quantization_info(manifest_or_bundle)
+    return str(info.get("precision", "int8")) if info else "fp32"
+
+
+def parent_fingerprint(manifest_or_bundle: Manifest | Bundle) -> str | None:
+    """The fingerprint of the FP32 bundle an INT8 bundle was quantised from (None for a float bundle)."""
+    info = quantization_info(manifest_or_bundle)
+    return str(info["parent_fingerprint"]) if info and "parent_fingerprint" in info else None
+
+
+def cpu_precision(bundle: Bundle, asked: str, backend: str) -> str:
+    """The precision a CPU backend runs ``bundle`` at, refusing what it cannot honour.
+
+    A CPU backend runs the bundle's graph as it is: an FP32 bundle runs FP32 and an INT8
+    bundle (``edgefs quantize``) runs INT8. ``asked`` is ``"fp32"`` (the default, meaning
+    "the bundle as it is") or ``"int8"``, which needs an INT8 bundle.
+
+    Raises:
+        EdgefsError: ``int8`` asked of a float bundle (the message names ``edgefs quantize``),
+            or a precision these backends do not have on the CPU (fp16).
+    """
+    graph = graph_precision(bundle)
+    if asked == "int8" and graph != "int8":
+        raise EdgefsError(
+            f"bundle {bundle.path} holds an fp32 graph; for int8 on the CPU make an INT8 bundle with "
+            f"'edgefs quantize {bundle.path} --calib DIR|VIDEO --out {bundle.path.with_name(bundle.path.stem)}"
+            "-int8.edgefs' and open that"
+        )
+    if asked not in ("fp32", "int8"):
+        raise EdgefsError(f"the {backend} backend on the CPU runs fp32 or int8 bundles, not {asked}")
+    return graph

@@ -1,0 +1,420 @@
+"""FP32 bundle -> INT8 bundle: static quantisation with ONNX Runtime, gated on agreement with the parent.
+
+:func:`quantize_bundle` calibrates the bundle's ``backbone.onnx`` on camera-like
+images of the user's domain (a folder, an ImageFolder or a video, read through
+:mod:`edgefs.runtime.calibration`, exactly as the camera loop preprocesses
+frames; never random data), writes a QDQ graph with per-channel INT8 weights and
+INT8 activations (ONNX Runtime's ``quantize_static`` after
+``quant_pre_process``), then embeds held-out images of the same source with the
+parent (ONNX Runtime, FP32) and the INT8 graph and compares them: per-image
+cosine and, for an ImageFolder, top-1 agreement of nearest-prototype
+classification on fixed held-out episodes. Below the floors nothing is written.
+
+The INT8 bundle is a new bundle: its own fingerprint, the parent's head, and
+``manifest.export["quantization"]`` with the parent's fingerprint, the
+calibration and the parity figures (:mod:`edgefs.runtime.quantized`). Class
+stores made with the parent are not opened by it; ``edgefs classes reembed``
+moves them (DESIGN.md, "INT8 bundles and class stores").
+
+No PyTorch: this runs on a workstation or on the device. It needs ``onnx`` and
+``onnxruntime`` (``onnxruntime.quantization``), imported when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefs._lazy import require
+from edgefs.errors import EdgefsError
+from edgefs.runtime.bundle import (
+    HEAD_STEM,
+    INPUT_NAME,
+    ONNX_FILE,
+    Manifest,
+    read_bundle,
+    sha256_file,
+    write_manifest,
+)
+from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
+from edgefs.runtime.quantized import QUANTIZATION_KEY, graph_precision
+
+MIN_MEAN_COSINE = 0.98
+"""Floor on the mean per-image cosine between INT8 and FP32 embeddings of held-out images."""
+MAX_ACCURACY_DROP = 1.0
+"""Most the few-shot accuracy on held-out episodes may fall, in points (ImageFolder sources only).
+
+Gated on accuracy rather than on top-1 agreement: where FP32 itself is unsure (a backbone
+that is not meta-trained, 60% accuracy) many queries sit on a boundary and flip either way
+without making the model worse; agreement is reported beside it."""
+WARN_MEAN_COSINE = 0.995
+"""Below this (but above the floor) the report warns that the calibration may not fit the domain."""
+MIN_CALIBRATION_IMAGES = 32
+"""Fewer calibration images than this are refused: the ranges would fit a handful of frames."""
+PARITY_EPISODES = 300
+CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
+INSTALL = "pip install 'edgefs[train]' (or: pip install onnx onnxruntime)"
+
+
+class QuantizeError(EdgefsError):
+    """A bundle that cannot be quantised, or an INT8 graph too far from its FP32 parent."""
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize_bundle` measured; also written into the INT8 manifest.
+
+    Attributes:
+        parity: ``{"images", "mean_cosine", "min_cosine", "p01_cosine", "episodes": {...} | None}``.
+        calibration: the calibration source (``CalibrationSource.describe()``) and image count.
+        warnings: what the user should look at (wrong kind of calibration images, low agreement).
+        passed: whether the floors were met (the bundle is written only then).
+        out: the INT8 bundle folder (None when not written).
+    """
+
+    parity: dict[str, Any]
+    calibration: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    passed: bool = False
+    out: Path | None = None
+
+    def lines(self) -> list[str]:
+        p = self.parity
+        out = [f"parity vs fp32 on {p['images']} held-out images: mean cosine {p['mean_cosine']:.5f}, "
+               f"1st percentile {p['p01_cosine']:.5f}, min {p['min_cosine']:.5f}"]
+        ep = p.get("episodes")
+        if ep:
+            out.append(f"{ep['episodes']} held-out {ep['ways']}-way {ep['shots']}-shot episodes ({ep['queries']} "
+                       f"queries, nearest prototype): top-1 agreement {ep['top1_agreement']:.4f}; accuracy fp32 "
+                       f"{ep['accuracy_reference']:.4f}, int8 {ep['accuracy_candidate']:.4f}, int8 queries on "
+                       f"fp32 shots {ep.get('accuracy_fp32_shots', float('nan')):.4f}")
+        else:
+            out.append("no episodes: the calibration source has no classes (give an ImageFolder to measure top-1 "
+                       "agreement)")
+        out += [f"warning: {w}" for w in self.warnings]
+        return out
+
+
+def _quantization_modules() -> tuple[Any, Any]:
+    require("onnx", install=INSTALL, why="edgefs quantize")
+    quantization = require("onnxruntime.quantization", install=INSTALL, why="edgefs quantize")
+    shape_inference = require("onnxruntime.quantization.shape_inference", install=INSTALL, why="edgefs quantize")
+    return quantization, shape_inference
+
+
+def _reader(quantization: Any, batches: list[np.ndarray]) -> Any:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over uint8 camera batches."""
+
+    class Reader(quantization.CalibrationDataReader):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            self._it: Iterator[np.ndarray] = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+        def rewind(self) -> None:
+            self._it = iter(batches)
+
+    return Reader()
+
+
+def mixed_accuracy(
+    shots: np.ndarray, queries: np.ndarray, labels: np.ndarray, distance: str = "cosine",
+    ways: int = 5, n_shots: int = 1, episodes: int = PARITY_EPISODES, seed: int = 0,
+) -> float:
+    """Nearest-prototype accuracy with prototypes from ``shots`` and queries from ``queries``.
+
+    Args:
+        shots, queries: float ``(N, D)`` embeddings of the same images by two engines (FP32
+            parent, INT8 child): a class store carried over from the parent, queried by the child.
+        labels: int ``(N,)``.
+
+    Returns:
+        accuracy over the same episodes :func:`edgefs.export.tensorrt_build.episode_agreement`
+        draws for the same arguments.
+    """
+    counts = np.bincount(labels)
+    usable = np.flatnonzero(counts >= n_shots + 1)
+    ways = min(ways, len(usable))
+    rng = np.random.default_rng(seed)
+    right = total = 0
+    for _ in range(episodes):
+        classes = rng.choice(usable, ways, replace=False)
+        support, query, truth = [], [], []
+        for way, c in enumerate(classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            support.append(idx[:n_shots])
+            query.extend(idx[n_shots:])
+            truth.extend([way] * (len(idx) - n_shots))
+        protos = np.stack([shots[s].mean(0) for s in support])
+        q = queries[np.asarray(query)]
+        if distance == "cosine":
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+            pred = (q @ p.T).argmax(1)
+        else:
+            pred = ((q[:, None, :] - protos[None]) ** 2).sum(-1).argmin(1)
+        right += int((pred == np.asarray(truth)).sum())
+        total += len(query)
+    return right / max(total, 1)
+
+
+def preprocessing_nodes(onnx_path: Path) -> list[str]:
+    """The nodes between the graph input and the first Conv: the uint8 -> float normalisation.
+
+    They stay in float: quantised, these elementwise nodes (QLinearMul on every input pixel)
+    took 40% of EfficientNet-Lite0's INT8 time at 224 px on ONNX Runtime, for no accuracy.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    downstream: set[str] = set()  # tensors computed from a Conv's output
+    names = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        after_conv = node.op_type == "Conv" or any(t in downstream for t in node.input)
+        if after_conv:
+            downstream.update(node.output)
+        elif node.name:
+            names.append(node.name)
+    return names
+
+
+def calibration_warnings(images: np.ndarray, fp32_embeddings: np.ndarray, manifest: Manifest) -> list[str]:
+    """Signs that the calibration images are not the camera's domain.
+
+    Args:
+        images: uint8 ``(N, H, W, 3)`` calibration images as the engine sees them.
+        fp32_embeddings: float32 ``(N, D)`` their FP32 embeddings.
+        manifest: the parent bundle's manifest (is the backbone a colour one?).
+
+    Returns:
+        one sentence per problem: grey images for a colour backbone, near-identical images
+        (a covered lens, one static scene), or near-identical embeddings.
+    """
+    out: list[str] = []
+    n = len(images)
+    colour = int(manifest.backbone.get("in_channels", 3)) == 3
+    x = images.astype(np.int16)
+    grey = (np.abs(x[..., 0] - x[..., 1]).max(axis=(1, 2)) <= 2) & (np.abs(x[..., 1] - x[..., 2]).max(axis=(1, 2)) <= 2)
+    if colour and grey.mean() > 0.5:
+        out.append(f"{int(grey.sum())} of {n} calibration images are grey, but the backbone takes colour: the INT8 "
+                   "ranges fit grey images and colour frames may be clipped; calibrate on colour frames of the camera")
+    flat = images.reshape(n, -1).astype(np.float32)
+    if n >= 2 and float(flat.std(axis=0).mean()) < 4.0:
+        out.append("the calibration images are nearly identical (pixel spread below 4 grey levels): a covered "
+                   "lens or one static scene; calibrate on varied frames of the camera's domain")
+    unit = fp32_embeddings / np.maximum(np.linalg.norm(fp32_embeddings, axis=1, keepdims=True), 1e-12)
+    if n >= 2:
+        gram = unit @ unit.T
+        mean_off = float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+        if mean_off > 0.97:
+            out.append(f"the calibration images look alike to the model (mean pairwise cosine {mean_off:.3f}): "
+                       "the INT8 ranges fit one kind of picture; calibrate on the variety the camera will see")
+    return out
+
+
+def _split_counts(source: CalibrationSource, calib_images: int, parity_images: int) -> tuple[int, int]:
+    """How many images calibrate and how many are held out, leaving a quarter for parity where short."""
+    total = len(source)
+    if source.kind == "video":
+        return min(calib_images, total), parity_images
+    held = min(parity_images, max(total // 4, 0))
+    return min(calib_images, total - held), held
+
+
+def quantize_bundle(
+    bundle: str | Path,
+    calib: str | Path | None,
+    out: str | Path,
+    *,
+    calib_images: int = 300,
+    parity_images: int = 200,
+    method: str = "minmax",
+    min_cosine: float = MIN_MEAN_COSINE,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
+    seed: int = 0,
+    overwrite: bool = False,
+    json_out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> QuantizeReport:
+    """Quantise a bundle's backbone to INT8 and write it as a new bundle, if it agrees with the FP32 one.
+
+    Args:
+        bundle: the FP32 bundle folder (``edgefs export`` wrote it).
+        calib: images of the camera's domain: a folder, an ImageFolder (gives top-1
+            agreement on episodes) or a video. Required: random data is never used.
+        out: the INT8 bundle folder to write.
+        calib_images: images calibrated on (at most; a quarter of a short folder is held out).
+        parity_images: held-out images for the parity check (folders: files calibration did
+            not read; videos: frames between the calibration frames).
+        method: ``minmax`` (default), ``percentile`` or ``entropy`` (ONNX Runtime's calibrators).
+        min_cosine: floor on the mean per-image cosine to FP32.
+        max_accuracy_drop: most the nearest-prototype accuracy on held-out episodes may fall
+            below FP32's, in points (ImageFolder sources).
+        seed: shuffle seed of the calibration folder and of the episodes.
+        overwrite: replace an existing ``out``.
+        json_out: write the report (:func:`report_json`) here, passed or not.
+        log: where progress and the parity report go.
+
+    Returns:
+        the :class:`QuantizeReport` (``out`` set when written).
+
+    Raises:
+        QuantizeError: no calibration source, too few images, an INT8 bundle as input, an
+            existing ``out``, or agreement below the floors (nothing is written; the message
+            gives the figures).
+        CalibrationError: a calibration path that is missing, empty or unreadable.
+        MissingDependencyError: onnx / onnxruntime are not installed.
+    """
+    from edgefs.export.tensorrt_build import cosines, episode_agreement
+    from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
+
+    parent = read_bundle(bundle)
+    out = Path(out)
+    if calib is None or str(calib).strip() == "":
+        raise QuantizeError(
+            "quantising needs calibration images of the camera's domain: pass --calib DIR|VIDEO (a folder of a few "
+            "hundred camera images, an ImageFolder of your classes, or a video); random data is never used"
+        )
+    if graph_precision(parent) != "fp32":
+        raise QuantizeError(f"{parent.path} is already an INT8 bundle; quantise its FP32 parent instead")
+    if method not in CALIBRATE_METHODS:
+        raise QuantizeError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATE_METHODS)}")
+    if out.exists() and not overwrite:
+        raise QuantizeError(f"{out} exists; choose another --out or pass --overwrite")
+    if out.resolve() == parent.path.resolve():
+        raise QuantizeError("--out is the FP32 bundle itself; write the INT8 bundle to a new folder")
+    quantization, shape_inference = _quantization_modules()
+
+    size = parent.manifest.input_size
+    source = open_calibration_source(calib, size, seed=seed, warn=lambda m: log(f"warning: {m}"))
+    n_calib, n_parity = _split_counts(source, calib_images, parity_images)
+    if n_calib < MIN_CALIBRATION_IMAGES:
+        raise QuantizeError(
+            f"{source.path} gives {n_calib} calibration images (after holding out {n_parity} for the parity "
+            f"check); INT8 needs at least {MIN_CALIBRATION_IMAGES}, a few hundred are better: add camera images"
+        )
+    batch = 8 if n_calib >= 8 else 1
+    batches = list(source.batches(n_calib, batch))
+    calib_stack = np.concatenate(batches)
+    held, labels = source.held_out(n_parity)
+    if len(held) < 8:
+        raise QuantizeError(
+            f"{source.path} leaves {len(held)} held-out images for the parity check after {len(calib_stack)} "
+            "calibration images; give more images (or lower --calib-images)"
+        )
+    log(f"calibrating {parent.path.name} ({size[0]}x{size[1]}) on {len(calib_stack)} images of {source.path} "
+        f"({source.kind}, {method}); {len(held)} held out for parity")
+
+    started = time.perf_counter()
+    reference = OnnxRuntimeEngine(parent, device="cpu")
+    calib_embeddings = np.concatenate([reference.embed(b) for b in batches])
+    warnings = calibration_warnings(calib_stack, calib_embeddings, parent.manifest)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pre = tmp / "pre.onnx"
+        shape_inference.quant_pre_process(str(parent.onnx_path), str(pre), skip_symbolic_shape=True)
+        calibrate = {"minmax": quantization.CalibrationMethod.MinMax,
+                     "percentile": quantization.CalibrationMethod.Percentile,
+                     "entropy": quantization.CalibrationMethod.Entropy}[method]
+        folder = tmp / "bundle"
+        folder.mkdir()
+        keep_float = preprocessing_nodes(pre)
+        try:
+            quantization.quantize_static(
+                str(pre), str(folder / ONNX_FILE), _reader(quantization, batches),
+                quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                calibrate_method=calibrate, nodes_to_exclude=keep_float,
+            )
+        except (RuntimeError, ValueError) as exc:  # onnx / onnxruntime errors of an unsupported graph
+            raise QuantizeError(f"ONNX Runtime could not quantise {parent.onnx_path}: {exc}") from exc
+        pre.unlink()
+        for name in (f"{HEAD_STEM}.json", f"{HEAD_STEM}.npz"):
+            shutil.copy2(parent.path / name, folder / name)
+        fingerprint = sha256_file(folder / ONNX_FILE)
+        info = {
+            "precision": "int8", "format": "QDQ", "weights": "int8 per-channel", "activations": "uint8 per-tensor",
+            "float_nodes": keep_float,
+            "method": method, "tool": f"onnxruntime {require('onnxruntime', INSTALL, 'edgefs quantize').__version__}",
+            "parent_fingerprint": parent.fingerprint, "parent_path": str(parent.path),
+            "calibration": {**source.describe(), "images": len(calib_stack)},
+        }
+        export = {k: v for k, v in parent.manifest.export.items() if k != "torch_weights"}
+        export[QUANTIZATION_KEY] = info
+        manifest = Manifest(
+            backbone=parent.manifest.backbone, input=parent.manifest.input, output=parent.manifest.output,
+            head=parent.manifest.head, fingerprint=fingerprint, training=parent.manifest.training, export=export,
+        )
+        write_manifest(folder, manifest)
+        candidate = OnnxRuntimeEngine(read_bundle(folder), device="cpu")
+
+        ref = np.concatenate([reference.embed(held[i:i + 16]) for i in range(0, len(held), 16)])
+        got = np.concatenate([candidate.embed(held[i:i + 16]) for i in range(0, len(held), 16)])
+        cos = cosines(ref, got)
+        parity: dict[str, Any] = {
+            "images": len(held), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+            "p01_cosine": float(np.percentile(cos, 1)), "episodes": None,
+        }
+        if labels is not None:
+            distance = str(parent.head.params.get("distance", "cosine"))
+            rule = "cosine" if distance == "cosine" else "euclidean"
+            parity["episodes"] = episode_agreement(ref, got, labels, rule, episodes=PARITY_EPISODES, seed=seed)
+            if parity["episodes"] is not None:
+                parity["episodes"]["accuracy_fp32_shots"] = mixed_accuracy(
+                    ref, got, labels, rule, episodes=PARITY_EPISODES, seed=seed)
+        report = QuantizeReport(parity, info["calibration"], warnings)
+        ep = parity["episodes"]
+        failures = []
+        if parity["mean_cosine"] < min_cosine:
+            failures.append(f"mean cosine {parity['mean_cosine']:.5f} < {min_cosine}")
+        drop = 100 * (ep["accuracy_reference"] - ep["accuracy_candidate"]) if ep else 0.0
+        if drop > max_accuracy_drop:
+            failures.append(f"few-shot accuracy {drop:.2f} points below fp32 (at most {max_accuracy_drop} allowed)")
+        if not failures and parity["mean_cosine"] < WARN_MEAN_COSINE:
+            report.warnings.append(
+                f"mean cosine to fp32 is {parity['mean_cosine']:.4f} (below {WARN_MEAN_COSINE}): check the "
+                "calibration images are frames of this camera's scenes, or try --method percentile"
+            )
+        info["parity"] = parity
+        info["floors"] = {"mean_cosine": min_cosine, "max_accuracy_drop_points": max_accuracy_drop}
+        info["warnings"] = report.warnings
+        info["seconds"] = round(time.perf_counter() - started, 2)
+        for line in report.lines():
+            log(line)
+        if json_out:
+            Path(json_out).write_text(report_json(report))
+        if failures:
+            raise QuantizeError(
+                f"the INT8 graph is too far from {parent.path.name}: {'; '.join(failures)}; no bundle was written. "
+                "Calibrate on more (and more varied) images of the camera's domain, try --method percentile, or "
+                "keep the fp32 bundle"
+            )
+        write_manifest(folder, manifest)  # again, now with the parity figures
+        if out.exists():
+            shutil.rmtree(out)
+        folder.rename(out)
+        report.passed, report.out = True, out
+        if json_out:
+            Path(json_out).write_text(report_json(report))
+        log(f"wrote {out} (int8, fingerprint {fingerprint[:12]}..., parent {parent.fingerprint[:12]}...)")
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_json(report: QuantizeReport) -> str:
+    """The report as JSON (for ``--json``)."""
+    return json.dumps({"parity": report.parity, "calibration": report.calibration, "warnings": report.warnings,
+                       "passed": report.passed, "out": str(report.out) if report.out else None}, indent=2)
