@@ -36,6 +36,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "conv4": {"input_size": 28, "in_channels": 1},
     "resnet12": {"input_size": 32, "in_channels": 3, "channels": [16, 32, 64, 128]},
     "efficientnet_lite0": {"input_size": 64, "pretrained": False},
+    "efficientnet_lite1": {"input_size": 64, "pretrained": False},
+    "efficientnet_lite2": {"input_size": 64, "pretrained": False},
 }
 NATIVE: dict[str, dict[str, Any]] = {"efficientnet_lite0": {"pretrained": False}}  # 224 px, 1280-d
 
