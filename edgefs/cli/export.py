@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="edgefs checkpoint, e.g. runs/protonet-conv4/best.pt (or --pretrained NAME)")
     p.add_argument("--pretrained", metavar="NAME",
                    help="export a backbone's ImageNet weights with no checkpoint: efficientnet_lite0/1/2")
-    p.add_argument("--input-size", type=A.integer(32, 1024), help="with --pretrained: input side in pixels (default: native)")
+    p.add_argument("--input-size", type=A.integer(32, 1024),
+                   help="with --pretrained: input side in pixels (default: native)")
     p.add_argument("--head", help="device head: prototype, imprint, matching or finetune "
                    "(default: the checkpoint's; with --pretrained, prototype)")
     p.add_argument("--distance", choices=["cosine", "euclidean"],
@@ -24,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean-from", metavar="DIR",
                    help="with --pretrained: images for the mean feature (its train split if it has one; "
                    "default: --data, else procedural images drawn by edgefs)")
-    p.add_argument("--mean-images", type=A.integer(1), default=256, help="images the mean feature is taken over (default 256)")
+    p.add_argument("--mean-images", type=A.integer(1), default=256,
+                   help="images the mean feature is taken over (default 256)")
     p.add_argument("--out", required=True, help="bundle folder to create, e.g. models/glyphs.edgefs")
     p.add_argument("--data", help="images for the parity check (default: the checkpoint's training data; "
                    "with --pretrained, procedural images)")
