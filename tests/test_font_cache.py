@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefs.data import debian
 from edgefs.data import fonts as F
 
 PKG = "fonts-edgefs-test"
@@ -117,3 +118,30 @@ def test_a_download_that_does_not_match_the_index_is_not_kept(good_deb: Path, tm
     with pytest.raises(F.FetchError, match=r"does not match the package index \(\d+ bytes, the package index says"):
         F.fetch_font_packages(cache, [PKG], log=lambda _: None)
     assert list((cache / "debs").iterdir()) == []
+
+
+def test_domain_fetch_shares_the_checks(good_deb: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``debian.fetch`` (colour domains) and the font fetch are one implementation: size check, refetch."""
+    cache = truncated_cache(tmp_path, good_deb)
+    apt_log = fake_network(tmp_path, monkeypatch, good_deb, True)
+    apt_cache = tmp_path / "bin" / "apt-cache"
+    apt_cache.write_text(apt_cache.read_text() + 'echo "Version: 1.0"\n')
+    lines: list[str] = []
+    pkg = debian.fetch(PKG, cache, log=lines.append)
+    assert f"{cache / 'debs' / DEB} is damaged or incomplete ({good_deb.stat().st_size // 2} bytes" in "\n".join(lines)
+    assert apt_log.read_text().split() == ["download", f"{PKG}=1.0"]
+    assert pkg.sha256 == hashlib.sha256(good_deb.read_bytes()).hexdigest() and pkg.version == "1.0"
+    assert pkg.root == cache / "pkgs" / f"{PKG}_1.0"
+    assert [p.name for p in F.package_font_files(pkg.root)] == ["Test.ttf"]
+    assert sorted(p.name for p in (cache / "debs").iterdir()) == [DEB]
+
+
+def test_a_fresh_download_that_does_not_unpack_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = tmp_path / "served" / DEB
+    served.parent.mkdir()
+    served.write_bytes(b"not a debian archive")
+    apt_log = fake_network(tmp_path, monkeypatch, served, False)
+    with pytest.raises(F.FetchError, match=rf"'dpkg -x {DEB}' failed: .*The file was downloaded just now"):
+        F.fetch_font_packages(tmp_path / "cache", [PKG], log=lambda _: None)
+    assert apt_log.read_text().split() == ["download", PKG]  # downloaded once, not again
+    assert not (tmp_path / "cache" / "pkgs" / PKG).exists()

@@ -1,13 +1,16 @@
 """Fetch Debian (and npm) packages into a local cache, verified, never installed system-wide.
 
 A Debian package is downloaded with ``apt-get download`` into a temporary folder
-inside the cache, checked against the SHA256 that ``apt-cache show`` states for
-that version, then renamed into ``CACHE/debs/``; only complete, verified files
-ever carry their final name. A cached .deb that no longer matches is deleted and
-fetched again. It is unpacked with ``dpkg -x`` into a temporary folder renamed to
-``CACHE/pkgs/<name>_<version>/`` when complete (a ``.unpacked`` marker records the
-verified digest). npm packages go the same way with ``npm pack`` and the
-registry's ``dist.integrity`` (SHA-512) instead of apt's SHA256.
+inside the cache, checked against the size and SHA256 that ``apt-cache show``
+states for that version, then renamed into ``CACHE/debs/``; only complete,
+verified files ever carry their final name. A cached .deb that no longer matches
+is deleted and fetched again; one that matches but does not unpack (damage the
+index cannot see) is deleted and fetched once more. It is unpacked with ``dpkg -x``
+into a temporary folder renamed to ``CACHE/pkgs/<name>_<version>/`` when complete
+(a ``.unpacked`` marker records the verified digest). :func:`unpack_deb` is that
+step on its own, for callers with their own layout (the glyph benchmark's fonts).
+npm packages go the same way with ``npm pack`` and the registry's
+``dist.integrity`` (SHA-512) instead of apt's SHA256.
 
 Every failure raises :class:`PackageFetchError` with what failed and what to do.
 """
@@ -32,6 +35,10 @@ from edgefs.errors import DataError
 
 class PackageFetchError(DataError):
     """A package could not be downloaded, verified or unpacked."""
+
+
+class _DpkgFailed(PackageFetchError):
+    """``dpkg -x`` rejected the archive."""
 
 
 @dataclass(frozen=True)
@@ -88,72 +95,142 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def apt_record(name: str) -> dict[str, str]:
-    """The candidate version's fields from ``apt-cache show`` (Version, SHA256, Filename, ...)."""
+def apt_record(name: str, required: bool = True) -> dict[str, str] | None:
+    """The candidate version's fields from ``apt-cache show`` (Version, Size, SHA256, Filename, ...).
+
+    When the index does not know the package (or ``apt-cache`` is missing) this raises, or
+    returns None when not ``required``: the download then goes unverified, and a file that
+    does not unpack is the only damage caught.
+    """
+    if not required and shutil.which("apt-cache") is None:
+        return None
     _need("apt-cache", "domains are built from Debian packages; use a Debian or Ubuntu machine")
     proc = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True)
     fields: dict[str, str] = {}
     for line in proc.stdout.splitlines():
+        if not line.strip() and fields:
+            break  # the first stanza is the candidate
         m = re.match(r"^([A-Za-z0-9-]+): (.*)$", line)
         if m and m.group(1) not in fields:
             fields[m.group(1)] = m.group(2).strip()
-    if proc.returncode != 0 or "SHA256" not in fields or "Filename" not in fields:
-        raise PackageFetchError(
-            f"Debian package {name!r} is not known to apt on this machine "
-            f"({(proc.stderr or 'no SHA256/Filename in apt-cache show').strip().splitlines()[-1]}); "
-            "run 'apt-get update' (with the main archive in /etc/apt/sources.list) and retry")
-    return fields
+    if "SHA256" in fields:
+        fields["SHA256"] = fields["SHA256"].lower()
+    wanted = ("Version", "SHA256", "Filename") if required else ("SHA256", "Filename")
+    if proc.returncode == 0 and all(k in fields for k in wanted):
+        return fields
+    if not required:
+        return None
+    raise PackageFetchError(
+        f"Debian package {name!r} is not known to apt on this machine "
+        f"({(proc.stderr or 'no Version/SHA256/Filename in apt-cache show').strip().splitlines()[-1]}); "
+        "run 'apt-get update' (with the main archive in /etc/apt/sources.list) and retry")
 
 
 def fetch_deb(name: str, cache: Path, log: Callable[[str], None] = print) -> Package:
     """Download (or reuse), verify and unpack one Debian package; see the module docstring."""
     fields = apt_record(name)
-    version, digest = fields["Version"], fields["SHA256"]
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    deb = debs / Path(fields["Filename"]).name
-    if deb.exists() and _sha256(deb) != digest:
-        log(f"  {name}: cached {deb.name} does not match apt's SHA256; fetching it again")
-        deb.unlink()
-    if not deb.exists():
-        _download_deb(name, version, digest, deb)
-        log(f"  {name} {version}: downloaded {deb.stat().st_size / 1e6:.1f} MB")
+    assert fields is not None  # required=True raises instead
+    version = fields["Version"]
     target = cache / "pkgs" / f"{name}_{version}"
-    try:
-        _unpack(target, digest, lambda tmp: _dpkg_x(deb, tmp))
-    except PackageFetchError:
-        # A verified .deb that dpkg cannot unpack is damaged in a way SHA256 cannot see
-        # (or apt's index is stale): drop it and fetch once more.
-        deb.unlink(missing_ok=True)
-        _download_deb(name, version, digest, deb)
-        _unpack(target, digest, lambda tmp: _dpkg_x(deb, tmp))
-    return Package(name, version, deb_licence(target, name), digest, target)
+    unpack_deb(name, cache / "debs", fields, target, log)
+    return Package(name, version, deb_licence(target, name), fields["SHA256"], target)
 
 
-def _download_deb(name: str, version: str, digest: str, deb: Path) -> None:
+def unpack_deb(name: str, debs: Path, fields: dict[str, str] | None, target: Path,
+               log: Callable[[str], None] = print) -> Path:
+    """Make sure ``target`` holds the unpacked ``name``; returns the verified .deb in ``debs``.
+
+    ``fields`` is the package index entry (:func:`apt_record`), or None when there is none.
+    The .deb is the cached file the index names when it matches the index's size and SHA256
+    (without an index: the newest cached ``name_*.deb``), else downloaded into a temporary
+    folder, verified and renamed. A cached .deb that fails the check is deleted; one that
+    does not unpack (damage the index cannot see, or no index) is deleted and fetched once
+    more. A .deb that was just downloaded and still does not unpack is an error.
+    """
     _need("apt-get", "install apt or use a Debian/Ubuntu machine")
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=deb.parent) as tmp:
-        proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=tmp,
-                              capture_output=True, text=True)
+    _need("dpkg", "install dpkg or use a Debian/Ubuntu machine")
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = _cached_deb(name, debs, fields, log)
+    fresh = deb is None
+    if deb is None:
+        deb = _download_deb(name, debs, fields, log)
+    problem = _try_unpack(deb, target, fields)
+    if problem and not fresh:
+        log(f"  {deb} does not unpack ({problem}); deleting it and downloading it again")
+        deb.unlink(missing_ok=True)
+        deb = _download_deb(name, debs, fields, log)
+        problem = _try_unpack(deb, target, fields)
+    if problem:
+        raise PackageFetchError(
+            f"'dpkg -x {deb.name}' failed: {problem}. The file was downloaded just now; "
+            f"check the disk space in {debs} and the package mirror ('apt-get update')")
+    return deb
+
+
+def _mismatch(deb: Path, fields: dict[str, str]) -> str:
+    """Why ``deb`` is not the indexed file ("" when size (if indexed) and SHA256 match)."""
+    size, want = deb.stat().st_size, fields.get("Size", "")
+    if want.isdigit() and size != int(want):
+        return f"{size} bytes, the package index says {want}"
+    if _sha256(deb) != fields["SHA256"]:
+        return "its SHA256 differs from the package index"
+    return ""
+
+
+def _cached_deb(name: str, debs: Path, fields: dict[str, str] | None, log: Callable[[str], None]) -> Path | None:
+    """The cached .deb to use, or None; a cached indexed file that fails the check is deleted."""
+    if fields is None:
+        found = sorted(debs.glob(f"{name}_*.deb"))
+        return found[-1] if found else None
+    deb = debs / Path(fields["Filename"]).name
+    if not deb.exists():
+        return None
+    why = _mismatch(deb, fields)
+    if why:
+        log(f"  {deb} is damaged or incomplete ({why}); deleting it and downloading it again")
+        deb.unlink()
+        return None
+    return deb
+
+
+def _download_deb(name: str, debs: Path, fields: dict[str, str] | None, log: Callable[[str], None]) -> Path:
+    """``apt-get download`` into a temporary folder; verified against the index, then renamed into ``debs``."""
+    spec = f"{name}={fields['Version']}" if fields and "Version" in fields else name
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
+        proc = subprocess.run(["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True)
         got = sorted(Path(tmp).glob("*.deb"))
         if proc.returncode != 0 or not got:
             err = (proc.stderr or proc.stdout).strip().splitlines()
             raise PackageFetchError(
-                f"'apt-get download {name}={version}' failed: {err[-1] if err else 'no .deb written'}; "
+                f"'apt-get download {spec}' failed: {err[-1] if err else 'no .deb written'}; "
                 "check the network and apt sources ('apt-get update'), then retry")
-        actual = _sha256(got[0])
-        if actual != digest:
-            raise PackageFetchError(
-                f"{got[0].name}: SHA256 {actual[:16]}... does not match apt's {digest[:16]}...; "
-                "run 'apt-get update' and retry")
-        os.replace(got[0], deb)
+        deb = got[-1]
+        if fields is not None:
+            indexed = Path(fields["Filename"]).name
+            why = (_mismatch(deb, fields) if deb.name == indexed
+                   else f"apt-get wrote {deb.name}, the index names {indexed}")
+            if why:
+                raise PackageFetchError(f"the downloaded {deb.name} does not match the package index ({why}); "
+                                        "run 'apt-get update' and try again")
+        final = debs / deb.name
+        os.replace(deb, final)  # same file system: the complete, verified file appears at once
+    log(f"  {name}: downloaded {final.stat().st_size / 1e6:.1f} MB")
+    return final
+
+
+def _try_unpack(deb: Path, target: Path, fields: dict[str, str] | None) -> str:
+    """Unpack ``deb`` into ``target`` (skipped when already done); dpkg's complaint, or "" on success."""
+    try:
+        _unpack(target, fields["SHA256"] if fields else _sha256(deb), lambda tmp: _dpkg_x(deb, tmp))
+    except _DpkgFailed as e:
+        return str(e)
+    return ""
 
 
 def _dpkg_x(deb: Path, dest: Path) -> None:
-    _need("dpkg", "install dpkg or use a Debian/Ubuntu machine")
     proc = subprocess.run(["dpkg", "-x", str(deb), str(dest)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise PackageFetchError(f"'dpkg -x {deb.name}' failed: {proc.stderr.strip()[-300:]}")
+        raise _DpkgFailed((proc.stderr or proc.stdout).strip()[-300:] or f"exit status {proc.returncode}")
 
 
 def _unpack(target: Path, digest: str, unpack: Callable[[Path], None]) -> None:

@@ -19,16 +19,15 @@ diacritic- or punctuation-like) that are neither compatibility forms
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edgefs.data.debian import PackageFetchError, apt_record, default_cache, unpack_deb
 
 FONT_PACKAGES: tuple[str, ...] = (
     "fonts-freefont-ttf", "fonts-mph-2b-damase", "fonts-sil-nuosusil", "fonts-denemo",
@@ -74,8 +73,8 @@ SCRIPT_RENAMES = {"canadian": "canadian_syllabics", "cjk_unified": "han", "cjk_c
 NOT_SCRIPTS = {"vedic", "turned", "reversed", "inverted", "combining"}
 
 
-class FetchError(RuntimeError):
-    """``apt-get download`` or ``dpkg -x`` failed; the message names the package and the cause."""
+FetchError = PackageFetchError
+"""``apt-get download`` or ``dpkg -x`` failed; the message names the package and the cause."""
 
 
 @dataclass(frozen=True)
@@ -109,19 +108,20 @@ class FontInfo:
 
 def default_font_cache() -> Path:
     """``$EDGEFS_CACHE/fonts`` when ``EDGEFS_CACHE`` is set, else ``~/.cache/edgefs/fonts``."""
-    root = os.environ.get("EDGEFS_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "edgefs") / "fonts"
+    return default_cache() / "fonts"
 
 
 def fetch_font_packages(cache: Path, packages: Iterable[str] = FONT_PACKAGES,
                         log: Callable[[str], None] = print) -> list[tuple[str, Path]]:
     """Download and unpack Debian font packages into ``cache`` (skipping those already unpacked).
 
-    A ``.deb`` is downloaded into a temporary folder, checked against the package
-    index (size and SHA256 from ``apt-cache show``) and only then renamed into
-    ``debs/``, so an interrupted download never leaves a partial file under a real
-    name. A cached ``.deb`` that fails the check or does not unpack is deleted and
-    fetched again.
+    Each package goes through :func:`edgefs.data.debian.unpack_deb`: a ``.deb`` is
+    downloaded into a temporary folder, checked against the package index (size and
+    SHA256 from ``apt-cache show``) and only then renamed into ``debs/``, so an
+    interrupted download never leaves a partial file under a real name. A cached
+    ``.deb`` that fails the check or does not unpack is deleted and fetched again.
+    Without an index entry the download is used as it comes, and only a file that
+    does not unpack is caught.
 
     Args:
         cache: folder for ``debs/`` (the .deb files) and ``pkgs/<name>/`` (unpacked trees).
@@ -137,8 +137,6 @@ def fetch_font_packages(cache: Path, packages: Iterable[str] = FONT_PACKAGES,
     """
     packages = list(packages)
     debs, pkgs = cache / "debs", cache / "pkgs"
-    debs.mkdir(parents=True, exist_ok=True)
-    pkgs.mkdir(parents=True, exist_ok=True)
     done: list[tuple[str, Path]] = []
     for i, name in enumerate(packages, 1):
         target = pkgs / name
@@ -146,119 +144,10 @@ def fetch_font_packages(cache: Path, packages: Iterable[str] = FONT_PACKAGES,
             log(f"  [{i}/{len(packages)}] {name}: cached")
             done.append((name, target))
             continue
-        for tool in ("apt-get", "dpkg"):
-            if shutil.which(tool) is None:
-                raise FetchError(f"'{tool}' is not available (not a Debian/Ubuntu machine)")
-        expected = _index_entry(name)
-        deb = _cached_deb(name, debs, expected, log)
-        fresh = deb is None
-        if deb is None:
-            deb = _download_deb(name, debs, expected)
-        problem = _unpack(deb, target)
-        if problem and not fresh:
-            log(f"  {deb} does not unpack ({problem}); deleting it and downloading it again")
-            deb.unlink(missing_ok=True)
-            deb = _download_deb(name, debs, expected)
-            problem = _unpack(deb, target)
-        if problem:
-            raise FetchError(f"'dpkg -x {deb.name}' failed: {problem}. The file was downloaded just now; "
-                             f"check the disk space in {debs} and the package mirror ('apt-get update')")
-        (target / ".unpacked").write_text(deb.name + "\n")
+        deb = unpack_deb(name, debs, apt_record(name, required=False), target, log)
         log(f"  [{i}/{len(packages)}] {name}: {deb.stat().st_size / 1e6:.1f} MB unpacked")
         done.append((name, target))
     return done
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """What the package index says of a package's candidate ``.deb``."""
-
-    filename: str
-    size: int
-    sha256: str
-
-
-def _index_entry(name: str) -> IndexEntry | None:
-    """The candidate's file name, size and SHA256 from ``apt-cache show``; None when the index lacks them."""
-    if shutil.which("apt-cache") is None:
-        return None
-    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True)
-    fields: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        if not line.strip():
-            break  # the first stanza is the candidate
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    try:
-        return IndexEntry(Path(fields["Filename"]).name, int(fields["Size"]), fields["SHA256"].lower())
-    except (KeyError, ValueError):
-        return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _mismatch(deb: Path, expected: IndexEntry) -> str:
-    """Why ``deb`` is not the indexed file ("" when size and SHA256 match)."""
-    size = deb.stat().st_size
-    if size != expected.size:
-        return f"{size} bytes, the package index says {expected.size}"
-    if _sha256(deb) != expected.sha256:
-        return "its SHA256 differs from the package index"
-    return ""
-
-
-def _cached_deb(name: str, debs: Path, expected: IndexEntry | None, log: Callable[[str], None]) -> Path | None:
-    """A cached ``.deb`` of ``name`` that matches the index (when the index knows its file), else None.
-
-    A cached file of the indexed name that does not match is deleted (a download that was cut short
-    by an older edgefs, or a damaged disk); files of other versions are kept and tried.
-    """
-    for deb in sorted(debs.glob(f"{name}_*.deb"), reverse=True):
-        if expected is not None and deb.name == expected.filename:
-            why = _mismatch(deb, expected)
-            if why:
-                log(f"  {deb} is damaged or incomplete ({why}); deleting it and downloading it again")
-                deb.unlink()
-                continue
-        return deb
-    return None
-
-
-def _unpack(deb: Path, target: Path) -> str:
-    """``dpkg -x deb target`` into a fresh ``target``; returns dpkg's complaint, or "" on success."""
-    if target.exists():
-        shutil.rmtree(target)
-    proc = subprocess.run(["dpkg", "-x", str(deb), str(target)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(target, ignore_errors=True)
-        return (proc.stderr or proc.stdout).strip()[-300:] or f"exit status {proc.returncode}"
-    return ""
-
-
-def _download_deb(name: str, debs: Path, expected: IndexEntry | None) -> Path:
-    """``apt-get download name`` into a temporary folder; verified against the index, then renamed into ``debs``."""
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
-        proc = subprocess.run(["apt-get", "download", name], cwd=tmp, capture_output=True, text=True)
-        found = sorted(Path(tmp).glob(f"{name}_*.deb"))
-        if proc.returncode != 0 or not found:
-            err = (proc.stderr or proc.stdout).strip().splitlines()
-            raise FetchError(f"'apt-get download {name}' failed: {err[-1] if err else 'no .deb written'}")
-        deb = found[-1]
-        if expected is not None:
-            why = _mismatch(deb, expected) if deb.name == expected.filename else \
-                f"apt-get wrote {deb.name}, the index names {expected.filename}"
-            if why:
-                raise FetchError(f"the downloaded {deb.name} does not match the package index ({why}); "
-                                 "run 'apt-get update' and try again")
-        final = debs / deb.name
-        os.replace(deb, final)  # same file system: the complete, verified file appears at once
-    return final
 
 
 def system_font_files() -> list[Path]:
