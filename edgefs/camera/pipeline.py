@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from edgefs.camera.capture import CaptureThread
+from edgefs.camera.limits import MAX_LIVE_SHOTS
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
@@ -47,8 +48,6 @@ from edgefs.store.validate import check_name
 
 UNKNOWN = "unknown"
 STAGES = ("wait", "preprocess", "embed", "head", "total")
-#: shots one live enrollment may take
-MAX_LIVE_SHOTS = 50
 DEFAULT_SMOOTH = 5
 T = TypeVar("T")
 
@@ -262,6 +261,38 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def annotate(image: np.ndarray, event: dict[str, Any], fps: float, stage_p50_ms: dict[str, float],
+             status: str = "") -> np.ndarray:
+    """The annotated view of a frame (BGR, a new array): label and confidence, top-k, FPS and
+    per-stage p50 latency, and a status line (enrollment, reconnects).
+
+    Args:
+        image: uint8 ``(H, W, 3)`` RGB, as captured.
+        event: the loop's event for the frame (``label``, ``confidence``, ``top``).
+        fps: frames per second to show.
+        stage_p50_ms: ``preprocess``/``embed``/``head`` -> p50 milliseconds (missing ones left out).
+        status: a line shown at the bottom in red ("" for none).
+    """
+    img = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    h, w = img.shape[:2]
+    scale = max(0.4, w / 640)
+    color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
+    cv2.putText(img, f"{event['label']} {event['confidence']:.2f}", (8, int(28 * scale)),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, color, 2, cv2.LINE_AA)
+    y = int(50 * scale)
+    for name, p in event["top"]:
+        cv2.putText(img, f"{name}: {p:.2f}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        y += int(18 * scale)
+    stage = " ".join(f"{s} {stage_p50_ms[s]:.1f}" for s in ("preprocess", "embed", "head") if s in stage_p50_ms)
+    cv2.putText(img, f"{fps:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
+    if status:
+        cv2.putText(img, status, (8, h - int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                    (0, 0, 255), 1, cv2.LINE_AA)
+    return img
+
+
 def loop_threads() -> int:
     """Engine threads for the camera loop: every core but one, which capture, decoding and the
     loop itself need (on 2 cores, 1 engine thread halves p99 latency: tools/bench_pipeline.py)."""
@@ -349,7 +380,8 @@ class Pipeline:
         self._commands.put(line)
 
     def start_enrollment(self, name: str, shots: int | None = None, source: int | None = None,
-                         delay_s: float | None = None, append: bool = False) -> LiveEnrollment:
+                         delay_s: float | None = None, append: bool = False,
+                         interval_s: float | None = None) -> LiveEnrollment:
         """Begin collecting shots for ``name`` (the loop keeps classifying meanwhile).
 
         With ``append`` the shots are added to the enrolled class ``name``. Call on the loop's
@@ -372,8 +404,8 @@ class Pipeline:
         count = int(shots or self.cfg.shots)
         if not 1 <= count <= MAX_LIVE_SHOTS:
             raise EdgefsError(f"a live enrollment takes 1 to {MAX_LIVE_SHOTS} shots, got {count}")
-        self.enrollment = LiveEnrollment(name, count, src, self.cfg.enroll_interval_s,
-                                         time.monotonic() + delay, append=append)
+        interval = self.cfg.enroll_interval_s if interval_s is None else interval_s
+        self.enrollment = LiveEnrollment(name, count, src, interval, time.monotonic() + delay, append=append)
         self.last_enrollment = self.enrollment
         self.log(f"enrolling {name!r} from source {src}: {self.enrollment.shots} shots"
                  + (" (appended to the class)" if append else ""))
@@ -610,30 +642,13 @@ class Pipeline:
 
     # ---- outputs --------------------------------------------------------------------
     def _overlay(self, frame: Frame, event: dict[str, Any]) -> np.ndarray:
-        img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        h, w = img.shape[:2]
-        scale = max(0.4, w / 640)
-        color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
-        cv2.putText(img, f"{event['label']} {event['confidence']:.2f}", (8, int(28 * scale)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, color, 2, cv2.LINE_AA)
-        y = int(50 * scale)
-        for name, p in event["top"]:
-            cv2.putText(img, f"{name}: {p:.2f}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-            y += int(18 * scale)
         elapsed = max(time.monotonic() - self.t_start, 1e-6)
         now = time.monotonic()
         if now - self._overlay_stats_at > 1.0:  # percentiles once a second, not per frame
             self._overlay_stats, self._overlay_stats_at = self.times.summary(), now
-        stats = self._overlay_stats
-        stage = " ".join(f"{s} {stats[s]['p50']:.1f}" for s in ("preprocess", "embed", "head") if s in stats)
-        cv2.putText(img, f"{self.frames / elapsed:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
         status = self.enrollment.status(time.monotonic()) if self.enrollment else self.status_line
-        if status:
-            cv2.putText(img, status, (8, h - int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
-                        (0, 0, 255), 1, cv2.LINE_AA)
-        return img
+        return annotate(frame.image, event, self.frames / elapsed,
+                        {s: v["p50"] for s, v in self._overlay_stats.items()}, status)
 
     def _output(self, frame: Frame, event: dict[str, Any]) -> None:
         if self.events_out is not None:

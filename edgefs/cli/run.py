@@ -10,9 +10,6 @@ from edgefs.cli import args as A
 if TYPE_CHECKING:
     from edgefs.camera.pipeline import RunConfig
 
-#: the largest smoothing window a flag or the settings page accepts
-MAX_SMOOTH = 300
-
 HELP = "classify camera streams in real time (window or JSONL), enroll live, record"
 
 
@@ -22,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_loop_arguments(p: argparse.ArgumentParser) -> None:
     """The camera loop's options, shared by ``edgefs run`` and ``edgefs serve`` (one loop, one set of flags)."""
+    from edgefs.camera.limits import MAX_SMOOTH
     from edgefs.heads.spec import HEAD_TYPES
     from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
 
