@@ -193,9 +193,11 @@ def _asset(name: str) -> bytes:
     return resources.files("edgefs.serve").joinpath("static", name).read_bytes()
 
 
-@endpoint("GET", "/healthz", f"liveness: 200 'ok' while a frame was classified in the last {STALE_S:g} s, else 503",
-          public=True)
+@endpoint("GET", "/healthz", f"200 'ok' while a frame was classified in the last {STALE_S:g} s, else 503 "
+          "(also before the first frame)", public=True)
 async def healthz(ctx: WebContext, request: Request) -> Response:
+    if ctx.hub.last_frame_at is None:
+        return PlainTextResponse("no frame classified yet; see /api/v1/status\n", status_code=503)
     age = time.monotonic() - ctx.hub.last_frame_at
     if ctx.hub.closed or age > STALE_S:
         return PlainTextResponse(f"no frame classified for {age:.0f} s; see /api/v1/status\n", status_code=503)

@@ -67,7 +67,7 @@ class ViewHub:
         self._index = {name: i for i, name in enumerate(self.names)}
         self.latest: list[tuple[Frame, dict[str, Any]] | None] = [None] * len(self.names)
         self.frames = [0] * len(self.names)
-        self.last_frame_at = time.monotonic()
+        self.last_frame_at: float | None = None  # monotonic time of the newest classified frame
         self.published = [Published() for _ in self.names]
         self.viewers = [0] * len(self.names)
         self.view_skipped = 0
