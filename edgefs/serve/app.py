@@ -300,7 +300,8 @@ async def stream(ctx: WebContext, request: Request) -> Response:
 
     async def frames() -> AsyncIterator[bytes]:
         hub.viewers[source] += 1
-        last = hub.published[source].version - 1  # the newest frame at once, if there is one
+        # The newest frame at once, if there is one (version 0 is "none yet": never sent).
+        last = max(hub.published[source].version - 1, 0)
         try:
             while not hub.closed:
                 got = await hub.next_jpeg(source, last, timeout=2.0)
