@@ -345,7 +345,7 @@ class Pipeline:
         self._enroll_thread: threading.Thread | None = None
         self._commands: queue.Queue[str] = queue.Queue()
         self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
-        self.listeners: list[Callable[[Frame, dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[int, Frame, dict[str, Any]], None]] = []
         self.last_enrollment: LiveEnrollment | None = None
         self.t_start = time.monotonic()
         self._stop = threading.Event()
@@ -429,9 +429,9 @@ class Pipeline:
         self._calls.put((fn, future))
         return future
 
-    def add_listener(self, fn: Callable[[Frame, dict[str, Any]], None]) -> None:
-        """Call ``fn(frame, event)`` on the loop's thread after each classified frame. It must return at
-        once (keep a reference, nothing more): the loop waits for it."""
+    def add_listener(self, fn: Callable[[int, Frame, dict[str, Any]], None]) -> None:
+        """Call ``fn(source_index, frame, event)`` on the loop's thread after each classified frame. It must
+        return at once (keep a reference, nothing more): the loop waits for it."""
         self.listeners.append(fn)
 
     def set_smoothing(self, window: int, margin: float | None = None) -> None:
@@ -638,7 +638,7 @@ class Pipeline:
             yield event
             self._output(frame, event)
             for listen in self.listeners:
-                listen(frame, event)
+                listen(i, frame, event)
 
     # ---- outputs --------------------------------------------------------------------
     def _overlay(self, frame: Frame, event: dict[str, Any]) -> np.ndarray:

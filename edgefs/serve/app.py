@@ -223,14 +223,18 @@ def render_metrics(ctx: WebContext) -> str:
                      for labels, value in samples)
 
     caps = list(zip(hub.names, p.captures, strict=True))
+
+    def src(i: int, name: str) -> str:  # two sources may have the same URI: the index tells them apart
+        return f'{{source="{i}",uri="{_label(name)}"}}'
+
     metric("edgefs_frames_total", "counter", "Frames classified, per source.",
-           [(f'{{source="{_label(n)}"}}', hub.frames[i]) for i, (n, _) in enumerate(caps)])
+           [(src(i, n), hub.frames[i]) for i, (n, _) in enumerate(caps)])
     metric("edgefs_dropped_frames_total", "counter", "Stale camera frames dropped before classification.",
-           [(f'{{source="{_label(n)}"}}', int(c.stats.dropped)) for n, c in caps])
+           [(src(i, n), int(c.stats.dropped)) for i, (n, c) in enumerate(caps)])
     metric("edgefs_reconnects_total", "counter", "Source reconnections.",
-           [(f'{{source="{_label(n)}"}}', int(c.stats.reconnects)) for n, c in caps])
+           [(src(i, n), int(c.stats.reconnects)) for i, (n, c) in enumerate(caps)])
     metric("edgefs_source_up", "gauge", "1 while the source delivers frames.",
-           [(f'{{source="{_label(n)}"}}', int(c.status.startswith("running"))) for n, c in caps])
+           [(src(i, n), int(c.status.startswith("running"))) for i, (n, c) in enumerate(caps)])
     samples: list[tuple[str, float]] = []
     counts: list[tuple[str, float]] = []
     for stage in ("preprocess", "embed", "head", "total"):
@@ -503,8 +507,9 @@ async def import_(ctx: WebContext, request: Request) -> Response:
         try:
             result = await run_in_threadpool(ctx.clf.import_pack, path, on_conflict)
         except EdgefsError as exc:
-            raise HttpError(409 if "already in the store" in str(exc) else 400,
-                            str(exc).replace(str(path), "the uploaded pack")) from None
+            message = str(exc).replace(f"class pack {path}", "the uploaded class pack")
+            raise HttpError(409 if "already in the store" in message else 400,
+                            message.replace(str(path), "the uploaded class pack")) from None
     ctx.log(f"web: imported a class pack: {result.summary()}")
     return JSONResponse({"added": result.added, "appended": result.appended, "replaced": result.replaced,
                          "skipped": result.skipped, "summary": result.summary()})

@@ -64,7 +64,6 @@ class ViewHub:
         self.pipeline = pipeline
         self.view_period = 1.0 / max(view_fps, 0.1)
         self.names = [cap.source.name for cap in pipeline.captures]
-        self._index = {name: i for i, name in enumerate(self.names)}
         self.latest: list[tuple[Frame, dict[str, Any]] | None] = [None] * len(self.names)
         self.frames = [0] * len(self.names)
         self.last_frame_at: float | None = None  # monotonic time of the newest classified frame
@@ -84,8 +83,7 @@ class ViewHub:
         pipeline.add_listener(self.on_frame)
 
     # ---- the loop's side: a reference, nothing more -------------------------------------
-    def on_frame(self, frame: Frame, event: dict[str, Any]) -> None:
-        i = self._index.get(frame.source, 0)
+    def on_frame(self, i: int, frame: Frame, event: dict[str, Any]) -> None:
         self.latest[i] = (frame, event)
         self.frames[i] += 1
         self.last_frame_at = time.monotonic()
