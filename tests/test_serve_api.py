@@ -398,3 +398,12 @@ def test_missing_web_stack_names_the_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # what Python does for a module that is not installed
     with pytest.raises(MissingDependencyError, match=r'pip install "edgefs\[serve\]"'):
         server.require_web_stack()
+
+
+def test_web_app_imports_no_torch() -> None:
+    """Device side (DESIGN.md rule 1): the web app and its command load without PyTorch."""
+    code = ("import sys\nsys.modules['torch'] = None\n"
+            "import edgefs.serve.app, edgefs.serve.server, edgefs.serve.hub, edgefs.serve.auth, edgefs.cli.serve\n"
+            "assert 'edgefs.backbones' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
