@@ -270,11 +270,14 @@ def test_live_enrollment_by_api_with_per_shot_verdicts(served: Served, glyph_dat
     for bad in ({"label": name}, {"label": name, "append": "yes"}, {"label": name, "append": True, "shots": 0},
                 {"label": name, "append": True, "source": 9}, {"label": name, "append": True, "delay_s": -1}):
         assert served.json("POST", "/api/v1/enroll", bad)[0] in (400, 409), bad
+    frames_before, t0 = served.web.hub.frames[0], time.monotonic()
     status, _ = served.json("POST", "/api/v1/enroll", {"label": name, "append": True, "shots": 2, "delay_s": 0,
                                                         "interval_s": 0.3})
     assert status == 202
     doc = wait_for(lambda: (d := served.json("GET", "/api/v1/enroll")[1])["enrollment"]["phase"] in
                    ("done", "failed") and d, timeout=60)["enrollment"]
+    # Classification went on meanwhile: the 10 FPS source kept being classified (half its rate at least).
+    assert served.web.hub.frames[0] - frames_before >= 5 * (time.monotonic() - t0) - 5
     verdicts = [r["accepted"] for r in doc["records"]]
     assert None not in verdicts and len(verdicts) == 2
     added = verdicts.count(True)
