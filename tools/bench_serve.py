@@ -14,8 +14,10 @@ falls on both alike:
 
 * ``headless``: the loop alone, as ``edgefs run`` runs it;
 * ``viewers``: the loop with the web app of ``edgefs serve`` (uvicorn + the view
-  encoder) and ``--viewers`` real HTTP clients, each a separate process pulling
-  the MJPEG stream of every source for the whole round.
+  encoder) and ``--viewers`` real HTTP clients, each a separate process doing
+  what the live page does for the whole round: pulling the MJPEG stream of every
+  source, and polling ``/api/v1/status`` twice a second and ``/api/v1/history``
+  once a second.
 
 The latency is the loop's own capture-to-result time of every frame (the
 ``total`` stage); CPU time per frame is the loop process's (server and encoder
@@ -61,10 +63,25 @@ def pull(i):
             break
         counts[i] += chunk.count(b"--frame\r\n")
     conn.close()
-threads = [threading.Thread(target=pull, args=(i,)) for i in range(sources)]
+polls = [0]
+def poll():  # what the live page does beside the streams: status twice a second, the chart once
+    conn = http.client.HTTPConnection(host, port, timeout=3)
+    end = time.monotonic() + seconds
+    tick = 0
+    while time.monotonic() < end:
+        for path in ("/api/v1/status",) + (("/api/v1/history",) if tick % 2 == 0 else ()):
+            try:
+                conn.request("GET", path)
+                conn.getresponse().read()
+                polls[0] += 1
+            except OSError:
+                return
+        tick += 1
+        time.sleep(0.5)
+threads = [threading.Thread(target=pull, args=(i,)) for i in range(sources)] + [threading.Thread(target=poll)]
 [t.start() for t in threads]
 [t.join() for t in threads]
-print(json.dumps({"frames": counts, "cpu_s": time.process_time()}))
+print(json.dumps({"frames": counts, "polls": polls[0], "cpu_s": time.process_time()}))
 """
 
 
@@ -174,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{args.sources} live synthetic cameras x {args.fps:g} FPS, Conv-4 28 px (trained), ONNX Runtime "
               f"{loop_threads()} engine thread(s); {args.rounds} rounds of {args.seconds:g} s per mode, alternated; "
               f"viewers: {args.viewers} HTTP client processes, each pulling every source's MJPEG stream "
-              f"(view {args.view_fps:g} FPS); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"(view {args.view_fps:g} FPS) and polling status/history as the live page does; "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"load average at the end {load[0]:.1f}")
     lines = [
         header, "",
