@@ -99,7 +99,8 @@ def test_journey_live_enroll_recognise_rename_export_remove_import(browser: Any,
              > int(first or -1) + 5, timeout=20)
     assert view.screenshot() != a  # the picture itself changes, not only the counters
     wait_for(lambda: page.locator("#stages tbody tr").count() >= 4, timeout=20)
-    page.wait_for_timeout(1500)  # a second chart point
+    # A second chart point; for the committed screenshots, a few more.
+    page.wait_for_timeout(8000 if os.environ.get("EDGEFS_SERVE_SCREENSHOTS") else 1500)
     page.screenshot(path=str(shots_dir / "live.png"), full_page=True)
 
     # Enroll the class source 0 shows, by button.

@@ -255,7 +255,7 @@ async function initSettings() {
   $("#save-smooth").addEventListener("click", () => put({ smooth: Number($("#smooth").value) }));
   poll(async () => {
     const st = await api("/status");
-    $("#live-results").replaceChildren(...st.sources.map((s) => el("p", {}, el("span", { class: "muted", text: `${s.name}: ` }), resultLine(s.result))));
+    $("#live-results").replaceChildren(...st.sources.map((s) => el("p", {}, el("span", { class: "muted src-name", text: `${s.name}: ` }), resultLine(s.result))));
   }, 500);
 }
 
