@@ -16,7 +16,6 @@ Device side: no torch (DESIGN.md rule 1).
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections import deque
@@ -29,30 +28,11 @@ import numpy as np
 from edgefs.camera.pipeline import STAGES, Pipeline, annotate
 from edgefs.camera.sources import Frame
 
-#: how much lower than the loop the web app's threads run (Linux thread niceness; 0 elsewhere)
-NICER_BY = 5
 #: seconds of one-per-second samples the live chart can show
 HISTORY_S = 300
 #: recent frames the per-stage latency quantiles are taken over
 QUANTILE_FRAMES = 600
 JPEG_QUALITY = 80
-
-
-def lower_thread_priority(by: int = NICER_BY) -> bool:
-    """Make the calling thread nicer than the rest of the process (Linux: a thread has its own nice value).
-
-    On a busy CPU the kernel then runs the camera loop first: the web app takes what is left.
-    Returns False where the platform does not allow it (the thread keeps running as it was).
-    """
-    get_id = getattr(threading, "get_native_id", None)
-    if get_id is None or not hasattr(os, "setpriority"):
-        return False
-    try:
-        tid = get_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-    except OSError:
-        return False
-    return True
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -129,7 +109,6 @@ class ViewHub:
 
     # ---- the hub's thread -----------------------------------------------------------------
     def _work(self) -> None:
-        lower_thread_priority()
         while not self._stop.is_set():
             t = time.monotonic()
             if t - self._last_sample[0] >= 1.0:

@@ -69,9 +69,6 @@ class WebServer:
         self._error: BaseException | None = None
 
     def _serve(self) -> None:
-        from edgefs.serve.hub import lower_thread_priority
-
-        lower_thread_priority()  # the camera loop first, on a busy CPU
         try:
             self.server.run()
         except BaseException as exc:  # SystemExit from a failed bind included: reported by start()
