@@ -143,6 +143,17 @@ def one_round(mode: str, bundle: Path, store: Path, cfg: DemoConfig, args: argpa
     }
 
 
+def verdict(rows: dict[str, dict[str, Any]]) -> str:
+    """The p99 difference, beside how much the p99 of one mode moves between its own rounds (the resolution)."""
+    delta = rows["viewers"]["p99"] - rows["headless"]["p99"]
+    spread = max(max(r["p99_per_round"]) - min(r["p99_per_round"]) for r in rows.values())
+    text = f"p99 with viewers minus headless: {delta:+.2f} ms (goal: at most +1 ms)."
+    if spread > 1.0:
+        text += (f" Not resolved on this run: the p99 of one mode moved by up to {spread:.1f} ms between its own "
+                 "rounds, so a difference of 1 ms cannot be told from the machine's load; run it on a quiet machine")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("data/glyphs28"), help="the glyph benchmark")
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['p50']:.2f} / {row['p90']:.2f} / {row['p99']:.2f} | "
                      f"{' / '.join(f'{x:.2f}' for x in row['p99_per_round'])} | {row['cpu_ms_per_frame']:.2f} | "
                      f"{vf} | {enc} |")
-    lines += ["", f"p99 with viewers minus headless: {delta:+.2f} ms (goal: at most +1 ms)"]
+    lines += ["", verdict(rows)]
     text = "\n".join(lines)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
