@@ -493,6 +493,78 @@ class Classifier:
         with self._write_lock:
             self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new))
 
+    def remove_shots(self, name: str, sample_ids: Sequence[int]) -> int:
+        """Remove single shots of ``name`` (row ids from :meth:`ClassStore.sample_rows`); the head is
+        rebuilt from the remaining samples in the same commit. Returns how many were removed."""
+        store = self._need_store("remove single shots")
+        removed = [0]
+
+        def write(tx: Any) -> None:
+            removed[0] = tx.remove_samples(name, sample_ids)
+
+        with self._write_lock:
+            self._commit_rebuilt(store, write)
+        return removed[0]
+
+    def import_pack(self, path: str | Path, on_conflict: str = "error") -> Any:
+        """Import a class pack (untrusted: read and checked whole before anything is written) and make
+        its classes live: samples and the rebuilt head in one commit. Returns the
+        :class:`edgefs.store.ImportResult`."""
+        from edgefs.store.packs import apply_pack, read_pack
+
+        store = self._need_store("import a class pack")
+        pack = read_pack(path, store.fingerprint, store.dim)
+        result: list[Any] = []
+        with self._write_lock:
+            self._commit_rebuilt(store, lambda tx: result.append(apply_pack(store, tx, pack, on_conflict)))
+        return result[0]
+
+    def set_threshold(self, value: str | float) -> float | None:
+        """Change the unknown threshold (``auto``, ``none`` or a cosine); saved with the head state and
+        live from the next frame. Returns the threshold now in force (None: rejection off)."""
+        mode = parse_threshold(value)
+        with self._write_lock:
+            before = self.threshold_mode
+            self.threshold_mode = mode
+            try:
+                self._commit(lambda head: None, lambda tx: None)
+            except BaseException:
+                self.threshold_mode = before
+                raise
+        return self.threshold
+
+    def settings(self) -> dict[str, Any]:
+        """Device settings saved with the store (e.g. ``smooth``); {} without a store."""
+        return self.store.settings() if self.store is not None else {}
+
+    def save_settings(self, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into the saved settings, durably; returns them all."""
+        store = self._need_store("save settings")
+        with self._write_lock, store.transaction() as tx:
+            merged = {**store.settings(), **values}
+            tx.save_settings(merged)
+        return merged
+
+    def _need_store(self, doing: str) -> ClassStore:
+        if self.store is None:
+            raise EdgefsError(f"cannot {doing} without a class store; open the classifier with one")
+        return self.store
+
+    def _commit_rebuilt(self, store: ClassStore, write: Callable[[Any], object]) -> Head:
+        """``write`` to the store, then rebuild the head from the samples as written, in one transaction.
+
+        For changes no head can apply incrementally (a single shot removed, a pack imported).
+        Call with ``_write_lock`` held.
+        """
+        with store.transaction() as tx:
+            write(tx)
+            head = self._apply_threshold(self._rebuilt())  # reads see this transaction's writes
+            arrays, params = head.state()
+            tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+        self._basis = tx.committed_samples
+        self.head = head
+        return head
+
     # ---- classification --------------------------------------------------------------------
     def classify(self, embeddings: np.ndarray, k: int = 3) -> ClassifyResult:
         """Rank the enrolled classes for float ``(Q, D)`` embeddings."""

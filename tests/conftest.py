@@ -59,3 +59,16 @@ def conv4_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     save_checkpoint(root / "conv4.pt", method, {"config": {"data": str(glyph_data)}, "episode": 0, "best_val": None})
     export_bundle(root / "conv4.pt", root / "conv4.edgefs", parity_images=16, log=lambda _: None)
     return root / "conv4.edgefs"
+
+
+CHECKPOINT = Path(__file__).parents[1] / "models" / "protonet-conv4-glyphs28.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed, trained Conv-4 ProtoNet exported to a bundle (parity-checked on glyph_data)."""
+    from edgefs.export import export_bundle
+
+    out = tmp_path_factory.mktemp("trained") / "model.edgefs"
+    export_bundle(CHECKPOINT, out, data=str(glyph_data), parity_images=16, log=lambda _: None)
+    return out

@@ -20,17 +20,6 @@ from edgefs.runtime.bundle import read_bundle
 from edgefs.store.store import ClassStore
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
-CHECKPOINT = Path(__file__).parents[1] / "models" / "protonet-conv4-glyphs28.pt"
-
-
-@pytest.fixture(scope="session")
-def trained_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed, trained Conv-4 ProtoNet exported to a bundle (parity-checked on glyph_data)."""
-    from edgefs.export import export_bundle
-
-    out = tmp_path_factory.mktemp("trained") / "model.edgefs"
-    export_bundle(CHECKPOINT, out, data=str(glyph_data), parity_images=16, log=lambda _: None)
-    return out
 
 
 def synthetic(glyph_data: Path, **options: object) -> str:

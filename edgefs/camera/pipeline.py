@@ -18,6 +18,7 @@ Device side: no torch (DESIGN.md rule 1).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -27,22 +28,28 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import cv2
 import numpy as np
 
 from edgefs.camera.capture import CaptureThread
+from edgefs.camera.limits import MAX_LIVE_SHOTS
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
 from edgefs.fileio import atomic_write_text
 from edgefs.quality import sharpness
+from edgefs.store.validate import check_name
 
 UNKNOWN = "unknown"
 STAGES = ("wait", "preprocess", "embed", "head", "total")
+DEFAULT_SMOOTH = 5
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,7 +59,8 @@ class RunConfig:
     Attributes:
         sources: source URIs (:func:`edgefs.camera.sources.open_source`).
         k: classes reported per frame (top-k).
-        smooth: frames in each source's smoothing window (1: no smoothing).
+        smooth: frames in each source's smoothing window (1: no smoothing); None: the store's
+            saved setting (``edgefs serve``'s settings page), else 5.
         switch_margin: hysteresis; the shown label changes only when another label's
             share of the window beats the current one's by this much.
         jsonl: write one JSON event per frame here (``-`` for stdout).
@@ -73,7 +81,7 @@ class RunConfig:
 
     sources: list[str]
     k: int = 3
-    smooth: int = 5
+    smooth: int | None = None
     switch_margin: float = 0.2
     jsonl: str | None = None
     record: str | None = None
@@ -144,6 +152,11 @@ class StageTimes:
         self.ms[stage].append(ms)
         self.count[stage] += 1
 
+    def recent(self, stage: str, n: int) -> list[float]:
+        """The newest ``n`` samples of ``stage``, oldest first; safe to call from another thread
+        (the copy is made in C under the GIL, so the loop cannot change the deque meanwhile)."""
+        return list(itertools.islice(reversed(self.ms[stage]), n))[::-1]
+
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
         for stage, values in self.ms.items():
@@ -152,6 +165,25 @@ class StageTimes:
                 out[stage] = {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
                               "mean": float(a.mean()), "n": self.count[stage]}
         return out
+
+
+@dataclass
+class ShotRecord:
+    """One frame offered to a live enrollment: taken, or refused with the reason.
+
+    ``image`` is the engine input (uint8 ``(H, W, 3)`` RGB), kept for a viewer's thumbnail;
+    ``accepted`` is None until the commit's gate (near-duplicates) has judged a taken shot.
+    """
+
+    index: int
+    time: float
+    image: np.ndarray
+    accepted: bool | None
+    reason: str = ""
+
+
+#: refused frames recorded per enrollment for viewers (a blurry stream refuses every frame)
+MAX_REFUSED_RECORDS = 24
 
 
 @dataclass
@@ -168,6 +200,13 @@ class LiveEnrollment:
     sharpness: list[float] = field(default_factory=list)
     last_shot: float = -1e9
     rejected: list[str] = field(default_factory=list)
+    append: bool = False
+    #: every shot taken or refused, in order, for a viewer: :class:`ShotRecord`
+    records: list[ShotRecord] = field(default_factory=list)
+    last_refused: float = -1e9
+    #: ``countdown``, ``collecting``, ``committing``, ``done`` or ``failed``
+    phase: str = "countdown"
+    message: str = ""
 
     def status(self, now: float) -> str:
         if now < self.start_at:
@@ -222,6 +261,38 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def annotate(image: np.ndarray, event: dict[str, Any], fps: float, stage_p50_ms: dict[str, float],
+             status: str = "") -> np.ndarray:
+    """The annotated view of a frame (BGR, a new array): label and confidence, top-k, FPS and
+    per-stage p50 latency, and a status line (enrollment, reconnects).
+
+    Args:
+        image: uint8 ``(H, W, 3)`` RGB, as captured.
+        event: the loop's event for the frame (``label``, ``confidence``, ``top``).
+        fps: frames per second to show.
+        stage_p50_ms: ``preprocess``/``embed``/``head`` -> p50 milliseconds (missing ones left out).
+        status: a line shown at the bottom in red ("" for none).
+    """
+    img = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    h, w = img.shape[:2]
+    scale = max(0.4, w / 640)
+    color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
+    cv2.putText(img, f"{event['label']} {event['confidence']:.2f}", (8, int(28 * scale)),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, color, 2, cv2.LINE_AA)
+    y = int(50 * scale)
+    for name, p in event["top"]:
+        cv2.putText(img, f"{name}: {p:.2f}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        y += int(18 * scale)
+    stage = " ".join(f"{s} {stage_p50_ms[s]:.1f}" for s in ("preprocess", "embed", "head") if s in stage_p50_ms)
+    cv2.putText(img, f"{fps:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
+    if status:
+        cv2.putText(img, status, (8, h - int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                    (0, 0, 255), 1, cv2.LINE_AA)
+    return img
+
+
 def loop_threads() -> int:
     """Engine threads for the camera loop: every core but one, which capture, decoding and the
     loop itself need (on 2 cores, 1 engine thread halves p99 latency: tools/bench_pipeline.py)."""
@@ -262,6 +333,8 @@ class Pipeline:
                           on_status=lambda status, name=source.name: self._on_status(name, status))
             for source in (open_source(uri, **config.source_options) for uri in config.sources)
         ]
+        if config.smooth is None:
+            config.smooth = int(classifier.settings().get("smooth", DEFAULT_SMOOTH))
         self.smoothers = [LabelSmoother(config.smooth, config.switch_margin) for _ in self.captures]
         self.times = StageTimes()
         self.enrollment: LiveEnrollment | None = None
@@ -271,6 +344,10 @@ class Pipeline:
         self.summary_error: str | None = None
         self._enroll_thread: threading.Thread | None = None
         self._commands: queue.Queue[str] = queue.Queue()
+        self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self.listeners: list[Callable[[int, Frame, dict[str, Any]], None]] = []
+        self.last_enrollment: LiveEnrollment | None = None
+        self.t_start = time.monotonic()
         self._stop = threading.Event()
         self.events_out: IO[str] | None = None
         self.writer: cv2.VideoWriter | None = None
@@ -303,24 +380,78 @@ class Pipeline:
         self._commands.put(line)
 
     def start_enrollment(self, name: str, shots: int | None = None, source: int | None = None,
-                         delay_s: float | None = None) -> None:
-        """Begin collecting shots for ``name`` (the loop keeps classifying meanwhile)."""
+                         delay_s: float | None = None, append: bool = False,
+                         interval_s: float | None = None) -> LiveEnrollment:
+        """Begin collecting shots for ``name`` (the loop keeps classifying meanwhile).
+
+        With ``append`` the shots are added to the enrolled class ``name``. Call on the loop's
+        thread (a command, or :meth:`submit` from another thread).
+        """
         name = name.strip()
         if not name:
             raise EdgefsError("enrollment needs a label")
+        check_name(name)
         if self.enrollment is not None:
             raise EdgefsError(f"already enrolling {self.enrollment.name!r}; wait for it to finish")
-        if name in self.clf.classes:
-            raise EdgefsError(f"class {name!r} is already enrolled; remove it first")
+        if name in self.clf.classes and not append:
+            raise EdgefsError(f"class {name!r} is already enrolled; remove it first, or append shots to it")
+        if append and name not in self.clf.classes:
+            raise EdgefsError(f"class {name!r} is not enrolled, so there is nothing to append to")
         src = self.cfg.enroll_source if source is None else source
         if not 0 <= src < len(self.captures):
             raise EdgefsError(f"enroll source {src} does not exist; there are {len(self.captures)} sources")
         delay = self.cfg.enroll_delay_s if delay_s is None else delay_s
-        self.enrollment = LiveEnrollment(name, int(shots or self.cfg.shots), src, self.cfg.enroll_interval_s,
-                                         time.monotonic() + delay)
-        self.log(f"enrolling {name!r} from source {src}: {self.enrollment.shots} shots")
+        count = int(shots or self.cfg.shots)
+        if not 1 <= count <= MAX_LIVE_SHOTS:
+            raise EdgefsError(f"a live enrollment takes 1 to {MAX_LIVE_SHOTS} shots, got {count}")
+        interval = self.cfg.enroll_interval_s if interval_s is None else interval_s
+        self.enrollment = LiveEnrollment(name, count, src, interval, time.monotonic() + delay, append=append)
+        self.last_enrollment = self.enrollment
+        self.log(f"enrolling {name!r} from source {src}: {self.enrollment.shots} shots"
+                 + (" (appended to the class)" if append else ""))
+        return self.enrollment
+
+    def cancel_enrollment(self) -> bool:
+        """Stop collecting shots (nothing is written); False when none is collecting. Loop thread."""
+        e = self.enrollment
+        if e is None or self._enroll_thread is not None:
+            return False  # a commit under way finishes
+        e.phase, e.message = "failed", "cancelled; nothing was written"
+        self.enrollment = None
+        return True
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the loop's thread between two batches; its result or exception comes in the future.
+
+        How other threads (the web app) change the loop's state without locks on the hot path.
+        """
+        future: Future[T] = Future()
+        self._calls.put((fn, future))
+        return future
+
+    def add_listener(self, fn: Callable[[int, Frame, dict[str, Any]], None]) -> None:
+        """Call ``fn(source_index, frame, event)`` on the loop's thread after each classified frame. It must
+        return at once (keep a reference, nothing more): the loop waits for it."""
+        self.listeners.append(fn)
+
+    def set_smoothing(self, window: int, margin: float | None = None) -> None:
+        """New smoothing for every source (loop thread): the windows start empty."""
+        margin = self.cfg.switch_margin if margin is None else margin
+        smoothers = [LabelSmoother(window, margin) for _ in self.captures]  # checks the values first
+        self.cfg.smooth, self.cfg.switch_margin = window, margin
+        self.smoothers = smoothers
 
     def _handle_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # handed to the caller, who reports it
+                    future.set_exception(exc)
         while True:
             try:
                 line = self._commands.get_nowait()
@@ -352,32 +483,52 @@ class Pipeline:
         if self._enroll_thread is not None:
             return  # the previous class is still committing
         # The classifier's rule: measured on the frame as captured, never on an enlargement of it.
+        e.phase = "collecting"
         sharp = self.clf.shot_sharpness(frame_image, "RGB") if frame_image is not None else sharpness(batch_image)
         if self.clf.quality.min_sharpness > 0 and sharp < self.clf.quality.min_sharpness:
-            e.rejected.append(f"frame too blurry (sharpness {sharp:.1f})")
+            reason = f"frame too blurry (sharpness {sharp:.1f} < {self.clf.quality.min_sharpness:g})"
+            e.rejected.append(reason)
+            refused = sum(r.accepted is False for r in e.records)
+            if now - e.last_refused >= e.interval_s and refused < MAX_REFUSED_RECORDS:
+                e.records.append(ShotRecord(len(e.records), time.time(), batch_image.copy(), False, reason))
+                e.last_refused = now
             return
         e.images.append(batch_image.copy())
         e.embeddings.append(embedding.copy())
         e.sharpness.append(sharp)
+        e.records.append(ShotRecord(len(e.records), time.time(), e.images[-1], None))
         e.last_shot = now
         if len(e.images) >= e.shots:
+            e.phase = "committing"
             self._enroll_thread = threading.Thread(target=self._commit_enrollment, args=(e,), daemon=True)
             self._enroll_thread.start()
 
     def _commit_enrollment(self, e: LiveEnrollment) -> None:
         try:
+            names = [f"shot {i}" for i in range(len(e.images))]
             result: EnrollResult = self.clf.enroll_embedded(
-                e.name, np.stack(e.images), np.stack(e.embeddings),
-                names=[f"shot {i}" for i in range(len(e.images))],
+                e.name, np.stack(e.images), np.stack(e.embeddings), names=names, append=e.append,
                 source=self.cfg.sources[e.source], problems=e.rejected[:5], sharpness=e.sharpness)
             self.enrolled.append(e.name)
+            self._judge_taken(e, result.rejected)
+            e.phase, e.message = "done", result.summary()
             self.log(result.summary())
         except EdgefsError as exc:
             self.enroll_failures[e.name] = str(exc)
+            self._judge_taken(e, str(exc).splitlines())
+            e.phase, e.message = "failed", f"nothing was written: {exc}"
             self.log(f"enrollment of {e.name!r} failed, nothing was written: {exc}")
         finally:
             self.enrollment = None
             self._enroll_thread = None
+
+    @staticmethod
+    def _judge_taken(e: LiveEnrollment, reasons: list[str]) -> None:
+        """Mark each taken shot accepted, or refused with the gate's reason (which names it "shot N")."""
+        taken = [r for r in e.records if r.accepted is None]
+        for i, record in enumerate(taken):
+            why = next((r.strip().split(": ", 1)[-1] for r in reasons if r.strip().startswith(f"shot {i}:")), "")
+            record.accepted, record.reason = (False, why) if why else (True, "")
 
     # ---- the loop -------------------------------------------------------------------
     def _gather(self) -> list[tuple[int, Frame]]:
@@ -486,33 +637,18 @@ class Pipeline:
                      "latency_ms": round(latency, 2), "truth": frame.label}
             yield event
             self._output(frame, event)
+            for listen in self.listeners:
+                listen(i, frame, event)
 
     # ---- outputs --------------------------------------------------------------------
     def _overlay(self, frame: Frame, event: dict[str, Any]) -> np.ndarray:
-        img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        h, w = img.shape[:2]
-        scale = max(0.4, w / 640)
-        color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
-        cv2.putText(img, f"{event['label']} {event['confidence']:.2f}", (8, int(28 * scale)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale, color, 2, cv2.LINE_AA)
-        y = int(50 * scale)
-        for name, p in event["top"]:
-            cv2.putText(img, f"{name}: {p:.2f}", (8, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-            y += int(18 * scale)
         elapsed = max(time.monotonic() - self.t_start, 1e-6)
         now = time.monotonic()
         if now - self._overlay_stats_at > 1.0:  # percentiles once a second, not per frame
             self._overlay_stats, self._overlay_stats_at = self.times.summary(), now
-        stats = self._overlay_stats
-        stage = " ".join(f"{s} {stats[s]['p50']:.1f}" for s in ("preprocess", "embed", "head") if s in stats)
-        cv2.putText(img, f"{self.frames / elapsed:.1f} FPS | ms {stage}", (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.45 * scale, (255, 255, 0), 1, cv2.LINE_AA)
         status = self.enrollment.status(time.monotonic()) if self.enrollment else self.status_line
-        if status:
-            cv2.putText(img, status, (8, h - int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
-                        (0, 0, 255), 1, cv2.LINE_AA)
-        return img
+        return annotate(frame.image, event, self.frames / elapsed,
+                        {s: v["p50"] for s, v in self._overlay_stats.items()}, status)
 
     def _output(self, frame: Frame, event: dict[str, Any]) -> None:
         if self.events_out is not None:
@@ -621,6 +757,42 @@ class Pipeline:
         )
 
 
+@contextmanager
+def open_pipeline(
+    bundle: str | Path,
+    store: str | Path,
+    config: RunConfig,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    head_type: str | None = None,
+    threshold: str | float | None = None,
+    log: Callable[[str], None] = print,
+) -> Iterator[Pipeline]:
+    """Check the outputs, open the classifier and the sources: the camera loop, ready to :meth:`Pipeline.run`.
+
+    ``edgefs run`` runs it as it is; ``edgefs serve`` runs the same loop with its web app attached.
+
+    Raises:
+        EdgefsError: an output that cannot be written (checked before anything runs), a bad bundle,
+            store or source.
+    """
+    for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
+                       ("--record", config.record)):
+        if path and path != "-":
+            check_writable(Path(path), flag)
+    if config.display is None:
+        config.display = display_available()
+    threads = threads or loop_threads()
+    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
+                         threshold=threshold, log=log) as clf:
+        if not clf.classes and not config.enroll and not config.commands:
+            log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
+                "'edgefs enroll', --enroll NAME or --commands")
+        yield Pipeline(clf, config, log=log)
+
+
 def run(
     bundle: str | Path,
     store: str | Path,
@@ -639,19 +811,8 @@ def run(
         EdgefsError: an output that cannot be written (checked before anything runs); after the
             summary is printed, a run that classified no frame or enrolled nothing of ``enroll``.
     """
-    for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
-                       ("--record", config.record)):
-        if path and path != "-":
-            check_writable(Path(path), flag)
-    if config.display is None:
-        config.display = display_available()
-    threads = threads or loop_threads()
-    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
-                         threshold=threshold, log=log) as clf:
-        if not clf.classes and not config.enroll and not config.commands:
-            log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
-                "'edgefs enroll', --enroll NAME or --commands")
-        pipeline = Pipeline(clf, config, log=log)
+    with open_pipeline(bundle, store, config, backend=backend, device=device, threads=threads,
+                       head_type=head_type, threshold=threshold, log=log) as pipeline:
         summary = pipeline.run()
     log(summary.text())
     problem = pipeline.problem()

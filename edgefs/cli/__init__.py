@@ -31,6 +31,7 @@ COMMANDS = {
     "enroll": "enroll",
     "classes": "classes",
     "run": "run",
+    "serve": "serve",
     "demo": "demo",
 }
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from edgefs.cli import args as A
+
+if TYPE_CHECKING:
+    from edgefs.camera.pipeline import RunConfig
 
 HELP = "classify camera streams in real time (window or JSONL), enroll live, record"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_loop_arguments(p)
+
+
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    """The camera loop's options, shared by ``edgefs run`` and ``edgefs serve`` (one loop, one set of flags)."""
+    from edgefs.camera.limits import MAX_SMOOTH
     from edgefs.heads.spec import HEAD_TYPES
     from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
 
@@ -34,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commands", action="store_true",
                    help="read commands from stdin: enroll NAME [SHOTS] | remove NAME | quit")
     p.add_argument("-k", "--top", type=A.integer(1), default=3, dest="k", help="classes reported per frame (default 3)")
-    p.add_argument("--smooth", type=A.integer(1), default=5, help="frames in the label smoothing window (default 5)")
+    p.add_argument("--smooth", type=A.integer(1, MAX_SMOOTH),
+                   help="frames in the label smoothing window (default: the store's saved setting, else 5)")
     p.add_argument("--head", choices=HEAD_TYPES, help="device head (default: the bundle's)")
     p.add_argument("--threshold", type=A.threshold,
                    help="unknown threshold: auto, none or a cosine (default: the store's choice)")
@@ -44,15 +55,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgefs.camera.pipeline import RunConfig, run
+def loop_config(args: argparse.Namespace) -> RunConfig:
+    """The :class:`RunConfig` of parsed :func:`add_loop_arguments` flags."""
+    from edgefs.camera.pipeline import RunConfig
 
-    config = RunConfig(
+    return RunConfig(
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
         summary_json=args.summary_json, open_timeout_s=args.open_timeout_s,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgefs.camera.pipeline import run
+
+    config = loop_config(args)
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
         head_type=args.head, threshold=args.threshold)
     return 0

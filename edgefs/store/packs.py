@@ -32,7 +32,7 @@ from edgefs import __version__, limits
 from edgefs.errors import EdgefsError
 from edgefs.fileio import FileRefused, atomic_writer, check_regular_file, load_npy
 from edgefs.store import schema
-from edgefs.store.store import ClassStore
+from edgefs.store.store import ClassStore, Transaction
 from edgefs.store.validate import (
     EMBEDDING_DTYPE,
     MAX_THUMBNAIL_BYTES,
@@ -301,25 +301,36 @@ def import_pack(store: ClassStore, path: str | Path, on_conflict: str = "error")
     if on_conflict not in ON_CONFLICT:
         raise StoreError(f"on_conflict {on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
     pack = read_pack(path, store.fingerprint, store.dim)
-    result = ImportResult()
     with store.transaction() as tx:
-        existing = set(store.names())
-        conflicts = [c.name for c in pack if c.name in existing]
-        if conflicts and on_conflict == "error":
-            raise StoreError(
-                f"classes {conflicts} are already in the store; choose --on-conflict skip, replace or append"
-            )
-        for c in pack:
-            if c.name not in existing:
-                tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
-                result.added.append(c.name)
-            elif on_conflict == "skip":
-                result.skipped.append(c.name)
-            elif on_conflict == "append":
-                tx.append(c.name, c.embeddings, c.thumbnails, c.sources)
-                result.appended.append(c.name)
-            else:
-                tx.remove(c.name)
-                tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
-                result.replaced.append(c.name)
+        return apply_pack(store, tx, pack, on_conflict)
+
+
+def apply_pack(store: ClassStore, tx: Transaction, pack: list[_PackClass], on_conflict: str = "error") -> ImportResult:
+    """Write the classes of a pack read by :func:`read_pack` inside the open transaction ``tx``.
+
+    The live device (``edgefs serve``) calls this inside the transaction that also saves the
+    rebuilt head, so the imported classes are live from the next frame.
+    """
+    if on_conflict not in ON_CONFLICT:
+        raise StoreError(f"on_conflict {on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
+    result = ImportResult()
+    existing = set(store.names())
+    conflicts = [c.name for c in pack if c.name in existing]
+    if conflicts and on_conflict == "error":
+        raise StoreError(
+            f"classes {conflicts} are already in the store; choose --on-conflict skip, replace or append"
+        )
+    for c in pack:
+        if c.name not in existing:
+            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+            result.added.append(c.name)
+        elif on_conflict == "skip":
+            result.skipped.append(c.name)
+        elif on_conflict == "append":
+            tx.append(c.name, c.embeddings, c.thumbnails, c.sources)
+            result.appended.append(c.name)
+        else:
+            tx.remove(c.name)
+            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+            result.replaced.append(c.name)
     return result

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from edgefs.store.packs import ImportResult
 
 STORE_FORMAT = "edgefs-class-store"
+#: meta key of the device settings (``edgefs serve``'s settings page: smoothing, ...)
+SETTINGS_KEY = "settings"
 # Where shots came from: one text for all of them (e.g. "camera:0"), or one per shot.
 Source = str | Sequence[str]
 
@@ -79,6 +81,23 @@ class ClassInfo:
     shots: int
     created: float
     updated: float
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One stored shot, without its embedding: what a viewer lists.
+
+    Attributes:
+        id: the sample's row id (stable; used to remove this shot alone).
+        created: seconds since the epoch when it was stored.
+        source: where it came from (``camera:0``, a folder, a pack).
+        thumbnail: whether a JPEG thumbnail is stored.
+    """
+
+    id: int
+    created: float
+    source: str
+    thumbnail: bool
 
 
 @dataclass
@@ -286,6 +305,37 @@ class Transaction:
             raise StoreError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled; remove it first")
         self._conn.execute("UPDATE classes SET name = ?, updated = ? WHERE id = ?", (new, self.now, class_id))
         self.samples_changed = True
+
+    def remove_samples(self, name: str, sample_ids: Sequence[int]) -> int:
+        """Remove single shots of class ``name`` by row id (:meth:`ClassStore.sample_rows`); returns how many.
+
+        Raises:
+            StoreError: an id that is not a shot of ``name``, or removing every shot (remove the class).
+        """
+        class_id = self._class_id(name)
+        if class_id is None:
+            raise StoreError(f"class {name!r} is not enrolled. {self._known()}")
+        ids = sorted({int(i) for i in sample_ids})
+        if not ids:
+            raise StoreError("no shots given to remove")
+        own = {int(r[0]) for r in self._conn.execute("SELECT id FROM samples WHERE class_id = ?", (class_id,))}
+        foreign = [i for i in ids if i not in own]
+        if foreign:
+            raise StoreError(f"shots {foreign[:10]} are not shots of {name!r}; list its shots again")
+        if len(ids) >= len(own):
+            raise StoreError(f"that would remove every shot of {name!r}; remove the class instead")
+        self._conn.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in ids])
+        self._conn.execute("UPDATE classes SET updated = ? WHERE id = ?", (self.now, class_id))
+        self.samples_changed = True
+        return len(ids)
+
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """Replace the device settings kept with the store (plain JSON: threshold, smoothing, ...)."""
+        try:
+            text = json.dumps(settings, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"settings must be plain JSON: {exc}") from exc
+        self._store._set_meta(SETTINGS_KEY, text)
 
     def _known(self) -> str:
         names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id LIMIT 21")]
@@ -628,6 +678,37 @@ class ClassStore:
             ).fetchall()
         emb = np.stack([self._decode(r[0]) for r in rows]) if rows else np.zeros((0, self.dim), EMBEDDING_DTYPE)
         return emb.astype(np.float32), [r[1] for r in rows], [r[2] for r in rows], [float(r[3]) for r in rows]
+
+    def sample_rows(self, name: str) -> list[SampleRow]:
+        """A class's shots without their embeddings, in enrollment order."""
+        with self._lock, self._sqlite_errors("reading"):
+            row = self._conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise StoreError(f"class {name!r} is not enrolled; 'edgefs classes list' shows what is")
+            rows = self._conn.execute(
+                "SELECT id, created, source, thumbnail IS NOT NULL FROM samples WHERE class_id = ? ORDER BY id",
+                (row[0],)).fetchall()
+        return [SampleRow(int(i), float(c), str(s), bool(t)) for i, c, s, t in rows]
+
+    def thumbnail(self, sample_id: int) -> bytes | None:
+        """The JPEG thumbnail of one shot (None if it has none).
+
+        Raises:
+            StoreError: no shot has that id.
+        """
+        with self._lock, self._sqlite_errors("reading"):
+            row = self._conn.execute("SELECT thumbnail FROM samples WHERE id = ?", (int(sample_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"no shot has id {sample_id}")
+        return None if row[0] is None else bytes(row[0])
+
+    def settings(self) -> dict[str, Any]:
+        """The device settings saved with the store ({} when none); see :meth:`Transaction.save_settings`."""
+        try:
+            value = json.loads(self.meta().get(SETTINGS_KEY, "{}"))
+        except ValueError:
+            value = None
+        return value if isinstance(value, dict) else {}
 
     def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Every sample, for building a head.
