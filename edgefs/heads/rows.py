@@ -29,7 +29,7 @@ class Rows:
         data: initial rows (copied), or None for none.
     """
 
-    __slots__ = ("_buf", "n", "_mark", "_shared")
+    __slots__ = ("_buf", "_mark", "_shared", "n")
 
     def __init__(self, tail: tuple[int, ...], dtype: np.typing.DTypeLike, data: np.ndarray | None = None) -> None:
         rows = np.zeros((0, *tail), dtype) if data is None else np.array(data, dtype=dtype, copy=True)
