@@ -22,8 +22,9 @@ sample's class, row id and time, kept up to date by each transaction from the ro
 it touches, :mod:`edgefs.store.digest`; samples are never changed in place, so these
 identify them). A head with one row per class is saved per class
 (:meth:`Transaction.save_head`): a change to one class writes that class's row only.
-The head state is current only while the store holds exactly that set, so a head saved by a writer that had not seen another writer's samples is detected
-at open, whoever wrote it, and rebuilt.
+The head state is current only while the store holds exactly that set, so a head
+saved by a writer that had not seen another writer's samples is detected at open,
+whoever wrote it, and rebuilt.
 """
 
 from __future__ import annotations
