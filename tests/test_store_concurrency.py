@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from edgefs.classifier import Classifier
-from edgefs.heads import build_head
+from edgefs.heads import build_head, calibrate_threshold
+from edgefs.heads.calibration import STATE_ARRAYS
 from edgefs.runtime.bundle import read_bundle
 from edgefs.store.store import ClassStore
 
@@ -88,9 +89,14 @@ def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, gly
         arrays, classes, shots = rebuilt_state(bundle, store)
         assert [c.shots for c in store.classes()] == [sum(added)] == [shots["shared"]]
         assert saved.params["classes"] == classes == ["shared"]
-        assert set(saved.arrays) == set(arrays)
+        # The saved head holds the head's arrays plus the calibration sample's state.
+        assert set(saved.arrays) - set(STATE_ARRAYS) == set(arrays)
         for k, a in arrays.items():
             np.testing.assert_allclose(saved.arrays[k], a, rtol=1e-5, atol=1e-5, err_msg=k)
+        # The threshold kept up to date through every writer's commit equals a full recomputation.
+        x, labels, _ = store.all_embeddings()
+        full = calibrate_threshold(x, labels, normalize=build_head(read_bundle(bundle).head, x.shape[1]).normalize_shots)
+        assert abs(saved.params["hyperparams"]["threshold"] - full) < 1e-5
         assert saved.current, saved.staleness()
         assert saved.samples == saved.stored == sum(added)
     # The live head of a new reader agrees as well.

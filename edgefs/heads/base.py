@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -339,6 +339,46 @@ class Head(ABC):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {}
 
+    # ---- persistence per class (the store writes only the changed classes' rows) ---------------
+    #: Whether the state's ``support``/``support_labels`` are the stored shots themselves; they are
+    #: then not saved per class but restored from the store's samples (:meth:`shots_arrays`).
+    keeps_shots: ClassVar[bool] = False
+
+    def class_rows(self, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Each named class's part of :meth:`state`: ``sums`` float32 ``(D,)``, ``counts`` int32 ``()``,
+        plus the head's own per-class rows (the fine-tune head's ``weight`` and ``bias``)."""
+        rows = {}
+        for name in names:
+            i = self.index(name)
+            rows[name] = {"sums": self._sums[i].copy(), "counts": np.asarray(self._counts[i], np.int32),
+                          **self._row_arrays(i)}
+        return rows
+
+    def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
+        """Hook: head-specific per-class rows of class ``idx`` (first axis of a state array)."""
+        return {}
+
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of :meth:`state` that are not per class or per shot (the centre feature...)."""
+        arrays = {} if self.center is None else {"center": self.center.copy()}
+        return {**arrays, **self._global_arrays()}
+
+    def _global_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def state_params(self) -> dict[str, Any]:
+        """:meth:`state`'s params without the class list (the store keeps the class order)."""
+        return {"head_type": self.head_type, "dim": self.dim, "hyperparams": self.hyperparams()}
+
+    def shots_arrays(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``support``/``support_labels`` state arrays made from the stored shots (float ``(N, D)``,
+        class indices ``(N,)``), as :meth:`add_class` keeps them; empty for heads that keep none."""
+        if not self.keeps_shots:
+            return {}
+        x = self.transform(np.asarray(embeddings, np.float32))
+        return {"support": l2_normalize(x) if self.normalize_shots else x,
+                "support_labels": np.asarray(labels, np.int32)}
+
     def load_state(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> None:
         """Replace this head's classes and arrays with a saved :meth:`state`.
 
@@ -399,6 +439,7 @@ class KeepsShots:
     dim: int
     classes: list[str]
     normalize_shots: ClassVar[bool]
+    keeps_shots: ClassVar[bool] = True
     _counts: np.ndarray
 
     def _init_shots(self) -> None:

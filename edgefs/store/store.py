@@ -398,6 +398,10 @@ class Transaction:
         self.head_saved = True
 
     # ---- reads see this transaction's writes --------------------------------------------------
+    def added_ids(self, name: str) -> np.ndarray:
+        """Row ids of the samples this transaction added to class ``name`` (int64, insertion order)."""
+        return np.array([i for _, n, i, _ in self._added if n == name], np.int64)
+
     def classes(self) -> list[ClassInfo]:
         """The store's classes as this transaction sees them."""
         return self._store.classes()
@@ -730,23 +734,55 @@ class ClassStore:
         emb = np.stack([self._decode(r[0]) for r in rows]) if rows else np.zeros((0, self.dim), EMBEDDING_DTYPE)
         return emb.astype(np.float32), [r[1] for r in rows], [r[2] for r in rows], [float(r[3]) for r in rows]
 
-    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def head_params(self) -> dict[str, Any]:
+        """The saved head's JSON params alone (no arrays read); {} when none or unreadable."""
+        with self._lock, self._sqlite_errors("reading"):
+            text = self._meta_value("head_params")
+        try:
+            params = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        return params if isinstance(params, dict) else {}
+
+    def samples_by_id(self, ids: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """float32 ``(n, D)`` embeddings and class names of the samples with these row ids
+        (a zero row and None for an id that is not stored)."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        found: dict[int, tuple[bytes, str]] = {}
+        with self._lock, self._sqlite_errors("reading"):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update((int(i), (e, n)) for i, e, n in self._conn.execute(
+                    "SELECT s.id, s.embedding, c.name FROM samples s JOIN classes c ON c.id = s.class_id "
+                    f"WHERE s.id IN ({','.join('?' * len(chunk))})", chunk))
+        x = np.zeros((len(ids), self.dim), np.float32)
+        names: list[str | None] = []
+        for k, i in enumerate(ids):
+            if i in found:
+                x[k] = self._decode(found[i][0])
+            names.append(found[i][1] if i in found else None)
+        return x, names
+
+    def all_embeddings(self, with_ids: bool = False) -> Any:
         """Every sample, for building a head.
 
         Returns:
             ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
-            ``names`` (enrollment order).
+            ``names`` (enrollment order); with ``with_ids`` also the samples' row ids int64 ``(N,)``.
         """
         with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
-                "SELECT c.name, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
+                "SELECT c.name, s.embedding, s.id FROM samples s JOIN classes c ON c.id = s.class_id "
+                "ORDER BY c.id, s.id"
             ).fetchall()
         index = {n: i for i, n in enumerate(names)}
         x = np.zeros((0, self.dim), np.float32)
         if rows:
-            x = np.stack([self._decode(b) for _, b in rows]).astype(np.float32)
-        labels = np.array([index[n] for n, _ in rows], dtype=np.int64)
+            x = np.stack([self._decode(b) for _, b, _ in rows]).astype(np.float32)
+        labels = np.array([index[n] for n, _, _ in rows], dtype=np.int64)
+        if with_ids:
+            return x, labels, names, np.array([i for _, _, i in rows], np.int64)
         return x, labels, names
 
     def sample_set(self) -> SampleSet:
