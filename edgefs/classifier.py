@@ -540,6 +540,36 @@ class Classifier:
         self.head = head
         return head
 
+    def add_embedded_classes(self, classes: dict[str, tuple[np.ndarray, Sequence[bytes | None] | None]],
+                             source: str = "") -> None:
+        """Enroll many new classes from shots already embedded and vetted, in one commit (bulk loading).
+
+        The same path as :meth:`enroll_embedded` (head update on a copy, calibration, the classes'
+        head rows and samples in one transaction) without the quality gate, as a class pack import.
+
+        Args:
+            classes: name -> (float32 ``(K, D)`` embeddings, K JPEG thumbnails or None).
+            source: where the shots came from.
+
+        Raises:
+            EdgefsError: a name already enrolled or given twice, bad embeddings; nothing is written.
+        """
+        for name in classes:
+            self._check_target(name, False)
+        embedded = {name: np.asarray(emb, np.float32) for name, (emb, _) in classes.items()}
+
+        def write(tx: Any) -> None:
+            for name, (emb, thumbs) in classes.items():
+                tx.add_class(name, embedded[name], thumbs, source)
+
+        def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
+            first = len(head.classes) - len(embedded)
+            for offset, (name, emb) in enumerate(embedded.items()):
+                calib.added(head, first + offset, emb, tx.added_ids(name))
+
+        with self._write_lock:
+            self._commit(lambda head: head.add_classes(embedded), write, calibrate, list(embedded))
+
     def remove(self, *names: str) -> dict[str, int]:
         """Forget classes: their samples and head rows, in one commit (all or none).
 

@@ -32,6 +32,7 @@ import numpy as np
 from edgefs.heads.base import Head
 from edgefs.heads.openset import threshold_from_scores
 from edgefs.heads.reference import l2_normalize, row_dots
+from edgefs.heads.rows import Rows
 
 #: Shots kept for calibration; below this the threshold equals the full recomputation.
 DEFAULT_CAPACITY = 2048
@@ -55,10 +56,19 @@ class LooCalibrator:
         self.seen = 0  # shots offered to the reservoir, net of removed classes
         self.ids = np.zeros(0, np.int64)  # store sample ids (-1 when not stored)
         self.cls = np.zeros(0, np.int32)  # class index in the head
-        self.q = np.zeros((0, 0), np.float32)  # unit rows, as queries are scored
-        self.s = np.zeros((0, 0), np.float32)  # the shots as the head sums them
+        self._q: Rows | None = None  # unit rows, as queries are scored (grown by doubling)
+        self._s: Rows | None = None  # the shots as the head sums them (None: the same as q)
+        self.own = np.zeros(0, np.float32)  # cosine to the own class's mean without the shot
         self.other = np.zeros(0, np.float32)  # best cosine to another class's prototype
         self.other_class = np.zeros(0, np.int32)  # which class (-1: none)
+
+    @property
+    def q(self) -> np.ndarray:
+        return np.zeros((0, 0), np.float32) if self._q is None else self._q.view
+
+    @property
+    def s(self) -> np.ndarray:
+        return self.q if self._s is None else self._s.view
 
     # ---- building -----------------------------------------------------------------------------
     def _rows(self, head: Head, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,39 +85,60 @@ class LooCalibrator:
         best = cos.argmax(axis=1).astype(np.int32)
         return cos[np.arange(len(q)), best].astype(np.float32), best
 
+    def _own(self, head: Head, rows: np.ndarray) -> np.ndarray:
+        """Leave-one-out cosines of kept shots ``rows`` to their own class, from the head's sums."""
+        c = self.cls[rows]
+        counts = head._counts[c].astype(np.float32)
+        loo = l2_normalize((head._sums[c] - self.s[rows]) / np.maximum(counts - 1, 1)[:, None])
+        return (self.q[rows] * loo).sum(axis=1).astype(np.float32)
+
     def _keep(self, head: Head, embeddings: np.ndarray, cls: np.ndarray, ids: np.ndarray) -> None:
         """Offer shots to the reservoir (after the head holds their class): algorithm R, in order."""
-        if not self.q.size:
-            self.q = np.zeros((0, head.dim), np.float32)
-            self.s = np.zeros((0, head.dim), np.float32)
+        if self._q is None:
+            self._q = Rows((head.dim,), np.float32)
+            self._s = None if head.normalize_shots else Rows((head.dim,), np.float32)
         room = max(self.capacity - len(self.ids), 0)
-        fresh = np.arange(min(room, len(embeddings)))
+        n = min(room, len(embeddings))
         winner: dict[int, int] = {}  # slot -> shot replacing it (a later shot wins, as in sequence)
-        self.seen += len(fresh)
-        for i in range(len(fresh), len(embeddings)):
+        self.seen += n
+        for i in range(n, len(embeddings)):
             self.seen += 1
             j = int(self.rng.integers(self.seen))
             if j < self.capacity:
                 winner[j] = i
-        chosen = np.concatenate([fresh, np.array(list(winner.values()), np.int64)]).astype(np.int64)
+        chosen = np.concatenate([np.arange(n), np.array(list(winner.values()), np.int64)]).astype(np.int64)
         if not chosen.size:
             return
         q, s = self._rows(head, embeddings[chosen])
         c = cls[chosen].astype(np.int32)
         other, other_class = self._best_other(head, q, c)
         new_ids = ids[chosen].astype(np.int64)
-        n = len(fresh)
-        self.ids = np.concatenate([self.ids, new_ids[:n]])
-        self.cls = np.concatenate([self.cls, c[:n]])
-        self.other = np.concatenate([self.other, other[:n]])
-        self.other_class = np.concatenate([self.other_class, other_class[:n]])
-        self.q = np.concatenate([self.q, q[:n]])
-        self.s = np.concatenate([self.s, s[:n]])
         slots = np.array(list(winner.keys()), np.int64)
-        if slots.size:
-            self.ids[slots], self.cls[slots] = new_ids[n:], c[n:]
-            self.other[slots], self.other_class[slots] = other[n:], other_class[n:]
-            self.q[slots], self.s[slots] = q[n:], s[n:]
+        if n:
+            first = len(self.ids)
+            self.ids = np.concatenate([self.ids, new_ids[:n]])
+            self.cls = np.concatenate([self.cls, c[:n]])
+            self.other = np.concatenate([self.other, other[:n]])
+            self.other_class = np.concatenate([self.other_class, other_class[:n]])
+            self.own = np.concatenate([self.own, np.zeros(n, np.float32)])
+            self._q.extend(q[:n])
+            if self._s is not None:
+                self._s.extend(s[:n])
+            slots = np.concatenate([np.arange(first, first + n), slots]).astype(np.int64)
+            new_ids, c, other, other_class = new_ids[n:], c[n:], other[n:], other_class[n:]
+            q, s = q[n:], s[n:]
+            placed = np.arange(first, first + n)
+        else:
+            placed = np.zeros(0, np.int64)
+        replaced = slots[len(placed):]
+        if replaced.size:
+            self.ids[replaced], self.cls[replaced] = new_ids, c
+            self.other[replaced], self.other_class[replaced] = other, other_class
+            self._q.writable()[replaced] = q
+            if self._s is not None:
+                self._s.writable()[replaced] = s
+        touched = np.concatenate([placed, replaced]).astype(np.int64)
+        self.own[touched] = self._own(head, touched)
 
     def rebuild(self, head: Head, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Start again from every stored shot (float ``(N, D)``, class indices ``(N,)``, store ids)."""
@@ -138,6 +169,7 @@ class LooCalibrator:
             fell = (self.other_class == idx) & (cos < self.other)
             self.other[better], self.other_class[better] = cos[better], idx
             self._rescore(head, np.flatnonzero(fell))
+            self.own[mine] = self._own(head, np.flatnonzero(mine))  # its sum and count changed
         ids = np.full(len(embeddings), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
         self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids)
 
@@ -145,8 +177,12 @@ class LooCalibrator:
         """Class ``idx`` (``shots`` shots) was removed from ``head``; later indices moved down by one."""
         keep = self.cls != idx
         self.seen = max(self.seen - int(shots), int(keep.sum()))
-        for name in ("ids", "cls", "other", "other_class", "q", "s"):
+        for name in ("ids", "cls", "own", "other", "other_class"):
             setattr(self, name, getattr(self, name)[keep])
+        if self._q is not None:
+            self._q = Rows((self._q.view.shape[1],), np.float32, self._q.view[keep])
+        if self._s is not None:
+            self._s = Rows((self._s.view.shape[1],), np.float32, self._s.view[keep])
         lost = self.other_class == idx
         self.cls = (self.cls - (self.cls > idx)).astype(np.int32)
         self.other_class = (self.other_class - (self.other_class > idx)).astype(np.int32)
@@ -154,12 +190,9 @@ class LooCalibrator:
 
     # ---- the threshold ------------------------------------------------------------------------
     def scores(self, head: Head) -> tuple[np.ndarray, np.ndarray]:
-        """``(known, negative)`` as :func:`edgefs.heads.openset.loo_scores` gives for the kept shots."""
-        counts = head._counts[self.cls].astype(np.float32)
-        loo = l2_normalize((head._sums[self.cls] - self.s) / np.maximum(counts - 1, 1)[:, None])
-        own = (self.q * loo).sum(axis=1)
-        multi = counts >= 2
-        return np.maximum(own, self.other)[multi].astype(np.float32), self.other.astype(np.float32)
+        """``(known, negative)`` as :func:`edgefs.heads.openset.loo_scores` gives for the kept shots: O(r)."""
+        multi = head._counts[self.cls] >= 2
+        return np.maximum(self.own, self.other)[multi].astype(np.float32), self.other.astype(np.float32)
 
     def threshold(self, head: Head, target_tpr: float = 0.95) -> float:
         """The leave-one-out threshold (:func:`edgefs.heads.openset.calibrate_threshold`, ``"loo"``).
@@ -192,7 +225,10 @@ class LooCalibrator:
         emb, cls = fetch(ids)
         if emb.shape != (len(ids), head.dim) or cls.shape != ids.shape or (other_class >= len(head.classes)).any():
             return False
-        self.q, self.s = self._rows(head, emb)
+        q, s = self._rows(head, emb)
+        self._q = Rows((head.dim,), np.float32, q)
+        self._s = None if head.normalize_shots else Rows((head.dim,), np.float32, s)
         self.ids, self.cls, self.other, self.other_class = ids, cls.astype(np.int32), other, other_class
+        self.own = self._own(head, np.arange(len(ids))) if len(ids) else np.zeros(0, np.float32)
         self.seen = max(seen, len(ids))
         return True

@@ -239,7 +239,8 @@ class FinetuneHead(KeepsShots, Head):
 
     def _update(self, changed: list[int]) -> None:
         if self.local():
-            self._fit_rows(changed)
+            for idx in changed:  # one class at a time: a joint refit of many rows costs their square
+                self._fit_rows([idx])
             self.changed_rows = set(changed)
         else:
             self._fit()
