@@ -564,8 +564,8 @@ class Classifier:
 
         def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
             first = len(head.classes) - len(embedded)
-            for offset, (name, emb) in enumerate(embedded.items()):
-                calib.added(head, first + offset, emb, tx.added_ids(name))
+            for offset, (name, shots) in enumerate(embedded.items()):
+                calib.added(head, first + offset, shots, tx.added_ids(name))
 
         with self._write_lock:
             self._commit(lambda head: head.add_classes(embedded), write, calibrate, list(embedded))

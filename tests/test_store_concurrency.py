@@ -95,7 +95,8 @@ def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, gly
             np.testing.assert_allclose(saved.arrays[k], a, rtol=1e-5, atol=1e-5, err_msg=k)
         # The threshold kept up to date through every writer's commit equals a full recomputation.
         x, labels, _ = store.all_embeddings()
-        full = calibrate_threshold(x, labels, normalize=build_head(read_bundle(bundle).head, x.shape[1]).normalize_shots)
+        normalize = build_head(read_bundle(bundle).head, x.shape[1]).normalize_shots
+        full = calibrate_threshold(x, labels, normalize=normalize)
         assert abs(saved.params["hyperparams"]["threshold"] - full) < 1e-5
         assert saved.current, saved.staleness()
         assert saved.samples == saved.stored == sum(added)

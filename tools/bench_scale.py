@@ -175,8 +175,9 @@ def run_config(dim: int, name: str, sizes: list[int], enrolls: int, work: Path, 
                 made += 1
                 enroll_ms.append(result.timings_ms["total"])
                 commit_ms.append(result.timings_ms["commit"])
-            one = median_ms(lambda: clf.classify(queries[:1], k=5), 50)
-            many = median_ms(lambda: clf.classify(queries, k=5), 10)
+            live = clf
+            one = median_ms(lambda: live.classify(queries[:1], k=5), 50)
+            many = median_ms(lambda: live.classify(queries, k=5), 10)
             clf.close()
             db_bytes = db.stat().st_size
             emb_bytes, thumb_bytes = store_payload(db, dim)
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown heads {unknown}; sizes must ascend; --enrolls >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-               f"{os.getloadavg()[0]:.1f} at start, Python {platform.python_version()}, numpy {np.__version__}")
+               f"{os.getloadavg()[0]:.1f} at start, Python {platform.python_version()}, numpy {np.__version__}, "
+               f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         for dim in dims:
