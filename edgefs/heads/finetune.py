@@ -144,7 +144,7 @@ class FinetuneHead(KeepsShots, Head):
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, lr: float = 0.5,
                  lr_b: float | None = None, steps: int = 50, momentum: float = 0.9, l2: float = 0.001,
                  penalty: str = "l2", refit: bool = True, scope: str = "auto", replay: int = 256,
-                 neighbours: int = 16, full_max_shots: int = 2048) -> None:
+                 neighbours: int = 16, full_max_shots: int = 256) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
         if penalty not in PENALTIES:
             raise EdgefsError(f"unknown penalty {penalty!r}; use one of {', '.join(PENALTIES)}")
