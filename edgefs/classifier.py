@@ -559,7 +559,7 @@ class Classifier:
         embedded = {name: np.asarray(emb, np.float32) for name, (emb, _) in classes.items()}
 
         def write(tx: Any) -> None:
-            for name, (emb, thumbs) in classes.items():
+            for name, (_, thumbs) in classes.items():
                 tx.add_class(name, embedded[name], thumbs, source)
 
         def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:

@@ -35,6 +35,7 @@ shared machine, read the figures as measured under that load.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -175,9 +176,8 @@ def run_config(dim: int, name: str, sizes: list[int], enrolls: int, work: Path, 
                 made += 1
                 enroll_ms.append(result.timings_ms["total"])
                 commit_ms.append(result.timings_ms["commit"])
-            live = clf
-            one = median_ms(lambda: live.classify(queries[:1], k=5), 50)
-            many = median_ms(lambda: live.classify(queries, k=5), 10)
+            one = median_ms(functools.partial(clf.classify, queries[:1], k=5), 50)
+            many = median_ms(functools.partial(clf.classify, queries, k=5), 10)
             clf.close()
             db_bytes = db.stat().st_size
             emb_bytes, thumb_bytes = store_payload(db, dim)
@@ -204,8 +204,8 @@ def run_config(dim: int, name: str, sizes: list[int], enrolls: int, work: Path, 
                 "threshold": clf.threshold,
             }
             rows.append(row)
-            log(f"D={dim:5d} {name:24s} {at:6d} classes: bulk {bulk_s:7.2f} s, enroll {row['enroll_ms_median']:8.2f} ms, "
-                f"classify 1/32 {one:7.3f}/{many:7.3f} ms, reopen {row['reopen_ms_median']:8.1f} ms, store "
+            log(f"D={dim:5d} {name:24s} {at:6d} classes: bulk {bulk_s:7.2f} s, "
+                f"enroll {row['enroll_ms_median']:8.2f} ms, classify 1/32 {one:7.3f}/{many:7.3f} ms, reopen {row['reopen_ms_median']:8.1f} ms, store "
                 f"{db_bytes / 2**20:7.1f} MiB ({row['overhead_bytes_per_class']:.0f} B/class over samples+thumbs), "
                 f"RSS {row['rss_mb_after_reopen']:.0f} MiB")
     finally:
