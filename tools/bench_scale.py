@@ -205,7 +205,8 @@ def run_config(dim: int, name: str, sizes: list[int], enrolls: int, work: Path, 
             }
             rows.append(row)
             log(f"D={dim:5d} {name:24s} {at:6d} classes: bulk {bulk_s:7.2f} s, "
-                f"enroll {row['enroll_ms_median']:8.2f} ms, classify 1/32 {one:7.3f}/{many:7.3f} ms, reopen {row['reopen_ms_median']:8.1f} ms, store "
+                f"enroll {row['enroll_ms_median']:8.2f} ms, classify 1/32 {one:7.3f}/{many:7.3f} ms, "
+                f"reopen {row['reopen_ms_median']:8.1f} ms, store "
                 f"{db_bytes / 2**20:7.1f} MiB ({row['overhead_bytes_per_class']:.0f} B/class over samples+thumbs), "
                 f"RSS {row['rss_mb_after_reopen']:.0f} MiB")
     finally:
