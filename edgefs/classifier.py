@@ -533,8 +533,10 @@ class Classifier:
                 self._set_threshold(head)
                 self.save_head(tx, head, changed)
         except BaseException:
-            self._calib = None  # it may hold the failed change: restored from the store when next needed
+            self._calib = None  # it may hold the failed change: restored from the last commit's state
             raise
+        if self._calib is not None and self.threshold_mode == "auto":
+            self._calib_saved = self._calib.arrays()  # what this commit saved, for a restore after a failure
         self._basis = tx.committed_samples
         self._per_class = True
         self.head = head

@@ -10,6 +10,8 @@ the full scores' quantiles at 3 standard errors of the sampled rank.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -97,3 +99,33 @@ def test_beyond_capacity_the_sampled_threshold_stays_within_the_stated_band() ->
     t = calib.threshold(head)
     assert low <= t <= high, (low, t, high)
     assert abs(t - calibrate_threshold(x, y)) < high - low
+
+
+def test_a_failed_commit_leaves_the_threshold_of_the_last_commit(tmp_path: Path) -> None:
+    """The calibration sample is updated inside the transaction; a failed write must not leave its change."""
+    from edgefs.classifier import Classifier
+    from edgefs.runtime.bundle import Bundle, Manifest
+    from edgefs.store import ClassStore
+
+    manifest = Manifest(backbone={}, input={"height": 8, "width": 8}, output={"dim": DIM},
+                        head={"type": "imprint"}, fingerprint="cc" * 32)
+    bundle = Bundle(tmp_path, manifest, HeadSpec("imprint"))
+    rng = np.random.default_rng(0)
+    images = (rng.integers(0, 4, size=(4, 2, 2, 3)) * 60).astype(np.uint8).repeat(4, 1).repeat(4, 2)
+    shots = {}
+    with Classifier(bundle, None, ClassStore.open(tmp_path / "s.db", bundle), log=lambda _: None) as clf:
+        for i in range(4):
+            shots[f"c{i}"] = (rng.normal(size=DIM) + 0.6 * rng.normal(size=(4, DIM))).astype(np.float32)
+            clf.enroll_embedded(f"c{i}", images, shots[f"c{i}"])
+        before = clf.threshold
+        bad = (rng.normal(size=DIM) + 0.6 * rng.normal(size=(4, DIM))).astype(np.float32)
+        with pytest.raises(Exception, match="thumbnail"):
+            clf._commit(lambda head: head.add_class("bad", bad),
+                        lambda tx: tx.add_class("bad", bad, [b"not a jpeg"] * 4),
+                        lambda calib, head, tx: calib.added(head, len(head.classes) - 1, bad), ["bad"])
+        assert clf.threshold == before and clf.classes == ["c0", "c1", "c2", "c3"]
+        shots["c4"] = (rng.normal(size=DIM) + 0.6 * rng.normal(size=(4, DIM))).astype(np.float32)
+        clf.enroll_embedded("c4", images, shots["c4"])
+        x = np.concatenate(list(shots.values()))
+        y = np.repeat(np.arange(5), 4)
+        assert abs(clf.threshold - calibrate_threshold(x, y)) < 1e-5
