@@ -198,6 +198,30 @@ def test_classify(launch: Any, measure: Check, classes: int, dim: int, shots: in
         assert np.array_equal(unknown[~near], r_unknown[~near])
 
 
+@pytest.mark.parametrize(("classes", "dim", "queries"), [(12_500, 64, 2), (40, 12_800, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_classify_beyond_shared_memory(launch: Any, measure: Check, classes: int, dim: int, queries: int,
+                                       dtype: type) -> None:
+    """C or D above what shared memory holds (~12,000 floats): the class row's softmax and top-k run in
+    the global scratch row, the query is read from global memory; same results as the reference."""
+    rng = np.random.default_rng(classes + dim)
+    w = unit_rows(rng, classes, dim)
+    w[classes - 2] = w[7]  # an exact tie far apart: the lower index first
+    q = (3.0 * (w[rng.integers(0, classes, queries)] + 0.3 * unit_rows(rng, queries, dim))).astype(dtype)
+    q[0] = (2.0 * w[7]).astype(dtype)
+    k, temperature, threshold = 5, 10.0, 0.6
+    assert 4 * max(classes, dim) > 48 * 1024  # the case the launcher used to refuse (SMEM_LIMIT)
+    r_idx, r_prob, r_best, r_unknown = ref.classify(q, w, temperature, k, threshold)
+    all_prob = ref.softmax(np.float32(temperature) * (ref.l2_normalize(q) @ w.T))
+    idx, prob, best, unknown = launch.classify(q, launch.DeviceBuffer.from_host(w), temperature, k, threshold)
+    assert_topk_close(r_idx, r_prob, idx, prob, all_prob, measure)
+    measure("classify", "best cosine (tiled)", np.abs(best - r_best).max(), PROB_ATOL)
+    near = np.abs(r_best - threshold) <= PROB_ATOL
+    assert np.array_equal(unknown[~near], r_unknown[~near])
+    if classes > 7:
+        assert idx[0, 0] == 7 and idx[0, 1] == classes - 2  # the tie, in index order
+
+
 def test_classify_with_bias_and_similarity_rows(launch: Any, measure: Check) -> None:
     """The fine-tune head's scoring: l2_normalize(q) @ W^T + b; best cosine against the prototypes."""
     rng = np.random.default_rng(5)

@@ -18,7 +18,6 @@ Device side: no torch (DESIGN.md rule 1).
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,8 @@ import cv2
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head, calibrate_threshold
+from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head
+from edgefs.heads.calibration import STATE_ARRAYS, LooCalibrator
 from edgefs.imagefile import ImageRefused, read_image_file
 from edgefs.quality import QualityConfig, gate_shots, shot_sharpness
 from edgefs.runtime.bundle import Bundle, read_bundle
@@ -41,8 +41,8 @@ from edgefs.store.validate import check_name
 
 THUMBNAIL_SIDE = 64
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-#: ``threshold`` values: a cosine, ``"auto"`` (leave-one-out calibration after every
-#: change, :func:`edgefs.heads.calibrate_threshold`) or ``"none"`` (never unknown).
+#: ``threshold`` values: a cosine, ``"auto"`` (leave-one-out calibration kept up to date after
+#: every change, :mod:`edgefs.heads.calibration`) or ``"none"`` (never unknown).
 THRESHOLD_MODES = ("auto", "none")
 
 
@@ -173,7 +173,7 @@ class Classifier:
         self.quality = quality or QualityConfig()
         self.fit: FitMode = fit
         if threshold is None:
-            saved = store.load_head_state().params if store is not None else {}
+            saved = store.head_params() if store is not None else {}
             threshold = saved.get("threshold_mode", "auto")
         self.threshold_mode = parse_threshold(threshold)
         self.log = log
@@ -183,6 +183,9 @@ class Classifier:
         # The stored samples the live head is derived from; a write whose transaction finds
         # other samples (another process wrote meanwhile) rebuilds the head first.
         self._basis: SampleSet | None = None
+        self._per_class = False  # whether the store holds this head's rows per class (else save them all)
+        self._calib: LooCalibrator | None = None  # the calibration sample, loaded when first needed
+        self._calib_saved: dict[str, np.ndarray] = {}
         self.head: Head = self._load_head()
 
     @classmethod
@@ -234,34 +237,55 @@ class Classifier:
 
     def _load_head(self) -> Head:
         """The saved head when it is derived from exactly the stored samples and of this type, else
-        one rebuilt from the stored samples (and saved, where the store is writable)."""
+        one rebuilt from the stored samples (and saved, where the store is writable).
+
+        A head saved per class is assembled from its classes' rows; its saved threshold is used as
+        it is (it was calibrated at the commit that saved it), so opening reads no sample unless
+        the head keeps every shot (matching, siamese, fine-tune), whose shots are the samples.
+        """
         head = self._new_head()
+        self._calib = None
+        self._calib_saved = {}
         if self.store is None:
-            return self._apply_threshold(head)
+            return self._set_threshold(head)
         saved = self.store.load_head_state()
         self._basis = self.store.sample_set()
-        if not self.store.names():
-            return self._apply_threshold(head)
+        self._per_class = saved.per_class
+        names = saved.params.get("classes") if saved.per_class else self.store.names()
+        if not names:
+            return self._set_threshold(head)
         if saved.current and saved.arrays and saved.params.get("head_type") == head.head_type:
             try:
-                head.load_state(saved.arrays, saved.params)
-                if head.classes == self.store.names():
-                    return self._apply_threshold(head)
+                arrays = dict(saved.arrays)
+                self._calib_saved = {k: arrays.pop(k) for k in STATE_ARRAYS if k in arrays}
+                if head.keeps_shots and "support" not in arrays:
+                    x, labels, _ = self.store.all_embeddings()
+                    arrays.update(head.shots_arrays(x, labels))
+                head.load_state(arrays, saved.params)
+                if head.classes == names:
+                    if self.threshold_mode != saved.params.get("threshold_mode") or self.threshold_mode != "auto":
+                        self._set_threshold(head)  # a fixed cosine, none, or a changed choice
+                    return head
             except EdgefsError as exc:
                 self.log(f"saved head state not usable ({exc}); rebuilding it from the stored samples")
         elif saved.arrays and not saved.current:
             self.log(f"the saved head state is out of date ({saved.staleness()}); "
                      "rebuilding it from the stored samples")
-        head = self._apply_threshold(self._rebuilt())
+        head = self._set_threshold(self._rebuilt())
         self._save_rebuilt(head)
         return head
 
     def _rebuilt(self) -> Head:
-        """A head built from every stored sample (call under the store's transaction to see a consistent set)."""
+        """A head built from every stored sample (call under the store's transaction to see a consistent set);
+        the calibration sample is rebuilt from them too."""
         assert self.store is not None
         head = self._new_head()
-        x, labels, names = self.store.all_embeddings()
+        x, labels, names, ids = self.store.all_embeddings(with_ids=True)
         head.add_classes({n: x[labels == i] for i, n in enumerate(names)})
+        self._calib = LooCalibrator()
+        if len(x):
+            self._calib.rebuild(head, x, labels, ids)
+        self._per_class = False  # the next save writes every class's row
         return head
 
     def _save_rebuilt(self, head: Head) -> None:
@@ -271,15 +295,47 @@ class Classifier:
             with self.store.transaction() as tx:
                 if tx.sample_set() != self._basis:
                     return  # another writer was faster; its commit saved a head of its own
-                arrays, params = head.state()
-                tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+                self.save_head(tx, head, None)
         except EdgefsError as exc:
             self.log(f"the rebuilt head is used but not saved ({exc})")
             return
         self._basis = tx.committed_samples
+        self._per_class = True
         self.log(f"saved the rebuilt head state ({self._basis.count if self._basis else 0} samples)")
 
-    def _apply_threshold(self, head: Head) -> Head:
+    def save_head(self, tx: Any, head: Head, changed: Sequence[str] | None) -> None:
+        """Save ``head`` in transaction ``tx``: the rows of the ``changed`` classes (None: every class's),
+        the params with the threshold choice, and the global arrays with the calibration sample."""
+        names = head.classes if changed is None or not self._per_class else list(changed)
+        if getattr(head, "changed_rows", set()) is None:
+            names = head.classes  # a full fine-tune refit changed every row
+        extra = self._calib.arrays() if self._calib is not None and self.threshold_mode == "auto" else {}
+        tx.save_head(head.class_rows(names), {**head.state_params(), "threshold_mode": self.threshold_mode},
+                     {**head.global_arrays(), **extra})
+
+    def _calibrator(self, head: Head) -> LooCalibrator:
+        """The calibration sample for ``head``: restored from the saved state (the sample's embeddings
+        read back by row id) or rebuilt from every stored sample."""
+        assert self.store is not None
+        if self._calib is not None:
+            return self._calib
+        calib = LooCalibrator()
+        index = {n: i for i, n in enumerate(head.classes)}
+
+        def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x, names = self.store.samples_by_id(ids)  # type: ignore[union-attr]
+            return x, np.array([index.get(n, -1) if n is not None else -1 for n in names], np.int32)
+
+        restored = bool(self._calib_saved) and calib.restore(head, self._calib_saved, fetch)
+        if not restored or (calib.cls < 0).any():
+            calib = LooCalibrator()
+            x, labels, _, ids = self.store.all_embeddings(with_ids=True)
+            if len(x):
+                calib.rebuild(head, x, labels, ids)
+        self._calib = calib
+        return calib
+
+    def _set_threshold(self, head: Head) -> Head:
         mode = self.threshold_mode
         if mode == "none":
             head.threshold = -1.0
@@ -290,13 +346,13 @@ class Classifier:
         return head
 
     def _calibrated(self, head: Head) -> float:
-        """Leave-one-out threshold over the stored shots; -1 (reject nothing) until that is possible."""
-        if self.store is None or not self.store.names():
+        """Leave-one-out threshold over the stored shots (:mod:`edgefs.heads.calibration`); -1 (reject
+        nothing) until that is possible."""
+        if self.store is None or not head.classes:
             return -1.0
-        x, labels, _ = self.store.all_embeddings()
         try:
             # The head's own view of the shots: centred when its spec has a center.
-            return calibrate_threshold(head.transform(x), labels, normalize=head.normalize_shots)
+            return self._calibrator(head).threshold(head)
         except EdgefsError:  # one class with one shot: nothing to calibrate from yet
             return -1.0
 
@@ -425,49 +481,96 @@ class Classifier:
             (head.append if append else head.add_class)(name, kept_emb)
             marks.append(time.perf_counter())
 
+        def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
+            idx = head.index(name)
+            (calib.appended if append else calib.added)(head, idx, kept_emb, tx.added_ids(name))
+
         with self._write_lock:
             self._check_target(name, append)  # another thread may have enrolled it meanwhile
             head = self._commit(change,
-                                lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source))
+                                lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source),
+                                calibrate, [name])
         t4 = time.perf_counter()
         t3 = marks[-1] if marks else t2
         timings = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3,
                    "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
         return EnrollResult(name, int(gate.keep.sum()), head.shots(name), rejected, timings, self.threshold)
 
-    def _commit(self, change: Callable[[Head], object], write: Callable[[Any], object]) -> Head:
+    def _commit(self, change: Callable[[Head], object], write: Callable[[Any], object],
+                calibrate: Callable[[LooCalibrator, Head, Any], object], changed: Sequence[str]) -> Head:
         """Apply ``change`` to a copy of the head and ``write`` to the store in one transaction; swap the copy in.
 
-        Inside the transaction (SQLite's write lock, ``BEGIN IMMEDIATE``) the stored samples
-        are compared with the ones the live head was derived from. If another process wrote
-        meanwhile, the head is rebuilt from the samples as they are now before ``change``
-        is applied, so no writer's update is lost from the saved head. Call with
-        ``_write_lock`` held.
+        The copy shares the live head's row buffers (:meth:`edgefs.heads.Head.fork`), so it costs
+        O(classes), not O(classes x D). Inside the transaction (SQLite's write lock, ``BEGIN
+        IMMEDIATE``) the stored samples are compared with the ones the live head was derived from
+        (O(1): the store's running digest). If another process wrote meanwhile, the head is
+        rebuilt from the samples as they are now before ``change`` is applied, so no writer's
+        update is lost from the saved head. Then ``calibrate`` updates the calibration sample and
+        only the ``changed`` classes' rows are saved. Call with ``_write_lock`` held.
         """
         if self.store is None:
-            head = copy.deepcopy(self.head)
+            head = self.head.fork()
             change(head)
-            self._apply_threshold(head)
+            self._set_threshold(head)
             self.head = head
             return head
-        with self.store.transaction() as tx:
-            now = tx.sample_set()
-            if now != self._basis:
-                before = self._basis.count if self._basis else 0
-                self.log(f"the class store changed since it was read ({before} samples then, {now.count} now: "
-                         "another process wrote to it); rebuilding the head from the stored samples")
-                head = self._rebuilt()
-            else:
-                head = copy.deepcopy(self.head)
-            change(head)
-            write(tx)
-            # Calibrate inside the transaction: it reads the samples just written.
-            self._apply_threshold(head)
-            arrays, params = head.state()
-            tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+        try:
+            with self.store.transaction() as tx:
+                now = tx.sample_set()
+                if now != self._basis:
+                    before = self._basis.count if self._basis else 0
+                    self.log(f"the class store changed since it was read ({before} samples then, {now.count} now: "
+                             "another process wrote to it); rebuilding the head from the stored samples")
+                    head = self._rebuilt()
+                else:
+                    head = self.head.fork()
+                auto = self.threshold_mode == "auto"
+                calib = self._calibrator(head) if auto else None  # before the change: it indexes its classes
+                change(head)
+                write(tx)
+                if calib is not None:
+                    calibrate(calib, head, tx)
+                self._set_threshold(head)
+                self.save_head(tx, head, changed)
+        except BaseException:
+            self._calib = None  # it may hold the failed change: restored from the last commit's state
+            raise
+        if self._calib is not None and self.threshold_mode == "auto":
+            self._calib_saved = self._calib.arrays()  # what this commit saved, for a restore after a failure
         self._basis = tx.committed_samples
+        self._per_class = True
         self.head = head
         return head
+
+    def add_embedded_classes(self, classes: dict[str, tuple[np.ndarray, Sequence[bytes | None] | None]],
+                             source: str = "") -> None:
+        """Enroll many new classes from shots already embedded and vetted, in one commit (bulk loading).
+
+        The same path as :meth:`enroll_embedded` (head update on a copy, calibration, the classes'
+        head rows and samples in one transaction) without the quality gate, as a class pack import.
+
+        Args:
+            classes: name -> (float32 ``(K, D)`` embeddings, K JPEG thumbnails or None).
+            source: where the shots came from.
+
+        Raises:
+            EdgefsError: a name already enrolled or given twice, bad embeddings; nothing is written.
+        """
+        for name in classes:
+            self._check_target(name, False)
+        embedded = {name: np.asarray(emb, np.float32) for name, (emb, _) in classes.items()}
+
+        def write(tx: Any) -> None:
+            for name, (_, thumbs) in classes.items():
+                tx.add_class(name, embedded[name], thumbs, source)
+
+        def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
+            first = len(head.classes) - len(embedded)
+            for offset, (name, shots) in enumerate(embedded.items()):
+                calib.added(head, first + offset, shots, tx.added_ids(name))
+
+        with self._write_lock:
+            self._commit(lambda head: head.add_classes(embedded), write, calibrate, list(embedded))
 
     def remove(self, *names: str) -> dict[str, int]:
         """Forget classes: their samples and head rows, in one commit (all or none).
@@ -476,22 +579,30 @@ class Classifier:
             name -> number of samples removed. Other classes are untouched.
         """
         shots: dict[str, int] = {}
+        gone: list[tuple[int, int]] = []
 
         def change(head: Head) -> None:
             shots.clear()
+            gone.clear()
             for name in names:
                 shots[name] = head.shots(name)  # EdgefsError naming the enrolled classes if absent
+                gone.append((head.index(name), shots[name]))
                 head.remove(name)
 
+        def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
+            for idx, count in gone:
+                calib.removed(head, idx, count)
+
         with self._write_lock:
-            self._commit(change, lambda tx: [tx.remove(n) for n in names])
+            self._commit(change, lambda tx: [tx.remove(n) for n in names], calibrate, [])
         return shots
 
     def rename(self, old: str, new: str) -> None:
         """Rename a class in the head and the store together."""
         check_name(new)
         with self._write_lock:
-            self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new))
+            self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new),
+                         lambda calib, head, tx: None, [])
 
     def remove_shots(self, name: str, sample_ids: Sequence[int]) -> int:
         """Remove single shots of ``name`` (row ids from :meth:`ClassStore.sample_rows`); the head is
@@ -527,7 +638,7 @@ class Classifier:
             before = self.threshold_mode
             self.threshold_mode = mode
             try:
-                self._commit(lambda head: None, lambda tx: None)
+                self._commit(lambda head: None, lambda tx: None, lambda calib, head, tx: None, [])
             except BaseException:
                 self.threshold_mode = before
                 raise
@@ -556,12 +667,18 @@ class Classifier:
         For changes no head can apply incrementally (a single shot removed, a pack imported).
         Call with ``_write_lock`` held.
         """
-        with store.transaction() as tx:
-            write(tx)
-            head = self._apply_threshold(self._rebuilt())  # reads see this transaction's writes
-            arrays, params = head.state()
-            tx.save_head_state(arrays, {**params, "threshold_mode": self.threshold_mode})
+        try:
+            with store.transaction() as tx:
+                write(tx)
+                head = self._set_threshold(self._rebuilt())  # reads see this transaction's writes
+                self.save_head(tx, head, None)
+        except BaseException:
+            self._calib = None  # it may hold the failed change: restored from the last commit's state
+            raise
+        if self._calib is not None and self.threshold_mode == "auto":
+            self._calib_saved = self._calib.arrays()
         self._basis = tx.committed_samples
+        self._per_class = True
         self.head = head
         return head
 

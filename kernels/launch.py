@@ -61,7 +61,7 @@ _INT_MAX = 2**31 - 1
 #: entry exists as ``<name>_f32`` and ``<name>_f16`` (float16 embeddings/queries/support).
 ARG_FORMATS: dict[str, str] = {
     "edgefs_accumulate": "PPiPiPPPiii",
-    "edgefs_classify": "PPPPPPPPPPPiiiffii",
+    "edgefs_classify": "PPPPPPPPPPPiiiffiii",
     "edgefs_finetune_gram": "PPPPPiffiffiiiPPPiii",
     "edgefs_finetune_plain": "PPPPPifPiffifiiiPPPPii",
 }
@@ -182,7 +182,8 @@ def _check_size(what: str, *extents: int) -> None:
 @dataclass(frozen=True)
 class ClassifyPlan:
     """Grid of the fused classify: ``parts`` blocks of ``threads`` per query, each scoring
-    ``classes_per_block`` classes; ``smem`` bytes of dynamic shared memory (max(D, C) floats)."""
+    ``classes_per_block`` classes; ``smem`` bytes of dynamic shared memory (max(D, C) floats, or
+    what fits: the kernel tiles a longer query or class row through global memory)."""
 
     classes_per_block: int
     parts: int
@@ -194,14 +195,11 @@ def plan_classify(queries: int, classes: int, dim: int, sm_count: int = 132, thr
                   smem_limit: int = SMEM_LIMIT) -> ClassifyPlan:
     """Split the classes of each query over enough blocks to fill about 2 waves of SMs.
 
-    Raises:
-        EdgefsError: ``max(D, C)`` floats do not fit in shared memory (C or D above ~12,000).
+    Shared memory holds ``max(D, C)`` floats when they fit under ``smem_limit``; above it (C or D
+    beyond ~12,000) the kernel keeps the query or the class row in global memory (L2) instead,
+    so any size runs.
     """
-    smem = 4 * max(dim, classes)
-    if smem > smem_limit:
-        raise EdgefsError(f"classify with C={classes}, D={dim} needs {smem} bytes of shared memory per block "
-                          f"(max(C, D) floats); the limit is {smem_limit}. Classify in NumPy "
-                          "(edgefs.heads.reference.classify) or split the classes")
+    smem = 4 * min(max(dim, classes), max(smem_limit // 4, 1))
     warps = threads // 32
     target_blocks = max(1, 2 * sm_count // max(queries, 1))
     per_block = max(warps, -(-classes // target_blocks))
@@ -667,7 +665,7 @@ def classify(queries: Any, weights: Any, temperature: float, k: int, threshold: 
             fn.prepared_call((plan.parts * n, 1, 1), (plan.threads, 1, 1), q_ptr, w_ptr, b_ptr, s_ptr, ws,
                              ws + 4 * n * c, counters, idx_ptr, prob_ptr, best_ptr, unk_ptr, c, d, kk,
                              float(np.float32(temperature)), float(np.float32(threshold)), plan.classes_per_block,
-                             vec, shared_size=plan.smem)
+                             vec, plan.smem // 4, shared_size=plan.smem)
             staging = rt.pinned("cls.out", 4 * words)[: 4 * words]
             rt.cuda.memcpy_dtoh(staging, out)  # waits for the kernel
             # Copies out of the shared staging buffer before the lock is released.

@@ -191,8 +191,10 @@ def test_classify_plan_spreads_classes_over_the_sms() -> None:
     batch = launch.plan_classify(64, 1000, 1280, sm_count=132)
     assert batch.parts < plan.parts  # many queries fill the GPU by themselves
     assert launch.plan_classify(1, 5, 64).parts == 1
-    with pytest.raises(EdgefsError, match="shared memory"):
-        launch.plan_classify(1, 20_000, 1280)
+    # Beyond shared memory the class row is tiled through global memory: capped, not refused.
+    big = launch.plan_classify(1, 20_000, 1280, sm_count=132)
+    assert big.smem == launch.SMEM_LIMIT // 4 * 4 and big.parts * big.classes_per_block >= 20_000
+    assert launch.plan_classify(1, 5, 16_000).smem == launch.SMEM_LIMIT // 4 * 4
 
 
 # ---- argument checks (before any GPU work) ------------------------------------------------------

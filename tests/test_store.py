@@ -193,8 +193,9 @@ def test_migration_from_version_0(tmp_path: Path) -> None:
         s.add_class("a", shots(1))
 
 
-def test_migration_2_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A v1 store with data is upgraded by appending one migration; the data survives."""
+def test_a_new_migration_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store with data is upgraded by appending one migration; the data survives."""
+    shipped = schema.latest_version()
     with ClassStore.open(tmp_path / "v1.db", manifest()) as s:
         s.add_class("a", shots(2, 5))
 
@@ -203,7 +204,7 @@ def test_migration_2_is_one_function(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, add_label_column])
     with ClassStore.open(tmp_path / "v1.db", manifest()) as s:
-        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == shipped + 1
         assert "label" in [r[1] for r in s._conn.execute("PRAGMA table_info(classes)")]
         np.testing.assert_array_equal(s.embeddings("a"), shots(2, 5))
         assert s.integrity_check() == "ok"
@@ -222,7 +223,7 @@ def test_failed_migration_leaves_the_store_as_it_was(tmp_path: Path, monkeypatch
         ClassStore.open(tmp_path / "v1.db", manifest())
     monkeypatch.undo()
     with ClassStore.open(tmp_path / "v1.db", manifest()) as s:
-        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == schema.latest_version()
         assert s._conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
         assert s.names() == ["a"]
 

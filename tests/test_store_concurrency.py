@@ -21,11 +21,15 @@ import numpy as np
 import pytest
 
 from edgefs.classifier import Classifier
-from edgefs.heads import build_head
+from edgefs.heads import build_head, calibrate_threshold
+from edgefs.heads.calibration import DEFAULT_CAPACITY, STATE_ARRAYS
+from edgefs.heads.openset import loo_scores
 from edgefs.runtime.bundle import read_bundle
 from edgefs.store.store import ClassStore
 
 WRITERS = int(os.environ.get("EDGEFS_CONCURRENCY_WRITERS", "2"))
+#: Classes enrolled before the writers start (synthetic shots, one bulk commit); CI runs with none.
+PREFILL = int(os.environ.get("EDGEFS_CONCURRENCY_CLASSES", "0"))
 ROUNDS = int(os.environ.get("EDGEFS_CONCURRENCY_ROUNDS", "3"))
 SHOTS_PER_WRITE = 2
 
@@ -66,6 +70,14 @@ def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, gly
     store_path = tmp_path / "classes.db"
     images = distinct_images(glyph_data, SHOTS_PER_WRITE * (1 + WRITERS * ROUNDS))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    filled = [f"p{i:05d}" for i in range(PREFILL)]
+    if PREFILL:
+        b = read_bundle(bundle)
+        rng = np.random.default_rng(0)
+        with Classifier(b, None, ClassStore.open(store_path, b), log=lambda _: None) as clf:
+            for start in range(0, PREFILL, 500):
+                clf.add_embedded_classes({n: (rng.normal(size=(3, b.manifest.embedding_dim)).astype(np.float32), None)
+                                          for n in filled[start:start + 500]})
     first = subprocess.run(enroll_cmd(bundle, store_path, images[:SHOTS_PER_WRITE], False),
                            capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
@@ -86,17 +98,29 @@ def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, gly
         assert store.integrity_check() == "ok"
         saved = store.load_head_state()
         arrays, classes, shots = rebuilt_state(bundle, store)
-        assert [c.shots for c in store.classes()] == [sum(added)] == [shots["shared"]]
-        assert saved.params["classes"] == classes == ["shared"]
-        assert set(saved.arrays) == set(arrays)
+        assert [c.shots for c in store.classes()][PREFILL:] == [sum(added)] == [shots["shared"]]
+        assert saved.params["classes"] == classes == [*filled, "shared"]
+        # The saved head holds the head's arrays plus the calibration sample's state.
+        assert set(saved.arrays) - set(STATE_ARRAYS) == set(arrays)
         for k, a in arrays.items():
             np.testing.assert_allclose(saved.arrays[k], a, rtol=1e-5, atol=1e-5, err_msg=k)
+        # The threshold kept up to date through every writer's commit equals a full recomputation.
+        x, labels, _ = store.all_embeddings()
+        normalize = build_head(read_bundle(bundle).head, x.shape[1]).normalize_shots
+        threshold = saved.params["hyperparams"]["threshold"]
+        if len(x) <= DEFAULT_CAPACITY:
+            assert abs(threshold - calibrate_threshold(x, labels, normalize=normalize)) < 1e-5
+        else:  # a uniform sample of the shots: within 3 standard errors of the quantile's rank
+            known, _ = loo_scores(x, labels, normalize)
+            sigma = np.sqrt(0.05 * 0.95 / DEFAULT_CAPACITY)
+            low, high = np.quantile(known, [max(0.05 - 3 * sigma, 0), 0.05 + 3 * sigma])
+            assert low <= threshold <= high, (low, threshold, high)
         assert saved.current, saved.staleness()
-        assert saved.samples == saved.stored == sum(added)
+        assert saved.samples == saved.stored == sum(added) + 3 * PREFILL
     # The live head of a new reader agrees as well.
     with Classifier.open(bundle, store_path, backend="onnxruntime", threads=1, log=lambda _: None) as clf:
         assert clf.head.shots("shared") == sum(added)
-    print(f"{ROUNDS} rounds x {WRITERS} writers: {sum(added)} shots stored and in the head; "
+    print(f"{PREFILL} classes before; {ROUNDS} rounds x {WRITERS} writers: {sum(added)} shots stored and in the head; "
           f"{rebuilt_logged} commits found another writer's samples and rebuilt first")
 
 

@@ -16,15 +16,17 @@ centred features. Heads whose learned arrays were trained on raw features
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.reference import accumulate_normalize, l2_normalize, softmax, topk
+from edgefs.heads.reference import accumulate_normalize, l2_normalize, row_dots, softmax, topk
+from edgefs.heads.rows import Rows
 from edgefs.heads.spec import HeadSpec
 from edgefs.registry import Registry
 
@@ -100,10 +102,51 @@ class Head(ABC):
         self.temperature = float(temperature)
         self.threshold = float(threshold)
         self.classes: list[str] = []
-        self._sums = np.zeros((0, self.dim), np.float32)
-        self._counts = np.zeros(0, np.int32)
-        self._protos = np.zeros((0, self.dim), np.float32)
+        # Per-class rows, preallocated and grown by doubling (edgefs.heads.rows).
+        self._r_sums = Rows((self.dim,), np.float32)
+        self._r_counts = Rows((), np.int32)
+        self._r_protos = Rows((self.dim,), np.float32)
         self.center: np.ndarray | None = None
+
+    # The per-class arrays as plain (C, ...) arrays: views of the row buffers. Assigning one
+    # replaces the buffer (a copy); write rows in place only through Rows.writable().
+    @property
+    def _sums(self) -> np.ndarray:
+        return self._r_sums.view
+
+    @_sums.setter
+    def _sums(self, value: np.ndarray) -> None:
+        self._r_sums = Rows((self.dim,), np.float32, value)
+
+    @property
+    def _counts(self) -> np.ndarray:
+        return self._r_counts.view
+
+    @_counts.setter
+    def _counts(self, value: np.ndarray) -> None:
+        self._r_counts = Rows((), np.int32, value)
+
+    @property
+    def _protos(self) -> np.ndarray:
+        return self._r_protos.view
+
+    @_protos.setter
+    def _protos(self, value: np.ndarray) -> None:
+        self._r_protos = Rows((self.dim,), np.float32, value)
+
+    def fork(self) -> Head:
+        """A copy to update while this head keeps serving readers: O(classes) names, no matrix copy.
+
+        Row buffers are shared copy-on-write (:class:`edgefs.heads.rows.Rows`): adding a class to
+        the fork writes past this head's rows; changing an existing row copies the buffer first.
+        """
+        other = copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, Rows):
+                setattr(other, key, value.fork())
+            elif isinstance(value, list | dict):
+                setattr(other, key, copy.copy(value))
+        return other
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -194,9 +237,10 @@ class Head(ABC):
             raise EdgefsError("no classes given to enroll")
         first = len(self.classes)
         grow = len(checked)
-        self._sums = np.concatenate([self._sums, np.zeros((grow, self.dim), np.float32)])
-        self._counts = np.concatenate([self._counts, np.zeros(grow, np.int32)])
-        self._protos = np.concatenate([self._protos, np.zeros((grow, self.dim), np.float32)])
+        # New rows past every reader's: no copy of the existing rows (amortised O(D) per class).
+        self._r_sums.extend(np.zeros((grow, self.dim), np.float32))
+        self._r_counts.extend(np.zeros(grow, np.int32))
+        self._r_protos.extend(np.zeros((grow, self.dim), np.float32))
         for offset, (name, emb) in enumerate(checked.items()):
             self.classes.append(name)
             self._accumulate(first + offset, emb)
@@ -206,6 +250,8 @@ class Head(ABC):
         """Add float ``(K, D)`` shots to an enrolled class."""
         idx = self.index(name)
         emb = self.transform(check_embeddings(embeddings, self.dim, f"shots of {name!r}"))
+        for rows in (self._r_sums, self._r_counts, self._r_protos):
+            rows.writable()  # an existing row changes: copy a buffer shared with a reader first
         self._accumulate(idx, emb)
         self._on_append(idx, emb)
 
@@ -213,9 +259,8 @@ class Head(ABC):
         """Forget class ``name``; other classes keep their state untouched."""
         idx = self.index(name)
         self.classes.pop(idx)
-        self._sums = np.delete(self._sums, idx, axis=0)
-        self._counts = np.delete(self._counts, idx)
-        self._protos = np.delete(self._protos, idx, axis=0)
+        for rows in (self._r_sums, self._r_counts, self._r_protos):
+            rows.delete(idx)
         self._on_remove(idx)
 
     def rename(self, old: str, new: str) -> None:
@@ -265,7 +310,7 @@ class Head(ABC):
 
     def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         top_idx, top_prob = topk(softmax(self._scores(q)), k)
-        best_sim = (l2_normalize(q) @ self._protos.T).max(axis=1).astype(np.float32)
+        best_sim = row_dots(l2_normalize(q), self._protos).max(axis=1).astype(np.float32)
         return top_idx, top_prob, best_sim, best_sim < np.float32(self.threshold)
 
     def classify(self, queries: np.ndarray, k: int = 3) -> ClassifyResult:
@@ -293,6 +338,46 @@ class Head(ABC):
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {}
+
+    # ---- persistence per class (the store writes only the changed classes' rows) ---------------
+    #: Whether the state's ``support``/``support_labels`` are the stored shots themselves; they are
+    #: then not saved per class but restored from the store's samples (:meth:`shots_arrays`).
+    keeps_shots: ClassVar[bool] = False
+
+    def class_rows(self, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Each named class's part of :meth:`state`: ``sums`` float32 ``(D,)``, ``counts`` int32 ``()``,
+        plus the head's own per-class rows (the fine-tune head's ``weight`` and ``bias``)."""
+        rows = {}
+        for name in names:
+            i = self.index(name)
+            rows[name] = {"sums": self._sums[i].copy(), "counts": np.asarray(self._counts[i], np.int32),
+                          **self._row_arrays(i)}
+        return rows
+
+    def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
+        """Hook: head-specific per-class rows of class ``idx`` (first axis of a state array)."""
+        return {}
+
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of :meth:`state` that are not per class or per shot (the centre feature...)."""
+        arrays = {} if self.center is None else {"center": self.center.copy()}
+        return {**arrays, **self._global_arrays()}
+
+    def _global_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def state_params(self) -> dict[str, Any]:
+        """:meth:`state`'s params without the class list (the store keeps the class order)."""
+        return {"head_type": self.head_type, "dim": self.dim, "hyperparams": self.hyperparams()}
+
+    def shots_arrays(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``support``/``support_labels`` state arrays made from the stored shots (float ``(N, D)``,
+        class indices ``(N,)``), as :meth:`add_class` keeps them; empty for heads that keep none."""
+        if not self.keeps_shots:
+            return {}
+        x = self.transform(np.asarray(embeddings, np.float32))
+        return {"support": l2_normalize(x) if self.normalize_shots else x,
+                "support_labels": np.asarray(labels, np.int32)}
 
     def load_state(self, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> None:
         """Replace this head's classes and arrays with a saved :meth:`state`.
@@ -354,21 +439,38 @@ class KeepsShots:
     dim: int
     classes: list[str]
     normalize_shots: ClassVar[bool]
+    keeps_shots: ClassVar[bool] = True
     _counts: np.ndarray
 
     def _init_shots(self) -> None:
-        self._support = np.zeros((0, self.dim), np.float32)
-        self._support_labels = np.zeros(0, np.int32)
+        self._r_support = Rows((self.dim,), np.float32)
+        self._r_support_labels = Rows((), np.int32)
+
+    @property
+    def _support(self) -> np.ndarray:
+        return self._r_support.view
+
+    @_support.setter
+    def _support(self, value: np.ndarray) -> None:
+        self._r_support = Rows((self.dim,), np.float32, value)
+
+    @property
+    def _support_labels(self) -> np.ndarray:
+        return self._r_support_labels.view
+
+    @_support_labels.setter
+    def _support_labels(self, value: np.ndarray) -> None:
+        self._r_support_labels = Rows((), np.int32, value)
 
     def _keep_shots(self, idx: int, shots: np.ndarray) -> None:
         rows = l2_normalize(shots) if self.normalize_shots else shots
-        self._support = np.concatenate([self._support, rows])
-        self._support_labels = np.concatenate([self._support_labels, np.full(len(shots), idx, np.int32)])
+        self._r_support.extend(rows)  # amortised: no copy of the shots already kept
+        self._r_support_labels.extend(np.full(len(shots), idx, np.int32))
 
     def _forget_shots(self, idx: int) -> None:
-        keep = self._support_labels != idx
-        self._support = self._support[keep]
-        labels = self._support_labels[keep]
+        gone = np.flatnonzero(self._support_labels == idx)
+        labels = np.delete(self._support_labels, gone)
+        self._r_support.delete(gone)
         self._support_labels = (labels - (labels > idx)).astype(np.int32)
 
     def _shots_state(self) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgefs.heads.base import HEADS, Head
-from edgefs.heads.reference import classify, l2_normalize
+from edgefs.heads.reference import classify, l2_normalize, row_dots
 
 
 @HEADS.register("imprint")
@@ -31,7 +31,7 @@ class ImprintHead(Head):
         return self._protos
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
-        return (self.temperature * (l2_normalize(q) @ self._protos.T)).astype(np.float32)
+        return (self.temperature * row_dots(l2_normalize(q), self._protos)).astype(np.float32)
 
     def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return classify(q, self._protos, self.temperature, k, self.threshold)

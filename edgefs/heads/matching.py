@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.heads.base import HEADS, Head, KeepsShots
-from edgefs.heads.reference import l2_normalize, softmax
+from edgefs.heads.reference import l2_normalize, row_dots, softmax
 
 
 @HEADS.register("matching")
@@ -46,10 +46,10 @@ class MatchingHead(KeepsShots, Head):
         return self._probabilities(self._check_queries(queries))
 
     def _probabilities(self, q: np.ndarray) -> np.ndarray:
-        attn = softmax(np.float32(self.temperature) * (l2_normalize(q) @ self._support.T))  # (Q, S)
-        onehot = np.zeros((len(self._support_labels), len(self.classes)), np.float32)
-        onehot[np.arange(len(self._support_labels)), self._support_labels] = 1.0
-        return attn @ onehot
+        attn = softmax(np.float32(self.temperature) * row_dots(l2_normalize(q), self._support))  # (Q, S)
+        # Sum each class's attention: O(Q S), where a one-hot (S, C) product would be O(S C) memory.
+        c, labels = len(self.classes), self._support_labels
+        return np.stack([np.bincount(labels, weights=row, minlength=c) for row in attn]).astype(np.float32)
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(self._probabilities(q), np.float32(1e-30))).astype(np.float32)

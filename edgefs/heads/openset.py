@@ -81,8 +81,21 @@ def calibrate_threshold(embeddings: np.ndarray, labels: np.ndarray, method: str 
     if not 0.0 < target_tpr <= 1.0:
         raise EdgefsError(f"target_tpr must lie in (0, 1], got {target_tpr}")
     known, negative = loo_scores(embeddings, labels, normalize)
+    return threshold_from_scores(known, negative, len(np.unique(labels)), method, target_tpr)
+
+
+def threshold_from_scores(known: np.ndarray, negative: np.ndarray, classes: int, method: str = "loo",
+                          target_tpr: float = 0.95) -> float:
+    """:func:`calibrate_threshold` from leave-one-out scores already computed (:func:`loo_scores`).
+
+    Args:
+        known: float32 ``(P,)`` leave-one-out scores of shots of classes with 2+ shots.
+        negative: float32 ``(N,)`` best cosine of every shot to the other classes.
+        classes: how many classes the shots belong to.
+        method, target_tpr: as :func:`calibrate_threshold`.
+    """
     if known.size == 0:
-        if len(np.unique(labels)) < 2:
+        if classes < 2:
             raise EdgefsError("cannot calibrate from one class with one shot; enroll more shots or classes")
         # Negative-only signal: reject target_tpr of the look-alikes. Rejection is
         # ``best_sim < threshold``, so the threshold sits just above the quantile

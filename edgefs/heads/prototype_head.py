@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,8 @@ import numpy as np
 from edgefs.errors import EdgefsError
 from edgefs.heads.base import HEADS, Head
 from edgefs.heads.prototype import prototype_logits
-from edgefs.heads.reference import classify
+from edgefs.heads.reference import classify, row_dots, softmax, topk
+from edgefs.heads.rows import Rows
 
 
 @HEADS.register("prototype")
@@ -40,6 +42,8 @@ class PrototypeHead(Head):
             temperature = 1.0 if distance == "euclidean" else 10.0
         super().__init__(dim, temperature=temperature, threshold=threshold)
         self.distance = distance
+        # |mean| per class: with the unit prototypes it gives q . mean without a (C, D) means matrix.
+        self._r_norms = Rows((), np.float32)
 
     def hyperparams(self) -> dict[str, Any]:
         return {**super().hyperparams(), "distance": self.distance}
@@ -48,12 +52,40 @@ class PrototypeHead(Head):
         """float32 ``(C, D)`` raw class means."""
         return (self._sums / self._counts[:, None].astype(np.float32)).astype(np.float32)
 
+    def _accumulate(self, idx: int, emb: np.ndarray) -> None:
+        super()._accumulate(idx, emb)
+        norm = np.float32(np.linalg.norm(self._sums[idx]) / np.float32(self._counts[idx]))
+        if idx >= self._r_norms.n:
+            self._r_norms.extend(np.array([norm], np.float32))
+        else:
+            self._r_norms.writable()[idx] = norm
+
+    def _on_remove(self, idx: int) -> None:
+        self._r_norms.delete(idx)
+
+    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        norms = np.linalg.norm(self._sums, axis=1) / self._counts.astype(np.float32)
+        self._r_norms = Rows((), np.float32, norms.astype(np.float32))
+
+    def _euclidean(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``-temperature |q - mean|^2`` and the cosines, from one product with the unit prototypes:
+        ``q . mean = |mean| (q . p)``. float32 ``(Q, C)`` each."""
+        qnorm = np.linalg.norm(q, axis=1, keepdims=True).astype(np.float32)
+        dots = row_dots(q, self._protos)  # q . p
+        m = self._r_norms.view[None, :]
+        d2 = qnorm * qnorm - np.float32(2.0) * m * dots + m * m
+        cos = dots / np.maximum(qnorm, np.float32(1e-12))
+        return (-np.float32(self.temperature) * d2).astype(np.float32), cos.astype(np.float32)
+
     def _scores(self, q: np.ndarray) -> np.ndarray:
         if self.distance == "cosine":
             return prototype_logits(q, self._protos, "cosine", self.temperature)
-        return prototype_logits(q, self.means(), "euclidean", self.temperature)
+        return self._euclidean(q)[0]
 
     def _classify(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.distance == "cosine":
             return classify(q, self._protos, self.temperature, k, self.threshold)
-        return super()._classify(q, k)
+        logits, cos = self._euclidean(q)
+        top_idx, top_prob = topk(softmax(logits), k)
+        best_sim = cos.max(axis=1).astype(np.float32)
+        return top_idx, top_prob, best_sim, best_sim < np.float32(self.threshold)

@@ -34,6 +34,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def topk(prob: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest entries of each row, ties broken towards the lower index.
 
+    Selects with ``argpartition`` (O(C) per row) and sorts only the ``k`` selected, so
+    ranking 10,000 classes does not sort 10,000 scores; rows where the ``k``-th value is
+    tied beyond the selection fall back to a stable sort, so the result is exactly that of
+    sorting every score.
+
     Args:
         prob: float32 ``(Q, C)``.
         k: wanted count; clipped to ``C``.
@@ -41,10 +46,36 @@ def topk(prob: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(top_idx int32 (Q, k), top_val float32 (Q, k))``, best first.
     """
+    prob = np.asarray(prob)
     k = min(int(k), prob.shape[1])
-    # A stable sort of -p keeps equal probabilities in index order.
-    order = np.argsort(-prob, axis=1, kind="stable")[:, :k]
+    if k <= 0:
+        return np.zeros((prob.shape[0], 0), np.int32), np.zeros((prob.shape[0], 0), np.float32)
+    if 4 * k >= prob.shape[1]:
+        order = np.argsort(-prob, axis=1, kind="stable")[:, :k]  # small C: a sort is as cheap
+    else:
+        part = np.argpartition(-prob, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(prob, part, axis=1)
+        # Order the k by (value desc, index asc): lexsort's last key is the primary one.
+        inner = np.lexsort((part, -vals), axis=1)
+        order = np.take_along_axis(part, inner, axis=1)
+        kth = np.take_along_axis(prob, order[:, -1:], axis=1)
+        # A value equal to the k-th outside the selection may have a lower index: redo those rows.
+        tied = (prob >= kth).sum(axis=1) > k
+        for r in np.flatnonzero(tied):
+            order[r] = np.argsort(-prob[r], kind="stable")[:k]
     return order.astype(np.int32), np.take_along_axis(prob, order, axis=1).astype(np.float32)
+
+
+def row_dots(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``queries @ rows.T`` as float32 ``(Q, C)``, from float32 ``(Q, D)`` and ``(C, D)``.
+
+    One query goes through a matrix-vector product (``rows @ q``): BLAS's matrix-matrix
+    path with a single row is several times slower on a busy 2-core CPU (measured 1 ms vs
+    10 ms for 10,000 x 1280).
+    """
+    if queries.shape[0] == 1:
+        return (rows @ queries[0])[None, :].astype(np.float32, copy=False)
+    return (queries @ rows.T).astype(np.float32, copy=False)
 
 
 def accumulate_normalize(
@@ -103,7 +134,7 @@ def classify(
         n = q.shape[0]
         return (np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32),
                 np.full(n, -np.inf, np.float32), np.ones(n, bool))
-    cos = q @ w.T
+    cos = row_dots(q, w)
     prob = softmax(np.float32(temperature) * cos)
     top_idx, top_prob = topk(prob, k)
     best_sim = cos.max(axis=1).astype(np.float32)

@@ -119,7 +119,7 @@ def reembed_store(
     with ClassStore.open(store, old_bundle, create=False) as old:
         names = old.names()
         samples = {name: old.samples(name) for name in names}
-        threshold_mode = old.load_head_state().params.get("threshold_mode", "auto")
+        threshold_mode = old.head_params().get("threshold_mode", "auto")
     embedded: dict[str, np.ndarray] = {}
     if use == "carry":
         if old_bundle.manifest.embedding_dim != new_bundle.manifest.embedding_dim:
@@ -148,8 +148,7 @@ def reembed_store(
                 tx.add_class(name, embedded[name], thumbs, sources)
         clf = Classifier(new_bundle, None, new, threshold=threshold_mode, log=log)
         with new.transaction() as tx:
-            arrays, params = clf.head.state()
-            tx.save_head_state(arrays, {**params, "threshold_mode": clf.threshold_mode})
+            clf.save_head(tx, clf.head, None)
             if use == "carry":  # provenance: these embeddings were made by the parent bundle
                 new._set_meta("carried_from", old_bundle.fingerprint)
     finally:

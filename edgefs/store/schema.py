@@ -52,8 +52,37 @@ def _initial_schema(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _per_class_head_rows(conn: sqlite3.Connection) -> None:
+    """Version 2: the head state saved per class, and the sample set kept as a running digest.
+
+    ``head_rows`` holds each class's part of the head state (its running sum, count, fine-tuned
+    row...) as the raw bytes of one record whose layout (names, dtypes, shapes) is in
+    ``meta.head_layout``; a change to one class rewrites its row only. Global arrays (a centre
+    feature, the calibration sample) stay in ``head_state``. The sample set, which version 1
+    recomputed by reading every sample row, becomes a count and an order-free digest in ``meta``
+    (``samples``), updated by every transaction from the rows it inserts or deletes; it is
+    computed here once from the existing rows. A version-1 head state that matched its samples
+    is carried over as it is (whole arrays, still current); the next commit writes it per class.
+    """
+    from edgefs.store.digest import legacy_sample_set, scan_sample_set
+
+    conn.execute("CREATE TABLE head_rows ("
+                 " class_id INTEGER PRIMARY KEY REFERENCES classes(id) ON DELETE CASCADE,"
+                 " data BLOB NOT NULL)")
+    legacy = legacy_sample_set(conn)
+    now = scan_sample_set(conn)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'head_samples'").fetchone()
+    updates = [("samples", now)]
+    if row is not None:
+        # The head was derived from exactly the stored samples: record that in the new form.
+        updates.append(("head_samples", now if row[0] == legacy else "stale:" + str(row[0])))
+    for key, value in updates:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                     "excluded.value", (key, value))
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Migration] = [_initial_schema]
+MIGRATIONS: list[Migration] = [_initial_schema, _per_class_head_rows]
 
 
 def latest_version() -> int:

@@ -17,17 +17,19 @@ without saving the head state marks the saved head state out of date
 (:attr:`HeadState.current` is False), so the runtime knows to rebuild it.
 
 The saved head state also records the exact sample set it was derived from
-(:meth:`ClassStore.sample_set`: the number of samples and a sha256 over every
-sample's class, row id and time; samples are never changed in place, so these
-identify them). It is current only while the store holds exactly that set, so a
-head saved by a writer that had not seen another writer's samples is detected
-at open, whoever wrote it, and rebuilt.
+(:meth:`ClassStore.sample_set`: the number of samples and a digest of every
+sample's class, row id and time, kept up to date by each transaction from the rows
+it touches, :mod:`edgefs.store.digest`; samples are never changed in place, so these
+identify them). A head with one row per class is saved per class
+(:meth:`Transaction.save_head`): a change to one class writes that class's row only.
+The head state is current only while the store holds exactly that set, so a head
+saved by a writer that had not seen another writer's samples is detected at open,
+whoever wrote it, and rebuilt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -46,7 +48,7 @@ import numpy as np
 from edgefs import __version__
 from edgefs.runtime.bundle import Bundle, Manifest
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
-from edgefs.store import schema
+from edgefs.store import digest, schema
 from edgefs.store.validate import (
     EMBEDDING_DTYPE,
     StoreError,
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 STORE_FORMAT = "edgefs-class-store"
 #: meta key of the device settings (``edgefs serve``'s settings page: smoothing, ...)
 SETTINGS_KEY = "settings"
+#: Stores up to this size are checked whole at open (PRAGMA quick_check); larger ones table by table.
+FULL_CHECK_BYTES = 64 * 2**20
 # Where shots came from: one text for all of them (e.g. "camera:0"), or one per shot.
 Source = str | Sequence[str]
 
@@ -111,6 +115,9 @@ class HeadState:
             was derived from (then the head should be rebuilt from the samples).
         samples: how many samples the head state was derived from (None if not recorded).
         stored: how many samples the store holds now.
+        per_class: True when it was saved per class (:meth:`Transaction.save_head`): the
+            arrays with one row per class were assembled from the classes' rows, in class order.
+        missing_rows: classes with no saved row (then the head state is not current).
     """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -118,11 +125,15 @@ class HeadState:
     current: bool = True
     samples: int | None = None
     stored: int = 0
+    per_class: bool = False
+    missing_rows: int = 0
 
     def staleness(self) -> str:
         """Why the head state is not current, in words ("" when it is)."""
         if self.current:
             return ""
+        if self.missing_rows:
+            return f"{self.missing_rows} classes have no saved head row"
         if self.samples is None:
             return f"it records no sample set (written by an older edgefs); the store holds {self.stored} samples"
         if self.samples != self.stored:
@@ -132,7 +143,8 @@ class HeadState:
 
 @dataclass(frozen=True)
 class SampleSet:
-    """Identity of a store's samples: how many and a sha256 over (class id, name, sample id, time)."""
+    """Identity of a store's samples: how many, and a digest of (class id, name, sample id, time) per sample
+    (:mod:`edgefs.store.digest`)."""
 
     count: int
     digest: str
@@ -214,6 +226,11 @@ class Transaction:
         self.samples_changed = False
         self.head_saved = False
         self.committed_samples: SampleSet | None = None  # set on commit when the head state was saved
+        # Samples inserted and deleted so far, as (class id, name, sample id, time): the running digest.
+        self._added: list[tuple[int, str, int, float]] = []
+        self._removed: list[tuple[int, str, int, float]] = []
+        self._touched: set[int] = set()  # classes added or appended to: their head rows must be saved
+        self._added_ids: dict[str, list[int]] = {}
 
     # ---- classes and samples -------------------------------------------------------------------
     def _class_id(self, name: str) -> int | None:
@@ -223,15 +240,21 @@ class Transaction:
     def _insert_samples(
         self, class_id: int, embeddings: np.ndarray, thumbnails: list[bytes | None], sources: list[str]
     ) -> None:
-        self._conn.executemany(
-            "INSERT INTO samples (class_id, embedding, thumbnail, source, created) VALUES (?, ?, ?, ?, ?)",
-            [
-                (class_id, row.tobytes(), t, src, self.now)
-                for row, t, src in zip(embeddings, thumbnails, sources, strict=True)
-            ],
-        )
+        name = self._conn.execute("SELECT name FROM classes WHERE id = ?", (class_id,)).fetchone()[0]
+        for row, t, src in zip(embeddings, thumbnails, sources, strict=True):
+            cur = self._conn.execute(
+                "INSERT INTO samples (class_id, embedding, thumbnail, source, created) VALUES (?, ?, ?, ?, ?)",
+                (class_id, row.tobytes(), t, src, self.now))
+            self._added.append((class_id, name, int(cur.lastrowid or 0), self.now))
+            self._added_ids.setdefault(name, []).append(int(cur.lastrowid or 0))
         self._conn.execute("UPDATE classes SET updated = ? WHERE id = ?", (self.now, class_id))
+        self._touched.add(class_id)
         self.samples_changed = True
+
+    def _class_samples(self, class_id: int) -> list[tuple[int, str, int, float]]:
+        return [(int(c), n, int(i), float(t)) for c, n, i, t in self._conn.execute(
+            "SELECT c.id, c.name, s.id, s.created FROM samples s JOIN classes c ON c.id = s.class_id "
+            "WHERE c.id = ?", (class_id,))]
 
     def _validated(
         self, name: str, embeddings: object, thumbnails: Sequence[bytes | None] | None, source: Source
@@ -290,10 +313,12 @@ class Transaction:
         class_id = self._class_id(name)
         if class_id is None:
             raise StoreError(f"class {name!r} is not enrolled. {self._known()}")
-        shots = self._conn.execute("SELECT COUNT(*) FROM samples WHERE class_id = ?", (class_id,)).fetchone()[0]
-        self._conn.execute("DELETE FROM classes WHERE id = ?", (class_id,))  # samples go by ON DELETE CASCADE
+        gone = self._class_samples(class_id)
+        self._conn.execute("DELETE FROM classes WHERE id = ?", (class_id,))  # samples, head row: ON DELETE CASCADE
+        self._removed += gone
+        self._touched.discard(class_id)
         self.samples_changed = True
-        return int(shots)
+        return len(gone)
 
     def rename(self, old: str, new: str) -> None:
         """Rename a class; its samples and times other than ``updated`` are kept."""
@@ -303,7 +328,11 @@ class Transaction:
             raise StoreError(f"class {old!r} is not enrolled. {self._known()}")
         if self._class_id(new) is not None:
             raise StoreError(f"cannot rename {old!r} to {new!r}: {new!r} is already enrolled; remove it first")
+        before = self._class_samples(class_id)
         self._conn.execute("UPDATE classes SET name = ?, updated = ? WHERE id = ?", (new, self.now, class_id))
+        # A sample's identity includes its class's name: the digest swaps this class's hashes.
+        self._removed += before
+        self._added += [(c, new, i, t) for c, _, i, t in before]
         self.samples_changed = True
 
     def remove_samples(self, name: str, sample_ids: Sequence[int]) -> int:
@@ -324,6 +353,8 @@ class Transaction:
             raise StoreError(f"shots {foreign[:10]} are not shots of {name!r}; list its shots again")
         if len(ids) >= len(own):
             raise StoreError(f"that would remove every shot of {name!r}; remove the class instead")
+        gone = set(ids)
+        self._removed += [row for row in self._class_samples(class_id) if row[2] in gone]
         self._conn.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in ids])
         self._conn.execute("UPDATE classes SET updated = ? WHERE id = ?", (self.now, class_id))
         self.samples_changed = True
@@ -346,24 +377,97 @@ class Transaction:
 
     # ---- head state ---------------------------------------------------------------------------
     def save_head_state(self, arrays: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> None:
-        """Replace the saved head state with ``arrays`` (name -> numeric array) and JSON ``params``."""
+        """Replace the saved head state with ``arrays`` (name -> numeric array) and JSON ``params``, whole.
+
+        Every array is rewritten at every call; a head with one row per class should use
+        :meth:`save_head`, which writes only the changed classes' rows.
+        """
         params_json = check_head_state(arrays, params)
         self._conn.execute("DELETE FROM head_state")
+        self._conn.execute("DELETE FROM head_rows")
         self._conn.executemany(
             "INSERT INTO head_state (name, dtype, shape, data) VALUES (?, ?, ?, ?)",
             [(k, a.dtype.str, json.dumps(list(a.shape)), np.ascontiguousarray(a).tobytes()) for k, a in arrays.items()],
         )
         self._store._set_meta("head_params", params_json)
+        self._store._set_meta("head_layout", "")
+        self.head_saved = True
+
+    def save_head(self, rows: dict[str, dict[str, np.ndarray]], params: dict[str, Any] | None = None,
+                  global_arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Save the head state per class: the rows of the classes in ``rows``, the params, and the
+        global arrays when given. Every other class keeps its saved row; O(changed classes).
+
+        Args:
+            rows: class name -> that class's arrays (e.g. ``{"sums": float32 (D,), "counts": int32 ()}``);
+                every class has the same names, dtypes and shapes (the layout). Each class added or
+                appended to in this transaction needs its row here; a new layout needs every class's.
+            params: JSON parameters (a ``classes`` entry is dropped: the store's class order is used).
+            global_arrays: arrays that are not per class (a centre feature, the calibration sample);
+                None keeps the saved ones.
+
+        Raises:
+            StoreError: rows of unknown classes, rows that do not share one layout, NaN/inf, a class
+                changed in this transaction without its row, a new layout without every class's row.
+        """
+        params = {k: v for k, v in (params or {}).items() if k != "classes"}
+        params_json = check_head_state(global_arrays or {}, params)
+        layout: list[list[Any]] | None = None
+        records: list[tuple[int, bytes]] = []
+        for name, arrays in rows.items():
+            check_head_state(arrays, None)
+            this = [[k, np.asarray(a).dtype.str, list(np.shape(a))] for k, a in sorted(arrays.items())]
+            if layout is None:
+                layout = this
+            elif this != layout:
+                raise StoreError(f"head row of class {name!r} has layout {this}, the others {layout}; "
+                                 "every class's row must hold the same arrays")
+            class_id = self._class_id(name)
+            if class_id is None:
+                raise StoreError(f"cannot save a head row for {name!r}: it is not enrolled. {self._known()}")
+            data = b"".join(np.ascontiguousarray(arrays[k]).tobytes() for k, _, _ in this)
+            records.append((class_id, data))
+        saved = self._store._meta_value("head_layout") or ""
+        layout_json = json.dumps(layout) if layout is not None else saved
+        if layout_json != saved:
+            total = self._conn.execute("SELECT COUNT(*) FROM classes").fetchone()[0]
+            if len(records) != total:
+                raise StoreError(f"the head's row layout changed, so every class's row must be saved "
+                                 f"({len(records)} given, {total} classes)")
+            self._conn.execute("DELETE FROM head_rows")
+        missing = self._touched - {class_id for class_id, _ in records}
+        if missing:
+            names = [n for (n,) in self._conn.execute(
+                f"SELECT name FROM classes WHERE id IN ({','.join('?' * len(missing))})", sorted(missing))]
+            raise StoreError(f"the head rows of {names} were not saved although their samples changed")
+        self._conn.executemany("INSERT OR REPLACE INTO head_rows (class_id, data) VALUES (?, ?)", records)
+        if global_arrays is not None:
+            self._conn.execute("DELETE FROM head_state")
+            self._conn.executemany(
+                "INSERT INTO head_state (name, dtype, shape, data) VALUES (?, ?, ?, ?)",
+                [(k, a.dtype.str, json.dumps(list(a.shape)), np.ascontiguousarray(a).tobytes())
+                 for k, a in global_arrays.items()],
+            )
+        self._store._set_meta("head_params", params_json)
+        if layout_json != saved:
+            self._store._set_meta("head_layout", layout_json)
         self.head_saved = True
 
     # ---- reads see this transaction's writes --------------------------------------------------
+    def added_ids(self, name: str) -> np.ndarray:
+        """Row ids of the samples this transaction added to class ``name`` (int64, insertion order)."""
+        return np.array(self._added_ids.get(name, []), np.int64)
+
     def classes(self) -> list[ClassInfo]:
         """The store's classes as this transaction sees them."""
         return self._store.classes()
 
     def sample_set(self) -> SampleSet:
-        """The samples as this transaction sees them (see :meth:`ClassStore.sample_set`)."""
-        return self._store.sample_set()
+        """The samples as this transaction sees them (see :meth:`ClassStore.sample_set`); O(changed rows)."""
+        text = digest.combine(self._store._meta_value("samples") or digest.EMPTY, self._added, self._removed)
+        found = SampleSet.from_text(text)
+        assert found is not None
+        return found
 
 
 class ClassStore:
@@ -441,8 +545,16 @@ class ClassStore:
             self._migrate()
         self._check_bundle()
         # A damaged page would otherwise surface later as 'database disk image is malformed' in the
-        # middle of a command; quick_check reads every page once (milliseconds for a few thousand shots).
-        problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        # middle of a command; quick_check reads every page once (about 5 ms per MB). Above
+        # FULL_CHECK_BYTES only the tables opening reads are checked, so a 10,000-class store
+        # opens in well under a second; a damaged sample page then surfaces when that sample is
+        # read, with the same message (explain_sqlite_error), and integrity_check() reads all.
+        if self.path.stat().st_size <= FULL_CHECK_BYTES:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        else:
+            problems = [r[0] for table in ("meta", "classes", "head_rows", "head_state")
+                        for r in conn.execute(f"PRAGMA quick_check({table})").fetchall()]
+            problems = [p for p in problems if p != "ok"] or ["ok"]
         if problems != ["ok"]:
             raise StoreError(damaged_message(self.path, "; ".join(problems)))
 
@@ -546,10 +658,13 @@ class ClassStore:
                     if tx.samples_changed or tx.head_saved:
                         self._set_meta("updated", repr(tx.now))
                         self._set_meta("head_current", "1" if tx.head_saved else "0")
+                    now = tx.sample_set()
+                    if tx.samples_changed:
+                        self._set_meta("samples", now.to_text())
                     if tx.head_saved:
                         # The head state is derived from the samples as they are at this commit.
-                        tx.committed_samples = self.sample_set()
-                        self._set_meta("head_samples", tx.committed_samples.to_text())
+                        tx.committed_samples = now
+                        self._set_meta("head_samples", now.to_text())
                     self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -566,6 +681,10 @@ class ClassStore:
             yield
         except sqlite3.Error as exc:
             raise explain_sqlite_error(self.path, exc, doing) from None
+
+    def _meta_value(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute(
@@ -710,50 +829,94 @@ class ClassStore:
             value = None
         return value if isinstance(value, dict) else {}
 
-    def all_embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def head_params(self) -> dict[str, Any]:
+        """The saved head's JSON params alone (no arrays read); {} when none or unreadable."""
+        with self._lock, self._sqlite_errors("reading"):
+            text = self._meta_value("head_params")
+        try:
+            params = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        return params if isinstance(params, dict) else {}
+
+    def samples_by_id(self, ids: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """float32 ``(n, D)`` embeddings and class names of the samples with these row ids
+        (a zero row and None for an id that is not stored)."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        found: dict[int, tuple[bytes, str]] = {}
+        with self._lock, self._sqlite_errors("reading"):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update((int(i), (e, n)) for i, e, n in self._conn.execute(
+                    "SELECT s.id, s.embedding, c.name FROM samples s JOIN classes c ON c.id = s.class_id "
+                    f"WHERE s.id IN ({','.join('?' * len(chunk))})", chunk))
+        x = np.zeros((len(ids), self.dim), np.float32)
+        names: list[str | None] = []
+        for k, i in enumerate(ids):
+            if i in found:
+                x[k] = self._decode(found[i][0])
+            names.append(found[i][1] if i in found else None)
+        return x, names
+
+    def all_embeddings(self, with_ids: bool = False) -> Any:
         """Every sample, for building a head.
 
         Returns:
             ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
-            ``names`` (enrollment order).
+            ``names`` (enrollment order); with ``with_ids`` also the samples' row ids int64 ``(N,)``.
         """
         with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
-                "SELECT c.name, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
+                "SELECT c.name, s.embedding, s.id FROM samples s JOIN classes c ON c.id = s.class_id "
+                "ORDER BY c.id, s.id"
             ).fetchall()
         index = {n: i for i, n in enumerate(names)}
         x = np.zeros((0, self.dim), np.float32)
         if rows:
-            x = np.stack([self._decode(b) for _, b in rows]).astype(np.float32)
-        labels = np.array([index[n] for n, _ in rows], dtype=np.int64)
+            x = np.stack([self._decode(b) for _, b, _ in rows]).astype(np.float32)
+        labels = np.array([index[n] for n, _, _ in rows], dtype=np.int64)
+        if with_ids:
+            return x, labels, names, np.array([i for _, _, i in rows], np.int64)
         return x, labels, names
 
     def sample_set(self) -> SampleSet:
-        """The identity of the stored samples: count and sha256 over (class id, name, sample id, time).
+        """The identity of the stored samples: count and digest over (class id, name, sample id, time).
 
         Samples are only ever inserted or deleted, never changed, and a row id is never
         reused with the same insertion time, so two stores (or one store at two moments)
-        with the same :class:`SampleSet` hold the same samples in the same classes and order.
+        with the same :class:`SampleSet` hold the same samples in the same classes. Kept by
+        every transaction from the rows it touches (:mod:`edgefs.store.digest`): reading it
+        is O(1); :meth:`scan_sample_set` recomputes it from every row.
         """
-        h = hashlib.sha256()
-        count = 0
         with self._lock, self._sqlite_errors("reading"):
-            cursor = self._conn.execute(
-                "SELECT c.id, c.name, s.id, s.created FROM samples s JOIN classes c ON c.id = s.class_id "
-                "ORDER BY c.id, s.id"
-            )
-            for class_id, name, sample_id, created in cursor:
-                h.update(f"{class_id}\x1f{name}\x1f{sample_id}\x1f{float(created)!r}\x1e".encode())
-                count += 1
-        return SampleSet(count, h.hexdigest())
+            found = SampleSet.from_text(self._meta_value("samples"))
+        if found is None:
+            raise StoreError(f"class store {self.path} has no sample digest; it is damaged. "
+                             + damaged_message(self.path, "meta.samples missing"))
+        return found
+
+    def scan_sample_set(self) -> SampleSet:
+        """:meth:`sample_set` recomputed from every sample row (one scan; for checks)."""
+        with self._lock, self._sqlite_errors("reading"):
+            found = SampleSet.from_text(digest.scan_sample_set(self._conn))
+        assert found is not None
+        return found
 
     def load_head_state(self) -> HeadState:
-        """The saved head state (empty arrays if none was saved), checked against the stored samples."""
+        """The saved head state (empty arrays if none was saved), checked against the stored samples.
+
+        A head saved per class (:meth:`Transaction.save_head`) is assembled here: each array of
+        the row layout becomes one ``(C, ...)`` array in class order, and ``params["classes"]``
+        the class names in that order. The check is O(1) (the running sample digest).
+        """
         with self._lock, self._sqlite_errors("reading"):
             rows = self._conn.execute("SELECT name, dtype, shape, data FROM head_state ORDER BY name").fetchall()
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-            stored = self.sample_set()
+            layout_json = meta.get("head_layout") or ""
+            class_rows = self._conn.execute(
+                "SELECT c.name, h.data FROM classes c LEFT JOIN head_rows h ON h.class_id = c.id ORDER BY c.id"
+            ).fetchall() if layout_json else []
         arrays: dict[str, np.ndarray] = {}
         for name, dtype, shape_json, data in rows:
             try:
@@ -772,16 +935,44 @@ class ClassStore:
             params = None
         if not isinstance(params, dict):
             raise StoreError(f"the head parameters in {self.path} are corrupt; re-enroll or rebuild the head")
+        missing = 0
+        if layout_json:
+            missing = sum(1 for _, data in class_rows if data is None)
+            if not missing:
+                arrays.update(self._assemble_rows(layout_json, [data for _, data in class_rows]))
+            params["classes"] = [name for name, _ in class_rows]
+        stored = SampleSet.from_text(meta.get("samples"))
         derived = SampleSet.from_text(meta.get("head_samples"))
-        current = meta.get("head_current", "1") == "1" and (derived == stored or not arrays)
+        current = (meta.get("head_current", "1") == "1" and not missing
+                   and (derived == stored or (not arrays and not class_rows)))
         return HeadState(arrays, params, current=current, samples=None if derived is None else derived.count,
-                         stored=stored.count)
+                         stored=0 if stored is None else stored.count, per_class=bool(layout_json),
+                         missing_rows=missing)
+
+    def _assemble_rows(self, layout_json: str, blobs: list[bytes]) -> dict[str, np.ndarray]:
+        """The per-class rows as ``(C, ...)`` arrays: one structured view of the joined records."""
+        try:
+            layout = json.loads(layout_json)
+            record = np.dtype([(str(k), np.dtype(dt), tuple(int(x) for x in shape)) for k, dt, shape in layout])
+            if any(np.dtype(dt).kind not in "biuf" for _, dt, _ in layout):
+                raise ValueError("non-numeric array in the head row layout")
+            joined = b"".join(blobs)
+            if len(joined) != record.itemsize * len(blobs):
+                raise ValueError(f"{len(joined)} bytes of head rows for {len(blobs)} classes of "
+                                 f"{record.itemsize} bytes")
+            table = np.frombuffer(joined, record)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"the per-class head rows in {self.path} are corrupt ({exc}); "
+                             "re-enroll or rebuild the head") from exc
+        return {name: np.ascontiguousarray(table[name]) for name in record.names}
 
     def integrity_check(self) -> str:
         """SQLite's ``integrity_check`` plus a foreign-key check: ``"ok"`` for a sound store."""
         with self._lock:
             result = "; ".join(r[0] for r in self._conn.execute("PRAGMA integrity_check").fetchall())
             orphans = self._conn.execute("PRAGMA foreign_key_check").fetchall()
+            if result == "ok" and self.scan_sample_set() != self.sample_set():
+                result = "the running sample digest differs from the samples (rebuild: reopen with edgefs)"
         return result if not orphans else f"{result}; {len(orphans)} rows violate foreign keys"
 
     def describe(self) -> str:
