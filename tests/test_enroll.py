@@ -168,3 +168,29 @@ def test_store_of_another_bundle_is_refused(bundle: Path, glyph_data: Path, tmp_
     (other / "manifest.json").write_text(manifest.replace(fp, hashlib.sha256(bytes(onnx)).hexdigest()))
     with pytest.raises(EdgefsError, match="belongs to bundle"):
         open_clf(other, store)
+
+
+def test_removing_single_shots_keeps_the_sample_digest_and_head_in_step(bundle: Path, glyph_data: Path,
+                                                                        tmp_path: Path) -> None:
+    """Single-shot removal (the web app's Classes page) rebuilds the head in the same commit and
+    leaves the store's running sample digest equal to a full scan, so the next open reads the
+    saved head rather than rebuilding it."""
+    dirs = class_dirs(glyph_data, 2)
+    with open_clf(bundle, tmp_path / "s.db") as clf:
+        for i, d in enumerate(dirs):
+            clf.enroll(f"c{i}", read_images([d])[0])
+        assert clf.store is not None
+        rows = clf.store.sample_rows("c0")
+        assert len(rows) >= 2
+        assert clf.remove_shots("c0", [rows[0].id]) == 1
+        assert clf.head.shots("c0") == len(rows) - 1
+        with pytest.raises(EdgefsError, match="not shots of"):
+            clf.remove_shots("c1", [rows[1].id])
+        assert clf.store.scan_sample_set() == clf.store.sample_set()
+        assert clf.store.integrity_check() == "ok"
+        sums = clf.head.state()[0]["sums"].copy()
+    logs: list[str] = []
+    with Classifier.open(bundle, tmp_path / "s.db", backend="onnxruntime", threads=1, log=logs.append) as clf:
+        assert clf.head.shots("c0") == len(rows) - 1
+        assert np.allclose(clf.head.state()[0]["sums"], sums)
+        assert not any("rebuilding" in line for line in logs), logs
