@@ -141,6 +141,7 @@ class LSTMFinetuneHead(KeepsShots, Head):
     head_type = "lstm_finetune"
     params_accepted = ("steps",)
     normalize_shots = True
+    supports_center = False  # the optimiser was meta-trained on uncentred unit embeddings
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, steps: int = 5) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
