@@ -16,5 +16,8 @@ from edgefs.methods import maml as _maml  # noqa: F401  isort: skip
 from edgefs.methods import matching as _matching  # noqa: F401  isort: skip
 from edgefs.methods import relation as _relation  # noqa: F401  isort: skip
 from edgefs.methods import siamese as _siamese  # noqa: F401  isort: skip
+from edgefs.methods import mann as _mann  # noqa: F401  isort: skip
+from edgefs.methods import metanet as _metanet  # noqa: F401  isort: skip
+from edgefs.methods import lstm_meta as _lstm_meta  # noqa: F401  isort: skip
 
 __all__ = ["METHODS", "FewShotMethod", "build_method"]
