@@ -146,7 +146,14 @@ class Head(ABC):
                 setattr(other, key, value.fork())
             elif isinstance(value, list | dict):
                 setattr(other, key, copy.copy(value))
+            elif self.fork_copies_arrays and isinstance(value, np.ndarray):
+                setattr(other, key, value.copy())
         return other
+
+    #: Whether :meth:`fork` copies the head's own ndarray attributes: True for heads that update
+    #: them in place (a memory's slots, fast-weight rows); the live head must never see a change
+    #: that was not committed.
+    fork_copies_arrays: ClassVar[bool] = False
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

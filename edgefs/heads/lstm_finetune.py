@@ -161,6 +161,7 @@ class LSTMFinetuneHead(KeepsShots, Head):
             self.optimizer = check_lstm_optimizer(arrays)
 
     def _fit(self) -> None:
+        self.changed_rows: set[int] | None = None  # every row is refitted: the store saves them all
         w0 = np.float32(self.temperature) * self._protos
         b0 = np.zeros(len(self.classes), np.float32)
         if not len(self.classes):
@@ -185,8 +186,13 @@ class LSTMFinetuneHead(KeepsShots, Head):
     def _scores(self, q: np.ndarray) -> np.ndarray:
         return (l2_normalize(q) @ self.weight.T + self.bias).astype(np.float32)
 
+    fork_copies_arrays = True
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight.copy(), "bias": self.bias.copy(), **self._shots_state()}
+
+    def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
+        return {"weight": self.weight[idx].copy(), "bias": np.asarray(self.bias[idx], np.float32)}
 
     def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         c = len(self.classes)

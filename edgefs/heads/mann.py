@@ -226,7 +226,14 @@ class MANNHead(Head):
         keys = mann_keys(q, self.proj, self.proj_bias)
         return read_memory(keys, self.slot_keys, self.slot_class, len(self.classes), self.temperature)
 
+    fork_copies_arrays = True  # slots are written in place
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
+        return self._global_arrays()
+
+    def _global_arrays(self) -> dict[str, np.ndarray]:
+        # The memory is not per class (a class's slots move as others are written): saved whole,
+        # which is bounded by the capacity (1024 slots x the key width).
         return {"slot_keys": self.slot_keys.copy(), "slot_class": self.slot_class.copy(),
                 "slot_used": self.slot_used.copy(), "clock": np.array([self.clock], np.int64)}
 

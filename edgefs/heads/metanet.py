@@ -127,8 +127,13 @@ class MetaNetHead(Head):
         h = metanet_features(q, self.module["q_w"], self.module["q_b"])
         return (np.float32(self.temperature) * (l2_normalize(h) @ l2_normalize(self.fast_rows).T)).astype(np.float32)
 
+    fork_copies_arrays = True  # a class's fast-weight row is summed in place
+
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"fast_sums": self._fast_sums.copy()}
+
+    def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
+        return {"fast_sums": self._fast_sums[idx].copy()}
 
     def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         fast = np.asarray(arrays.get("fast_sums"), np.float32)
