@@ -2,10 +2,15 @@
 
 One capture thread per source keeps only the newest frame of a live camera
 (older ones are dropped and counted); file and folder sources hand over every
-frame. The main loop takes whatever frames are ready, prepares them as one
-batch (the bundle's input size, RGB), embeds the batch once, classifies it,
-smooths each source's labels over its recent frames with hysteresis, and writes
-JSONL events, an annotated window or video, and a summary at the end.
+frame. Each capture thread also fits its frames to the engine's input
+(:meth:`Pipeline.prepare_image`, the loop's one preprocessing step) while the
+engine works on the other core, and wakes the loop, which sleeps on one event
+instead of polling. The loop takes whatever frames are ready (waiting up to
+``batch_wait_ms`` for the other cameras' when asked), stacks them into one
+batch, embeds it once, classifies it, smooths each source's labels over its
+recent frames with hysteresis, and writes JSONL events (one write per batch), an
+annotated window or video, and a summary at the end: stage timers (capture,
+wait, preprocess, embed, head, post, capture-to-result) and CPU time per frame.
 
 Live enrollment (``--enroll NAME``, a stdin command or a key in the window)
 collects shots from a source's frames as they pass through the loop (the

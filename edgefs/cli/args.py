@@ -208,9 +208,9 @@ def add_cpu_engine_flags(p: argparse.ArgumentParser, openvino: bool = True) -> N
     from edgefs.runtime.openvino_backend import HINTS  # torch-free, imports no OpenVINO
 
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
-                   help="onnxruntime: let idle engine threads busy-wait between frames (session.intra_op / "
-                        "inter_op.allow_spinning). Matters with --threads 2 or more only; default off in the camera "
-                        "loop, where spinning threads take the core that capture and preprocessing need")
+                   help="onnxruntime: let idle engine threads busy-wait between calls (session.intra_op / "
+                        "inter_op.allow_spinning). Matters with --threads 2 or more only. run and demo: off unless "
+                        "--spin (spinning threads take the core that capture needs); bench: ONNX Runtime's default, on")
     if not openvino:
         return
     p.add_argument("--ov-hint", choices=HINTS, default=None,
