@@ -255,8 +255,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['peak']['fp32']:.0f} GFLOP/s, INT8 {doc['peak']['int8']:.0f} GOP/s; floor = graph FLOPs / (peak x "
         "threads). Goal: >= 98% of the offered frames, none dropped, p99 <= 33 ms, accuracy within 0.5 points of "
         "FP32.", "",
-        "Stage columns are p50 per batch (capture: per frame, on the capture threads); CPU/frame in ms: the whole "
-        "process, the capture threads (rendering the synthetic frames), the loop thread outside the engine call. "
+        "Stage columns are p50 per batch (capture: per frame, on the capture threads); CPU/frame in ms, per "
+        "classified frame: the whole process, the capture threads (rendering the synthetic frames and fitting them "
+        "to the engine's input; frames rendered and then dropped count too, so this grows when frames are dropped), "
+        "the loop thread outside the engine call. "
         "Accuracy: 5-way 1-shot, cosine prototypes, "
         f"{DOMAIN_EPISODES} fixed test-split episodes per colour domain, mean over domains; Δ against ONNX Runtime "
         "FP32 at the same size.", "",
@@ -360,9 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench_loop"))
     p.add_argument("--report", type=Path, default=Path("reports/loop"))
     p.add_argument("--resume", action="store_true", help="reuse the live runs an interrupted run kept")
+    p.add_argument("--render", action="store_true", help="only rewrite REPORT/loop.md from REPORT/loop.json")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(live_scenario(json.loads(args.child))))
+        return 0
+    if args.render:
+        text = markdown(json.loads((args.report / "loop.json").read_text()))
+        (args.report / "loop.md").write_text(text + "\n")
+        print(text)
         return 0
     for need, what in ((args.data / "test", "render it with `edgefs data glyphs`"),
                        (args.domains, "build the colour domains (`edgefs data domains`)")):

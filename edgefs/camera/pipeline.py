@@ -719,15 +719,17 @@ class Pipeline:
         """CPU milliseconds per classified frame: ``process`` (every thread of this process: capture,
         decode, engine threads, the loop), ``loop`` (the loop thread outside the engine call: waiting,
         preprocessing, head, smoothing, output), ``capture`` (the capture threads: grab, decode or
-        render; counted once they have stopped) and ``engine_call`` (the loop thread inside it; an
+        render, and fitting to the engine's input, per frame *captured*, dropped ones included; counted
+        once they have stopped) and ``engine_call`` (the loop thread inside it; an
         engine with its own threads spends most of its time there instead). Less sensitive to other
         processes' load than wall times. Empty before any frame."""
         if not self.frames:
             return {}
         end = self._cpu_end if self._cpu_end > self._cpu_start else time.process_time()
         capture = sum(c.cpu_s for c in self.captures)  # finished threads only (0 while they run)
+        captured = max(1, sum(c.stats.frames for c in self.captures))
         return {"process": (end - self._cpu_start) * 1e3 / self.frames,
-                "capture": capture * 1e3 / self.frames,
+                "capture": capture * 1e3 / captured,
                 "loop": self.loop_cpu_s * 1e3 / self.frames,
                 "engine_call": self.engine_call_cpu_s * 1e3 / self.frames}
 
