@@ -4,6 +4,7 @@ Usage::
 
     python tools/bench_loop.py                      # 224/160/128 px x ORT/OpenVINO x FP32/INT8, knob sweep
     python tools/bench_loop.py --sizes 160 --engines openvino:int8 --sweep-only
+    python tools/bench_loop.py --bundle colour.edgefs --sweep ""   # your FP32 bundle (and its INT8) instead
     git archive OLD | tar -x -C /tmp/before         # the loop before a change, then:
     python tools/bench_loop.py --compare-with /tmp/before --sizes 160 --sweep "" --engines onnxruntime:int8
 
@@ -176,8 +177,12 @@ def bundles(size: int, args: argparse.Namespace) -> dict[str, Path]:
 
     from edgefs.export.quantize import QuantizeError, quantize_bundle
 
-    fp32 = make_lite0(size, args.out_dir, args.data)
-    int8 = args.out_dir / f"lite0-{size}-int8.edgefs"
+    if args.bundle is not None:  # the user's FP32 bundle (e.g. the meta-trained colour Lite0)
+        fp32 = args.bundle
+        int8 = args.out_dir / f"{fp32.name.removesuffix('.edgefs')}-int8.edgefs"
+    else:
+        fp32 = make_lite0(size, args.out_dir, args.data)
+        int8 = args.out_dir / f"lite0-{size}-int8.edgefs"
     if not (int8 / "manifest.json").is_file():
         calib = calibration_folder(args.domains, args.out_dir)
         try:
@@ -342,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--sizes", default="224,160,128")
+    p.add_argument("--bundle", type=Path, help="an FP32 bundle to measure instead of exporting ImageNet Lite0 "
+                                              "(its input size replaces --sizes; quantised as below)")
     p.add_argument("--engines", default="onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8")
     p.add_argument("--data", type=Path, default=Path("data/glyphs28"), help="glyph benchmark (the cameras' cards)")
     p.add_argument("--domains", type=Path, default=Path("data/domains"), help="colour domains (accuracy, calibration)")
@@ -385,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = [round(x, 1) for x in os.getloadavg()]
     peak = {"fp32": mlas_peak_gops("fp32"), "int8": mlas_peak_gops("int8")}
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.bundle is not None:
+        from edgefs.runtime.bundle import read_bundle
+
+        sizes = [read_bundle(args.bundle).manifest.input_size[0]]
     engines = [e for e in args.engines.split(",") if e]
     rows: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []

@@ -242,7 +242,8 @@ class RunSummary:
 
 # The camera loop's engine defaults where the backend takes them. ONNX Runtime's idle threads spin by
 # default: with 2 engine threads on 2 cores that cost 6.1 instead of 3.9 ms of CPU per frame at 4 x 30 FPS
-# (Lite0 160 px INT8, tools/bench_loop.py), CPU the capture threads need.
+# (Lite0 160 px INT8, tools/bench_loop.py, load average 17; 11.9 against 9.6 at load 30), CPU the capture
+# threads need.
 LOOP_ENGINE_DEFAULTS: dict[str, Any] = {"allow_spinning": False}
 
 
