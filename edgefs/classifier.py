@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,8 +203,13 @@ class Classifier:
         fit: FitMode = "center_crop",
         create: bool = True,
         log: Callable[[str], None] = print,
+        engine_options: Mapping[str, Any] | None = None,
+        engine_defaults: Mapping[str, Any] | None = None,
     ) -> Classifier:
         """Read the bundle, open its engine and the store, and restore the head.
+
+        ``engine_options``, ``engine_defaults``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s
+        ``options`` and ``defaults``).
 
         Raises:
             EdgefsError: a bad bundle, a store of another bundle, an unknown backend or head type.
@@ -214,7 +219,8 @@ class Classifier:
         bundle = read_bundle(bundle_path)
         store = ClassStore.open(store_path, bundle, create=create) if store_path is not None else None
         try:
-            engine = open_engine(bundle, backend=backend, device=device, threads=threads, log=log)
+            engine = open_engine(bundle, backend=backend, device=device, threads=threads, log=log,
+                                 options=engine_options, defaults=engine_defaults)
             return cls(bundle, engine, store, head_type, threshold, quality, fit, log)
         except BaseException:
             if store is not None:

@@ -56,6 +56,7 @@ class DemoConfig:
         seed: choice of classes and the camera's randomness.
         threads: ONNX Runtime threads (None: all cores).
         record: also write an annotated ``demo.mp4``.
+        spin: ONNX Runtime's thread spinning (None: the camera loop's default; ``edgefs run --spin``).
     """
 
     data: Path = Path("data/glyphs28")
@@ -72,6 +73,7 @@ class DemoConfig:
     seed: int = 0
     threads: int | None = None
     record: bool = False
+    spin: bool | None = None
     camera: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,7 +140,7 @@ def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
-    from edgefs.camera.pipeline import Pipeline, RunConfig, loop_threads
+    from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
     from edgefs.classifier import Classifier, read_images
 
     t_start = time.perf_counter()
@@ -157,7 +159,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
         f"(designs 1-{cfg.enroll_designs}), into {store}")
     with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
-                         log=log) as clf:
+                         log=log, engine_options={"allow_spinning": cfg.spin},
+                         engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         # Static reference: the same head on the clean images of the designs the stream shows.

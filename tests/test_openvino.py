@@ -13,6 +13,7 @@ from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.export.quantize import quantize_bundle
 from edgefs.export.tensorrt_build import cosines
 from edgefs.runtime.calibration import open_calibration_source
+from edgefs.runtime.openvino_backend import openvino_available
 from edgefs.runtime.select import backend_names, open_engine
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
@@ -116,3 +117,37 @@ def test_auto_without_openvino_stays_on_onnxruntime(int8_bundle: Path, monkeypat
     monkeypatch.setitem(sys.modules, "openvino", None)
     backend, _, _ = choose_backend(read_bundle(int8_bundle), device="cpu")
     assert backend == "onnxruntime"
+
+
+@needs_openvino
+def test_openvino_hint_and_streams_reach_the_compiled_model(conv4_bundle: Path, images: np.ndarray) -> None:
+    engine = open_engine(conv4_bundle, "openvino", device="cpu", threads=2, log=quiet,  # a stream needs a thread
+                         options={"hint": "THROUGHPUT", "streams": 2})
+    assert engine.hint == "THROUGHPUT" and engine.streams == 2 and "2 streams" in engine.describe()
+    assert int(engine.compiled.get_property("NUM_STREAMS")) == 2
+    assert engine.embed(images[:3]).shape == (3, engine.embedding_dim)
+    with pytest.raises(EdgefsError, match="streams must be at least 1"):
+        open_engine(conv4_bundle, "openvino", device="cpu", log=quiet, options={"streams": 0})
+
+
+def test_engine_options_and_the_callers_defaults(conv4_bundle: Path) -> None:
+    """Asked options reach the backend; ``auto`` leaves out (and says) what its choice lacks; a named
+    backend refuses it; the caller's defaults fill only what was not asked, and never raise."""
+    logs: list[str] = []
+    engine = open_engine(conv4_bundle, "auto", device="cpu", threads=2, log=logs.append,
+                         options={"hint": "THROUGHPUT"}, defaults={"allow_spinning": False})
+    assert engine.backend == "onnxruntime"  # an FP32 bundle on the CPU
+    assert any("hint left out" in line for line in logs)
+    entry = engine.session.get_session_options().get_session_config_entry  # type: ignore[attr-defined]
+    assert entry("session.intra_op.allow_spinning") == "0" == entry("session.inter_op.allow_spinning")
+    assert "no spinning" in engine.describe()
+    asked = open_engine(conv4_bundle, "onnxruntime", device="cpu", threads=2, log=quiet,
+                        options={"allow_spinning": True}, defaults={"allow_spinning": False})
+    assert asked.session.get_session_options().get_session_config_entry(  # type: ignore[attr-defined]
+        "session.intra_op.allow_spinning") == "1"
+    with pytest.raises(EdgefsError, match="has no option hint"):
+        open_engine(conv4_bundle, "onnxruntime", device="cpu", log=quiet, options={"hint": "LATENCY"})
+    if openvino_available():
+        ov = open_engine(conv4_bundle, "openvino", device="cpu", threads=1, log=quiet,
+                         defaults={"allow_spinning": False})
+        assert ov.backend == "openvino"

@@ -201,3 +201,105 @@ def test_ctrl_c_exits_cleanly_with_summary(trained_bundle: Path, glyph_data: Pat
     assert "stopped by Ctrl-C" in out and "FPS" in out
     with ClassStore.open(store, read_bundle(trained_bundle), create=False) as s:
         assert s.integrity_check() == "ok" and len(s.names()) == 2
+
+
+def test_frames_are_prepared_on_the_capture_threads_and_timed(trained_bundle: Path, glyph_data: Path,
+                                                             tmp_path: Path) -> None:
+    """The loop's stage timers and CPU accounting: capture (the source's read), post, CPU per frame; the
+    batch the engine gets is what the loop's one preprocessing function makes of the frames."""
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, classes_of(glyph_data, 2))
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, frames=30)]), log=lambda _: None)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+        prepare = pipeline.prepare
+
+        def checked(frames: list) -> np.ndarray:
+            batch = prepare(frames)
+            assert all(f.prepared is not None for f in frames)  # made on the capture thread
+            seen.extend((f.image, b) for f, b in zip(frames, batch, strict=True))
+            return batch
+
+        pipeline.prepare = checked  # type: ignore[method-assign]
+        summary = pipeline.run()
+        h, w = clf.bundle.manifest.input_size
+        for image, got in seen[:5]:
+            np.testing.assert_array_equal(got, clf.prepare([image], "RGB")[0])
+            assert got.shape == (h, w, 3)
+    assert summary.frames == 30 == len(seen)
+    assert set(summary.stages_ms) >= {"capture", "wait", "preprocess", "embed", "head", "post", "total"}
+    assert summary.stages_ms["capture"]["n"] == 30 and summary.stages_ms["capture"]["p50"] > 0
+    cpu = summary.cpu_ms_per_frame
+    assert set(cpu) == {"process", "capture", "loop", "engine_call"}
+    assert cpu["process"] > 0 and cpu["loop"] > 0 and cpu["capture"] > 0
+    assert cpu["loop"] + cpu["engine_call"] <= cpu["process"] + cpu["capture"] + 1.0
+    assert "CPU per frame" in summary.text()
+
+
+def test_a_frame_the_capture_thread_could_not_prepare_is_prepared_by_the_loop(trained_bundle: Path,
+                                                                               glyph_data: Path,
+                                                                               tmp_path: Path) -> None:
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, frames=12)]), log=lambda _: None)
+
+        def broken(frame: object) -> object:
+            raise RuntimeError("a preprocessing bug on the capture thread")
+
+        pipeline.captures[0].prepare = broken
+        summary = pipeline.run()
+    assert summary.frames == 12  # every frame still classified, prepared on the loop thread
+
+
+def test_batch_wait_puts_the_frames_of_several_live_cameras_in_one_engine_call(trained_bundle: Path,
+                                                                                glyph_data: Path,
+                                                                                tmp_path: Path) -> None:
+    """Two live cameras at 10 FPS: with a wait longer than a frame period nearly every batch holds both
+    cameras' frames; without it the loop embeds each frame as it comes (the cameras are out of phase)."""
+    uris = [synthetic(glyph_data, fps=10, live=1, seed=s) for s in (1, 2)]
+    batches = {}
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        for wait in (0.0, 150.0):
+            pipeline = Pipeline(clf, RunConfig(sources=uris, duration_s=2.5, batch_wait_ms=wait), log=lambda _: None)
+            summary = pipeline.run()
+            assert summary.frames >= 10
+            batches[wait] = summary.frames / summary.batches
+    assert batches[150.0] >= 1.6
+    assert batches[150.0] > batches[0.0]
+    with pytest.raises(EdgefsError, match="batch_wait_ms"):
+        Pipeline(clf, RunConfig(sources=uris, batch_wait_ms=-1.0), log=lambda _: None)
+
+
+def test_the_loop_wakes_on_frames_and_stops_promptly(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    """A loop asleep waiting for a slow camera (2 FPS) is woken by stop() rather than by the next frame,
+    and every frame it got was classified. Bounds leave room for a loaded machine."""
+    import threading
+    import time
+
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, fps=2, live=1)]), log=lambda _: None)
+        threading.Timer(1.6, pipeline.stop).start()
+        t = time.monotonic()
+        summary = pipeline.run()
+        took = time.monotonic() - t
+    assert summary.stopped_by == "stop request"
+    assert 1.5 <= took < 4.0
+    assert 2 <= summary.frames <= 5
+
+
+def test_run_cli_takes_the_loop_and_engine_knobs(trained_bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.db"
+    with open_clf(trained_bundle, store) as clf:
+        enroll_from_camera(clf, glyph_data, classes_of(glyph_data, 2))
+    rc = main(["run", str(trained_bundle), "--store", str(store), "--source", synthetic(glyph_data, frames=20),
+               "--source", synthetic(glyph_data, frames=20, seed=4), "--no-display", "--backend", "onnxruntime",
+               "--threads", "2", "--no-spin", "--batch-wait", "5"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "2 threads, no spinning" in out  # the engine line says what was asked
+    assert "run: 40 frames" in out
+    # A knob of another backend, asked of a named backend, is refused with what it takes.
+    rc = main(["run", str(trained_bundle), "--store", str(store), "--source", synthetic(glyph_data, frames=5),
+               "--no-display", "--backend", "onnxruntime", "--ov-streams", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "has no option streams" in err and "allow_spinning" in err

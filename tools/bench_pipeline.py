@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgefs.camera.pipeline import Pipeline, RunConfig, loop_threads
+from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
 from edgefs.camera.sources import open_source
 from edgefs.classifier import Classifier, read_images
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
@@ -131,7 +131,7 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     clip = out / "clip300.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
     with Classifier.open(bundle, store, backend=backend, device="cpu", threads=args.threads or loop_threads(),
-                         log=quiet) as clf:
+                         log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         images, truth = [], []
         for i, name in enumerate(enrolled):
@@ -144,7 +144,7 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
                                    fps=30.0)
         live4 = scenario(clf, RunConfig(
             sources=[f"synthetic:{args.data}?seed={s}" for s in range(4)], duration_s=args.seconds,
-            source_options=live_opts))
+            source_options=live_opts, batch_wait_ms=args.batch_wait))
     return {"backbone": backbone, "engine": clf.engine.describe() if clf.engine else engine,
             "backend": backend, "precision": clf.engine.precision if clf.engine else precision,
             "weights": weights, "input": clf.bundle.manifest.input_size,
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/glyphs28"))
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
+    p.add_argument("--batch-wait", type=float, default=0.0, help="edgefs run --batch-wait for live x4 (ms)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench_pipeline"))
     p.add_argument("--report", type=Path, default=Path("reports/pipeline"))

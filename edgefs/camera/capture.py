@@ -79,6 +79,12 @@ class CaptureThread:
             waiting while it is full; default: True for sources that are not live.
         queue_size: the queue's size in blocking mode.
         on_status: called (on the capture thread) with the status text whenever it changes.
+        prepare: applied to every frame on the capture thread before it is handed over
+            (the camera loop fits it to the engine's input there, in parallel with the
+            engine); if it raises, the frame is handed over as read.
+        on_frame: called (on the capture thread, no lock held) after each frame is put in
+            the slot or queue: a reader of several captures waits on one event instead of
+            polling each (:class:`edgefs.camera.pipeline.Pipeline`).
 
     Use::
 
@@ -94,7 +100,9 @@ class CaptureThread:
     def __init__(self, source: Source, *, reconnect: bool = True, backoff: tuple[float, float] = (0.1, 2.0),
                  max_attempts: int | None = None, open_timeout: float | None = None,
                  blocking: bool | None = None, queue_size: int = 4,
-                 on_status: Callable[[str], None] | None = None) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 on_frame: Callable[[], None] | None = None,
+                 prepare: Callable[[Frame], Frame] | None = None) -> None:
         first, cap = backoff
         if first <= 0 or cap < first:
             raise ValueError(f"backoff must be (first, cap) with 0 < first <= cap, got {backoff}")
@@ -113,6 +121,8 @@ class CaptureThread:
         self.blocking = (not source.live) if blocking is None else blocking
         self.capacity = queue_size if self.blocking else 1
         self.on_status = on_status
+        self.on_frame = on_frame
+        self.prepare = prepare
         self._frames: deque[Frame] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -126,6 +136,10 @@ class CaptureThread:
         self._rate_frames = 0
         self._fps = 0.0
         self._last_status = ""
+        # CPU seconds the thread spent reading after the first open (grab, decode, render), set
+        # when it finishes; the first open (a synthetic camera draws its backgrounds) is left out.
+        self.cpu_s = 0.0
+        self._cpu_opened = 0.0
 
     # ---- control -------------------------------------------------------------------------
     def start(self) -> CaptureThread:
@@ -264,6 +278,7 @@ class CaptureThread:
             if self._open_first():
                 self._loop()
         finally:
+            self.cpu_s = time.thread_time() - self._cpu_opened
             try:
                 self.source.close()
             except Exception:
@@ -279,6 +294,7 @@ class CaptureThread:
         except Exception as exc:  # every failure goes through _recover
             return self._recover(exc)
         self.opened_once = True
+        self._cpu_opened = time.thread_time()
         self._set_state("running")
         return True
 
@@ -295,7 +311,14 @@ class CaptureThread:
                 return
             if self._stop.is_set():
                 return  # read() was cut short by stop(): nobody wants this frame
+            if self.prepare is not None:
+                try:
+                    frame = self.prepare(frame)
+                except Exception:  # the reader prepares it again and reports the problem itself
+                    log.debug("capture %s: prepare failed on frame %d", self.source.name, frame.index, exc_info=True)
             self._put(frame)
+            if self.on_frame is not None:
+                self.on_frame()
 
     def _put(self, frame: Frame) -> None:
         now = time.monotonic()

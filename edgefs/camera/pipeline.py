@@ -2,10 +2,15 @@
 
 One capture thread per source keeps only the newest frame of a live camera
 (older ones are dropped and counted); file and folder sources hand over every
-frame. The main loop takes whatever frames are ready, prepares them as one
-batch (the bundle's input size, RGB), embeds the batch once, classifies it,
-smooths each source's labels over its recent frames with hysteresis, and writes
-JSONL events, an annotated window or video, and a summary at the end.
+frame. Each capture thread also fits its frames to the engine's input
+(:meth:`Pipeline.prepare_image`, the loop's one preprocessing step) while the
+engine works on the other core, and wakes the loop, which sleeps on one event
+instead of polling. The loop takes whatever frames are ready (waiting up to
+``batch_wait_ms`` for the other cameras' when asked), stacks them into one
+batch, embeds it once, classifies it, smooths each source's labels over its
+recent frames with hysteresis, and writes JSONL events (one write per batch), an
+annotated window or video, and a summary at the end: stage timers (capture,
+wait, preprocess, embed, head, post, capture-to-result) and CPU time per frame.
 
 Live enrollment (``--enroll NAME``, a stdin command or a key in the window)
 collects shots from a source's frames as they pass through the loop (the
@@ -27,10 +32,10 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -47,7 +52,9 @@ from edgefs.quality import sharpness
 from edgefs.store.validate import check_name
 
 UNKNOWN = "unknown"
-STAGES = ("wait", "preprocess", "embed", "head", "total")
+# Per frame: capture (the source's grab/decode/render, on its thread) and total (capture to the
+# head's result). Per batch: wait (for frames), preprocess, embed, head, post (smoothing, events, JSONL).
+STAGES = ("capture", "wait", "preprocess", "embed", "head", "post", "total")
 DEFAULT_SMOOTH = 5
 T = TypeVar("T")
 
@@ -77,6 +84,9 @@ class RunConfig:
         summary_json: write the end-of-run summary here.
         open_timeout_s: give up on a source that has not opened after this many seconds
             of attempts (None: keep trying); one that opened once is always reconnected.
+        batch_wait_ms: once a frame is ready, wait up to this long for the other live
+            sources' frames so that one engine call takes them all (0: embed what is ready
+            at once). Each millisecond adds to the latency of the first frame.
     """
 
     sources: list[str]
@@ -97,6 +107,7 @@ class RunConfig:
     summary_json: str | None = None
     open_timeout_s: float | None = 10.0
     source_options: dict[str, Any] = field(default_factory=dict)
+    batch_wait_ms: float = 0.0
 
 
 class LabelSmoother:
@@ -234,6 +245,8 @@ class RunSummary:
     enrolled: list[str]
     per_source: dict[str, dict[str, Any]]
     stopped_by: str
+    batches: int = 0
+    cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -254,6 +267,11 @@ class RunSummary:
         for stage, s in self.stages_ms.items():
             lines.append(f"{stage:<12} {s['p50']:>8.2f} {s['p99']:>8.2f}")
         lines.append(f"oldest frame at processing: {self.max_age_ms:.1f} ms")
+        if self.cpu_ms_per_frame:
+            c = self.cpu_ms_per_frame
+            lines.append(f"CPU per frame: process {c['process']:.2f} ms, capture {c['capture']:.2f} ms, "
+                         f"loop {c['loop']:.2f} ms "
+                         f"(outside the engine call); {self.frames / max(self.batches, 1):.2f} frames per batch")
         for name, st in self.per_source.items():
             lines.append(f"source {name}: {st['frames']} frames, {st['dropped']} dropped, status {st['status']}")
         if self.enrolled:
@@ -293,6 +311,13 @@ def annotate(image: np.ndarray, event: dict[str, Any], fps: float, stage_p50_ms:
     return img
 
 
+# The camera loop's engine defaults where the backend takes them. ONNX Runtime's idle threads spin by
+# default: with 2 engine threads on 2 cores that cost 6.1 instead of 3.9 ms of CPU per frame at 4 x 30 FPS
+# (Lite0 160 px INT8, tools/bench_loop.py, load average 17; 11.9 against 9.6 at load 30), CPU the capture
+# threads need.
+LOOP_ENGINE_DEFAULTS: dict[str, Any] = {"allow_spinning": False}
+
+
 def loop_threads() -> int:
     """Engine threads for the camera loop: every core but one, which capture, decoding and the
     loop itself need (on 2 cores, 1 engine thread halves p99 latency: tools/bench_pipeline.py)."""
@@ -328,9 +353,14 @@ class Pipeline:
         self.clf = classifier
         self.cfg = config
         self.log = log
+        if not config.batch_wait_ms >= 0:
+            raise EdgefsError(f"batch_wait_ms must be >= 0 milliseconds, got {config.batch_wait_ms}")
+        # Set by a capture thread when it has a frame (or changes state): the loop sleeps on it.
+        self._ready = threading.Event()
         self.captures = [
             CaptureThread(source, open_timeout=config.open_timeout_s,
-                          on_status=lambda status, name=source.name: self._on_status(name, status))
+                          on_status=lambda status, name=source.name: self._on_status(name, status),
+                          on_frame=self._wake, prepare=self._prepare_on_arrival)
             for source in (open_source(uri, **config.source_options) for uri in config.sources)
         ]
         if config.smooth is None:
@@ -360,6 +390,10 @@ class Pipeline:
         self.frames = 0
         self.max_age_ms = 0.0
         self.per_source_frames = [0] * len(self.captures)
+        self.batches = 0
+        self.loop_cpu_s = 0.0  # the loop thread's CPU time outside the engine call
+        self.engine_call_cpu_s = 0.0  # the loop thread's CPU time inside it (engine threads not counted)
+        self._cpu_start = self._cpu_end = time.process_time()
         self.status_line = ""
         self._overlay_stats: dict[str, dict[str, float]] = {}
         self._overlay_stats_at = -1e9
@@ -368,16 +402,19 @@ class Pipeline:
     def _on_status(self, name: str, status: str) -> None:
         """A capture thread's state changed (reconnecting, running, ended): show it."""
         self.status_line = f"{name}: {status}"
+        self._ready.set()  # an ended source must wake a loop that waits for frames
         if not status.startswith(("running", "ended", "stopped")):
             self.log(f"source {self.status_line}")
 
     def stop(self) -> None:
         """Ask the loop to finish after the current batch (thread-safe)."""
         self._stop.set()
+        self._ready.set()
 
     def command(self, line: str) -> None:
         """Queue a command as if typed on stdin: ``enroll NAME [SHOTS]``, ``remove NAME``, ``quit``."""
         self._commands.put(line)
+        self._ready.set()
 
     def start_enrollment(self, name: str, shots: int | None = None, source: int | None = None,
                          delay_s: float | None = None, append: bool = False,
@@ -531,25 +568,47 @@ class Pipeline:
             record.accepted, record.reason = (False, why) if why else (True, "")
 
     # ---- the loop -------------------------------------------------------------------
-    def _gather(self) -> list[tuple[int, Frame]]:
-        """Ready frames, one per source; waits briefly for the first."""
-        got: list[tuple[int, Frame]] = []
+    def _take_ready(self, got: list[tuple[int, Frame]]) -> None:
+        """Add the ready frame of every source not yet in ``got`` (no waiting)."""
+        have = {i for i, _ in got}
         for i, cap in enumerate(self.captures):
-            frame = cap.get(timeout=0.0)
-            if frame is not None:
-                got.append((i, frame))
-        if got:
-            return got
-        waiting = [c for c in self.captures if not c.ended]
-        if not waiting:
-            return []
-        # Nothing ready: block briefly on one source. With several sources, 1 ms at a time,
-        # so a frame of another source waits at most that long before its batch starts.
-        first = waiting[0]
-        frame = first.get(timeout=0.02 if len(waiting) == 1 else 0.001)
-        if frame is not None:
-            got.append((self.captures.index(first), frame))
+            if i not in have:
+                frame = cap.get(timeout=0.0)
+                if frame is not None:
+                    got.append((i, frame))
+
+    def _gather(self) -> list[tuple[int, Frame]]:
+        """Ready frames, at most one per source: waits for the first (woken by the capture threads,
+        no polling), then up to ``batch_wait_ms`` for the other live sources to join the batch."""
+        got: list[tuple[int, Frame]] = []
+        self._ready.clear()  # cleared before looking: a frame put after the look sets it again
+        self._take_ready(got)
+        if not got:
+            if all(c.ended for c in self.captures):
+                return []
+            # Bounded so that commands, --duration and stop() are seen while every source is quiet.
+            self._ready.wait(0.05)
+            self._ready.clear()
+            self._take_ready(got)
+            if not got:
+                return []
+        wait_s = self.cfg.batch_wait_ms / 1e3
+        if wait_s > 0:
+            deadline = time.monotonic() + wait_s
+            while len(got) < len(self.captures):
+                missing = [c for i, c in enumerate(self.captures) if i not in {j for j, _ in got}]
+                if not any(c.source.live and not c.ended for c in missing):
+                    break  # only finished or file sources are missing: nothing worth waiting for
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._ready.wait(remaining):
+                    break
+                self._ready.clear()
+                self._take_ready(got)
+        got.sort(key=lambda item: item[0])
         return got
+
+    def _wake(self) -> None:
+        self._ready.set()
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Run the loop, yielding one event per classified frame; ends when the run does."""
@@ -560,6 +619,7 @@ class Pipeline:
         if self.cfg.commands:
             threading.Thread(target=_read_commands, args=(self._commands,), daemon=True).start()
         self.t_start = time.monotonic()
+        self._cpu_start = time.process_time()
         self.stopped_by = "end of sources"
         try:
             while not self._stop.is_set():
@@ -570,8 +630,9 @@ class Pipeline:
                 if self.cfg.max_frames is not None and self.frames >= self.cfg.max_frames:
                     self.stopped_by = "frame limit"
                     break
-                t_wait = time.perf_counter()
+                t_wait, c_wait = time.perf_counter(), time.thread_time()
                 ready = self._gather()
+                self.loop_cpu_s += time.thread_time() - c_wait
                 if not ready:
                     if all(c.ended for c in self.captures):
                         break
@@ -582,6 +643,7 @@ class Pipeline:
         except KeyboardInterrupt:
             self.stopped_by = "Ctrl-C"
         finally:
+            self._cpu_end = time.process_time()
             for cap in self.captures:
                 cap.stop()
             if self._enroll_thread is not None:
@@ -589,52 +651,86 @@ class Pipeline:
             if self.enrollment is not None and self._enroll_thread is None:
                 self.unfinished = self.enrollment
 
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """The one preprocessing step of the loop: a captured uint8 RGB frame ``(H, W, 3)`` -> the
+        engine's input uint8 ``(h, w, 3)`` (fit to the bundle's input size). A crop of the frame
+        belongs here. Runs on the capture threads (in parallel with the engine) and, for a frame that
+        came without it, on the loop thread."""
+        return self.clf.prepare([image], "RGB")[0]
+
+    def _prepare_on_arrival(self, frame: Frame) -> Frame:
+        return replace(frame, prepared=self.prepare_image(frame.image))
+
+    def prepare(self, frames: list[Frame]) -> np.ndarray:
+        """Frames -> the engine's uint8 batch ``(B, h, w, 3)``: what the capture threads prepared,
+        stacked; :meth:`prepare_image` for any frame that arrived without it."""
+        shape = (*self.clf.bundle.manifest.input_size, 3)
+        batch = np.empty((len(frames), *shape), np.uint8)
+        for i, f in enumerate(frames):
+            ready = f.prepared is not None and f.prepared.shape == shape
+            batch[i] = f.prepared if ready else self.prepare_image(f.image)
+        return batch
+
     def _process(self, ready: list[tuple[int, Frame]], t_wait: float) -> Iterator[dict[str, Any]]:
         started = time.monotonic()
-        t0 = time.perf_counter()
-        batch = self.clf.prepare([f.image for _, f in ready], "RGB")
-        t1 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
+        batch = self.prepare([f for _, f in ready])
+        c1, t1 = time.thread_time(), time.perf_counter()
         emb = self.clf.embed(batch)
-        t2 = time.perf_counter()
+        c2, t2 = time.thread_time(), time.perf_counter()
         head = self.clf.head  # one consistent head for the batch, even if an enrollment commits meanwhile
         have_classes = bool(head.classes)
         result = head.classify(emb, self.cfg.k) if have_classes else None
         t3 = time.perf_counter()
         now = time.monotonic()
-        self.times.add("wait", (t0 - t_wait) * 1e3)
-        self.times.add("preprocess", (t1 - t0) * 1e3)
-        self.times.add("embed", (t2 - t1) * 1e3)
-        self.times.add("head", (t3 - t2) * 1e3)
+        wall = time.time()
+        events = []
+        if result is not None:
+            # Whole-batch conversions once: per-element float()/int() calls cost more than the head.
+            top_idx, top_prob = result.top_idx.tolist(), result.top_prob.tolist()
+            best_sims = result.best_sim.tolist()
         for j, (i, frame) in enumerate(ready):
             latency = (now - frame.timestamp) * 1e3
             self.max_age_ms = max(self.max_age_ms, (started - frame.timestamp) * 1e3)
+            self.times.add("capture", frame.read_ms)
             self.times.add("total", latency)
             self._collect_shot(i, batch[j], emb[j], now, frame.image)
             if result is not None:
                 raw = result.labels[j] or UNKNOWN
-                conf = float(result.top_prob[j, 0])
-                top = [(head.classes[int(c)], round(float(p), 4))
-                       for c, p in zip(result.top_idx[j], result.top_prob[j], strict=True)]
-                best_sim = float(result.best_sim[j])
+                conf = top_prob[j][0]
+                top = [(head.classes[c], round(p, 4)) for c, p in zip(top_idx[j], top_prob[j], strict=True)]
+                best_sim = best_sims[j]
             else:
                 raw, conf, top, best_sim = UNKNOWN, 0.0, [], -1.0
             label, share = self.smoothers[i].update(raw, conf)
-            if frame.label is not None and have_classes and result is not None:
+            if frame.label is not None and result is not None:
                 self.labelled += 1
                 enrolled = frame.label in head.classes
                 self.correct += int(label == (frame.label if enrolled else UNKNOWN))
                 if enrolled:
                     self.known += 1
-                    self.known_correct += int(head.classes[int(result.top_idx[j, 0])] == frame.label)
+                    self.known_correct += int(head.classes[top_idx[j][0]] == frame.label)
                 else:
                     self.unknown += 1
                     self.unknown_rejections += int(label == UNKNOWN)
             self.frames += 1
             self.per_source_frames[i] += 1
-            event = {"frame": frame.index, "time": round(time.time(), 4), "source": frame.source,
-                     "label": label, "confidence": round(conf if label == raw else share, 4),
-                     "raw_label": raw, "top": top, "best_sim": round(best_sim, 4),
-                     "latency_ms": round(latency, 2), "truth": frame.label}
+            events.append({"frame": frame.index, "time": round(wall, 4), "source": frame.source,
+                           "label": label, "confidence": round(conf if label == raw else share, 4),
+                           "raw_label": raw, "top": top, "best_sim": round(best_sim, 4),
+                           "latency_ms": round(latency, 2), "truth": frame.label})
+        if self.events_out is not None:  # one write per batch
+            self.events_out.write("".join(json.dumps(e) + "\n" for e in events))
+        t4 = time.perf_counter()
+        self.loop_cpu_s += (c1 - c0) + (time.thread_time() - c2)
+        self.engine_call_cpu_s += c2 - c1
+        self.times.add("wait", (t0 - t_wait) * 1e3)
+        self.times.add("preprocess", (t1 - t0) * 1e3)
+        self.times.add("embed", (t2 - t1) * 1e3)
+        self.times.add("head", (t3 - t2) * 1e3)
+        self.times.add("post", (t4 - t3) * 1e3)
+        self.batches += 1
+        for (_, frame), event in zip(ready, events, strict=True):
             yield event
             self._output(frame, event)
             for listen in self.listeners:
@@ -651,8 +747,7 @@ class Pipeline:
                         {s: v["p50"] for s, v in self._overlay_stats.items()}, status)
 
     def _output(self, frame: Frame, event: dict[str, Any]) -> None:
-        if self.events_out is not None:
-            self.events_out.write(json.dumps(event) + "\n")
+        """The window and the recording (JSONL is written per batch in :meth:`_process`)."""
         if not (self.writer is not None or self.cfg.display or self.cfg.record):
             return
         img = self._overlay(frame, event)
@@ -754,7 +849,26 @@ class Pipeline:
             unknown_rejected=self.unknown_rejections / self.unknown if self.unknown else None,
             unknown_frames=self.unknown,
             enrolled=list(self.enrolled), per_source=per_source, stopped_by=self.stopped_by,
+            batches=self.batches, cpu_ms_per_frame=self.cpu_per_frame(),
         )
+
+    def cpu_per_frame(self) -> dict[str, float]:
+        """CPU milliseconds per classified frame: ``process`` (every thread of this process: capture,
+        decode, engine threads, the loop), ``loop`` (the loop thread outside the engine call: waiting,
+        preprocessing, head, smoothing, output), ``capture`` (the capture threads: grab, decode or
+        render, and fitting to the engine's input, per frame *captured*, dropped ones included; counted
+        once they have stopped) and ``engine_call`` (the loop thread inside it; an
+        engine with its own threads spends most of its time there instead). Less sensitive to other
+        processes' load than wall times. Empty before any frame."""
+        if not self.frames:
+            return {}
+        end = self._cpu_end if self._cpu_end > self._cpu_start else time.process_time()
+        capture = sum(c.cpu_s for c in self.captures)  # finished threads only (0 while they run)
+        captured = max(1, sum(c.stats.frames for c in self.captures))
+        return {"process": (end - self._cpu_start) * 1e3 / self.frames,
+                "capture": capture * 1e3 / captured,
+                "loop": self.loop_cpu_s * 1e3 / self.frames,
+                "engine_call": self.engine_call_cpu_s * 1e3 / self.frames}
 
 
 @contextmanager
@@ -768,6 +882,7 @@ def open_pipeline(
     threads: int | None = None,
     head_type: str | None = None,
     threshold: str | float | None = None,
+    engine_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Iterator[Pipeline]:
     """Check the outputs, open the classifier and the sources: the camera loop, ready to :meth:`Pipeline.run`.
@@ -786,7 +901,8 @@ def open_pipeline(
         config.display = display_available()
     threads = threads or loop_threads()
     with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
-                         threshold=threshold, log=log) as clf:
+                         threshold=threshold, log=log, engine_options=engine_options,
+                         engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         if not clf.classes and not config.enroll and not config.commands:
             log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
                 "'edgefs enroll', --enroll NAME or --commands")
@@ -804,15 +920,19 @@ def run(
     head_type: str | None = None,
     threshold: str | float | None = None,
     log: Callable[[str], None] = print,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary.
+
+    ``engine_options``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``).
 
     Raises:
         EdgefsError: an output that cannot be written (checked before anything runs); after the
             summary is printed, a run that classified no frame or enrolled nothing of ``enroll``.
     """
     with open_pipeline(bundle, store, config, backend=backend, device=device, threads=threads,
-                       head_type=head_type, threshold=threshold, log=log) as pipeline:
+                       head_type=head_type, threshold=threshold, engine_options=engine_options,
+                       log=log) as pipeline:
         summary = pipeline.run()
     log(summary.text())
     problem = pipeline.problem()

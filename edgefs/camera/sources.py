@@ -68,6 +68,10 @@ class Frame:
         source: the source's name.
         label: the ground truth (synthetic camera; image folders laid out as class
             folders), else None.
+        read_ms: wall time the source spent producing the frame (grab and decode, or
+            render), not counting a paced wait; the camera loop's ``capture`` stage.
+        prepared: ``image`` already made into the engine's input by the reader's
+            preprocessing (the camera loop does this on the capture thread), or None.
     """
 
     image: np.ndarray
@@ -75,6 +79,8 @@ class Frame:
     index: int
     source: str
     label: str | None = None
+    read_ms: float = 0.0
+    prepared: np.ndarray | None = None
 
 
 class SourceError(EdgefsError):
@@ -283,13 +289,15 @@ class Source(ABC):
         """
         if not self._opened:
             raise SourceError(f"source {self.name} is not open; call open() first (or reopen() after a failure)")
+        started = time.perf_counter()
         got = self._next()
         if got is None:
             return None
+        read_ms = (time.perf_counter() - started) * 1e3
         image, label = got
         if self.pace_fps:
             self._pace(1.0 / self.pace_fps)
-        frame = Frame(image, time.monotonic(), self._count, self.name, label)
+        frame = Frame(image, time.monotonic(), self._count, self.name, label, read_ms)
         self._count += 1
         return frame
 

@@ -199,3 +199,28 @@ def compute_capabilities(text: str) -> list[str]:
             raise argparse.ArgumentTypeError(
                 f"cannot read compute capability {name!r}: write MAJOR.MINOR, e.g. 8.6 (RTX 30xx) or 8.9 (RTX 40xx)")
     return names
+
+
+def add_cpu_engine_flags(p: argparse.ArgumentParser, openvino: bool = True) -> None:
+    """The CPU engine knobs of the camera loop (``edgefs run``, ``edgefs demo``): ``--spin`` and, with
+    ``openvino``, ``--ov-hint`` and ``--ov-streams``; read back with :func:`engine_options`. ``--threads``
+    stays with each command."""
+    from edgefs.runtime.openvino_backend import HINTS  # torch-free, imports no OpenVINO
+
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
+                   help="onnxruntime: let idle engine threads busy-wait between calls (session.intra_op / "
+                        "inter_op.allow_spinning). Matters with --threads 2 or more only. run and demo: off unless "
+                        "--spin (spinning threads take the core that capture needs); bench: ONNX Runtime's default, on")
+    if not openvino:
+        return
+    p.add_argument("--ov-hint", choices=HINTS, default=None,
+                   help="openvino: PERFORMANCE_HINT (default LATENCY: one stream, every thread on each frame batch)")
+    p.add_argument("--ov-streams", type=integer(1, 64), default=None, metavar="N",
+                   help="openvino: NUM_STREAMS (default: what the hint chooses)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, object]:
+    """What :func:`add_cpu_engine_flags` parsed, as ``open_engine(options=...)`` takes it (unset flags left out)."""
+    return {k: v for k, v in (("allow_spinning", getattr(args, "spin", None)),
+                              ("hint", getattr(args, "ov_hint", None)),
+                              ("streams", getattr(args, "ov_streams", None))) if v is not None}

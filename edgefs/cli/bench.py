@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores)")
     p.add_argument("--classes", type=A.integer(1), default=100, help="random prototypes the head scores (default 100)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    A.add_cpu_engine_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
 
     run_bench(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
               batches=args.batches, iterations=args.iterations, warmup=args.warmup, threads=args.threads,
-              classes=args.classes, json_out=args.json_out)
+              classes=args.classes, json_out=args.json_out, engine_options=A.engine_options(args))
     return 0

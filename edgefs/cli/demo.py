@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=A.integer(0), default=d.seed, help="choice of classes and camera randomness")
     p.add_argument("--threads", type=A.integer(1), help="ONNX Runtime threads (default: all cores but one)")
     p.add_argument("--record", action="store_true", help="also write the annotated stream to OUT/demo.mp4")
+    A.add_cpu_engine_flags(p, openvino=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
 
     run_demo(DemoConfig(data=args.data, checkpoint=args.checkpoint, out=args.out, classes=args.classes,
                         unknown=args.unknown, shots=args.shots, seconds=args.seconds, fps=args.fps,
-                        difficulty=args.difficulty, seed=args.seed, threads=args.threads, record=args.record))
+                        difficulty=args.difficulty, seed=args.seed, threads=args.threads, record=args.record,
+                        spin=args.spin))
     return 0

@@ -53,6 +53,11 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
     p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
+    p.add_argument("--batch-wait", type=A.real(0, 1000), default=0.0, dest="batch_wait_ms", metavar="MS",
+                   help="with several sources: once a frame is ready, wait up to MS milliseconds for the other "
+                        "sources' frames so one engine call takes them all (default 0: embed what is ready at "
+                        "once; each millisecond adds to the first frame's latency)")
+    A.add_cpu_engine_flags(p)
 
 
 def loop_config(args: argparse.Namespace) -> RunConfig:
@@ -63,7 +68,7 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
-        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s,
+        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s, batch_wait_ms=args.batch_wait_ms,
     )
 
 
@@ -72,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
 
     config = loop_config(args)
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
-        head_type=args.head, threshold=args.threshold)
+        head_type=args.head, threshold=args.threshold, engine_options=A.engine_options(args))
     return 0

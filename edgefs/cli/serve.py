@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     serve(args.bundle, args.store, loop_config(args), host=args.host, port=args.port, token_file=args.token_file,
           require_token=args.require_token, rotate_token=args.rotate_token, allow_hosts=tuple(args.allow_hosts),
           view_fps=args.view_fps, max_upload_mb=args.max_upload_mb, backend=args.backend, device=args.device,
-          threads=args.threads, head_type=args.head, threshold=args.threshold)
+          threads=args.threads, head_type=args.head, threshold=args.threshold,
+          engine_options=A.engine_options(args))
     return 0

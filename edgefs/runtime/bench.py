@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -203,6 +203,7 @@ def run_bench(
     classes: int = 100,
     json_out: str | Path | None = None,
     log: Callable[[str], None] = print,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Open a bundle's engine, time the pipeline, log a table and (``json_out``) write the report.
 
@@ -212,6 +213,7 @@ def run_bench(
         batches, iterations, warmup, classes: as :func:`bench_engine` takes them.
         json_out: where to write the report as JSON (parents are created).
         log: receives the engine choice and the table.
+        engine_options: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``).
 
     Returns:
         ``{"created", "bundle": {...}, "machine": machine_info, "config": {...},
@@ -219,7 +221,8 @@ def run_bench(
     """
     if not isinstance(bundle, Bundle):
         bundle = read_bundle(bundle)
-    engine = open_engine(bundle, backend=backend, device=device, precision=precision, threads=threads, log=log)
+    engine = open_engine(bundle, backend=backend, device=device, precision=precision, threads=threads, log=log,
+                         options=engine_options)
     distance, _ = _head_rule(bundle)
     results = bench_engine(engine, batches, iterations, warmup, classes)
     h, w = bundle.manifest.input_size

@@ -83,12 +83,13 @@ class OnnxRuntimeEngine(Engine):
         threads: intra-op threads for the CPU provider (default: every core this
             process may use).
         providers: an explicit provider list for ONNX Runtime, overriding ``device``.
-        allow_spinning: let idle intra-op threads busy-wait for the next run (ONNX
-            Runtime's default: lowest latency when embedding back to back). On a small
+        allow_spinning: let idle intra-op (and inter-op) threads busy-wait for the next
+            run (``session.intra_op.allow_spinning`` and ``session.inter_op.allow_spinning``;
+            ONNX Runtime's default: lowest latency when embedding back to back). On a small
             CPU where NumPy/OpenCV work runs between embeds, ``False`` can be faster
             overall: on 2 cores, EfficientNet-Lite0 at batch 8 embedded in 47 ms instead
             of 68 ms and the NumPy head took 0.4 ms instead of 4 ms, while batch 1
-            slowed from 4.0 to 5.2 ms.
+            slowed from 4.0 to 5.2 ms. With one thread there is no pool to spin.
 
     Attributes:
         providers: the providers the session actually uses, in priority order.
@@ -129,6 +130,8 @@ class OnnxRuntimeEngine(Engine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
+        self.allow_spinning = bool(allow_spinning)
         options.log_severity_level = 3  # errors only; provider fallbacks are checked below instead
         try:
             self.session = ort.InferenceSession(str(bundle.onnx_path), sess_options=options, providers=providers)
@@ -232,4 +235,7 @@ class OnnxRuntimeEngine(Engine):
         return DeviceArray(int(value.data_ptr()), tuple(value.shape()), "float32", stream=0, owner=value)
 
     def describe(self) -> str:
-        return f"{self.backend} ({self.precision}, {self.device}, {'+'.join(self.providers)}, {self.threads} threads)"
+        spin = "" if self.threads == 1 or self.device != "cpu" else \
+            (", spinning" if self.allow_spinning else ", no spinning")
+        return (f"{self.backend} ({self.precision}, {self.device}, {'+'.join(self.providers)}, "
+                f"{self.threads} threads{spin})")

@@ -58,6 +58,8 @@ class OpenVinoEngine(Engine):
         threads: ``INFERENCE_NUM_THREADS`` (default: every core this process may use).
         hint: OpenVINO's ``PERFORMANCE_HINT``: ``LATENCY`` (default: one stream, every
             thread on each request, as the camera loop calls it) or ``THROUGHPUT``.
+        streams: OpenVINO's ``NUM_STREAMS`` (None: what the hint chooses). The camera loop
+            runs one request at a time, so more streams only split the threads.
 
     Attributes:
         threads: the inference thread count asked for.
@@ -79,6 +81,7 @@ class OpenVinoEngine(Engine):
         precision: str = "fp32",
         threads: int | None = None,
         hint: str = "LATENCY",
+        streams: int | None = None,
     ) -> None:
         super().__init__(bundle)
         wanted = (device or "cpu").lower()
@@ -96,6 +99,9 @@ class OpenVinoEngine(Engine):
         if self.threads < 1:
             raise EdgefsError(f"threads must be at least 1, got {threads}")
         self.hint = hint
+        if streams is not None and int(streams) < 1:
+            raise EdgefsError(f"OpenVINO streams must be at least 1, got {streams}")
+        self.streams = None if streams is None else int(streams)
         self.device = "cpu"
         ov = import_openvino()
         self.version = str(ov.__version__).split("-")[0]
@@ -104,6 +110,8 @@ class OpenVinoEngine(Engine):
             "INFERENCE_NUM_THREADS": self.threads,
             "INFERENCE_PRECISION_HINT": "f32",  # not bf16: FP32 bundles must give FP32 embeddings (module doc)
         }
+        if self.streams is not None:
+            config["NUM_STREAMS"] = self.streams
         try:
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(str(bundle.onnx_path)), "CPU", config)
@@ -132,5 +140,6 @@ class OpenVinoEngine(Engine):
         return out
 
     def describe(self) -> str:
-        return (f"{self.backend} ({self.precision}, {self.device}, OpenVINO {self.version}, {self.hint}, "
+        streams = "" if self.streams is None else f", {self.streams} streams"
+        return (f"{self.backend} ({self.precision}, {self.device}, OpenVINO {self.version}, {self.hint}{streams}, "
                 f"{self.threads} threads)")

@@ -26,13 +26,14 @@ TensorRT version, without building one.
 
 from __future__ import annotations
 
+import inspect
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edgefs.device import check_device
-from edgefs.errors import MissingDependencyError
+from edgefs.errors import EdgefsError, MissingDependencyError
 
 # Importing the backend modules registers them; none imports its heavy stack until opened.
 from edgefs.runtime import (  # noqa: F401
@@ -112,6 +113,8 @@ def open_engine(
     threads: int | None = None,
     log: Callable[[str], None] = print,
     verify: bool = True,
+    options: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Engine:
     """Open a bundle on a backend.
 
@@ -125,6 +128,13 @@ def open_engine(
         log: receives one line naming the engine and why it was chosen.
         verify: check ``backbone.onnx`` against the manifest's fingerprint when
             reading from a path.
+        options: backend tuning passed to its constructor by keyword (None values
+            skipped), e.g. ``allow_spinning`` (onnxruntime), ``hint`` and ``streams``
+            (openvino). An option the backend does not take is an error when the backend
+            was named, and is logged and left out when ``auto`` chose it.
+        defaults: the caller's own defaults for such options (the camera loop turns ONNX
+            Runtime's spinning off), used where ``options`` leaves them unset and the
+            backend takes them; left out silently otherwise.
 
     Returns:
         the opened :class:`Engine`.
@@ -140,6 +150,16 @@ def open_engine(
     else:
         reason = "asked for"
     factory: Any = ENGINES.get(backend)
-    engine: Engine = factory(bundle, device=device, precision=precision, threads=threads)
+    wanted = {k: v for k, v in (options or {}).items() if v is not None}
+    takes = set(inspect.signature(factory).parameters)
+    unused = sorted(set(wanted) - takes)
+    if unused:
+        if reason == "asked for":
+            tunable = sorted(takes - {"bundle", "device", "precision", "threads", "providers"})
+            raise EdgefsError(f"the {backend} backend has no option {', '.join(unused)}; options it takes: "
+                              f"{', '.join(tunable) or 'none'}")
+        log(f"note: {', '.join(unused)} left out: the {backend} backend (chosen by auto) has no such option")
+    kwargs = {k: v for k, v in {**(defaults or {}), **wanted}.items() if k in takes and v is not None}
+    engine: Engine = factory(bundle, device=device, precision=precision, threads=threads, **kwargs)
     log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")
     return engine
