@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from edgefs.camera.capture import CaptureThread
+from edgefs.camera.roi import Roi
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
@@ -69,6 +70,8 @@ class RunConfig:
         summary_json: write the end-of-run summary here.
         open_timeout_s: give up on a source that has not opened after this many seconds
             of attempts (None: keep trying); one that opened once is always reconnected.
+        roi: the region of each frame that is embedded, at classification and live
+            enrollment alike (:class:`edgefs.camera.roi.Roi`); drawn in the window.
     """
 
     sources: list[str]
@@ -88,6 +91,7 @@ class RunConfig:
     commands: bool = False
     summary_json: str | None = None
     open_timeout_s: float | None = 10.0
+    roi: Roi = field(default_factory=Roi)
     source_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -441,7 +445,9 @@ class Pipeline:
     def _process(self, ready: list[tuple[int, Frame]], t_wait: float) -> Iterator[dict[str, Any]]:
         started = time.monotonic()
         t0 = time.perf_counter()
-        batch = self.clf.prepare([f.image for _, f in ready], "RGB")
+        # The region of interest is cut out before the engine's resize: a view, no copy.
+        crops = [self.cfg.roi.crop(f.image) for _, f in ready]
+        batch = self.clf.prepare(crops, "RGB")
         t1 = time.perf_counter()
         emb = self.clf.embed(batch)
         t2 = time.perf_counter()
@@ -458,7 +464,7 @@ class Pipeline:
             latency = (now - frame.timestamp) * 1e3
             self.max_age_ms = max(self.max_age_ms, (started - frame.timestamp) * 1e3)
             self.times.add("total", latency)
-            self._collect_shot(i, batch[j], emb[j], now, frame.image)
+            self._collect_shot(i, batch[j], emb[j], now, crops[j])
             if result is not None:
                 raw = result.labels[j] or UNKNOWN
                 conf = float(result.top_prob[j, 0])
@@ -490,6 +496,7 @@ class Pipeline:
     # ---- outputs --------------------------------------------------------------------
     def _overlay(self, frame: Frame, event: dict[str, Any]) -> np.ndarray:
         img = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+        self.cfg.roi.draw(img)
         h, w = img.shape[:2]
         scale = max(0.4, w / 640)
         color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
     p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
+    p.add_argument("--roi", type=A.roi, default="full", help=A.ROI_HELP + " (default full); drawn in the window")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
-        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s,
+        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s, roi=args.roi,
     )
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
         head_type=args.head, threshold=args.threshold)
