@@ -94,7 +94,7 @@ def test_pipeline_embeds_the_region_and_records_it_drawn(trained_bundle_for_roi:
     video = cv2.VideoCapture(str(tmp_path / "out.avi"))
     ok, img = video.read()
     assert ok
-    x0, y0, x1, y1 = roi.box(240, 320)
+    x0, y0, x1, _ = roi.box(240, 320)
     # The rectangle is drawn in the recorded frame (yellow in BGR: high green and red, low blue).
     edge = img[y0, x0 + 10 : x1 - 10].astype(int)
     assert (edge[:, 1] > 150).mean() > 0.8 and (edge[:, 2] > 150).mean() > 0.8
