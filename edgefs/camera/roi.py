@@ -60,8 +60,10 @@ class Roi:
             ConfigError: any other text; the message gives the accepted forms.
         """
         s = str(text).strip().lower()
-        if s in ("full", ""):
+        if s == "full":
             return cls()
+        if not s:
+            raise ConfigError(f"an empty roi; {ROI_HELP}")
         parts = [p.strip() for p in s.split(",")]
         try:
             values = [float(p) for p in parts]
