@@ -228,7 +228,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
-        f"(designs 1-{cfg.enroll_designs}), into {store}")
+        f"({f'designs 1-{cfg.enroll_designs}' if cfg.enroll_designs else 'every design'}), into {store}")
     with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
                          log=log) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
