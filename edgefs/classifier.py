@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgefs.camera.roi import Roi
 from edgefs.errors import EdgefsError
 from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head
 from edgefs.heads.calibration import STATE_ARRAYS, LooCalibrator
@@ -713,13 +714,17 @@ def enroll_files(
     threshold: str | float | None = None,
     quality: QualityConfig | None = None,
     fit: FitMode = "center_crop",
+    roi: Roi | None = None,
     log: Callable[[str], None] = print,
 ) -> EnrollResult:
     """``edgefs enroll``: read image files, enroll them as ``label`` into the store, one commit.
 
     Unreadable files are left out with a message; if no shot is left, nothing is written.
+    ``roi`` crops each image first, as the camera loop crops each frame it classifies.
     """
     frames, names, problems = read_images(images)
+    if roi is not None and not roi.is_full:
+        frames = [roi.crop(f) for f in frames]
     for p in problems:
         log(f"warning: {p}")
     with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,

@@ -1,16 +1,27 @@
 """``edgefs demo``: the three journeys end to end on the embedded default (CPU, ONNX Runtime, synthetic camera).
 
-1. **Export**: the committed Conv-4 ProtoNet checkpoint (``models/``, made by
-   ``make reproduce``) becomes a bundle, with the ONNX/PyTorch parity check.
-2. **Enroll**: ``classes`` glyph classes the backbone never saw in training
-   (the test split's scripts) are enrolled from the synthetic camera, ``shots``
-   frames each, through the quality gate, into a fresh class store. The shots
-   come from the first designs (fonts) of each class.
-3. **Run**: a live synthetic camera at ``fps`` shows those classes, drawn in the
-   *other* designs, and ``unknown`` classes that were never enrolled; the camera
-   loop classifies it in real time for ``seconds``. The summary gives accuracy
-   against the stream's ground truth, FPS and per-stage latency, beside the
-   static accuracy of the same head on the clean images of the same designs.
+Two presets (:data:`PRESETS`):
+
+* ``colour`` (the default, ``make demo``): the colour model
+  (``models/protonet-lite0-colour.pt``, EfficientNet-Lite0 meta-trained on the
+  colour domains' train splits) on objects of a domain's *test* split, which it
+  never saw: freeciv unit sprites (the ``units`` domain: one Debian package,
+  built in seconds). Each object is small in the frame (``object_size``); the
+  region of interest (``roi``) is what is embedded, at enrollment and in the
+  stream. The user enrolls the objects they will show: shots and stream come
+  from the same designs, in other poses, backgrounds, light and blur.
+* ``glyphs`` (``make demo-glyphs``): the Conv-4 glyph model; shots come from the
+  first designs (fonts) of each class and the stream shows the *other* designs.
+
+1. **Export**: the committed checkpoint (``models/``) becomes a bundle, with the
+   ONNX/PyTorch parity check.
+2. **Enroll**: ``classes`` unseen classes are enrolled from the synthetic
+   camera, ``shots`` frames each, through the quality gate, into a fresh class store.
+3. **Run**: a live synthetic camera at ``fps`` shows those classes and
+   ``unknown`` classes that were never enrolled; the camera loop classifies it
+   in real time for ``seconds``. The summary gives accuracy against the
+   stream's ground truth, FPS and per-stage latency, beside the static accuracy
+   of the same head on the clean images of the same designs.
 
 Everything is written under ``out``: the bundle, ``classes.db``, ``events.jsonl``
 and ``demo.json``.
@@ -27,13 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefs.errors import EdgefsError
+from edgefs.camera.roi import Roi
+from edgefs.errors import DataError, EdgefsError
 from edgefs.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from edgefs.classifier import Classifier, EnrollResult
 
 DEFAULT_CHECKPOINT = Path("models/protonet-conv4-glyphs28.pt")
+COLOUR_CHECKPOINT = Path("models/protonet-lite0-colour.pt")
 
 
 @dataclass
@@ -41,14 +54,17 @@ class DemoConfig:
     """Settings of the demo; see the module docstring.
 
     Attributes:
-        data: the glyph benchmark (rendered if missing).
+        data: the classes' images: a folder with a ``test`` split (built if missing).
+        build: what builds ``data`` when it is missing: ``glyphs`` or a domain name
+            (``edgefs data <domain>``).
         checkpoint: the trained backbone to export.
         out: output folder.
         classes: classes to enroll.
         unknown: classes shown but never enrolled.
         shots: camera shots per enrolled class.
         enroll_designs: how many designs (fonts) of each class the shots come from;
-            the stream and the static check use the others.
+            the stream and the static check use the others. 0: shots, stream and
+            static check all use every design (enroll the objects you will show).
         seconds: length of the live run.
         fps: frame rate of the synthetic camera.
         difficulty: how hard the synthetic camera is (0 still and clean, 1 hard).
@@ -57,9 +73,11 @@ class DemoConfig:
         threads: ONNX Runtime threads (None: all cores).
         record: also write an annotated ``demo.mp4``.
         spin: ONNX Runtime's thread spinning (None: the camera loop's default; ``edgefs run --spin``).
+        roi: the region of each frame that is embedded (enrollment and stream).
     """
 
     data: Path = Path("data/glyphs28")
+    build: str = "glyphs"
     checkpoint: Path = DEFAULT_CHECKPOINT
     out: Path = Path("runs/demo")
     classes: int = 5
@@ -75,10 +93,65 @@ class DemoConfig:
     record: bool = False
     spin: bool | None = None
     camera: dict[str, Any] = field(default_factory=dict)
+    roi: Roi = field(default_factory=Roi)
+
+    @property
+    def enroll_instances(self) -> str | None:
+        """The synthetic camera's slice of each class's designs for the shots (None: all)."""
+        return f"0:{self.enroll_designs}" if self.enroll_designs else None
+
+    @property
+    def stream_instances(self) -> str | None:
+        """The slice of designs the stream and the static check show (None: all)."""
+        return f"{self.enroll_designs}:" if self.enroll_designs else None
+
+
+# The units test split: 11 classes (5 enrolled + 2 unknown drawn from them), 3 tilesets each.
+PRESETS: dict[str, DemoConfig] = {
+    "colour": DemoConfig(data=Path("data/demo/units"), build="units", checkpoint=COLOUR_CHECKPOINT,
+                         out=Path("runs/demo"), enroll_designs=0, object_size=0.5, roi=Roi(0.5, 0.5, 0.7, 0.7)),
+    "glyphs": DemoConfig(),
+}
+
+
+def demo_config(preset: str = "colour", **overrides: Any) -> DemoConfig:
+    """A copy of preset ``preset`` with ``overrides`` (None values ignored)."""
+    from dataclasses import replace
+
+    if preset not in PRESETS:
+        raise EdgefsError(f"no demo preset {preset!r}; presets: {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _log_default(line: str) -> None:
     print(line, flush=True)
+
+
+def ensure_data(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> None:
+    """Build ``cfg.data`` once when it has no ``test`` split (glyphs rendered, or a domain built).
+
+    Raises:
+        DataError: the build failed (e.g. its Debian package could not be fetched); the message
+            says what to do, and that the glyph demo needs no download beyond fonts.
+    """
+    if (cfg.data / "test").is_dir():
+        return
+    if cfg.build == "glyphs":
+        from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
+
+        log(f"rendering the glyph benchmark into {cfg.data} (once)")
+        render_glyph_benchmark(cfg.data, GlyphConfig(), log=log)
+        return
+    from edgefs.data.domains import build_domain
+
+    log(f"building the {cfg.build} domain into {cfg.data} (once): its Debian package(s) are fetched with apt")
+    try:
+        build_domain(cfg.build, cfg.data, log=log)
+    except DataError as exc:
+        raise DataError(f"the colour demo could not build its data: {exc} To fix: run 'apt-get update' "
+                        f"on a Debian/Ubuntu machine with the main archive reachable and retry "
+                        f"('edgefs data {cfg.build} --out {cfg.data}' builds it alone), or copy a built "
+                        f"folder to {cfg.data}; 'make demo-glyphs' (edgefs demo --glyphs) runs without it.") from exc
 
 
 def _bundle(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
@@ -105,11 +178,12 @@ def choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, lis
 
     _, classes = find_classes(cfg.data, "test")
     # Enough designs for the shots' designs plus at least three others to stream.
-    names = sorted(n for n, paths in classes.items() if len(paths) >= cfg.enroll_designs + 3)
+    least = cfg.enroll_designs + 3 if cfg.enroll_designs else 1
+    names = sorted(n for n, paths in classes.items() if len(paths) >= least)
     need = cfg.classes + cfg.unknown
     if len(names) < need:
-        raise EdgefsError(f"{cfg.data}/test has {len(names)} classes with {cfg.enroll_designs + 3}+ designs; "
-                          f"the demo needs {need}. Render the full benchmark with 'edgefs data glyphs'")
+        raise EdgefsError(f"{cfg.data}/test has {len(names)} classes with {least}+ designs; "
+                          f"the demo needs {need}. Build the full data set with 'edgefs data {cfg.build}'")
     rng = np.random.default_rng(cfg.seed)
     pick = [names[i] for i in rng.choice(len(names), need, replace=False)]
     return pick[: cfg.classes], pick[cfg.classes :], classes
@@ -121,17 +195,20 @@ def camera_options(cfg: DemoConfig, **extra: Any) -> dict[str, Any]:
 
 def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
                           log: Callable[[str], None] = _log_default) -> list[EnrollResult]:
-    """Enroll each class from ``cfg.shots`` synthetic-camera frames of its first ``cfg.enroll_designs`` designs."""
+    """Enroll each class from ``cfg.shots`` synthetic-camera frames of its first ``cfg.enroll_designs`` designs.
+
+    Each frame is cut to ``cfg.roi`` first, as the camera loop cuts the frames it classifies.
+    """
     from edgefs.camera.sources import open_source
 
     results = []
     hold = 6  # one shot per presentation: each shows the card anew (design, pose, light)
     for name in names:
         src = open_source("synthetic:" + str(cfg.data), **camera_options(
-            cfg, classes=[name], instances=f"0:{cfg.enroll_designs}", hold=hold, frames=hold * cfg.shots,
+            cfg, classes=[name], instances=cfg.enroll_instances, hold=hold, frames=hold * cfg.shots,
             seed=cfg.seed + 1))
         with src:
-            frames = [f.image for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
+            frames = [cfg.roi.crop(f.image) for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
         result = clf.enroll(name, frames, source=src.name)
         results.append(result)
         log("      " + result.summary().replace("\n", "\n      "))
@@ -144,11 +221,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     from edgefs.classifier import Classifier, read_images
 
     t_start = time.perf_counter()
-    if not (cfg.data / "test").is_dir():
-        from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
-
-        log(f"rendering the glyph benchmark into {cfg.data} (once)")
-        render_glyph_benchmark(cfg.data, GlyphConfig(), log=log)
+    ensure_data(cfg, log)
     cfg.out.mkdir(parents=True, exist_ok=True)
     bundle = _bundle(cfg, log)
     enrolled, unknown, designs = choose_classes(cfg)
@@ -157,7 +230,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
-        f"(designs 1-{cfg.enroll_designs}), into {store}")
+        f"({f'designs 1-{cfg.enroll_designs}' if cfg.enroll_designs else 'every design'}), into {store}")
     with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
                          log=log, engine_options={"allow_spinning": cfg.spin},
                          engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
@@ -166,18 +239,19 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         # Static reference: the same head on the clean images of the designs the stream shows.
         images, truth = [], []
         for i, name in enumerate(enrolled):
-            for path in sorted(designs[name])[cfg.enroll_designs :]:
+            for path in sorted(designs[name])[cfg.enroll_designs :]:  # enroll_designs 0: every design
                 images.append(read_images([path])[0][0])
                 truth.append(i)
         static = clf.classify_frames(images, k=1)
         static_top1 = float(np.mean(static.top_idx[:, 0] == np.asarray(truth)))
 
         log(f"[3/3] run: live synthetic camera at {cfg.fps:g} FPS for {cfg.seconds:g} s showing the "
-            f"{len(enrolled)} enrolled classes and {len(unknown)} never enrolled ({', '.join(unknown)})")
+            f"{len(enrolled)} enrolled classes and {len(unknown)} never enrolled ({', '.join(unknown)}); "
+            f"region of interest {cfg.roi.to_text()}")
         run_cfg = RunConfig(
             sources=["synthetic:" + str(cfg.data)], duration_s=cfg.seconds, jsonl=str(cfg.out / "events.jsonl"),
-            record=str(cfg.out / "demo.mp4") if cfg.record else None, display=False,
-            source_options=camera_options(cfg, classes=enrolled + unknown, instances=f"{cfg.enroll_designs}:",
+            record=str(cfg.out / "demo.mp4") if cfg.record else None, display=False, roi=cfg.roi,
+            source_options=camera_options(cfg, classes=enrolled + unknown, instances=cfg.stream_instances,
                                            seed=cfg.seed + 2, live=True),
         )
         summary = Pipeline(clf, run_cfg, log=log).run()

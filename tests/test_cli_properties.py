@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgefs.camera.roi import Roi
 from edgefs.cli import args as A
 from edgefs.cli import build_parser, main
 
@@ -97,6 +98,9 @@ def _satisfies(action: argparse.Action, value: object) -> bool:
         return isinstance(value, str) and re.fullmatch(r"cpu|cuda(:\d+)?", value) is not None
     if action.type is A.label:
         return isinstance(value, str) and value == value.strip() and value != ""
+    if action.type is A.roi:
+        return isinstance(value, Roi) and 0 < value.w <= 1 and 0 < value.h <= 1 and 0 <= value.cx <= 1 \
+            and 0 <= value.cy <= 1
     if action.type is A.threshold:
         return value in ("auto", "none") or (-1.0 <= float(value) <= 1.0)  # type: ignore[arg-type]
     if action.type is A.protocols:

@@ -35,6 +35,15 @@ def test_training_writes_checkpoints_config_and_log(trained: Path) -> None:
     assert max(r["val_acc"] for r in rows) > 0.6
 
 
+def test_validation_episodes_live_in_the_cache_not_in_the_data(trained: Path, glyph_data: Path) -> None:
+    from edgefs.data.episodes import episodes_cache_dir
+    from edgefs.data.images import open_split
+
+    assert not list((glyph_data / "episodes").glob("val_*.json"))  # the user's data folder is not written
+    val = open_split(glyph_data, "val", 1, 28)
+    assert list((episodes_cache_dir() / val.fingerprint()).glob("val_5w1s1q_*_n40_seed0.json"))
+
+
 def test_checkpoint_rebuilds_the_same_model(trained: Path, glyph_data: Path) -> None:
     method, doc = load_checkpoint(trained / "last.pt")
     assert doc["backbone"]["name"] == "conv4" and doc["head_spec"]["head_type"] == "prototype"

@@ -6,11 +6,16 @@ Usage::
     python tools/bench_pipeline.py --backbones conv4 --seconds 30
     python tools/bench_pipeline.py --backbones efficientnet_lite0@224,efficientnet_lite0@160 \
         --engines onnxruntime:fp32,onnxruntime:int8,openvino:fp32,openvino:int8
+    python tools/bench_pipeline.py --preset colour --backbones colour,efficientnet_lite0@128 \
+        --roi full,0.7 --report reports/pipeline-colour    # the colour demo's camera and model
 
 For each backbone a bundle is exported (conv4 from the committed trained
 checkpoint; efficientnet_lite0 with its ImageNet weights and resnet12 untrained,
-for timing only), 5 unseen glyph classes are enrolled from the synthetic camera
-(as ``edgefs demo`` does), and two scenarios run through the real
+for timing only; ``colour`` is the committed colour model), 5 unseen classes are
+enrolled from the synthetic camera as ``edgefs demo`` does (``--preset glyphs``:
+glyphs, shots from some fonts and the stream in others; ``--preset colour``: unit
+sprites of the units test split, small in the frame, shots and stream from the
+same designs, embedded through the region of interest ``--roi``), and two scenarios run through the real
 :class:`edgefs.camera.pipeline.Pipeline` with ONNX Runtime on the CPU:
 
 * ``file x1``: one 320x240 MJPG video file (300 frames of the synthetic camera),
@@ -43,9 +48,19 @@ import cv2
 import numpy as np
 
 from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
+from edgefs.camera.roi import Roi
 from edgefs.camera.sources import open_source
 from edgefs.classifier import Classifier, read_images
-from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
+from edgefs.demo import (
+    COLOUR_CHECKPOINT,
+    DEFAULT_CHECKPOINT,
+    DemoConfig,
+    camera_options,
+    choose_classes,
+    demo_config,
+    enroll_from_synthetic,
+    ensure_data,
+)
 from edgefs.runtime.bench import machine_info
 
 
@@ -65,9 +80,9 @@ def make_bundle(backbone: str, out: Path, data: Path) -> tuple[Path, str]:
     name, _, size = backbone.partition("@")
     options = {"input_size": int(size)} if size else {}
     bundle = out / f"{backbone}.edgefs"
-    if backbone == "conv4":
-        what = f"trained ({DEFAULT_CHECKPOINT.name})"
-        ckpt = DEFAULT_CHECKPOINT
+    if backbone in ("conv4", "colour"):
+        ckpt = DEFAULT_CHECKPOINT if backbone == "conv4" else COLOUR_CHECKPOINT
+        what = f"trained ({ckpt.name})"
     else:
         what = "ImageNet weights, not meta-trained" if name == "efficientnet_lite0" else "untrained"
         ckpt = out / f"{backbone}.pt"
@@ -85,7 +100,7 @@ def write_clip(path: Path, data: Path, cfg: DemoConfig, classes: list[str], fram
         return
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
     src = open_source("synthetic:" + str(data), **camera_options(cfg, classes=classes, frames=frames, seed=11,
-                                                                  instances=f"{cfg.enroll_designs}:"))
+                                                                  instances=cfg.stream_instances))
     with src:
         for f in iter(src.read, None):
             writer.write(cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
@@ -116,19 +131,20 @@ def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
     return out
 
 
-def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxruntime:fp32") -> dict[str, Any]:
+def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxruntime:fp32",
+                   roi: Roi | None = None) -> dict[str, Any]:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     bundle, weights = make_bundle(backbone, out, args.data)
     backend, _, precision = engine.partition(":")
     if precision == "int8":
         bundle = int8_bundle(bundle, args)
-    cfg = DemoConfig(data=args.data, seed=args.seed)
+    cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi)
     enrolled, unknown, designs = choose_classes(cfg)
-    store = out / f"{backbone}-{backend}-{precision}.db"
+    store = out / f"{backbone}-{backend}-{precision}-{cfg.roi.to_text()}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
-    clip = out / "clip300.avi"
+    clip = out / f"clip300-{args.preset}.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
     with Classifier.open(bundle, store, backend=backend, device="cpu", threads=args.threads or loop_threads(),
                          log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
@@ -139,15 +155,16 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
                 images.append(read_images([path])[0][0])
                 truth.append(i)
         static = float(np.mean(clf.classify_frames(images, k=1).top_idx[:, 0] == np.asarray(truth)))
-        file1 = scenario(clf, RunConfig(sources=[str(clip)]))
-        live_opts = camera_options(cfg, classes=enrolled + unknown, instances=f"{cfg.enroll_designs}:", live=True,
+        file1 = scenario(clf, RunConfig(sources=[str(clip)], roi=cfg.roi))
+        live_opts = camera_options(cfg, classes=enrolled + unknown, instances=cfg.stream_instances, live=True,
                                    fps=30.0)
         live4 = scenario(clf, RunConfig(
             sources=[f"synthetic:{args.data}?seed={s}" for s in range(4)], duration_s=args.seconds,
-            source_options=live_opts, batch_wait_ms=args.batch_wait))
+            source_options=live_opts, batch_wait_ms=args.batch_wait, roi=cfg.roi))
     return {"backbone": backbone, "engine": clf.engine.describe() if clf.engine else engine,
             "backend": backend, "precision": clf.engine.precision if clf.engine else precision,
-            "weights": weights, "input": clf.bundle.manifest.input_size,
+            "weights": weights, "input": clf.bundle.manifest.input_size, "roi": cfg.roi.to_text(),
+            "object_size": cfg.object_size, "same_designs": cfg.enroll_designs == 0,
             "enroll_ms_median": float(np.median([r.timings_ms["total"] for r in enroll])),
             "static_top1": static, "static_images": len(images), "file_x1": file1, "live_x4": live4}
 
@@ -161,20 +178,22 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "# Camera loop benchmark (tools/bench_pipeline.py)",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {platform.platform()}; engines on the CPU, "
-        f"{args.threads or loop_threads()} engine thread(s). Synthetic camera at 320x240 (difficulty 0.3). "
+        f"{args.threads or loop_threads()} engine thread(s). Synthetic camera at 320x240 (difficulty 0.3), "
+        f"preset {args.preset} ({args.data}). "
         f"Same run for every row; load average before / after: {args.load_before} / {args.load_after}.",
         "",
-        "| backbone | engine | weights | input | file x1: FPS | compute p50 / p99 ms | live x4: FPS (4 x 30 offered) "
-        "| capture-to-result p50 / p99 ms | oldest frame ms | dropped | accuracy (smoothed) | stream top-1 "
+        "| backbone | engine | weights | input | roi | file x1: FPS | compute p50 / p99 ms "
+        "| live x4: FPS (4 x 30 offered) | capture-to-result p50 / p99 ms | oldest frame ms | dropped "
+        "| accuracy (smoothed) | stream top-1 "
         "| static top-1 | unknown rejected | enroll ms |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f, lv = r["file_x1"], r["live_x4"]
         t = lv["stages_ms"]["total"]
         lines.append(
             f"| {r['backbone'].partition('@')[0]} | {r['backend']} {r['precision']} | {r['weights']} "
-            f"| {r['input'][0]} px | {f['fps']:.0f} | "
+            f"| {r['input'][0]} px | {r.get('roi', 'full')} | {f['fps']:.0f} | "
             f"{f['compute_ms']['p50']:.2f} / {f['compute_ms']['p99']:.2f} | {lv['fps']:.1f} | "
             f"{t['p50']:.1f} / {t['p99']:.1f} | {lv['max_age_ms']:.1f} | {lv['dropped']} | {pct(lv['accuracy'])} | "
             f"{pct(lv['known_top1'])} | {pct(r['static_top1'])} | {pct(lv['unknown_rejected'])} | "
@@ -187,7 +206,9 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "processing starts. Accuracy: smoothed label against ground truth over 5 enrolled + 2 never-enrolled "
         "classes (the latter must be 'unknown'); stream top-1: per-frame closed-set top-1 on enrolled-class "
         "frames; static top-1: the same head on the clean images of the same designs. Accuracy figures mean "
-        "something for the trained conv4 only; the other backbones are here for speed.",
+        "something for the trained models (conv4 on glyphs, colour on the colour preset); the others are here for "
+        "speed. Colour preset: shots and stream show the same designs (the objects the user enrolled), the object "
+        "is half the frame's shorter side, and the region of interest ('roi') is what is embedded.",
     ]
     return "\n".join(lines)
 
@@ -200,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated BACKEND:PRECISION rows per backbone, e.g. onnxruntime:fp32,onnxruntime:int8,"
                         "openvino:fp32,openvino:int8 (int8: the bundle quantised with edgefs quantize on synthetic "
                         "colour frames of train-split classes)")
-    p.add_argument("--data", type=Path, default=Path("data/glyphs28"))
+    p.add_argument("--preset", choices=["glyphs", "colour"], default="glyphs",
+                   help="the demo's data, camera and enrollment (default glyphs)")
+    p.add_argument("--data", type=Path, help="default: the preset's (data/glyphs28, data/demo/units)")
+    p.add_argument("--roi", default=None, help="regions of interest to compare, ';'-separated "
+                   "(default: the preset's), e.g. 'full;0.7'")
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
     p.add_argument("--batch-wait", type=float, default=0.0, help="edgefs run --batch-wait for live x4 (ms)")
@@ -208,16 +233,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench_pipeline"))
     p.add_argument("--report", type=Path, default=Path("reports/pipeline"))
     args = p.parse_args(argv)
+    preset = demo_config(args.preset)
+    args.data = args.data or preset.data
+    if args.preset == "colour":
+        ensure_data(demo_config("colour", data=args.data))
     if not (args.data / "test").is_dir():
         print(f"{args.data}/test missing; render it with `edgefs data glyphs --out {args.data}`", file=sys.stderr)
         return 2
+    rois = [Roi.parse(t) for t in args.roi.split(";")] if args.roi else [preset.roi]
     rows = []
     args.load_before = [round(x, 1) for x in os.getloadavg()]
     for backbone in [b for b in args.backbones.split(",") if b]:
         for engine in [e for e in args.engines.split(",") if e]:
-            t = time.perf_counter()
-            rows.append(bench_backbone(backbone, args, engine))
-            print(f"{backbone} {engine}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            for roi in rois:
+                t = time.perf_counter()
+                rows.append(bench_backbone(backbone, args, engine, roi))
+                print(f"{backbone} {engine} roi {roi.to_text()}: done in {time.perf_counter() - t:.0f} s",
+                      file=sys.stderr)
     args.load_after = [round(x, 1) for x in os.getloadavg()]
     machine = machine_info()
     text = markdown(rows, machine, args)

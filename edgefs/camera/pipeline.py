@@ -44,6 +44,7 @@ import numpy as np
 
 from edgefs.camera.capture import CaptureThread
 from edgefs.camera.limits import MAX_LIVE_SHOTS
+from edgefs.camera.roi import Roi
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
@@ -87,6 +88,8 @@ class RunConfig:
         batch_wait_ms: once a frame is ready, wait up to this long for the other live
             sources' frames so that one engine call takes them all (0: embed what is ready
             at once). Each millisecond adds to the latency of the first frame.
+        roi: the region of each frame that is embedded, at classification and live
+            enrollment alike (:class:`edgefs.camera.roi.Roi`); drawn in the window.
     """
 
     sources: list[str]
@@ -106,6 +109,7 @@ class RunConfig:
     commands: bool = False
     summary_json: str | None = None
     open_timeout_s: float | None = 10.0
+    roi: Roi = field(default_factory=Roi)
     source_options: dict[str, Any] = field(default_factory=dict)
     batch_wait_ms: float = 0.0
 
@@ -280,7 +284,7 @@ class RunSummary:
 
 
 def annotate(image: np.ndarray, event: dict[str, Any], fps: float, stage_p50_ms: dict[str, float],
-             status: str = "") -> np.ndarray:
+             status: str = "", roi: Roi | None = None) -> np.ndarray:
     """The annotated view of a frame (BGR, a new array): label and confidence, top-k, FPS and
     per-stage p50 latency, and a status line (enrollment, reconnects).
 
@@ -290,8 +294,11 @@ def annotate(image: np.ndarray, event: dict[str, Any], fps: float, stage_p50_ms:
         fps: frames per second to show.
         stage_p50_ms: ``preprocess``/``embed``/``head`` -> p50 milliseconds (missing ones left out).
         status: a line shown at the bottom in red ("" for none).
+        roi: the region of interest, drawn (None: not drawn).
     """
     img = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if roi is not None:
+        roi.draw(img)
     h, w = img.shape[:2]
     scale = max(0.4, w / 640)
     color = (0, 200, 0) if event["label"] != UNKNOWN else (0, 165, 255)
@@ -656,7 +663,7 @@ class Pipeline:
         engine's input uint8 ``(h, w, 3)`` (fit to the bundle's input size). A crop of the frame
         belongs here. Runs on the capture threads (in parallel with the engine) and, for a frame that
         came without it, on the loop thread."""
-        return self.clf.prepare([image], "RGB")[0]
+        return self.clf.prepare([self.cfg.roi.crop(image)], "RGB")[0]  # the region of interest: a view
 
     def _prepare_on_arrival(self, frame: Frame) -> Frame:
         return replace(frame, prepared=self.prepare_image(frame.image))
@@ -694,7 +701,7 @@ class Pipeline:
             self.max_age_ms = max(self.max_age_ms, (started - frame.timestamp) * 1e3)
             self.times.add("capture", frame.read_ms)
             self.times.add("total", latency)
-            self._collect_shot(i, batch[j], emb[j], now, frame.image)
+            self._collect_shot(i, batch[j], emb[j], now, self.cfg.roi.crop(frame.image))
             if result is not None:
                 raw = result.labels[j] or UNKNOWN
                 conf = top_prob[j][0]
@@ -744,7 +751,7 @@ class Pipeline:
             self._overlay_stats, self._overlay_stats_at = self.times.summary(), now
         status = self.enrollment.status(time.monotonic()) if self.enrollment else self.status_line
         return annotate(frame.image, event, self.frames / elapsed,
-                        {s: v["p50"] for s, v in self._overlay_stats.items()}, status)
+                        {s: v["p50"] for s, v in self._overlay_stats.items()}, status, self.cfg.roi)
 
     def _output(self, frame: Frame, event: dict[str, Any]) -> None:
         """The window and the recording (JSONL is written per batch in :meth:`_process`)."""

@@ -23,6 +23,7 @@ from edgefs.errors import EdgefsError
 COMMANDS = {
     "data": "data",
     "train": "train",
+    "train-cached": "train_cached",
     "eval": "evaluate",
     "export": "export",
     "build-engine": "build_engine",

@@ -13,6 +13,8 @@ import math
 import re
 from collections.abc import Callable, Iterator
 
+from edgefs.camera.roi import ROI_HELP as ROI_HELP
+from edgefs.camera.roi import Roi
 from edgefs.device import check_device
 from edgefs.errors import EdgefsError
 
@@ -92,6 +94,14 @@ def label(text: str) -> str:
     if not name:
         raise argparse.ArgumentTypeError("a class name cannot be empty")
     return name
+
+
+def roi(text: str) -> Roi:
+    """A region of interest: ``full``, a centred fraction (``0.6``) or ``cx,cy,w,h``."""
+    try:
+        return Roi.parse(text)
+    except EdgefsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def threshold(text: str) -> str:

@@ -58,6 +58,7 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                         "sources' frames so one engine call takes them all (default 0: embed what is ready at "
                         "once; each millisecond adds to the first frame's latency)")
     A.add_cpu_engine_flags(p)
+    p.add_argument("--roi", type=A.roi, default="full", help=A.ROI_HELP + " (default full); drawn in the window")
 
 
 def loop_config(args: argparse.Namespace) -> RunConfig:
@@ -69,6 +70,7 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
         summary_json=args.summary_json, open_timeout_s=args.open_timeout_s, batch_wait_ms=args.batch_wait_ms,
+        roi=args.roi,
     )
 
 

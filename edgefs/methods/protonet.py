@@ -70,7 +70,7 @@ class ProtoNet(FewShotMethod):
         return loss, (logits.argmax(1) == query_labels).float().mean().detach()
 
     def temperature(self) -> float:
-        return float(self.log_temperature.exp()) if self.distance == "cosine" else 1.0
+        return float(self.log_temperature.detach().exp()) if self.distance == "cosine" else 1.0
 
     def head_spec(self) -> HeadSpec:
         return HeadSpec("prototype", {"distance": self.distance, "temperature": self.temperature()})

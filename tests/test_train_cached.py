@@ -1,0 +1,146 @@
+"""Cached-trunk meta-training of EfficientNet-Lite0 on colour domains, its delta checkpoint and its export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edgefs.backbones import build_backbone
+from edgefs.cli import main
+from edgefs.errors import ConfigError
+from edgefs.train.cached import CachedTrainConfig, LiteSplit, train_cached, views_of
+from edgefs.train.checkpoint import load_checkpoint, read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+COLOURS = [(220, 40, 40), (40, 160, 40), (40, 60, 220), (230, 200, 30), (160, 40, 200), (30, 200, 200)]
+
+
+def write_colour_domain(root: Path, classes: dict[str, int], per_class: int, seed: int) -> Path:
+    """Classes = (shape, colour) drawn at jittered places and sizes on a light background, 64 px PNGs."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    for split, n in classes.items():
+        for _ in range(n):
+            shape, colour = k % 3, COLOURS[(k // 3) % len(COLOURS)]
+            k += 1
+            folder = root / split / f"c{k:02d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = np.full((64, 64, 3), 235, np.uint8)
+                c = tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
+                x, y, r = (int(v) for v in (rng.integers(22, 42), rng.integers(22, 42), rng.integers(12, 20)))
+                if shape == 0:
+                    cv2.circle(img, (x, y), r, c, -1)
+                elif shape == 1:
+                    cv2.rectangle(img, (x - r, y - r), (x + r, y + r), c, -1)
+                else:
+                    pts = np.array([[x, y - r], [x - r, y + r], [x + r, y + r]], np.int32)
+                    cv2.fillPoly(img, [pts], c)
+                cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return root
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("colour")
+    return [str(write_colour_domain(root / name, {"train": 9, "val": 6, "test": 5}, 4, seed))
+            for seed, name in enumerate(("alpha", "beta"))]
+
+
+@pytest.fixture(scope="module")
+def run(domains: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CachedTrainConfig, list[str]]:
+    out = tmp_path_factory.mktemp("run")
+    config = CachedTrainConfig(data=domains, out=str(out / "run"), input_size=64, train_from=15, views=3, ways=4,
+                               shots=2, queries=2, episodes=40, time_budget_min=0, lr=1e-3, val_every=20,
+                               val_episodes=10, threads=2, cache=str(out / "features"))
+    messages: list[str] = []
+    train_cached(config, log=messages.append)
+    return Path(config.out), config, messages
+
+
+def test_views_keep_the_image_and_its_mirror_first() -> None:
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    v = views_of(images, 4, seed=1)
+    assert v.shape == (3, 4, 32, 32, 3) and v.dtype == np.uint8
+    assert np.array_equal(v[:, 0], images) and np.array_equal(v[:, 1], images[:, :, ::-1])
+    assert not np.array_equal(v[:, 2], v[:, 3])
+    assert np.array_equal(views_of(images, 4, seed=1), v)  # seeded
+
+
+def test_split_trunk_then_tail_is_the_backbone() -> None:
+    backbone = build_backbone("efficientnet_lite0", input_size=64).eval()
+    split = LiteSplit(backbone, 11)
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        assert torch.allclose(split.tail(split.trunk(x)), backbone(x), atol=1e-5)
+    assert all(not p.requires_grad for p in split.trunk_parameters())
+    with pytest.raises(ConfigError, match="train_from"):
+        LiteSplit(backbone, 0)
+
+
+def test_training_logs_validation_and_writes_a_delta_checkpoint(run) -> None:
+    out, _, messages = run
+    assert {"best.pt", "last.pt", "config.yaml", "log.jsonl"} <= {p.name for p in out.iterdir()}
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [20, 40]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_mean"] <= 1 for r in rows)
+    assert any("cached trunk features of alpha" in m for m in messages)
+    doc = read_checkpoint(out / "last.pt")
+    assert doc["state_dict_base"] == "imagenet-wheel"
+    keys = set(doc["state_dict"])
+    assert "log_temperature" in keys
+    assert all(k == "log_temperature" or k.startswith(("backbone.net._blocks.15.", "backbone.net._conv_head.",
+                                                        "backbone.net._bn1.")) for k in keys)
+    assert doc["state_dict"]["backbone.net._conv_head.weight"].dtype == torch.float16
+
+
+def test_delta_loads_onto_the_wheel_and_changed_only_the_tail(run) -> None:
+    out, _, _ = run
+    method, doc = load_checkpoint(out / "last.pt")
+    imagenet = build_backbone("efficientnet_lite0", input_size=64)
+    trained_sd, base_sd = method.backbone.state_dict(), imagenet.state_dict()
+    frozen = "net._blocks.3._depthwise_conv.weight"
+    assert torch.equal(trained_sd[frozen], base_sd[frozen])
+    head = "net._conv_head.weight"
+    assert not torch.equal(trained_sd[head], base_sd[head])  # training moved the tail
+    stored = doc["state_dict"]["backbone." + head]
+    assert torch.equal(trained_sd[head], stored.float())  # what is stored is what is loaded
+    assert method.temperature() == pytest.approx(float(doc["state_dict"]["log_temperature"].exp()))
+
+
+def test_second_run_reads_the_feature_cache_and_no_episode_list_lands_in_the_data(run, domains: list[str],
+                                                                                   tmp_path: Path) -> None:
+    _, config, _ = run
+    messages: list[str] = []
+    again = CachedTrainConfig(**{**vars(config), "out": str(tmp_path / "again"), "episodes": 5, "val_every": 5})
+    train_cached(again, log=messages.append)
+    assert not any("cached trunk features" in m for m in messages)
+    for d in domains:
+        assert not (Path(d) / "episodes").exists()
+    with pytest.raises(ConfigError, match="already holds"):
+        train_cached(again, log=messages.append)
+
+
+def test_delta_checkpoint_exports_with_parity(run, domains: list[str], tmp_path: Path) -> None:
+    from edgefs.export import export_bundle
+
+    out, _, _ = run
+    bundle = export_bundle(out / "best.pt", tmp_path / "colour.edgefs", data=domains[0], parity_images=8,
+                           log=lambda _: None)
+    assert bundle.manifest.input_size[0] == 64
+
+
+def test_cli_and_library_refuse_what_no_run_can_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train-cached", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="EfficientNet-Lite"):
+        train_cached(CachedTrainConfig(data=[str(tmp_path)], backbone="conv4"))
+    with pytest.raises(ConfigError, match="no training data"):
+        train_cached(CachedTrainConfig())
