@@ -97,6 +97,24 @@ def test_pipeline_embeds_the_region_and_records_it_drawn(trained_bundle_for_roi:
     assert (edge[:, 1] > 150).mean() > 0.8 and (edge[:, 2] > 150).mean() > 0.8
 
 
+def test_a_region_saved_with_the_store_is_the_default(trained_bundle_for_roi: Path, glyph_data: Path,
+                                                      tmp_path: Path) -> None:
+    """``edgefs serve``'s settings page saves the region with the store; a later run without --roi uses it,
+    an explicit region wins, and an unusable saved one falls back to the whole frame with a note."""
+    source = [f"synthetic:{glyph_data}?seed=3&frames=2&size=320x240"]
+    logs: list[str] = []
+    with Classifier.open(trained_bundle_for_roi, tmp_path / "s.db", backend="onnxruntime", threads=1,
+                         log=lambda _: None) as clf:
+        assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi()
+        clf.save_settings(roi="0.5")
+        assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi.parse("0.5")
+        explicit = Roi(0.4, 0.5, 0.5, 0.6)
+        assert Pipeline(clf, RunConfig(sources=source, roi=explicit), log=logs.append).cfg.roi == explicit
+        clf.save_settings(roi="7,7,7,7")
+        assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi()
+    assert any("region of interest saved with the store is not usable" in line for line in logs)
+
+
 def test_cli_roi_is_checked_when_parsed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "bundle", "--store", "s.db", "--source", "0", "--roi", "1.7"])

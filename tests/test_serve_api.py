@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edgefs.camera.roi import Roi
+
 pytest.importorskip("starlette", reason='the web stack is not installed: pip install "edgefs[serve]"')
 pytest.importorskip("uvicorn", reason='the web stack is not installed: pip install "edgefs[serve]"')
 
@@ -247,6 +249,15 @@ def test_settings_validate_apply_live_and_persist(served: Served) -> None:
     status, body = served.json("PUT", "/api/v1/settings", {"threshold": "auto"})
     assert status == 200 and body["threshold_mode"] == "auto"
     assert served.clf.store.load_head_state().params["threshold_mode"] == "auto"
+    # The region of interest: checked as --roi is, live from the next frame, saved with the store.
+    assert body["roi"] == "full"
+    for bad in ({"roi": "huge"}, {"roi": "0"}, {"roi": "0.5,0.5,2,1"}, {"roi": 0.6}, {"roi": "x" * 200}):
+        status, refused = served.json("PUT", "/api/v1/settings", bad)
+        assert status == 400 and "roi" in refused["error"].lower(), (bad, refused)
+    status, body = served.json("PUT", "/api/v1/settings", {"roi": "0.6"})
+    assert status == 200 and body["roi"] == Roi.parse("0.6").to_text()
+    assert served.pipeline.cfg.roi == Roi.parse("0.6")
+    assert served.clf.store.settings()["roi"] == body["roi"]
 
 
 def test_live_enrollment_by_api_with_per_shot_verdicts(served: Served, glyph_data: Path) -> None:

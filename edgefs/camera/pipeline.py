@@ -89,7 +89,8 @@ class RunConfig:
             sources' frames so that one engine call takes them all (0: embed what is ready
             at once). Each millisecond adds to the latency of the first frame.
         roi: the region of each frame that is embedded, at classification and live
-            enrollment alike (:class:`edgefs.camera.roi.Roi`); drawn in the window.
+            enrollment alike (:class:`edgefs.camera.roi.Roi`); drawn in the window. None: the
+            one saved with the store (``edgefs serve``'s settings), else the whole frame.
     """
 
     sources: list[str]
@@ -109,7 +110,7 @@ class RunConfig:
     commands: bool = False
     summary_json: str | None = None
     open_timeout_s: float | None = 10.0
-    roi: Roi = field(default_factory=Roi)
+    roi: Roi | None = None
     source_options: dict[str, Any] = field(default_factory=dict)
     batch_wait_ms: float = 0.0
 
@@ -372,6 +373,13 @@ class Pipeline:
         ]
         if config.smooth is None:
             config.smooth = int(classifier.settings().get("smooth", DEFAULT_SMOOTH))
+        if config.roi is None:
+            saved_roi = classifier.settings().get("roi", "full")
+            try:
+                config.roi = Roi.parse(str(saved_roi))
+            except EdgefsError as exc:
+                log(f"the region of interest saved with the store is not usable ({exc}); using the whole frame")
+                config.roi = Roi()
         self.smoothers = [LabelSmoother(config.smooth, config.switch_margin) for _ in self.captures]
         self.times = StageTimes()
         self.enrollment: LiveEnrollment | None = None
@@ -477,6 +485,10 @@ class Pipeline:
         """Call ``fn(source_index, frame, event)`` on the loop's thread after each classified frame. It must
         return at once (keep a reference, nothing more): the loop waits for it."""
         self.listeners.append(fn)
+
+    def set_roi(self, roi: Roi) -> None:
+        """A new region of interest, from the next frame prepared (any thread: one attribute swap)."""
+        self.cfg.roi = roi
 
     def set_smoothing(self, window: int, margin: float | None = None) -> None:
         """New smoothing for every source (loop thread): the windows start empty."""

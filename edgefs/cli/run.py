@@ -58,7 +58,8 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                         "sources' frames so one engine call takes them all (default 0: embed what is ready at "
                         "once; each millisecond adds to the first frame's latency)")
     A.add_cpu_engine_flags(p)
-    p.add_argument("--roi", type=A.roi, default="full", help=A.ROI_HELP + " (default full); drawn in the window")
+    p.add_argument("--roi", type=A.roi, help=A.ROI_HELP + " (default: the one saved with the store by edgefs "
+                   "serve's settings, else full); drawn in the window")
 
 
 def loop_config(args: argparse.Namespace) -> RunConfig:

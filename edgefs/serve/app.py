@@ -42,6 +42,7 @@ from starlette.routing import Route
 
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
 from edgefs.camera.pipeline import Pipeline
+from edgefs.camera.roi import Roi
 from edgefs.classifier import thumbnail
 from edgefs.errors import EdgefsError
 from edgefs.serve.auth import COOKIE, Guard
@@ -519,21 +520,23 @@ async def import_(ctx: WebContext, request: Request) -> Response:
 def settings_doc(ctx: WebContext) -> dict[str, Any]:
     mode = ctx.clf.threshold_mode
     return {"threshold_mode": mode if isinstance(mode, str) else "manual", "threshold": ctx.clf.threshold,
-            "smooth": ctx.pipeline.cfg.smooth, "max_smooth": MAX_SMOOTH}
+            "smooth": ctx.pipeline.cfg.smooth, "max_smooth": MAX_SMOOTH,
+            "roi": ctx.pipeline.cfg.roi.to_text() if ctx.pipeline.cfg.roi is not None else "full"}
 
 
-@endpoint("GET", f"{API}/settings", "unknown threshold (mode and value in force) and smoothing window")
+@endpoint("GET", f"{API}/settings", "unknown threshold (mode and value in force), smoothing window and region "
+          "of interest")
 async def settings_get(ctx: WebContext, request: Request) -> Response:
     return JSONResponse(settings_doc(ctx))
 
 
-@endpoint("PUT", f"{API}/settings", "{threshold?: 'auto'|'none'|cosine, smooth?}: change them live; saved with "
-          "the store")
+@endpoint("PUT", f"{API}/settings", "{threshold?: 'auto'|'none'|cosine, smooth?, roi?: 'full'|'0.6'|'cx,cy,w,h'}: "
+          "change them live; saved with the store")
 async def settings_put(ctx: WebContext, request: Request) -> Response:
     doc = await json_body(request)
-    unknown = sorted(set(doc) - {"threshold", "smooth"})
+    unknown = sorted(set(doc) - {"threshold", "smooth", "roi"})
     if unknown:
-        raise HttpError(400, f"unknown settings {unknown}; there are 'threshold' and 'smooth'")
+        raise HttpError(400, f"unknown settings {unknown}; there are 'threshold', 'smooth' and 'roi'")
     threshold = doc.get("threshold")
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, str | int | float):
@@ -543,11 +546,23 @@ async def settings_put(ctx: WebContext, request: Request) -> Response:
         elif threshold not in ("auto", "none"):
             raise HttpError(400, "field 'threshold' must be 'auto', 'none' or a cosine from -1 to 1")
     smooth = int_field(doc, "smooth", 0, 1, MAX_SMOOTH) if "smooth" in doc else None
+    roi = None
+    if "roi" in doc:
+        text = doc["roi"]
+        if not isinstance(text, str) or len(text) > 100:
+            raise HttpError(400, "field 'roi' must be text: 'full', '0.6' (centred, 60% of each side) or 'cx,cy,w,h'")
+        try:
+            roi = Roi.parse(text)
+        except EdgefsError as exc:
+            raise HttpError(400, str(exc)) from None
     if threshold is not None:
         await run_in_threadpool(ctx.clf.set_threshold, threshold)
     if smooth is not None:
         await on_loop(ctx, lambda: ctx.pipeline.set_smoothing(smooth))
         await run_in_threadpool(lambda: ctx.clf.save_settings(smooth=smooth))
+    if roi is not None:
+        ctx.pipeline.set_roi(roi)
+        await run_in_threadpool(lambda: ctx.clf.save_settings(roi=roi.to_text()))
     return JSONResponse(settings_doc(ctx))
 
 

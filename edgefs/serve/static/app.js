@@ -241,6 +241,7 @@ async function initSettings() {
       ? "not calibrated yet (it needs more enrolled shots): nothing is called unknown" : "off (never unknown)";
     $("#smooth").max = s.max_smooth;
     $("#smooth").value = s.smooth;
+    $("#roi").value = s.roi;
   };
   const put = async (body) => {
     try { show(await api("/settings", { method: "PUT", body })); $("#saved").textContent = "saved with the store"; showError(""); }
@@ -253,6 +254,7 @@ async function initSettings() {
   slider.addEventListener("input", () => { $("#threshold-value").textContent = Number(slider.value).toFixed(2); });
   slider.addEventListener("change", () => put({ threshold: Number(slider.value) }));
   $("#save-smooth").addEventListener("click", () => put({ smooth: Number($("#smooth").value) }));
+  $("#save-roi").addEventListener("click", () => put({ roi: $("#roi").value }));
   poll(async () => {
     const st = await api("/status");
     $("#live-results").replaceChildren(...st.sources.map((s) => el("p", {}, el("span", { class: "muted src-name", text: `${s.name}: ` }), resultLine(s.result))));
