@@ -5,7 +5,7 @@ from edgefs.heads.spec import HEAD_TYPES, HeadSpec
 __all__ = ["HEAD_TYPES", "HeadSpec"]
 
 # Device heads register themselves in HEADS on import (NumPy only).
-from edgefs.heads import finetune, imprint, matching, prototype_head, relation, siamese  # noqa: F401
+from edgefs.heads import den, finetune, imprint, matching, progressive, prototype_head, relation, siamese  # noqa: F401
 from edgefs.heads.base import HEADS, ClassifyResult, Head, build_head
 from edgefs.heads.openset import auroc, calibrate_threshold
 

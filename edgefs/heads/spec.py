@@ -22,7 +22,7 @@ from edgefs.errors import EdgefsError
 from edgefs.fileio import FileRefused, check_regular_file, load_npy, read_limited
 
 HEAD_SCHEMA_VERSION = 1
-HEAD_TYPES = ("prototype", "imprint", "matching", "relation", "siamese", "finetune")
+HEAD_TYPES = ("prototype", "imprint", "matching", "relation", "siamese", "finetune", "den", "progressive")
 
 
 @dataclass
