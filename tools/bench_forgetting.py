@@ -15,6 +15,12 @@ and accuracy / known acceptance / unknown rejection at the threshold calibrated 
 leave-one-out on the supports. Finally times ``add_class`` (one 5-shot class into a
 50-class head) and ``classify`` (one query) in NumPy on this CPU. Prints markdown
 tables and writes ``REPORT/forgetting.json``.
+
+With ``--bundle B`` (a bundle that serves every domain, e.g. ``edgefs export --pretrained
+efficientnet_lite0 --input-size 128``) it also runs the domain-incremental protocol of
+``tools/forgetting_domains.py`` (glyphs, then the colour domains under ``--domains``) and
+writes ``REPORT/domains.md`` and ``REPORT/domains.json``; ``--only-domains`` skips the
+class-incremental part.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edgefs.heads import Head, HeadSpec
+from edgefs.heads.den import DENHead
 from edgefs.heads.finetune import FinetuneHead
 from edgefs.heads.openset import auroc, calibrate_threshold
 
@@ -66,6 +73,7 @@ def head_factories(dim: int, proto_params: dict[str, Any]) -> dict[str, Callable
         "finetune (continue, l2)": lambda: FinetuneHead(dim, penalty="l2", refit=False),
         "finetune (continue, ewc)": lambda: FinetuneHead(dim, penalty="ewc", refit=False),
         "finetune (continue, no penalty)": lambda: FinetuneHead(dim, penalty="none", refit=False),
+        "den (grows, splits drifting units)": lambda: DENHead(dim),
     }
 
 
@@ -130,7 +138,8 @@ def median_us(fn: Callable[[], object], repeat: int) -> float:
     return float(np.median(times) * 1e6)
 
 
-def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int) -> dict[str, dict[str, float]]:
+def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int, bench_class: str = "__bench__"
+            ) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(0)
     shots = emb[rng.choice(len(emb), SHOTS, replace=False)]
     query = emb[rng.choice(len(emb), 1)]
@@ -139,8 +148,8 @@ def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int) -> dict[str, d
     for name, head in heads.items():
         def enroll(h: Head = head) -> None:
             # remove() is O(C D) array deletion; measured inside, so this is an upper bound.
-            h.add_class("__bench__", shots)
-            h.remove("__bench__")
+            h.add_class(bench_class, shots)
+            h.remove(bench_class)
 
         out[name] = {"classes": len(head.classes),
                      "enroll_us": median_us(enroll, repeat),
@@ -179,8 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timing-repeat", type=int, default=50)
     parser.add_argument("--report", type=Path, default=Path("reports/forgetting"))
+    parser.add_argument("--bundle", type=Path, help="a bundle serving every domain (e.g. ImageNet Lite0 at 128 px): "
+                        "also run the domain-incremental protocol (tools/forgetting_domains.py)")
+    parser.add_argument("--domains", type=Path, default=Path("data/domains"))
+    parser.add_argument("--domain-order", default="glyphs,icons,flags,cards,clipart,units")
+    parser.add_argument("--domain-repeats", type=int, default=5)
+    parser.add_argument("--only-domains", action="store_true", help="skip the class-incremental glyph protocol")
     args = parser.parse_args(argv)
 
+    if args.bundle is not None:
+        domain_incremental(args)
+    if args.only_domains:
+        return 0
     emb, labels, names, specs = embed_test_split(args.checkpoint, args.data)
     factories = head_factories(emb.shape[1], specs["prototype"])
     runs = [one_repeat(emb, labels, names, factories, seed) for seed in range(args.repeats)]
@@ -205,6 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     (args.report / "forgetting.json").write_text(json.dumps(report, indent=2))
     (args.report / "forgetting.md").write_text(text + "\n")
     return 0
+
+
+def domain_incremental(args: argparse.Namespace) -> None:
+    """The domain-incremental table and the device heads' NumPy timings at the bundle's embedding size."""
+    import forgetting_domains as fd
+
+    order = [d for d in args.domain_order.split(",") if d]
+    report = fd.run(args.bundle, args.domains, args.data, order, args.domain_repeats, Path("runs/embeddings"))
+    emb = fd.embed_domains(args.bundle, {order[-1]: args.domains / order[-1] / "test"}, Path("runs/embeddings"))
+    x = np.concatenate(list(emb[order[-1]].values()))
+    heads: dict[str, Head] = {}
+    for name, make in fd.domain_factories(x.shape[1], len(order)).items():
+        head = make()
+        if not isinstance(head, Head):
+            continue  # the bench-only references have no device form
+        rng = np.random.default_rng(0)
+        for d in range(len(order)):  # 60 classes in len(order) domains, as at the end of the protocol
+            head.add_classes({f"d{d}/c{c}": x[rng.choice(len(x), SHOTS, replace=False)] for c in range(10)})
+        heads[name] = head
+    report["timings"] = timings(heads, x, max(5, args.timing_repeat // 10), f"d{len(order) - 1}/__bench__")
+    report["machine"] = {"processor": platform.processor() or platform.machine(), "numpy": np.__version__}
+    text = fd.markdown(report)
+    text += ("\n\nCPU NumPy figures at this embedding size (median µs; enroll = add a 5-shot class to the last "
+             "domain and remove it again)\n\n| head | classes | enroll | classify 1 query | classify 32 queries |\n"
+             "|---|---|---|---|---|\n")
+    text += "\n".join(f"| {n} | {t['classes']} | {t['enroll_us']:.0f} | {t['classify1_us']:.0f} | "
+                      f"{t['classify32_us']:.0f} |" for n, t in report["timings"].items())
+    print(text)
+    args.report.mkdir(parents=True, exist_ok=True)
+    (args.report / "domains.json").write_text(json.dumps(report, indent=2))
+    (args.report / "domains.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

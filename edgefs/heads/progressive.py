@@ -58,20 +58,23 @@ class ProgressiveHead(KeepsShots, Head):
     """
 
     head_type = "progressive"
-    params_accepted = ("width", "steps", "lr", "momentum", "separator", "laterals", "domain_temperature", "seed")
+    params_accepted = ("width", "steps", "lr", "momentum", "separator", "laterals", "lateral_scale",
+                       "domain_temperature", "seed")
     normalize_shots = True
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, width: int = 32,
                  steps: int = 60, lr: float = 0.05, momentum: float = 0.9, separator: str = "/",
-                 laterals: bool = True, domain_temperature: float = 20.0, seed: int = 0) -> None:
+                 laterals: bool = True, lateral_scale: float = 0.1, domain_temperature: float = 20.0,
+                 seed: int = 0) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
-        if int(width) < 1 or int(steps) < 0 or lr <= 0 or not 0 <= momentum < 1 or domain_temperature <= 0:
+        if (int(width) < 1 or int(steps) < 0 or lr <= 0 or not 0 <= momentum < 1 or domain_temperature <= 0
+                or lateral_scale < 0):
             raise EdgefsError("progressive head needs width >= 1, steps >= 0, lr > 0, 0 <= momentum < 1 "
-                              "and domain_temperature > 0")
+                              "domain_temperature > 0 and lateral_scale >= 0")
         if not isinstance(separator, str) or not separator:
             raise EdgefsError(f"progressive head separator must be non-empty text, got {separator!r}")
         self.width, self.steps, self.lr, self.momentum = int(width), int(steps), float(lr), float(momentum)
-        self.separator, self.laterals = separator, bool(laterals)
+        self.separator, self.laterals, self.lateral_scale = separator, bool(laterals), float(lateral_scale)
         self.domain_temperature, self.seed = float(domain_temperature), int(seed)
         self._init_shots()
         self.col_w = np.zeros((0, self.width, self.dim), np.float32)  # (K, H, D)
@@ -83,6 +86,7 @@ class ProgressiveHead(KeepsShots, Head):
     def hyperparams(self) -> dict[str, Any]:
         return {**super().hyperparams(), "width": self.width, "steps": self.steps, "lr": self.lr,
                 "momentum": self.momentum, "separator": self.separator, "laterals": self.laterals,
+                "lateral_scale": self.lateral_scale,
                 "domain_temperature": self.domain_temperature, "seed": self.seed}
 
     # ---- domains ----------------------------------------------------------------------
@@ -110,7 +114,7 @@ class ProgressiveHead(KeepsShots, Head):
         for k in range(upto):
             pre = x @ self.col_w[k].T + self.col_b[k]
             for j in range(k):
-                pre = pre + hs[j] @ self.lateral[k, j].T
+                pre = pre + (np.float32(self.lateral_scale) * hs[j]) @ self.lateral[k, j].T
             hs.append(np.maximum(pre, np.float32(0.0)))
         return hs
 
@@ -124,7 +128,7 @@ class ProgressiveHead(KeepsShots, Head):
         self.col_w[k] = init_rows(self.width, self.dim, self.seed * 1_000_003 + k)
         self.col_b[k] = 0.0
         self.lateral[k] = 0.0
-        frozen = self._columns(x, k)
+        frozen = [np.float32(self.lateral_scale) * h for h in self._columns(x, k)]
         params = {"w": self.col_w[k], "b": self.col_b[k], "lat": self.lateral[k],
                   "v": np.zeros((len(mine), self.width), np.float32), "c": np.zeros(len(mine), np.float32)}
 
