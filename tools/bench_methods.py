@@ -56,7 +56,6 @@ PUBLISHED: dict[str, str] = {
     "fomaml": "Omniglot 98.3 / 99.2 / 89.4; mini-ImageNet 48.1 / 63.2 (Finn et al. 2017)",
     "reptile": "Omniglot 95.4 / 98.9 / 88.1; mini-ImageNet 47.1 / 62.7, non-transductive (Nichol et al. 2018)",
     "metasgd": "Omniglot 99.5 / 99.9 / 95.9; mini-ImageNet 50.5 / 64.0 (Li et al. 2017)",
-    "multitask": "none for few-shot transfer in Caruana 1997 (hard parameter sharing)",
 }
 
 
@@ -72,7 +71,6 @@ class Run:
         train_s: wall time of the whole ``train`` call (data loading and validations included;
             with ``--reuse``, the checkpoint's training-loop time).
         episodes: training episodes (or batches) done.
-        cpu_s: process CPU time of the training loop (from the checkpoint; NaN for older ones).
     """
 
     name: str
@@ -81,7 +79,6 @@ class Run:
     checkpoint: str
     train_s: float
     episodes: int
-    cpu_s: float = float("nan")
 
 
 def method_config(method: str, backbone: str, base: Path) -> Path:
@@ -103,11 +100,7 @@ def train_run(name: str, method: str, config_path: Path, args: argparse.Namespac
         config.method, config.method_options = method, {}
     config.method_options = {**config.method_options, **(options or {})}
     config.data, config.out, config.seed = str(args.data), str(out), args.seed
-    config.episodes = 10**9
-    if args.cpu_budget:  # process CPU time: comparable between runs on a machine shared with other jobs
-        config.cpu_budget_min, config.time_budget_min = args.budget_min, 0.0
-    else:
-        config.time_budget_min = args.budget_min
+    config.time_budget_min, config.episodes = args.budget_min, 10**9
     config.device = args.device
     if args.threads:
         config.threads = args.threads
@@ -116,14 +109,12 @@ def train_run(name: str, method: str, config_path: Path, args: argparse.Namespac
         print(f"[{name}] reusing {best}")
         doc = read_checkpoint(out / "last.pt")
         return Run(name, method, str(config_path), str(best), float(doc.get("elapsed_s", 0.0)),
-                   int(doc.get("episode", 0)), float(doc.get("cpu_s", float("nan"))))
+                   int(doc.get("episode", 0)))
     print(f"[{name}] training {method} ({config.backbone}) from {config_path} for {args.budget_min} min")
     t0 = time.perf_counter()
     train(config, overwrite=True, log=lambda m: print(f"[{name}] {m}"))
     train_s = time.perf_counter() - t0
-    doc = read_checkpoint(out / "last.pt")
-    return Run(name, method, str(config_path), str(best), train_s, int(doc["episode"]),
-               float(doc.get("cpu_s", float("nan"))))
+    return Run(name, method, str(config_path), str(best), train_s, int(read_checkpoint(out / "last.pt")["episode"]))
 
 
 def infeasible(runs: list[Run], data: str, protocols: list[str], queries: int) -> dict[str, str]:
@@ -225,12 +216,6 @@ def device_side(run: Run, args: argparse.Namespace, protocol_name: str) -> dict[
             "backbone": bspec.name}
 
 
-def cpu_note(row: dict[str, Any]) -> str:
-    """`` (N CPU)`` when the run recorded its process CPU time."""
-    cpu = row.get("cpu_s", float("nan"))
-    return "" if cpu != cpu else f" ({cpu / 60:.1f} CPU)"
-
-
 def cell(acc: dict[str, Any] | None) -> str:
     return "n/a" if acc is None else f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f}"
 
@@ -240,8 +225,7 @@ def markdown(report: dict[str, Any]) -> str:
     glyphs, fashion = report["glyphs"], report["fashion"]
     head = [f"glyph {p}" for p in GLYPH_PROTOCOLS] + [f"F-MNIST {p}" for p in FASHION_PROTOCOLS]
     lines = [
-        f"Every method trained for {report['budget_min']} min ({report.get('budget_kind', 'training-loop wall time')})"
-        f" on `{report['data']}` "
+        f"Every method trained for {report['budget_min']} min (training-loop wall time) on `{report['data']}` "
         f"({report['device']}, {report['machine']['processor']}); accuracy % ± 95% CI on the same fixed test "
         f"episodes ({report['episodes']} per protocol, {report['queries']} query per class). Fashion-MNIST is "
         "cross-domain (never trained on). Device columns: NumPy head built from the head spec.",
@@ -255,7 +239,7 @@ def markdown(report: dict[str, Any]) -> str:
         accs = [cell(glyphs.get(name, {}).get(p)) for p in GLYPH_PROTOCOLS]
         accs += [cell(fashion.get(name, {}).get(p)) for p in FASHION_PROTOCOLS]
         lines.append(f"| {name} | {dev['backbone']} | {dev['head_type']} | " + " | ".join(accs)
-                     + f" | {row['train_s'] / 60:.1f}{cpu_note(row)} | {row['episodes']} | {dev['spec_bytes']} "
+                     + f" | {row['train_s'] / 60:.1f} | {row['episodes']} | {dev['spec_bytes']} "
                      f"| {dev['state_bytes_per_class']} | {dev['adapt_ms_median']:.2f} "
                      f"| {PUBLISHED.get(row['method'], '—')} |")
     for label, source in (("glyph", glyphs), ("F-MNIST", fashion)):
@@ -303,8 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/glyphs28"), help="glyph benchmark folder")
     parser.add_argument("--methods", help="comma-separated registry names (default: every registered method)")
     parser.add_argument("--budget-min", type=float, default=10.0, help="training minutes per method")
-    parser.add_argument("--cpu-budget", action="store_true",
-                        help="--budget-min is process CPU time (cpu_budget_min), not wall time")
     parser.add_argument("--backbone", default="conv4", help="picks configs/<method>_<backbone>_glyphs.yaml")
     parser.add_argument("--base-config", type=Path, default=CONFIGS / "protonet_conv4_glyphs.yaml",
                         help="settings for a method without its own config file")
@@ -357,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{**run.__dict__, "device": device_side(run, args, timed)} for run in runs]
     report = {
         "data": str(args.data), "budget_min": args.budget_min, "episodes": args.episodes, "queries": args.queries,
-        "budget_kind": "process CPU time" if args.cpu_budget else "training-loop wall time",
         "device": args.device, "timed_protocol": timed, "glyphs": glyphs, "fashion": fashion, "rows": rows,
         "published": PUBLISHED,
         "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),

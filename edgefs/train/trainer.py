@@ -40,10 +40,8 @@ class TrainConfig:
 
     Training episodes are higher-way than test episodes (Snell et al. train
     Omniglot with 60 classes per episode). The learning rate follows a cosine
-    from ``lr`` to ``lr * lr_final`` over ``episodes``, ``time_budget_min`` (wall time)
-    or ``cpu_budget_min`` (this process's CPU time, all threads: comparable between runs
-    on a machine shared with other jobs), whichever runs out first, so a time-boxed run
-    still anneals.
+    from ``lr`` to ``lr * lr_final`` over ``episodes`` or ``time_budget_min``,
+    whichever runs out first, so a time-boxed run still anneals.
     """
 
     data: str = ""
@@ -57,7 +55,6 @@ class TrainConfig:
     queries: int = 5
     episodes: int = 20000
     time_budget_min: float = 0.0
-    cpu_budget_min: float = 0.0
     lr: float = 1e-3
     lr_final: float = 0.01
     warmup_episodes: int = 100
@@ -153,7 +150,7 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-    for name in ("lr", "lr_final", "time_budget_min", "cpu_budget_min", "weight_decay"):
+    for name in ("lr", "lr_final", "time_budget_min", "weight_decay"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -168,15 +165,13 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"augment_config.stroke is a probability, at most 1; got {config.augment_config.stroke!r}")
 
 
-def learning_rate(config: TrainConfig, episode: int, elapsed_s: float, cpu_s: float = 0.0) -> float:
-    """Linear warm-up, then cosine to ``lr * lr_final`` by episodes, wall time or CPU time."""
+def learning_rate(config: TrainConfig, episode: int, elapsed_s: float) -> float:
+    """Linear warm-up, then cosine to ``lr * lr_final`` by episodes or by time."""
     if episode < config.warmup_episodes:
         return config.lr * (episode + 1) / config.warmup_episodes
     progress = episode / max(config.episodes, 1)
     if config.time_budget_min > 0:
         progress = max(progress, elapsed_s / (60 * config.time_budget_min))
-    if config.cpu_budget_min > 0:
-        progress = max(progress, cpu_s / (60 * config.cpu_budget_min))
     progress = min(progress, 1.0)
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -288,18 +283,15 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             return
         save_checkpoint(path, method, {
             "config": cfg.to_dict(config), "optimizer": optimizer.state_dict(), "episode": episode,
-            "elapsed_s": elapsed, "cpu_s": time.process_time() - cpu_started, "best_val": best,
-            "val": None if val is None else val.mean,
+            "elapsed_s": elapsed, "best_val": best, "val": None if val is None else val.mean,
         })
 
     feeder = _EpisodeFeeder(train_data, config, episode, dist.rank())
     # With a time budget the episode count is not what ends the run; the bar shows time left instead.
-    budgeted = config.time_budget_min > 0 or config.cpu_budget_min > 0
-    bar = _progress(None if budgeted else config.episodes, episode) if dist.is_main() else None
+    bar = _progress(None if config.time_budget_min > 0 else config.episodes, episode) if dist.is_main() else None
     logf = (out / "log.jsonl").open("a") if dist.is_main() else open(os.devnull, "w")  # noqa: SIM115
     run_loss, run_acc = 0.0, 0.0
     started = time.monotonic() - elapsed
-    cpu_started = time.process_time() - float(state.get("cpu_s", 0.0) if state is not None else 0.0)
     method.train()
     try:
         while episode < config.episodes:
@@ -309,13 +301,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             if config.time_budget_min > 0 and elapsed >= 60 * config.time_budget_min:
                 log(f"time budget of {config.time_budget_min} min reached at episode {episode}")
                 break
-            cpu = time.process_time() - cpu_started
-            if config.cpu_budget_min > 0:  # rank 0's CPU time ends the run for every rank
-                cpu = dist.broadcast_float(cpu)
-                if cpu >= 60 * config.cpu_budget_min:
-                    log(f"CPU budget of {config.cpu_budget_min} min reached at episode {episode}")
-                    break
-            lr = learning_rate(config, episode, elapsed, cpu)
+            lr = learning_rate(config, episode, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, s_labels, q_labels, n_support, classes = feeder.get()
@@ -376,9 +362,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             best = val.mean
             checkpoint(out / "best.pt", val)
         checkpoint(out / "last.pt", val)
-        cpu_min = (time.process_time() - cpu_started) / 60
-        log(f"done: {episode} episodes in {elapsed / 60:.1f} min ({cpu_min:.1f} min CPU); best val "
-            f"{val_protocol.name} {100 * best:.2f}%; checkpoint {out / 'best.pt'}")
+        log(f"done: {episode} episodes in {elapsed / 60:.1f} min; best val {val_protocol.name} {100 * best:.2f}%; "
+            f"checkpoint {out / 'best.pt'}")
     dist.barrier()
     dist.cleanup()
     return out / "best.pt"
