@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=A.integer(1), help="training episodes (default 20000)")
     p.add_argument("--time-budget", type=A.real(0), dest="time_budget_min",
                    help="stop after this many minutes (the LR schedule anneals to fit; 0: no budget)")
+    p.add_argument("--cpu-budget", type=A.real(0), dest="cpu_budget_min",
+                   help="stop after this many minutes of the process's CPU time, all threads counted "
+                        "(fair on a shared machine; the LR schedule anneals to fit; 0: no budget)")
     p.add_argument("--lr", type=A.real(above=0, maximum=10), help="peak learning rate (Adam, default 1e-3)")
     p.add_argument("--rotations", type=int, choices=(1, 2, 3, 4),
                    help="90-degree rotations as new classes (default 4)")

@@ -40,8 +40,11 @@ class TrainConfig:
 
     Training episodes are higher-way than test episodes (Snell et al. train
     Omniglot with 60 classes per episode). The learning rate follows a cosine
-    from ``lr`` to ``lr * lr_final`` over ``episodes`` or ``time_budget_min``,
-    whichever runs out first, so a time-boxed run still anneals.
+    from ``lr`` to ``lr * lr_final`` over ``episodes``, ``time_budget_min`` (wall
+    time) or ``cpu_budget_min`` (this process's CPU time, every thread counted:
+    sampling, augmentation and validation included), whichever runs out first, so
+    a time-boxed run still anneals. A CPU budget makes runs comparable on a shared,
+    loaded machine, where wall time depends on what else runs.
     """
 
     data: str = ""
@@ -55,6 +58,7 @@ class TrainConfig:
     queries: int = 5
     episodes: int = 20000
     time_budget_min: float = 0.0
+    cpu_budget_min: float = 0.0
     lr: float = 1e-3
     lr_final: float = 0.01
     warmup_episodes: int = 100
@@ -150,7 +154,7 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-    for name in ("lr", "lr_final", "time_budget_min", "weight_decay"):
+    for name in ("lr", "lr_final", "time_budget_min", "cpu_budget_min", "weight_decay"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -165,13 +169,15 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"augment_config.stroke is a probability, at most 1; got {config.augment_config.stroke!r}")
 
 
-def learning_rate(config: TrainConfig, episode: int, elapsed_s: float) -> float:
-    """Linear warm-up, then cosine to ``lr * lr_final`` by episodes or by time."""
+def learning_rate(config: TrainConfig, episode: int, elapsed_s: float, cpu_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine to ``lr * lr_final`` by episodes, wall time or CPU time."""
     if episode < config.warmup_episodes:
         return config.lr * (episode + 1) / config.warmup_episodes
     progress = episode / max(config.episodes, 1)
     if config.time_budget_min > 0:
         progress = max(progress, elapsed_s / (60 * config.time_budget_min))
+    if config.cpu_budget_min > 0:
+        progress = max(progress, cpu_s / (60 * config.cpu_budget_min))
     progress = min(progress, 1.0)
     return config.lr * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -267,12 +273,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
 
     method.setup(train_data)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    episode, elapsed, best = 0, 0.0, -1.0
+    episode, elapsed, cpu, best = 0, 0.0, 0.0, -1.0
     history: list[dict[str, Any]] = []
     if state is not None:
         method.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         episode, elapsed, best = state["episode"], state["elapsed_s"], state["best_val"]
+        cpu = float(state.get("cpu_s", 0.0))  # checkpoints written before CPU budgets have none
         log(f"resumed from {out / 'last.pt'} at episode {episode} (best val {100 * best:.2f}%)")
     dist.broadcast_module(method)  # every rank starts from rank 0's weights
     if dist.is_main():
@@ -283,15 +290,17 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             return
         save_checkpoint(path, method, {
             "config": cfg.to_dict(config), "optimizer": optimizer.state_dict(), "episode": episode,
-            "elapsed_s": elapsed, "best_val": best, "val": None if val is None else val.mean,
+            "elapsed_s": elapsed, "cpu_s": cpu, "best_val": best, "val": None if val is None else val.mean,
         })
 
     feeder = _EpisodeFeeder(train_data, config, episode, dist.rank())
     # With a time budget the episode count is not what ends the run; the bar shows time left instead.
-    bar = _progress(None if config.time_budget_min > 0 else config.episodes, episode) if dist.is_main() else None
+    budgeted = config.time_budget_min > 0 or config.cpu_budget_min > 0
+    bar = _progress(None if budgeted else config.episodes, episode) if dist.is_main() else None
     logf = (out / "log.jsonl").open("a") if dist.is_main() else open(os.devnull, "w")  # noqa: SIM115
     run_loss, run_acc = 0.0, 0.0
     started = time.monotonic() - elapsed
+    cpu_started = time.process_time() - cpu
     method.train()
     try:
         while episode < config.episodes:
@@ -301,7 +310,14 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
             if config.time_budget_min > 0 and elapsed >= 60 * config.time_budget_min:
                 log(f"time budget of {config.time_budget_min} min reached at episode {episode}")
                 break
-            lr = learning_rate(config, episode, elapsed)
+            cpu = time.process_time() - cpu_started
+            if config.cpu_budget_min > 0:  # rank 0's CPU clock, for the same reason
+                cpu = dist.broadcast_float(cpu)
+                if cpu >= 60 * config.cpu_budget_min:
+                    log(f"CPU budget of {config.cpu_budget_min} min reached at episode {episode} "
+                        f"({elapsed / 60:.1f} min wall)")
+                    break
+            lr = learning_rate(config, episode, elapsed, cpu)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, s_labels, q_labels, n_support, classes = feeder.get()
@@ -328,15 +344,19 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
                 if config.time_budget_min > 0:
                     left = max(0.0, 60 * config.time_budget_min - elapsed)
                     extra["left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+                if config.cpu_budget_min > 0:
+                    left = max(0.0, 60 * config.cpu_budget_min - cpu)
+                    extra["cpu_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
                 bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{100 * run_acc:.1f}", lr=f"{lr:.1e}",
                                 best=f"{100 * max(best, 0):.2f}", **extra, refresh=False)
             if episode % config.val_every == 0 and dist.is_main():  # the others run on into the next all-reduce
                 elapsed = time.monotonic() - started
+                cpu = time.process_time() - cpu_started
                 val = validate(method, val_data, val_episodes, device)
                 improved = val.mean > best
                 best = max(best, val.mean)
-                row = {"episode": episode, "elapsed_s": round(elapsed, 1), "lr": lr, "train_loss": run_loss,
-                       "train_acc": run_acc, "val_acc": val.mean, "val_ci95": val.ci95}
+                row = {"episode": episode, "elapsed_s": round(elapsed, 1), "cpu_s": round(cpu, 1), "lr": lr,
+                       "train_loss": run_loss, "train_acc": run_acc, "val_acc": val.mean, "val_ci95": val.ci95}
                 history.append(row)
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
@@ -356,14 +376,15 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False,
         logf.close()
 
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_started
     if dist.is_main():
         val = validate(method, val_data, val_episodes, device)
         if val.mean > best:
             best = val.mean
             checkpoint(out / "best.pt", val)
         checkpoint(out / "last.pt", val)
-        log(f"done: {episode} episodes in {elapsed / 60:.1f} min; best val {val_protocol.name} {100 * best:.2f}%; "
-            f"checkpoint {out / 'best.pt'}")
+        log(f"done: {episode} episodes in {elapsed / 60:.1f} min ({cpu / 60:.1f} CPU min); "
+            f"best val {val_protocol.name} {100 * best:.2f}%; checkpoint {out / 'best.pt'}")
     dist.barrier()
     dist.cleanup()
     return out / "best.pt"
