@@ -14,6 +14,7 @@ import pytest
 
 import edgefs.cli.classes
 from edgefs.cli import build_parser, main
+from edgefs.methods import METHODS
 
 EDGEFS = [sys.executable, "-m", "edgefs"]
 
@@ -46,8 +47,7 @@ BAD_FLAGS = [
     (["train", "--ways", "0"], "edgefs train: error: argument --ways: must be >= 2, got 0"),
     (["train", "--ways", "five"], "edgefs train: error: argument --ways: expected a whole number >= 2, got 'five'"),
     (["train", "--method", "magic"], "edgefs train: error: argument --method: invalid choice: 'magic' (choose from "
-                                     "'baselinepp', 'distill', 'fomaml', 'maml', 'matching', 'metasgd', 'protonet', "
-                                     "'relation', 'reptile', 'siamese')"),
+                                     + ", ".join(map(repr, METHODS.names())) + ")"),
     (["train", "--device", "banana"], "edgefs train: error: argument --device: unknown device 'banana'; use one "
                                       "of: cpu, cuda, cuda:N (N: the GPU's index)"),
     (["data", "glyphs", "--out", "x", "--size", "0"],
@@ -97,7 +97,6 @@ def test_good_values_parse() -> None:
 
 def test_train_help_lists_the_registered_methods_and_backbones(capsys: pytest.CaptureFixture[str]) -> None:
     from edgefs.backbones import BACKBONES
-    from edgefs.methods import METHODS
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
