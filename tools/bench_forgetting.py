@@ -21,7 +21,8 @@ efficientnet_lite0 --input-size 128``) it also runs the domain-incremental proto
 ``tools/forgetting_domains.py`` (glyphs, then the colour domains under ``--domains``) and
 writes ``REPORT/domains.md`` and ``REPORT/domains.json``, and the device heads' NumPy costs at
 that embedding size in process CPU time (``REPORT/domain_costs.md``, ``.json``);
-``--only-domains`` skips the class-incremental part.
+``--only-domains`` skips the class-incremental part. Run it with ``OMP_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1``: with several BLAS threads, threads spinning while they wait count as CPU time.
 """
 
 from __future__ import annotations
