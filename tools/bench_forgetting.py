@@ -19,6 +19,14 @@ leave-one-out on the supports, kept up to date per enrollment by
 full recomputation is reported). Finally times ``add_class`` (one 5-shot class into a
 50-class head) and ``classify`` (one query) in NumPy on this CPU. Prints markdown
 tables and writes ``REPORT/forgetting.json``.
+
+With ``--bundle B`` (a bundle that serves every domain, e.g. ``edgefs export --pretrained
+efficientnet_lite0 --input-size 128``) it also runs the domain-incremental protocol of
+``tools/forgetting_domains.py`` (glyphs, then the colour domains under ``--domains``) and
+writes ``REPORT/domains.md`` and ``REPORT/domains.json``, and the device heads' NumPy costs at
+that embedding size in process CPU time (``REPORT/domain_costs.md``, ``.json``);
+``--only-domains`` skips the class-incremental part. Run it with ``OMP_NUM_THREADS=1
+OPENBLAS_NUM_THREADS=1``: with several BLAS threads, threads spinning while they wait count as CPU time.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import numpy as np
 
 from edgefs.heads import Head, HeadSpec
 from edgefs.heads.calibration import LooCalibrator
+from edgefs.heads.den import DENHead
 from edgefs.heads.finetune import FinetuneHead
 from edgefs.heads.openset import auroc, calibrate_threshold
 
@@ -75,6 +84,7 @@ def head_factories(dim: int, proto_params: dict[str, Any]) -> dict[str, Callable
         "finetune (local: changed rows, 256 replayed shots)": lambda: FinetuneHead(dim, penalty="l2", scope="local"),
         "finetune (local: changed rows, 32 replayed shots)": lambda: FinetuneHead(dim, penalty="l2", scope="local",
                                                                                  replay=32),
+        "den (grows, splits drifting units)": lambda: DENHead(dim),
     }
 
 
@@ -137,16 +147,17 @@ def one_repeat(emb: np.ndarray, labels: np.ndarray, names: list[str], factories:
     return {"curves": curves, "openset": openset, "heads": heads}
 
 
-def median_us(fn: Callable[[], object], repeat: int) -> float:
+def median_us(fn: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter) -> float:
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(np.median(times) * 1e6)
 
 
-def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int) -> dict[str, dict[str, float]]:
+def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int, bench_class: str = "__bench__",
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(0)
     shots = emb[rng.choice(len(emb), SHOTS, replace=False)]
     query = emb[rng.choice(len(emb), 1)]
@@ -155,13 +166,13 @@ def timings(heads: dict[str, Head], emb: np.ndarray, repeat: int) -> dict[str, d
     for name, head in heads.items():
         def enroll(h: Head = head) -> None:
             # remove() is O(C D) array deletion; measured inside, so this is an upper bound.
-            h.add_class("__bench__", shots)
-            h.remove("__bench__")
+            h.add_class(bench_class, shots)
+            h.remove(bench_class)
 
         out[name] = {"classes": len(head.classes),
-                     "enroll_us": median_us(enroll, repeat),
-                     "classify1_us": median_us(lambda h=head: h.classify(query, k=3), repeat * 10),
-                     "classify32_us": median_us(lambda h=head: h.classify(batch, k=3), repeat * 10)}
+                     "enroll_us": median_us(enroll, repeat, clock),
+                     "classify1_us": median_us(lambda h=head: h.classify(query, k=3), repeat * 10, clock),
+                     "classify32_us": median_us(lambda h=head: h.classify(batch, k=3), repeat * 10, clock)}
     return out
 
 
@@ -197,8 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timing-repeat", type=int, default=50)
     parser.add_argument("--report", type=Path, default=Path("reports/forgetting"))
+    parser.add_argument("--bundle", type=Path, help="a bundle serving every domain (e.g. ImageNet Lite0 at 128 px): "
+                        "also run the domain-incremental protocol (tools/forgetting_domains.py)")
+    parser.add_argument("--domains", type=Path, default=Path("data/domains"))
+    parser.add_argument("--domain-order", default="glyphs,icons,flags,cards,clipart,units")
+    parser.add_argument("--domain-repeats", type=int, default=5, help="0: only the domain heads' CPU costs")
+    parser.add_argument("--only-domains", action="store_true", help="skip the class-incremental glyph protocol")
     args = parser.parse_args(argv)
 
+    if args.bundle is not None:
+        domain_incremental(args)
+    if args.only_domains:
+        return 0
     emb, labels, names, specs = embed_test_split(args.checkpoint, args.data)
     factories = head_factories(emb.shape[1], specs["prototype"])
     runs = [one_repeat(emb, labels, names, factories, seed) for seed in range(args.repeats)]
@@ -225,6 +246,51 @@ def main(argv: list[str] | None = None) -> int:
     (args.report / "forgetting.json").write_text(json.dumps(report, indent=2))
     (args.report / "forgetting.md").write_text(text + "\n")
     return 0
+
+
+def domain_incremental(args: argparse.Namespace) -> None:
+    """The domain-incremental table (``--domain-repeats`` > 0) and the device heads' NumPy costs at the
+    bundle's embedding size, in process CPU time (wall time on a loaded machine measures the other jobs)."""
+    import forgetting_domains as fd
+
+    order = [d for d in args.domain_order.split(",") if d]
+    args.report.mkdir(parents=True, exist_ok=True)
+    if args.domain_repeats > 0:
+        report = fd.run(args.bundle, args.domains, args.data, order, args.domain_repeats, Path("runs/embeddings"))
+        report["machine"] = {"processor": platform.processor() or platform.machine(), "numpy": np.__version__}
+        text = fd.markdown(report)
+        print(text)
+        (args.report / "domains.json").write_text(json.dumps(report, indent=2))
+        (args.report / "domains.md").write_text(text + "\n")
+    emb = fd.embed_domains(args.bundle, {order[-1]: args.domains / order[-1] / "test"}, Path("runs/embeddings"))
+    x = np.concatenate(list(emb[order[-1]].values()))
+    heads: dict[str, Head] = {}
+    for name, make in fd.domain_factories(x.shape[1], len(order)).items():
+        head = make()
+        if not isinstance(head, Head):
+            continue  # the bench-only references have no device form
+        rng = np.random.default_rng(0)
+        for d in range(len(order)):  # 60 classes in len(order) domains, as at the end of the protocol
+            head.add_classes({f"d{d}/c{c}": x[rng.choice(len(x), SHOTS, replace=False)] for c in range(10)})
+        heads[name] = head
+    costs = timings(heads, x, max(5, args.timing_repeat // 10), f"d{len(order) - 1}/__bench__", time.process_time)
+    for name, head in heads.items():
+        arrays, _ = head.state()
+        costs[name]["state_bytes"] = int(sum(a.nbytes for a in arrays.values()))
+        costs[name]["shots_bytes"] = int(arrays.get("support", np.zeros(0, np.float32)).nbytes)
+    lines = [f"Device heads at embedding size {x.shape[1]} ({args.bundle}), 60 classes in {len(order)} domains, "
+             "5 shots each. Median process CPU time in µs (the machine was shared and loaded; CPU time, not wall "
+             f"time); enroll = add a 5-shot class to the last domain and remove it again; "
+             f"{platform.processor() or platform.machine()}, numpy {np.__version__}", "",
+             "| head | enroll | classify 1 query | classify 32 queries | state (KiB) | of which stored shots (KiB) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {t['enroll_us']:.0f} | {t['classify1_us']:.0f} | {t['classify32_us']:.0f} | "
+              f"{t['state_bytes'] / 1024:.0f} | {t['shots_bytes'] / 1024:.0f} |" for n, t in costs.items()]
+    text = "\n".join(lines)
+    print(text)
+    (args.report / "domain_costs.json").write_text(json.dumps(
+        {"bundle": str(args.bundle), "dim": int(x.shape[1]), "clock": "process_time", "heads": costs}, indent=2))
+    (args.report / "domain_costs.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ PUBLISHED: dict[str, str] = {
             "(Santoro et al. 2016)",
     "metanet": "Omniglot 98.95 (5w1s), 97.00 (20w1s); mini-ImageNet 49.21 (5w1s) (Munkhdalai & Yu 2017)",
     "lstm_meta": "mini-ImageNet 43.44 / 60.60 (5w1s / 5w5s) (Ravi & Larochelle 2017)",
+    "multitask": "none: Caruana 1997 (hard parameter sharing) reports no few-shot transfer figures",
 }
 
 

@@ -224,8 +224,10 @@ def open_split(data: str | Path, split: str, channels: int, size: int, strict: b
     """Open one split of a data source given on the command line.
 
     ``data`` is a folder with ``train/``, ``val/``, ``test/`` sub-folders (the glyph
-    benchmark), a folder of classes (used whole for any split), or
-    ``fashion-mnist[:DIR]`` (``train`` -> the 60k part, else the 10k part).
+    benchmark), a folder of domains each with those sub-folders (``data/domains``: every
+    domain's split, classes ``<domain>/<class>`` grouped by domain), a folder of classes
+    (used whole for any split), or ``fashion-mnist[:DIR]`` (``train`` -> the 60k part, else
+    the 10k part).
     """
     text = str(data)
     if text.startswith("fashion-mnist"):
@@ -239,4 +241,27 @@ def open_split(data: str | Path, split: str, channels: int, size: int, strict: b
         return load_image_folder(split_dir, channels, size, strict, warn)
     if any((root / s).is_dir() for s in ("train", "val", "test")):
         raise DataError(f"{root} has no '{split}' split folder; expected {split_dir}")
+    domains = sorted(d for d in root.iterdir() if (d / split).is_dir())
+    if domains:
+        return load_domains(root, [d.name for d in domains], split, channels, size, strict, warn)
     return load_image_folder(root, channels, size, strict, warn)
+
+
+def load_domains(root: Path, domains: list[str], split: str, channels: int, size: int, strict: bool = False,
+                 warn: Callable[[str], None] | None = None) -> ImageSet:
+    """One split of several domains (``root/<domain>/<split>/<class>/``) as one set.
+
+    Classes are named ``<domain>/<class>`` and grouped by domain, so episodes can be drawn
+    within one domain and multi-task training has one task per domain. Every image is
+    resized to ``size`` (domains differ in resolution).
+    """
+    parts = [load_image_folder(root / d / split, channels, size, strict, warn) for d in domains]
+    offsets = np.cumsum([0] + [p.num_classes for p in parts[:-1]])
+    return ImageSet(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels + off for p, off in zip(parts, offsets, strict=True)]),
+        [f"{d}/{n}" for d, p in zip(domains, parts, strict=True) for n in p.class_names],
+        [d for d, p in zip(domains, parts, strict=True) for _ in p.class_names],
+        [path for p in parts for path in p.paths],
+        str(root),
+    )

@@ -23,7 +23,7 @@ from edgefs.fileio import FileRefused, check_regular_file, load_npy, read_limite
 
 HEAD_SCHEMA_VERSION = 1
 HEAD_TYPES = ("prototype", "imprint", "matching", "relation", "siamese", "finetune", "mann", "metanet",
-              "lstm_finetune")
+              "lstm_finetune", "den", "progressive")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from edgefs.methods import baselinepp as _baselinepp  # noqa: F401  isort: skip
 from edgefs.methods import distill as _distill  # noqa: F401  isort: skip
 from edgefs.methods import maml as _maml  # noqa: F401  isort: skip
 from edgefs.methods import matching as _matching  # noqa: F401  isort: skip
+from edgefs.methods import multitask as _multitask  # noqa: F401  isort: skip
 from edgefs.methods import relation as _relation  # noqa: F401  isort: skip
 from edgefs.methods import siamese as _siamese  # noqa: F401  isort: skip
 from edgefs.methods import mann as _mann  # noqa: F401  isort: skip
