@@ -93,7 +93,10 @@ def run_and_kill(db: Path, delay: float, wait_ready: bool) -> tuple[list[str], s
     proc.stdout.close()
     proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, f"the child died before the kill: {err}"
-    committed = [line.split()[1] for line in out.splitlines() if line.startswith("committed ")]
+    # Only whole lines count: the kill can land in the middle of a print ("committed c00"), and a
+    # commit whose line was cut is the in-flight one (it may or may not have landed).
+    whole = out.split("\n")[:-1]
+    committed = [line.split()[1] for line in whole if line.startswith("committed ") and len(line.split()) == 2]
     return committed, out
 
 
