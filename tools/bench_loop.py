@@ -183,6 +183,9 @@ def bundles(size: int, args: argparse.Namespace) -> dict[str, Path]:
     else:
         fp32 = make_lite0(size, args.out_dir, args.data)
         int8 = args.out_dir / f"lite0-{size}-int8.edgefs"
+    wanted = {e.strip().partition(":")[2] for e in args.engines.split(",")}
+    if "int8" not in wanted and not args.sweep and not args.compare_with:
+        return {"fp32": fp32}  # no INT8 row asked for: nothing to quantise
     if not (int8 / "manifest.json").is_file():
         calib = calibration_folder(args.domains, args.out_dir)
         try:
