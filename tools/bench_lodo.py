@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_pretrained import head_scores  # the same device-head scoring as the frozen-backbone table (tools/)
 
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
@@ -45,20 +46,8 @@ from edgefs.data.images import open_split
 from edgefs.errors import DataError
 from edgefs.eval.episodic import Accuracy
 from edgefs.export.pretrained import embed_images
-from edgefs.heads import HeadSpec, build_head
 from edgefs.train.cached import CachedTrainConfig, train_cached
 from edgefs.train.checkpoint import load_checkpoint
-
-
-def head_scores(center: np.ndarray | None):
-    arrays = {} if center is None else {"center": center}
-
-    def score(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, ways: int) -> np.ndarray:
-        head = build_head(HeadSpec("prototype", {"distance": "cosine"}, arrays), support.shape[1])
-        head.add_classes({str(c): support[labels == c] for c in range(ways)})
-        return head.scores(queries)
-
-    return score
 
 
 def evaluate(table: np.ndarray, lst: Any, score: Any) -> tuple[Accuracy, np.ndarray]:

@@ -4,7 +4,7 @@ Usage::
 
     python tools/bench_pretrained.py                      # glyphs28 test split + every domain present
     python tools/bench_pretrained.py --episodes 200 --input-size 128
-    python tools/bench_pretrained.py --data data/glyphs28 --data /work/data/domains/flags
+    python tools/bench_pretrained.py --data data/glyphs28 --data data/domains/flags
 
 For each data set, fixed episodes are drawn once per protocol (the same seeded
 lists ``edgefs eval`` uses), each needed test image is embedded once by the
@@ -40,7 +40,7 @@ from edgefs.eval.episodic import Accuracy, embedding_table, needed_indices
 from edgefs.export.pretrained import embed_images, mean_feature
 from edgefs.heads import HeadSpec, build_head
 
-DOMAINS = Path("/work/data/domains")
+DOMAINS = Path("data/domains")  # where `edgefs data all --out data/domains` builds them
 
 
 def head_scores(center: np.ndarray | None):
@@ -108,8 +108,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", action="append", help="data folder(s) (default: data/glyphs28 or "
-                   "/work/data/glyphs28, plus every /work/data/domains/<name>)")
+    p.add_argument("--data", action="append", help="data folder(s) (default: data/glyphs28 if built, "
+                   "plus every data/domains/<name>)")
     p.add_argument("--split", default="test")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, help="default: the backbone's native size")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     data = args.data
     if not data:
-        glyphs = next((d for d in ("data/glyphs28", "/work/data/glyphs28") if Path(d).is_dir()), None)
+        glyphs = "data/glyphs28" if Path("data/glyphs28").is_dir() else None
         data = ([glyphs] if glyphs else []) + sorted(str(d) for d in DOMAINS.glob("*") if (d / "test").is_dir())
     if not data:
         print("no data: pass --data DIR", file=sys.stderr)

@@ -110,7 +110,7 @@ class CachedTrainConfig:
 def check_config(c: CachedTrainConfig) -> None:
     """Raises ConfigError naming a setting no run can use."""
     if not c.data:
-        raise ConfigError("no training data given; pass data folders (e.g. /work/data/domains/flags) "
+        raise ConfigError("no training data given; pass data folders (e.g. data/domains/flags) "
                           "built with 'edgefs data <domain>'")
     if c.backbone not in VARIANTS:
         raise ConfigError(f"cached-trunk training needs an ImageNet EfficientNet-Lite backbone "
