@@ -110,9 +110,11 @@ def test_a_region_saved_with_the_store_is_the_default(trained_bundle_for_roi: Pa
         assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi.parse("0.5")
         explicit = Roi(0.4, 0.5, 0.5, 0.6)
         assert Pipeline(clf, RunConfig(sources=source, roi=explicit), log=logs.append).cfg.roi == explicit
-        clf.save_settings(roi="7,7,7,7")
-        assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi()
+        clf.save_settings(roi="7,7,7,7", smooth="many")
+        pipeline = Pipeline(clf, RunConfig(sources=source), log=logs.append)
+        assert pipeline.cfg.roi == Roi() and pipeline.cfg.smooth == 5
     assert any("region of interest saved with the store is not usable" in line for line in logs)
+    assert any("smoothing window saved with the store is not usable ('many')" in line for line in logs)
 
 
 def test_cli_roi_is_checked_when_parsed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from edgefs.camera.capture import CaptureThread
-from edgefs.camera.limits import MAX_LIVE_SHOTS
+from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
 from edgefs.camera.roi import Roi
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
@@ -371,10 +371,15 @@ class Pipeline:
                           on_frame=self._wake, prepare=self._prepare_on_arrival)
             for source in (open_source(uri, **config.source_options) for uri in config.sources)
         ]
+        saved = classifier.settings() if config.smooth is None or config.roi is None else {}
         if config.smooth is None:
-            config.smooth = int(classifier.settings().get("smooth", DEFAULT_SMOOTH))
+            smooth = saved.get("smooth", DEFAULT_SMOOTH)
+            ok = isinstance(smooth, int) and not isinstance(smooth, bool) and 1 <= smooth <= MAX_SMOOTH
+            if not ok:
+                log(f"the smoothing window saved with the store is not usable ({smooth!r}); using {DEFAULT_SMOOTH}")
+            config.smooth = smooth if ok else DEFAULT_SMOOTH
         if config.roi is None:
-            saved_roi = classifier.settings().get("roi", "full")
+            saved_roi = saved.get("roi", "full")
             try:
                 config.roi = Roi.parse(str(saved_roi))
             except EdgefsError as exc:
