@@ -85,6 +85,7 @@ def export_pretrained(
     out: str | Path,
     *,
     input_size: int | None = None,
+    power: float | None = None,
     head_type: str | None = None,
     distance: str | None = None,
     center: bool = True,
@@ -106,6 +107,9 @@ def export_pretrained(
         name: a backbone with pretrained weights (:func:`pretrained_backbones`).
         out: the bundle folder to create.
         input_size: the engine's input side; default the variant's ImageNet size.
+        power: the embedding is the pooled feature to this power (default 1; 0.5: the power
+            transform, see :class:`~edgefs.backbones.efficientnet_lite.EfficientNetLite`). It is
+            part of the exported graph, and the mean feature is taken after it.
         head_type: the device head (default ``prototype``); one of :data:`ARRAY_FREE_HEADS`.
         distance: for the prototype head, ``cosine`` (default) or ``euclidean``.
         center: store a mean feature that the head subtracts (CL2N). Off: plain features.
@@ -132,6 +136,8 @@ def export_pretrained(
     if parity_images < 1:
         raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
     options: dict[str, Any] = {} if input_size is None else {"input_size": int(input_size)}
+    if power is not None:
+        options["power"] = power
     try:
         backbone = build_backbone(name, **options).eval()
     except ValueError as exc:  # e.g. an input size the network cannot take

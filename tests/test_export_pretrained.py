@@ -135,3 +135,44 @@ def test_head_override_rules() -> None:
         override_head(spec, "relation")
     with pytest.raises(ExportError, match="applies to the prototype head"):
         override_head(spec, "imprint", "cosine")
+
+
+def test_power_transform_is_in_the_graph_and_the_mean_is_taken_after_it(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from edgefs.backbones import build_backbone
+    from edgefs.backbones.efficientnet_lite import POWER_EPS
+    from edgefs.export.pretrained import embed_images
+
+    out = tmp_path / "sqrt.edgefs"
+    folder = colour_folder(tmp_path / "imgs")
+    assert main(["export", "--pretrained", "efficientnet_lite0", *FAST, "--power", "0.5", "--mean-from", str(folder),
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backbone"]["options"]["power"] == 0.5
+    images = np.stack([cv2.cvtColor(cv2.resize(cv2.imread(str(p)), (SIZE, SIZE)), cv2.COLOR_BGR2RGB)
+                       for p in sorted(folder.rglob("*.png"))])
+    plain = embed_images(build_backbone("efficientnet_lite0", input_size=SIZE), images)
+    session = ort.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    onnx_emb = session.run(None, {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(onnx_emb, (plain + POWER_EPS) ** 0.5, rtol=1e-4, atol=1e-4)
+    center = HeadSpec.load(out / "head").arrays["center"]
+    np.testing.assert_allclose(center, ((plain + POWER_EPS) ** 0.5).mean(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--power", "0"], "--power"),
+    (["--power", "1.5"], "--power"),
+    (["--power", "nan"], "--power"),
+])
+def test_power_out_of_range_is_refused_by_the_parser(flags: list[str], message: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--pretrained", "efficientnet_lite0", *flags, "--out", str(tmp_path / "x.edgefs")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.edgefs").exists()
+
+
+def test_power_is_only_for_pretrained_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["export", str(tmp_path / "best.pt"), "--power", "0.5", "--out", str(tmp_path / "x.edgefs")])
+    assert rc != 0 and "--power is for --pretrained exports" in capsys.readouterr().err

@@ -144,3 +144,29 @@ def test_cli_and_library_refuse_what_no_run_can_use(tmp_path: Path, capsys: pyte
         train_cached(CachedTrainConfig(data=[str(tmp_path)], backbone="conv4"))
     with pytest.raises(ConfigError, match="no training data"):
         train_cached(CachedTrainConfig())
+
+
+def test_power_and_centring_are_trained_saved_and_exported(run, domains: list[str], tmp_path: Path) -> None:
+    from edgefs.export import export_bundle
+    from edgefs.heads import HeadSpec
+    from edgefs.train.cached import DomainFeatures, LiteSplit, domain_features, train_center
+
+    _, config, _ = run
+    centred = CachedTrainConfig(**{**vars(config), "out": str(tmp_path / "centred"), "episodes": 10, "val_every": 5,
+                                   "power": 0.5, "centered": True})
+    train_cached(centred, log=lambda _: None)
+    method, doc = load_checkpoint(tmp_path / "centred" / "best.pt")
+    assert method.centered and method.backbone.power == 0.5
+    assert doc["backbone"]["spec"]["options"]["power"] == 0.5 and doc["method"]["options"]["centered"] is True
+    # the saved centre is the mean embedding of the training domains' clean train images under the tail (the
+    # tail is saved as float16 and the centre was taken with its float32 weights: agreement to ~0.3%)
+    split = LiteSplit(method.backbone, centred.train_from)
+    feats: list[DomainFeatures] = [domain_features(split, d, centred, log=lambda _: None) for d in domains]
+    np.testing.assert_allclose(method.center.numpy(), train_center(split, feats), rtol=1e-2, atol=5e-3)
+    assert float(method.center.norm()) > 0
+    bundle = tmp_path / "centred.edgefs"
+    export_bundle(tmp_path / "centred" / "best.pt", bundle, data=domains[0], parity_images=8, log=lambda _: None)
+    spec = HeadSpec.load(bundle / "head")
+    np.testing.assert_allclose(spec.arrays["center"], method.center.numpy(), rtol=1e-6)
+    with pytest.raises(ConfigError, match="power must be"):
+        train_cached(CachedTrainConfig(**{**vars(centred), "power": 2.0}), overwrite=True, log=lambda _: None)

@@ -15,11 +15,15 @@ seeded lists ``edgefs eval`` uses) through the device's ``PrototypeHead``
 * ``frozen 224 px``: ImageNet weights at the native size, plain cosine;
 * ``frozen 224 px + centring``: the same, minus the mean feature of the other
   domains' train images (SimpleShot CL2N with the training domains as base classes);
-* ``frozen S px``: ImageNet weights at the training input size (what the smaller
-  input costs before any training);
-* ``meta-trained S px``: the held-out model, plain cosine (its training rule);
-* ``meta-trained S px + centring``: the same, minus its mean feature over the
-  training domains' train images.
+* ``frozen 224 px + power P + centring``: the same with the meta-trained model's
+  embedding transform (the pooled feature to the power P, then centred): what the
+  transform gives without any training (only when the config sets ``power``);
+* ``frozen S px``: ImageNet weights at the training input size, plain cosine (what a
+  smaller input costs before any training; only when S is not 224);
+* ``meta-trained S px``: the held-out model with its own head, as it is deployed
+  (centred on the centre it saved when its config sets ``centered``);
+* ``meta-trained S px + centring``: a model trained without ``centered``, minus its
+  mean feature over the training domains' train images (only then).
 
 Prints a markdown table (per domain and the mean over domains, accuracy % with
 the 95% CI) and writes ``OUT/lodo.json`` and ``OUT/lodo.md``. A benchmark, not a test.
@@ -41,6 +45,7 @@ from bench_pretrained import head_scores  # the same device-head scoring as the 
 
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
+from edgefs.backbones.efficientnet_lite import POWER_EPS
 from edgefs.data.episodes import Protocol, cached_episodes
 from edgefs.data.images import open_split
 from edgefs.errors import DataError
@@ -63,11 +68,23 @@ def embed_split(backbone: Any, data: str, split: str) -> np.ndarray:
     return embed_images(backbone, images, batch=64)
 
 
-def train_mean(backbone: Any, domain: str, count: int = 128, seed: int = 1) -> np.ndarray:
+def train_mean(backbone: Any, domain: str, count: int = 128, seed: int = 1,
+               transform: Any = None) -> np.ndarray:
     """float64 ``(D,)`` mean feature of up to ``count`` of ``domain``'s train images (seeded choice)."""
     images = open_split(domain, "train", 3, backbone.spec.input_size).images
     pick = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
-    return embed_images(backbone, images[np.sort(pick)], batch=64).astype(np.float64).mean(0)
+    table = embed_images(backbone, images[np.sort(pick)], batch=64)
+    return (table if transform is None else transform(table)).astype(np.float64).mean(0)
+
+
+def pool_power(table: np.ndarray, power: float) -> np.ndarray:
+    """Plain pooled embeddings -> those of a backbone built with ``power`` (EfficientNetLite.pool)."""
+    return table if power == 1 else ((table.astype(np.float64) + POWER_EPS) ** power).astype(np.float32)
+
+
+def saved_center(method: Any) -> np.ndarray | None:
+    """The centre a centred model saved (its device head subtracts it), else None."""
+    return method.center.detach().numpy().astype(np.float32) if getattr(method, "centered", False) else None
 
 
 def train_holdout(config_path: str, held: str, domains: list[str], runs: Path, budget: float | None,
@@ -113,15 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     frozen224 = build_backbone("efficientnet_lite0").eval()
-    train_size = cfgmod.resolve(CachedTrainConfig, args.config).input_size
-    frozen_small = build_backbone("efficientnet_lite0", input_size=train_size).eval()
+    train_config = cfgmod.resolve(CachedTrainConfig, args.config)
+    train_size, power = train_config.input_size, train_config.power
+    frozen_small = build_backbone("efficientnet_lite0", input_size=train_size).eval() if train_size != 224 else None
     protocols = [Protocol.parse(n, 1) for n in args.protocols.split(",")]
-    rows: dict[str, dict[str, Any]] = {"frozen 224 px": {}, "frozen 224 px + centring": {},
-                                       f"frozen {train_size} px": {}, f"meta-trained {train_size} px": {},
-                                       f"meta-trained {train_size} px + centring": {}}
+    powered = f"frozen 224 px + power {power:g} + centring"
+    names = ["frozen 224 px", "frozen 224 px + centring"]
+    names += [powered] if power != 1 else []
+    names += [f"frozen {train_size} px"] if frozen_small is not None else []
+    names += [f"meta-trained {train_size} px"]
+    names += [f"meta-trained {train_size} px + centring"] if not train_config.centered else []
+    rows: dict[str, dict[str, Any]] = {n: {} for n in names}
     per_episode: dict[str, dict[str, dict[str, list[float]]]] = {r: {} for r in rows}
     skipped: dict[str, list[str]] = {}
     means = {d: train_mean(frozen224, d) for d in domains}
+    # The power transform applied to frozen embeddings exactly as EfficientNetLite.pool applies it.
+    powered_means = {d: train_mean(frozen224, d, transform=lambda t: pool_power(t, power)) for d in domains}
     for d in domains:
         name = Path(d).name
         test = open_split(d, "test", 3, 32)  # episodes depend on names and counts only
@@ -135,17 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         method, _ = load_checkpoint(runs / name / "best.pt")
         trained = method.backbone.eval()
         trained_table = embed_split(trained, d, "test")
-        trained_mean = np.mean([train_mean(trained, o) for o in others], axis=0).astype(np.float32)
+        frozen_table = embed_split(frozen224, d, "test")
+        # The training domains as base classes, equal weight each: the held-out domain is not looked at.
         tables = {
-            "frozen 224 px": (embed_split(frozen224, d, "test"), None),
-            # The training domains as base classes, equal weight each: the held-out domain is not looked at.
-            "frozen 224 px + centring": (None, np.mean([means[o] for o in others], axis=0).astype(np.float32)),
-            f"frozen {train_size} px": (embed_split(frozen_small, d, "test"), None),
-            f"meta-trained {train_size} px": (trained_table, None),
-            f"meta-trained {train_size} px + centring": (trained_table, trained_mean),
+            "frozen 224 px": (frozen_table, None),
+            "frozen 224 px + centring": (frozen_table, np.mean([means[o] for o in others], axis=0).astype(np.float32)),
+            powered: (pool_power(frozen_table, power),
+                      np.mean([powered_means[o] for o in others], axis=0).astype(np.float32)),
+            f"meta-trained {train_size} px": (trained_table, saved_center(method)),
         }
-        tables["frozen 224 px + centring"] = (tables["frozen 224 px"][0], tables["frozen 224 px + centring"][1])
-        for row, (table, center) in tables.items():
+        if frozen_small is not None:
+            tables[f"frozen {train_size} px"] = (embed_split(frozen_small, d, "test"), None)
+        if not train_config.centered:
+            trained_mean = np.mean([train_mean(trained, o) for o in others], axis=0).astype(np.float32)
+            tables[f"meta-trained {train_size} px + centring"] = (trained_table, trained_mean)
+        for row in rows:
+            table, center = tables[row]
             rows[row][name] = {}
             per_episode[row][name] = {}
             for pname, lst in lists.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from edgefs._lazy import require
 from edgefs.backbones import BACKBONES
 from edgefs.backbones.base import Backbone, BackboneSpec
 
+POWER_EPS = 1e-6  # added before the power transform: finite gradients at a zero feature
 MODEL_CODE_INSTALL = "pip install 'edgefs[train]' (or: pip install efficientnet-lite-pytorch==0.1.0)"
 
 
@@ -126,15 +128,29 @@ class EfficientNetLite(Backbone):
             grey channel three times (the normalisation is equal on all channels).
         pretrained: load the ImageNet weights; ``False`` gives a random init (for
             loading a checkpoint, or for tests).
+        power: the embedding is the pooled feature raised to this power, element-wise
+            (``1``: the plain pooled feature). ``0.5`` is the power transform of
+            few-shot classification (Hu, Gripon & Pateux, ICANN 2021, "Leveraging the
+            Feature Distribution in Transfer-based Few-Shot Learning"): the pooled
+            ReLU6 features are non-negative and skewed, and their square root is closer
+            to Gaussian, which cosine prototypes assume. It is part of the network, so
+            it is in the exported graph and every device head sees the same embedding.
     """
 
     variant: LiteVariant
 
-    def __init__(self, input_size: int | None = None, in_channels: int = 3, pretrained: bool = True) -> None:
+    def __init__(self, input_size: int | None = None, in_channels: int = 3, pretrained: bool = True,
+                 power: float = 1.0) -> None:
         v = self.variant
         input_size = v.native_size if input_size is None else int(input_size)
         if input_size < 32:
             raise ValueError(f"{v.name} needs input_size >= 32, got {input_size}")
+        if isinstance(power, bool) or not isinstance(power, int | float) or not 0 < power <= 1:
+            raise ValueError(f"{v.name} power must be a number in (0, 1], got {power!r}")
+        power = float(power)
+        options: dict[str, Any] = {"input_size": input_size, "in_channels": in_channels, "pretrained": pretrained}
+        if power != 1.0:  # absent from older bundles and checkpoints, which mean 1
+            options["power"] = power
         spec = BackboneSpec(
             name=v.name,
             input_size=input_size,
@@ -142,7 +158,7 @@ class EfficientNetLite(Backbone):
             mean=(0.5,) * in_channels,
             std=(0.5,) * in_channels,
             embedding_dim=1280,
-            options={"input_size": input_size, "in_channels": in_channels, "pretrained": pretrained},
+            options=options,
         )
         super().__init__(spec)
         lite = require("efficientnet_lite_pytorch", install=MODEL_CODE_INSTALL, why=f"the {v.name} backbone")
@@ -157,10 +173,19 @@ class EfficientNetLite(Backbone):
             stem.in_channels = 1
         fold_symmetric_padding(net)
         self.net = net
+        self.power = power
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The head conv's output ``(B, 1280, h, w)`` -> the embedding ``(B, 1280)``."""
+        pooled = x.mean(dim=(2, 3))
+        if self.power == 1.0:
+            return pooled
+        # ReLU6 makes the pooled features >= 0; the small offset keeps the gradient finite at 0.
+        return (pooled + POWER_EPS) ** self.power
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float ``(B, in_channels, H, W)`` -> float32 ``(B, 1280)``."""
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        return self.pool(self.net.extract_features(x))
 
 
 @BACKBONES.register("efficientnet_lite0")

@@ -16,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="export a backbone's ImageNet weights with no checkpoint: efficientnet_lite0/1/2")
     p.add_argument("--input-size", type=A.integer(32, 1024),
                    help="with --pretrained: input side in pixels (default: native)")
+    p.add_argument("--power", type=A.real(maximum=1, above=0),
+                   help="with --pretrained: the embedding is the pooled feature to this power; 0.5 (square "
+                   "root) usually scores better with cosine prototypes (default 1: plain)")
     p.add_argument("--head", help="device head: prototype, imprint, matching or finetune "
                    "(default: the checkpoint's; with --pretrained, prototype)")
     p.add_argument("--distance", choices=["cosine", "euclidean"],
@@ -44,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.pretrained is None):
         raise ConfigError("give a checkpoint or --pretrained NAME (one of them)")
+    if args.power is not None and not args.pretrained:
+        raise ConfigError("--power is for --pretrained exports; a checkpoint's backbone keeps the power it was "
+                          "trained with")
     if args.pretrained:
-        export_pretrained(args.pretrained, args.out, input_size=args.input_size, head_type=args.head,
+        export_pretrained(args.pretrained, args.out, input_size=args.input_size, power=args.power, head_type=args.head,
                           distance=args.distance, center=args.center, mean_from=args.mean_from,
                           mean_images=args.mean_images, data=args.data, split=args.split,
                           parity_images=args.parity_images, opset=args.opset, min_cosine=args.min_cosine,

@@ -26,16 +26,29 @@ class ProtoNet(FewShotMethod):
         distance: ``"euclidean"`` (the paper) or ``"cosine"``.
         temperature: initial scale of the cosine logits (learned); ignored for
             Euclidean distance.
+        centered: cosine on centred embeddings (SimpleShot's CL2N): the buffer
+            ``center`` (a mean embedding over the training images, set by the trainer,
+            saved with the weights) is subtracted from shots and queries, and the
+            device head gets it as its ``center`` array.
     """
 
-    def __init__(self, backbone: Backbone, distance: str = "euclidean", temperature: float = 10.0) -> None:
+    def __init__(self, backbone: Backbone, distance: str = "euclidean", temperature: float = 10.0,
+                 centered: bool = False) -> None:
         if distance not in ("euclidean", "cosine"):
             raise ConfigError(f"protonet distance must be 'euclidean' or 'cosine', got {distance!r}")
-        super().__init__(backbone, distance=distance, temperature=temperature)
+        if centered and distance != "cosine":
+            raise ConfigError("protonet centered=True needs distance 'cosine'")
+        options = {"distance": distance, "temperature": temperature}
+        if centered:  # absent from older checkpoints, which mean False
+            options["centered"] = True
+        super().__init__(backbone, **options)
         self.distance = distance
+        self.centered = bool(centered)
         self.log_temperature = nn.Parameter(
             torch.tensor(float(np.log(temperature))), requires_grad=distance == "cosine"
         )
+        if self.centered:
+            self.register_buffer("center", torch.zeros(backbone.spec.embedding_dim))
         self.prototypes: torch.Tensor | None = None
 
     def process_support_set(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
@@ -54,6 +67,8 @@ class ProtoNet(FewShotMethod):
         if self.distance == "euclidean":
             d2 = (queries**2).sum(1, keepdim=True) - 2 * queries @ prototypes.T + (prototypes**2).sum(1)[None]
             return -d2
+        if self.centered:
+            queries, prototypes = queries - self.center, prototypes - self.center
         q = nn.functional.normalize(queries, dim=1)
         p = nn.functional.normalize(prototypes, dim=1)
         return self.log_temperature.exp() * (q @ p.T)
@@ -73,8 +88,12 @@ class ProtoNet(FewShotMethod):
         return float(self.log_temperature.detach().exp()) if self.distance == "cosine" else 1.0
 
     def head_spec(self) -> HeadSpec:
-        return HeadSpec("prototype", {"distance": self.distance, "temperature": self.temperature()})
+        arrays = {"center": self.center.detach().numpy().astype(np.float32)} if self.centered else {}
+        return HeadSpec("prototype", {"distance": self.distance, "temperature": self.temperature()}, arrays)
 
     def score_embeddings(self, support, support_labels, queries, ways):
+        if self.centered:
+            center = self.center.detach().numpy()
+            support, queries = support - center, queries - center
         prototypes = class_means(support, support_labels, ways)
         return prototype_logits(queries, prototypes, self.distance, self.temperature())

