@@ -20,8 +20,11 @@ Two presets (:data:`PRESETS`):
 3. **Run**: a live synthetic camera at ``fps`` shows those classes and
    ``unknown`` classes that were never enrolled; the camera loop classifies it
    in real time for ``seconds``. The summary gives accuracy against the
-   stream's ground truth, FPS and per-stage latency, beside the static accuracy
-   of the same head on the clean images of the same designs.
+   stream's ground truth, FPS and per-stage latency, beside two static
+   references of the same head on the same designs (:func:`static_references`):
+   *camera stills*, frames of the same synthetic camera with the scene still (no
+   motion, no motion blur; the comparison for the stream), and the *clean images
+   on white* (the designs' files as they are).
 
 Everything is written under ``out``: the bundle, ``classes.db``, ``events.jsonl``
 and ``demo.json``.
@@ -44,6 +47,9 @@ from edgefs.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from edgefs.classifier import Classifier, EnrollResult
+
+# Camera stills per shown design of each enrolled class: the still reference's sample size.
+STILLS_PER_DESIGN = 6
 
 DEFAULT_CHECKPOINT = Path("models/protonet-conv4-glyphs28.pt")
 COLOUR_CHECKPOINT = Path("models/protonet-lite0-colour.pt")
@@ -99,6 +105,11 @@ class DemoConfig:
     def enroll_instances(self) -> str | None:
         """The synthetic camera's slice of each class's designs for the shots (None: all)."""
         return f"0:{self.enroll_designs}" if self.enroll_designs else None
+
+    @property
+    def stream_seed(self) -> int:
+        """The live stream's camera seed (the shots use ``seed + 1``): its backgrounds, light and scenes."""
+        return self.seed + 2
 
     @property
     def stream_instances(self) -> str | None:
@@ -215,10 +226,98 @@ def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
     return results
 
 
+@dataclass(frozen=True)
+class StaticReference:
+    """Per-image top-1 of the head on a fixed set of labelled images (no smoothing, closed set).
+
+    Attributes:
+        top1: fraction of images whose top-1 class is the true one, in [0, 1].
+        images: how many images were classified.
+    """
+
+    top1: float
+    images: int
+
+
+def _top1(clf: Classifier, images: list[np.ndarray], truth: list[int]) -> StaticReference:
+    """Top-1 of each of ``images`` (uint8 ``(H, W, 3)`` RGB, any sizes) on its own; ``truth``: class rows."""
+    if not images:
+        raise EdgefsError("no images for a static reference; the enrolled classes show no design")
+    result = clf.classify_frames(images, k=1)
+    return StaticReference(float(np.mean(result.top_idx[:, 0] == np.asarray(truth))), len(images))
+
+
+def clean_images(cfg: DemoConfig, names: list[str],
+                 designs: dict[str, list[Path]]) -> tuple[list[np.ndarray], list[int]]:
+    """The design files the stream shows of each class in ``names``, as they are (drawings on white).
+
+    Returns:
+        ``(images, truth)``: uint8 ``(H, W, 3)`` RGB images, and the index in ``names`` of each.
+    """
+    from edgefs.classifier import read_images
+
+    images, truth = [], []
+    for i, name in enumerate(names):
+        for path in sorted(designs[name])[cfg.enroll_designs :]:  # enroll_designs 0: every design
+            images.append(read_images([path])[0][0])
+            truth.append(i)
+    return images, truth
+
+
+def camera_stills(cfg: DemoConfig, names: list[str], designs: dict[str, list[Path]],
+                  per_design: int = STILLS_PER_DESIGN) -> tuple[list[np.ndarray], list[int]]:
+    """Still frames of the stream's camera: ``per_design`` of each design the stream shows of each class.
+
+    The same synthetic camera as the stream (:func:`camera_options`, the stream's seed, so
+    the same backgrounds and light fields), the same designs, cut to ``cfg.roi``, but with
+    ``still=True``: each frame is one presentation frozen at an instant (pose, light and focus
+    sampled as the stream samples them; no motion, no motion blur; see
+    :class:`edgefs.camera.synthetic.SyntheticConfig`). Presentations are numbered apart for
+    every (class, design) so that each still is a fresh draw; the set is fixed by ``cfg.seed``.
+
+    Returns:
+        ``(frames, truth)``: uint8 ``(h, w, 3)`` RGB region-of-interest crops, and the index
+        in ``names`` of each.
+    """
+    from edgefs.camera.sources import open_source
+    from edgefs.camera.synthetic import SyntheticSource
+
+    frames, truth = [], []
+    start = 0
+    for i, name in enumerate(names):
+        for j in range(cfg.enroll_designs, len(designs[name])):
+            src = open_source("synthetic:" + str(cfg.data), **camera_options(
+                cfg, classes=[name], instances=str(j), hold=1, still=True, seed=cfg.stream_seed))
+            if not isinstance(src, SyntheticSource):  # the synthetic: scheme is registered to it
+                raise EdgefsError(f"synthetic:{cfg.data} opened {type(src).__name__}, not the synthetic camera")
+            for index in range(start, start + per_design):
+                image, label = src.render_with_label(index)
+                if label != name:
+                    raise EdgefsError(f"camera still {index} of {name!r} is labelled {label!r}")
+                frames.append(np.ascontiguousarray(cfg.roi.crop(image)))
+                truth.append(i)
+            start += per_design
+    return frames, truth
+
+
+def static_references(clf: Classifier, cfg: DemoConfig, names: list[str],
+                      designs: dict[str, list[Path]]) -> dict[str, StaticReference]:
+    """The head's per-image top-1 on the designs the stream shows of ``names``, two ways.
+
+    Returns:
+        ``{"stills": ..., "clean": ...}``: camera stills (:func:`camera_stills`, no motion:
+        the stream's reference, what motion and latency cost is the gap to it) and the clean
+        images on white (:func:`clean_images`, which the prototypes enrolled from camera
+        frames were not made for).
+    """
+    return {"stills": _top1(clf, *camera_stills(cfg, names, designs)),
+            "clean": _top1(clf, *clean_images(cfg, names, designs))}
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
-    from edgefs.classifier import Classifier, read_images
+    from edgefs.classifier import Classifier
 
     t_start = time.perf_counter()
     ensure_data(cfg, log)
@@ -236,14 +335,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
                          engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
-        # Static reference: the same head on the clean images of the designs the stream shows.
-        images, truth = [], []
-        for i, name in enumerate(enrolled):
-            for path in sorted(designs[name])[cfg.enroll_designs :]:  # enroll_designs 0: every design
-                images.append(read_images([path])[0][0])
-                truth.append(i)
-        static = clf.classify_frames(images, k=1)
-        static_top1 = float(np.mean(static.top_idx[:, 0] == np.asarray(truth)))
+        refs = static_references(clf, cfg, enrolled, designs)
 
         log(f"[3/3] run: live synthetic camera at {cfg.fps:g} FPS for {cfg.seconds:g} s showing the "
             f"{len(enrolled)} enrolled classes and {len(unknown)} never enrolled ({', '.join(unknown)}); "
@@ -252,7 +344,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
             sources=["synthetic:" + str(cfg.data)], duration_s=cfg.seconds, jsonl=str(cfg.out / "events.jsonl"),
             record=str(cfg.out / "demo.mp4") if cfg.record else None, display=False, roi=cfg.roi,
             source_options=camera_options(cfg, classes=enrolled + unknown, instances=cfg.stream_instances,
-                                           seed=cfg.seed + 2, live=True),
+                                           seed=cfg.stream_seed, live=True),
         )
         summary = Pipeline(clf, run_cfg, log=log).run()
     log(summary.text())
@@ -260,7 +352,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "bundle": str(bundle), "enrolled": enrolled, "unknown": unknown,
         "enroll_ms": {k: float(np.median([t[k] for t in enroll_ms])) for k in enroll_ms[0]},
-        "static_top1": static_top1, "static_images": len(images),
+        "static_top1": refs["clean"].top1, "static_images": refs["clean"].images,
+        "still_top1": refs["stills"].top1, "still_frames": refs["stills"].images,
         "run": summary.to_json(), "wall_s": time.perf_counter() - t_start,
     }
     atomic_write_text(cfg.out / "demo.json", json.dumps(report, indent=2))
@@ -279,7 +372,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
                      f"{100 * summary.accuracy:.1f}%")
     if summary.known_top1 is not None:
         lines.append(f"  enrolled classes, per-frame top-1: {100 * summary.known_top1:.1f}% on the stream vs "
-                     f"{100 * static_top1:.1f}% on {len(images)} clean still images of the same designs")
+                     f"{100 * refs['stills'].top1:.1f}% on {refs['stills'].images} camera stills (no motion) "
+                     f"and {100 * refs['clean'].top1:.1f}% on {refs['clean'].images} clean images on white, "
+                     f"of the same designs")
     if summary.unknown_rejected is not None:
         lines.append(f"  never-enrolled classes called 'unknown': {100 * summary.unknown_rejected:.1f}%")
     lines.append(f"  wrote {cfg.out}/demo.json, events.jsonl, classes.db; total {report['wall_s']:.0f} s")

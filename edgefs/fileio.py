@@ -5,7 +5,9 @@ half. Write to a temporary file in the same folder, flush and fsync it, give it
 the mode a plain ``open(path, "w")`` would (0666 less the umask; a temporary file
 starts at 0600), rename it over the target (atomic on POSIX), then fsync the
 folder so the rename itself is on disk. Used for checkpoints, manifests, episode
-lists, engines, class packs and caches.
+lists, engines, class packs and caches. Whole folders (data sets, unpacked
+packages) are written the same way by :func:`replacing_dir`: into a hidden
+temporary sibling, swapped in only when complete.
 
 Reads of files edgefs did not write itself: :func:`check_regular_file` (a regular
 file, after following links, no bigger than a limit from :mod:`edgefs.limits`)
@@ -20,6 +22,7 @@ import contextlib
 import io
 import math
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -188,3 +191,53 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, a file or a link (a link to a folder: the link, never what it points to)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing_dir(final: Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``final``; on a clean exit it becomes ``final``.
+
+    The folder is a hidden sibling (``.NAME.partial-XXXX``, same file system, so the swap is a
+    rename). On a clean exit an existing ``final`` (folder, file or link) is first renamed aside,
+    the new folder renamed into place, and only then is the old one deleted: ``final`` is the
+    old one, untouched, or the complete new one, never a half-written one (a power cut between
+    the two renames leaves no ``final`` and the old one in the hidden ``...-old`` sibling). On an
+    exception (or Ctrl-C) in the block the temporary folder is removed, ``final`` is left as it
+    was, and the exception propagates. A process killed outright can leave its hidden folder.
+
+    Args:
+        final: the folder to write; its parent is created if missing.
+
+    Yields:
+        The temporary folder to fill.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    aside = tmp.with_name(tmp.name + "-old")  # unique: tmp's name is
+    had_old = final.is_symlink() or final.exists()
+    try:
+        if had_old:
+            os.replace(final, aside)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.lexists(aside):  # moved aside but the new one did not go in: put it back
+            os.replace(aside, final)
+        _remove(tmp)
+        raise
+    if had_old:
+        _remove(aside)
+    fsync_dir(final.parent)

@@ -272,6 +272,34 @@ def test_synthetic_moves_within_a_presentation(classes_dir: Path) -> None:
     assert all(np.array_equal(still[0].image, f.image) for f in still)
 
 
+def test_synthetic_still_holds_each_presentation(classes_dir: Path) -> None:
+    """still=1: a presentation's frames are one scene (only the sensor noise changes); the next one differs."""
+    hold = 8
+    still = read_all(synthetic(classes_dir, frames=2 * hold, hold=hold, difficulty=1.0, noise=0, still=True))
+    moving = read_all(synthetic(classes_dir, frames=2 * hold, hold=hold, difficulty=1.0, noise=0))
+    assert all(np.array_equal(still[0].image, f.image) for f in still[1:hold])
+    assert not np.array_equal(still[0].image, still[hold].image)  # a new presentation: a new still
+    assert [f.label for f in still] == [f.label for f in moving]  # the same presentations
+    assert not np.array_equal(moving[0].image, moving[hold - 1].image)  # the same stream moves
+    # With sensor noise, consecutive stills differ by the noise alone: each is the noiseless still
+    # plus/minus at most a few sigma, and about sigma on average.
+    noisy = read_all(synthetic(classes_dir, frames=hold, hold=hold, difficulty=1.0, noise=4, still=True))
+    diffs = [f.image.astype(int) - still[0].image for f in noisy]
+    assert not np.array_equal(noisy[0].image, noisy[1].image)
+    assert all(np.abs(d).max() <= 6 * 4 and 1.0 < np.abs(d).mean() < 4.0 for d in diffs)
+
+
+def test_synthetic_still_is_the_streams_first_instant(classes_dir: Path) -> None:
+    """Without motion blur (motion=0), a still shows the moving stream's first frame of its presentation:
+    pose, light and focus are sampled where the stream samples them, only held."""
+    options = {"frames": 10, "hold": 10, "difficulty": 1.0, "motion": 0.0, "noise": 0.0}
+    still = read_all(synthetic(classes_dir, still="1", **options))
+    moving = read_all(synthetic(classes_dir, **options))
+    assert np.array_equal(still[0].image, moving[0].image)
+    assert np.array_equal(still[9].image, moving[0].image)
+    assert not np.array_equal(moving[9].image, moving[0].image)  # rotation, scale, light still change
+
+
 def test_synthetic_labels_hold_and_rounds(classes_dir: Path) -> None:
     source = synthetic(classes_dir, frames=60, hold=5)
     frames = read_all(source)
@@ -341,6 +369,12 @@ def test_synthetic_options_are_checked(classes_dir: Path, tmp_path: Path) -> Non
         synthetic(classes_dir, hold=3, gap=3)
     with pytest.raises(SourceError, match="no such folder"):
         open_source(f"synthetic:{tmp_path / 'none'}")
+    with pytest.raises(SourceError, match=r"option still='maybe' .* must be 1/0, true/false or yes/no"):
+        open_source(f"synthetic:{classes_dir}?still=maybe")
+    with pytest.raises(SourceError, match="still must be True or False, got 'yes'"):
+        SyntheticSource(classes_dir, SyntheticConfig(still="yes"))  # type: ignore[arg-type]
+    assert synthetic(classes_dir, still="yes").config.still and not synthetic(classes_dir).config.still
+    assert open_source(f"synthetic:{classes_dir}?still=1&frames=2").config.still  # type: ignore[attr-defined]
     cfg = SyntheticConfig(difficulty=0.5, noise=0.0).resolved()
     assert cfg.noise == 0.0 and cfg.blur == pytest.approx(0.9)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgefs.camera.roi import Roi
@@ -40,3 +41,46 @@ def test_colour_demo_without_its_package_says_what_to_do(tmp_path: Path, monkeyp
     assert not data.exists()
     assert not (data.parent.exists() and any(data.parent.iterdir()))  # no hidden partial folder either
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_reports_both_static_references(glyph_data: Path, trained_bundle: Path, tmp_path: Path) -> None:
+    """A short real demo (trained Conv-4, ONNX Runtime, live synthetic camera): demo.json and the summary
+    give the camera-stills reference beside the clean images, each a top-1 over the designs streamed."""
+    import json
+    import shutil
+
+    from edgefs.demo import STILLS_PER_DESIGN, choose_classes, run_demo
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_bundle, out / "model.edgefs")  # newer than the checkpoint: not exported again
+    cfg = demo_config("glyphs", data=glyph_data, out=out, classes=2, unknown=1, shots=2, enroll_designs=1,
+                      seconds=1.5, fps=10.0, threads=1)
+    lines: list[str] = []
+    report = run_demo(cfg, log=lines.append)
+    assert json.loads((out / "demo.json").read_text()) == json.loads(json.dumps(report))
+    enrolled, _, designs = choose_classes(cfg)
+    shown = sum(len(designs[n]) - cfg.enroll_designs for n in enrolled)
+    assert report["static_images"] == shown
+    assert report["still_frames"] == STILLS_PER_DESIGN * shown
+    for key in ("static_top1", "still_top1"):
+        assert 0.0 <= report[key] <= 1.0
+        # a fraction of the images: a whole number of them right
+        n = report["static_images" if key == "static_top1" else "still_frames"]
+        assert abs(report[key] * n - round(report[key] * n)) < 1e-6
+    text = "\n".join(lines)
+    assert f"on {report['still_frames']} camera stills (no motion)" in text
+    assert f"on {report['static_images']} clean images on white" in text
+
+
+def test_camera_stills_are_fixed_region_crops_of_the_shown_designs(glyph_data: Path) -> None:
+    from edgefs.demo import camera_stills, choose_classes
+
+    cfg = demo_config("glyphs", data=glyph_data, classes=2, unknown=1, enroll_designs=1, roi=Roi(0.5, 0.5, 0.7, 0.6))
+    enrolled, _, designs = choose_classes(cfg)
+    frames, truth = camera_stills(cfg, enrolled, designs, per_design=2)
+    again, _ = camera_stills(cfg, enrolled, designs, per_design=2)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again, strict=True))  # seeded: the same set
+    counts = [2 * (len(designs[n]) - 1) for n in enrolled]
+    assert truth == [i for i, c in enumerate(counts) for _ in range(c)]
+    assert all(f.shape == (144, 224, 3) and f.dtype == np.uint8 for f in frames)  # the ROI of 320x240
+    assert len({f.tobytes() for f in frames}) == len(frames)  # every still a fresh draw of pose and scene

@@ -1,6 +1,6 @@
 """The synthetic camera: classes of any ImageFolder held up in front of a camera, with the true label of each frame.
 
-``synthetic:DIR?classes=a,b&fps=30&seed=0&size=320x240&hold=45&difficulty=0.5``
+``synthetic:DIR?classes=a,b&fps=30&seed=0&size=320x240&hold=45&difficulty=0.5&still=0``
 
 The stream is a sequence of *presentations* of ``hold`` frames: like a person
 holding an object up to a camera for a while, each shows one image of one class,
@@ -34,7 +34,11 @@ Options (in the URI query or as keyword arguments):
   size change), ``rotate`` (degrees), ``perspective`` (tilt), ``blur`` (sigma in
   pixels at 240 lines), ``lighting`` (relative gain change), ``noise`` (sensor
   noise sigma, grey levels), ``clutter`` (background texture, 0-1);
-  ``object_size=0.75`` (card side / the frame's shorter side).
+  ``object_size=0.75`` (card side / the frame's shorter side);
+* a still scene: ``still=1`` (default 0) holds each presentation's card, camera
+  and light where the moving stream would show them at some instant (see
+  :attr:`SyntheticConfig.still`): camera stills, the same scenes without motion
+  or motion blur; only the sensor noise changes from frame to frame.
 
 Rendering costs well under 2 ms per 320x240 frame on one core: backgrounds,
 lighting fields and noise are drawn once at open, each frame is one crop, one
@@ -79,6 +83,19 @@ class SyntheticConfig:
         difficulty: 0 (a still, centred, clean card) to 1 (hard); sets the knobs left None.
         object_size: card side as a fraction of the frame's shorter side.
         motion, scale, rotate, perspective, blur, lighting, noise, clutter: the knobs.
+        still: a still scene. Every frame of a presentation shows it as the moving
+            stream shows it at the presentation's first instant: card pose, hand
+            jitter, camera pan, light gain and focus are frozen there, and there is
+            no motion blur; the sensor noise still changes per frame. Each of those
+            waves starts at a uniformly random phase, so its value at that instant is
+            distributed as the moving stream's value at any frame: the stills sample
+            pose, light (gain and light field) and focus as the stream does, rather
+            than at a neutral setting. A reference on stills therefore differs from
+            the stream only by what motion costs (movement, motion blur), not by an
+            easier light. The knobs keep their meaning (``rotate`` still sets the
+            spread of the card's angle across presentations). Other options and the
+            stream's labels, classes and presentations are the same as with
+            ``still=False``.
     """
 
     size: tuple[int, int] = (320, 240)
@@ -96,6 +113,7 @@ class SyntheticConfig:
     lighting: float | None = None
     noise: float | None = None
     clutter: float | None = None
+    still: bool = False
 
     def resolved(self) -> SyntheticConfig:
         """A copy with every None knob set from ``difficulty``."""
@@ -118,6 +136,8 @@ class SyntheticConfig:
             problems.append(f"difficulty must be in [0, 1], got {self.difficulty}")
         if not 0.05 <= self.object_size <= 1.5:
             problems.append(f"object_size must be in [0.05, 1.5], got {self.object_size}")
+        if not isinstance(self.still, bool):
+            problems.append(f"still must be True or False, got {self.still!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if (f.name in _KNOBS_AT_1 or f.name == "clutter") and value is not None and value < 0:
@@ -260,7 +280,7 @@ class SyntheticSource(Source):
 
     schemes = ("synthetic",)
     uri_forms = ("synthetic:DIR?classes=a,b|n_classes=5&fps=30&seed=0&size=320x240&hold=45&difficulty=0.5"
-                 "&frames=N   a rendered camera with true labels",)
+                 "&still=0&frames=N   a rendered camera with true labels (still=1: camera stills, no motion)",)
 
     def __init__(self, root: str | Path, config: SyntheticConfig | None = None, *,
                  classes: Sequence[str] | None = None, n_classes: int | None = None, split: str | None = None,
@@ -315,6 +335,7 @@ class SyntheticSource(Source):
             gap=options.integer("gap", 0, minimum=0) or 0,
             difficulty=options.number("difficulty", defaults.difficulty, 0.0, 1.0) or 0.0,
             object_size=options.number("object_size", defaults.object_size, 0.05, 1.5) or defaults.object_size,
+            still=bool(options.flag("still", defaults.still)),
             **knobs,
         )
         return cls(Path(target).expanduser(), config, classes=options.names("classes"),
@@ -360,20 +381,23 @@ class SyntheticSource(Source):
         w, h = cfg.size
         number, t = divmod(index, cfg.hold)
         p = self._get_presentation(number)
+        # A still scene is read at the presentation's first instant (SyntheticConfig.still).
+        clock = 0 if cfg.still else t
         m = self._margin
-        ox = min(2 * m, max(0, round(m + _wave(p.pan_x, t))))
-        oy = min(2 * m, max(0, round(m + _wave(p.pan_y, t))))
+        ox = min(2 * m, max(0, round(m + _wave(p.pan_x, clock))))
+        oy = min(2 * m, max(0, round(m + _wave(p.pan_y, clock))))
         frame = self._backgrounds[p.background][oy:oy + h, ox:ox + w].copy()
         shown = t < cfg.hold - cfg.gap
         if shown:
-            self._draw_card(frame, p, t)
-        gain = _wave(p.gain, t)
+            self._draw_card(frame, p, clock)
+        gain = _wave(p.gain, clock)
         cv2.multiply(frame, self._lights[p.light], dst=frame, scale=gain / 128.0)
         unit = min(w, h) / 240.0
-        sigma = max(0.0, _wave(p.focus, t)) * unit
+        sigma = max(0.0, _wave(p.focus, clock)) * unit
         if sigma >= 0.35:
             cv2.GaussianBlur(frame, (0, 0), sigma, dst=frame)
-        self._motion_blur(frame, p, t, shown)
+        if not cfg.still:
+            self._motion_blur(frame, p, t, shown)
         self._add_noise(frame, index)
         return frame, (p.label if shown else None)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefs.errors import DataError
+from edgefs.fileio import replacing_dir
 
 
 class PackageFetchError(DataError):
@@ -238,17 +239,9 @@ def _unpack(target: Path, digest: str, unpack: Callable[[Path], None]) -> None:
     marker = target / ".unpacked"
     if marker.exists() and marker.read_text().strip() == digest:
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with replacing_dir(target) as tmp:
         unpack(tmp)
         (tmp / ".unpacked").write_text(digest + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def deb_licence(root: Path, name: str) -> str:

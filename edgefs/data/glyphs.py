@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import signal
 import time
 import unicodedata
@@ -51,6 +50,7 @@ import numpy as np
 
 from edgefs.data import fonts as F
 from edgefs.errors import DataError
+from edgefs.fileio import replacing_dir
 
 SPLITS = ("train", "val", "test")
 DESC_SIZE = 32  # side of the binary masks used for shape distances
@@ -748,19 +748,14 @@ def _manifest(cfg: GlyphConfig, fonts: list[F.FontInfo], source: str, classes: d
 
 def _write(out: Path, cfg: GlyphConfig, classes: dict, scripts: dict[int, str],
            splits: dict[str, list[str]], manifest: dict) -> None:
-    """Write images and manifest into ``out.tmp``, then move it into place.
+    """Write images and manifest into a temporary folder, then move it into place.
 
-    ``out`` is either the old folder, untouched, or the complete new one: the new one is
-    renamed into place and only then is the old one (moved aside first) deleted. A run
-    stopped while writing (Ctrl-C, an error) removes its ``out.tmp``.
+    ``out`` is either the old folder, untouched, or the complete new one
+    (:func:`edgefs.fileio.replacing_dir`). A run stopped while writing (Ctrl-C, an
+    error) removes its temporary folder.
     """
-    tmp = out.with_name(out.name + ".tmp")
-    old = out.with_name(out.name + ".old")
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
     split_of = {s: split for split, ss in splits.items() for s in ss}
-    try:
+    with replacing_dir(out) as tmp:
         for cp, group in sorted(classes.items()):
             folder = tmp / split_of[scripts[cp]] / scripts[cp] / f"U+{cp:04X}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -768,13 +763,6 @@ def _write(out: Path, cfg: GlyphConfig, classes: dict, scripts: dict[int, str],
                 if not cv2.imwrite(str(folder / f"{n}.png"), 255 - r.ink):
                     raise DataError(f"cannot write {folder / f'{n}.png'}; check the disk has room")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=_plain) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _plain(obj: object) -> object:

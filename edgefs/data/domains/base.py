@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +25,7 @@ import numpy as np
 
 from edgefs.data import debian
 from edgefs.errors import DataError
-from edgefs.fileio import atomic_write_text
+from edgefs.fileio import atomic_write_text, replacing_dir
 from edgefs.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -147,18 +144,10 @@ def build_domain(name: str, out: Path, *, seed: int = 0, cache: Path | None = No
     for it in kept:
         by_class.setdefault(it.cls, []).append(it)
     splits = split_classes(list(by_class), domain.split_fractions, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with replacing_dir(out) as tmp:
         _write_images(tmp, splits, by_class)
         manifest = _manifest(domain, packages, splits, by_class, seed, stats, removed, time.time() - t0)
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log(f"{name}: wrote {out} in {time.time() - t0:.0f} s: " + ", ".join(
         f"{s} {manifest['splits'][s]['classes']} classes/{manifest['splits'][s]['images']} images" for s in SPLITS))
     return manifest
