@@ -21,6 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=A.real(0), dest="time_budget_min",
                    help="stop after this many minutes (the LR schedule anneals to fit; 0: no budget)")
     p.add_argument("--lr", type=A.real(above=0, maximum=10), help="peak learning rate (Adam)")
+    p.add_argument("--power", type=A.real(maximum=1, above=0),
+                   help="embedding = pooled feature to this power (0.5: square root; default 1)")
+    p.add_argument("--centered", action=argparse.BooleanOptionalAction, default=None,
+                   help="cosine on centred embeddings, the centre saved with the model (default off)")
+    p.add_argument("--wise-alpha", type=A.real(0, 1), dest="wise_alpha",
+                   help="best.pt = (1 - a) x ImageNet tail + a x best tail (default 1: as trained)")
     p.add_argument("--seed", type=A.integer(0), help="default 0")
     p.add_argument("--threads", type=A.integer(1), help="PyTorch CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run")
