@@ -50,9 +50,10 @@ from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
 from edgefs.fileio import atomic_write_text
 from edgefs.quality import sharpness
-from edgefs.store.validate import check_name
+from edgefs.store.validate import REJECT_LABEL, check_name
 
-UNKNOWN = "unknown"
+# The label of a rejected frame: the name the store refuses for a class, so it never means one.
+UNKNOWN = REJECT_LABEL
 # Per frame: capture (the source's grab/decode/render, on its thread) and total (capture to the
 # head's result). Per batch: wait (for frames), preprocess, embed, head, post (smoothing, events, JSONL).
 STAGES = ("capture", "wait", "preprocess", "embed", "head", "post", "total")
