@@ -62,6 +62,7 @@ def open_accuracy(best: np.ndarray, right: np.ndarray, known: np.ndarray, thresh
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", nargs="+", default=[f"colour={COLOUR_CHECKPOINT}"], help="NAME=CHECKPOINT")
+    p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the demo's)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--frames", type=int, default=450)
     p.add_argument("--every", type=int, default=3)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    cfg = demo_config("colour")
+    cfg = demo_config("colour", **({} if args.shots is None else {"shots": args.shots}))
     ensure_data(cfg, lambda _: None)
     enrolled, unknown, _ = choose_classes(cfg)
     images, truth = stream(cfg, enrolled + unknown, args.seeds, args.frames, args.every)
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                      "oracle_threshold": float(oracle), "oracle_open_accuracy": open_accuracy(best, right, known,
                                                                                                float(oracle))})
         print(rows[-1], flush=True)
-    lines = [f"Colour demo camera (units test split: {', '.join(enrolled)} enrolled; {', '.join(unknown)} never "
-             f"enrolled), {len(images)} offline frames ({int(known.sum())} of enrolled classes), per frame, no "
-             "smoothing, ONNX Runtime FP32, device head.", "",
+    lines = [f"Colour demo camera (units test split: {', '.join(enrolled)} enrolled from {cfg.shots} shots each; "
+             f"{', '.join(unknown)} never enrolled), {len(images)} offline frames ({int(known.sum())} of enrolled "
+             "classes), per frame, no smoothing, ONNX Runtime FP32, device head.", "",
              "| model | input | closed-set top-1 | auto threshold | enrolled called unknown | never-enrolled called "
              "unknown | open-set accuracy (auto) | best fixed threshold | open-set accuracy (best, oracle) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r['known_rejected']:.1f} | {100 * r['unknown_rejected']:.1f} | "
                      f"{100 * r['open_accuracy']:.1f} | {r['oracle_threshold']:.3f} | "
                      f"{100 * r['oracle_open_accuracy']:.1f} |")
-    (out / "openset.json").write_text(json.dumps({"enrolled": enrolled, "unknown": unknown, "rows": rows}, indent=2))
+    (out / "openset.json").write_text(json.dumps({"enrolled": enrolled, "unknown": unknown, "shots": cfg.shots,
+                                                  "rows": rows}, indent=2))
     (out / "openset.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -142,7 +142,8 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     backend, _, precision = engine.partition(":")
     if precision == "int8":
         bundle = int8_bundle(bundle, args)
-    cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi)
+    cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi,
+                      **({} if args.shots is None else {"shots": args.shots}))
     enrolled, unknown, designs = choose_classes(cfg)
     store = out / f"{backbone}-{backend}-{precision}-{cfg.roi.to_text()}.db"
     for suffix in ("", "-wal", "-shm"):
@@ -162,7 +163,7 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     return {"backbone": backbone, "engine": clf.engine.describe() if clf.engine else engine,
             "backend": backend, "precision": clf.engine.precision if clf.engine else precision,
             "weights": weights, "input": clf.bundle.manifest.input_size, "roi": cfg.roi.to_text(),
-            "object_size": cfg.object_size, "same_designs": cfg.enroll_designs == 0,
+            "object_size": cfg.object_size, "same_designs": cfg.enroll_designs == 0, "shots": cfg.shots,
             "enroll_ms_median": float(np.median([r.timings_ms["total"] for r in enroll])),
             "static_top1": refs["clean"].top1, "static_images": refs["clean"].images,
             "still_top1": refs["stills"].top1, "still_frames": refs["stills"].images,
@@ -179,7 +180,7 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {platform.platform()}; engines on the CPU, "
         f"{args.threads or loop_threads()} engine thread(s). Synthetic camera at 320x240 (difficulty 0.3), "
-        f"preset {args.preset} ({args.data}). "
+        f"preset {args.preset} ({args.data}), {rows[0].get('shots', '?') if rows else '?'} shots per enrolled class. "
         f"Same run for every row; load average before / after: {args.load_before} / {args.load_after}.",
         "",
         "| backbone | engine | weights | input | roi | file x1: FPS | compute p50 / p99 ms "
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roi", default=None, help="regions of interest to compare, ';'-separated "
                    "(default: the preset's), e.g. 'full;0.7'")
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
+    p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the preset's)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
     p.add_argument("--batch-wait", type=float, default=0.0, help="edgefs run --batch-wait for live x4 (ms)")
     p.add_argument("--seed", type=int, default=0)
