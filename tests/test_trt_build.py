@@ -40,6 +40,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "efficientnet_lite2": {"input_size": 64, "pretrained": False},
 }
 NATIVE: dict[str, dict[str, Any]] = {"efficientnet_lite0": {"pretrained": False}}  # 224 px, 1280-d
+# The colour model's square-root embedding (a Pow node after the pooling), as the parser sees it.
+POWER: dict[str, dict[str, Any]] = {"efficientnet_lite0": {"input_size": 64, "pretrained": False, "power": 0.5}}
+VARIANTS = {"small": SMALL, "native": NATIVE, "power": POWER}
 
 
 def quiet(_: str) -> None:
@@ -74,13 +77,14 @@ def build(bundle: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tupl
 @pytest.mark.parametrize(
     ("name", "size"),
     [(n, "small") for n in BACKBONES.names()]
-    + [pytest.param(n, "native", marks=pytest.mark.slow) for n in BACKBONES.names() if n in NATIVE],
+    + [pytest.param(n, "native", marks=pytest.mark.slow) for n in BACKBONES.names() if n in NATIVE]
+    + [(n, "power") for n in POWER],
 )
 def test_every_backbone_builds_with_the_rtx_builder(name: str, size: str, glyph_data: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str], rtx: Any) -> None:
     from edgefs.runtime.trt_flavour import FLAVOURS
 
-    options = (SMALL if size == "small" else NATIVE)[name]
+    options = VARIANTS[size][name]
     bundle_path = export(name, options, glyph_data, tmp_path)
     bundle = read_bundle(bundle_path)
     targets = FLAVOURS.get("rtx").all_targets(rtx)
