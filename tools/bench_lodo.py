@@ -68,13 +68,16 @@ def embed_split(backbone: Any, data: str, split: str) -> np.ndarray:
     return embed_images(backbone, images, batch=64)
 
 
-def train_mean(backbone: Any, domain: str, count: int = 128, seed: int = 1,
-               transform: Any = None) -> np.ndarray:
-    """float64 ``(D,)`` mean feature of up to ``count`` of ``domain``'s train images (seeded choice)."""
+def train_table(backbone: Any, domain: str, count: int = 128, seed: int = 1) -> np.ndarray:
+    """float32 ``(n, D)`` embeddings of up to ``count`` of ``domain``'s train images (seeded choice)."""
     images = open_split(domain, "train", 3, backbone.spec.input_size).images
     pick = np.random.default_rng(seed).choice(len(images), min(count, len(images)), replace=False)
-    table = embed_images(backbone, images[np.sort(pick)], batch=64)
-    return (table if transform is None else transform(table)).astype(np.float64).mean(0)
+    return embed_images(backbone, images[np.sort(pick)], batch=64)
+
+
+def train_mean(backbone: Any, domain: str, count: int = 128, seed: int = 1) -> np.ndarray:
+    """float64 ``(D,)`` mean feature of up to ``count`` of ``domain``'s train images (seeded choice)."""
+    return train_table(backbone, domain, count, seed).astype(np.float64).mean(0)
 
 
 def pool_power(table: np.ndarray, power: float) -> np.ndarray:
@@ -143,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {n: {} for n in names}
     per_episode: dict[str, dict[str, dict[str, list[float]]]] = {r: {} for r in rows}
     skipped: dict[str, list[str]] = {}
-    means = {d: train_mean(frozen224, d) for d in domains}
-    # The power transform applied to frozen embeddings exactly as EfficientNetLite.pool applies it.
-    powered_means = {d: train_mean(frozen224, d, transform=lambda t: pool_power(t, power)) for d in domains}
+    # Each domain's train images embedded once; the power transform applied to them exactly as
+    # EfficientNetLite.pool applies it.
+    base_tables = {d: train_table(frozen224, d) for d in domains}
+    means = {d: t.astype(np.float64).mean(0) for d, t in base_tables.items()}
+    powered_means = {d: pool_power(t, power).astype(np.float64).mean(0) for d, t in base_tables.items()}
     for d in domains:
         name = Path(d).name
         test = open_split(d, "test", 3, 32)  # episodes depend on names and counts only

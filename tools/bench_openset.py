@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="reports/openset-colour", help="the report folder")
     p.add_argument("--work", default="runs/openset", help="bundles and class stores")
     args = p.parse_args(argv)
+    bad = [c for c in args.checkpoints if not all(c.partition("=")[::2]) or not Path(c.partition("=")[2]).is_file()]
+    if bad:
+        p.error(f"--checkpoints takes NAME=CHECKPOINT with an existing file, got {', '.join(map(repr, bad))}")
+    if args.shots is not None and args.shots < 1:
+        p.error(f"--shots must be at least 1, got {args.shots}")
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

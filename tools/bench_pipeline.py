@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/bench_pipeline"))
     p.add_argument("--report", type=Path, default=Path("reports/pipeline"))
     args = p.parse_args(argv)
+    if args.shots is not None and args.shots < 1:
+        p.error(f"--shots must be at least 1, got {args.shots}")
     preset = demo_config(args.preset)
     args.data = args.data or preset.data
     if args.preset == "colour":

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_lodo import pool_power, saved_center, train_mean
+from bench_lodo import pool_power, saved_center, train_table
 
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
@@ -63,8 +63,11 @@ def accuracy(table: np.ndarray, eps: list[tuple[Any, ...]], center: np.ndarray |
 
 def mixed_tables(run: Path, domain: str, alphas: list[float], images: np.ndarray) -> dict[float, np.ndarray]:
     """Centred val embeddings of the held-out model at each alpha."""
-    method, _ = load_checkpoint(run / "best.pt")
+    method, doc = load_checkpoint(run / "best.pt")
     config = cfgmod.resolve(CachedTrainConfig, run / "config.yaml")
+    if doc.get("wise_alpha") is not None and alphas != [1.0]:
+        raise SystemExit(f"{run}/best.pt is already a weight-space ensemble (wise_alpha {doc['wise_alpha']:g}); "
+                         "score it with --alphas 1, or train with wise_alpha: 1 to sweep alpha")
     backbone = method.backbone.eval()
     trained = {k: v.clone() for k, v in backbone.state_dict().items()}
     imagenet = build_backbone(config.backbone, input_size=config.input_size, power=config.power).state_dict()
@@ -94,11 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="reports/lodo/choices")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    bad = [r for r in args.runs if "=" not in r or not r.split("=", 1)[0] or not r.split("=", 1)[1]]
+    if bad:
+        p.error(f"--runs takes NAME=DIR (e.g. 'lr 1e-4=runs/lodo'), got {', '.join(map(repr, bad))}")
     runs = dict(r.split("=", 1) for r in args.runs)
-    alphas = [float(a) for a in args.alphas.split(",")]
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+    except ValueError:
+        p.error(f"--alphas takes numbers in [0, 1] separated by commas, got {args.alphas!r}")
+    if not all(0 <= a <= 1 for a in alphas):
+        p.error(f"--alphas must lie in [0, 1], got {args.alphas!r}")
     root = Path(args.domains)
     domains = sorted(str(d) for d in root.iterdir() if (d / "train").is_dir() and (d / "val").is_dir())
     frozen = build_backbone("efficientnet_lite0").eval()
+    # Each domain's train images embedded once, power-transformed as EfficientNetLite.pool does it.
+    powered = {d: pool_power(train_table(frozen, d), args.power).astype(np.float64).mean(0) for d in domains}
     rows: dict[str, dict[str, float]] = {}
     for d in domains:
         name = Path(d).name
@@ -106,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         eps = episodes(val.labels, args.episodes, args.seed)
         table = embed_images(frozen, val.images, batch=64)
         others = [o for o in domains if o != d]
-        powered_mean = np.mean([train_mean(frozen, o, transform=lambda t: pool_power(t, args.power))
-                                for o in others], axis=0)
+        powered_mean = np.mean([powered[o] for o in others], axis=0)
         rows.setdefault("frozen 224 px", {})[name] = accuracy(table, eps)
         rows.setdefault(f"frozen 224 px + power {args.power:g} + centring", {})[name] = accuracy(
             pool_power(table, args.power), eps, powered_mean)
