@@ -1,0 +1,43 @@
+"""tools/bench_openset.py's presentation-level bound: what perfect smoothing plus the best threshold gives."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_openset", Path(__file__).parents[1] / "tools/bench_openset.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mean_similarity_decides_a_presentation_whose_frames_disagree(tool: ModuleType) -> None:
+    # Presentation 0 shows class 0: one frame leans to class 1, but the mean picks class 0.
+    # Presentation 1 shows a never-enrolled object, below every known presentation's mean.
+    sims = np.array([[0.9, 0.5], [0.4, 0.6], [0.3, 0.35], [0.35, 0.3]])
+    truth = np.array([0, 0, -1, -1])
+    shown = np.array([7, 7, 9, 9])
+    assert tool.presentation_oracle(sims, truth, shown) == 1.0
+
+
+def test_presentations_are_weighted_by_their_frames(tool: ModuleType) -> None:
+    # The unknown presentation's mean (0.8) beats the known one's (0.7): no threshold gets both.
+    # Accepting everything gets the known presentation's 3 frames of 4 right; rejecting
+    # everything gets the unknown presentation's 1 frame: the bound is 3/4.
+    sims = np.array([[0.7, 0.1]] * 3 + [[0.8, 0.2]])
+    truth = np.array([0, 0, 0, -1])
+    shown = np.array([1, 1, 1, 2])
+    assert tool.presentation_oracle(sims, truth, shown) == pytest.approx(0.75)
+
+
+def test_a_wrong_class_cannot_be_fixed_by_any_threshold(tool: ModuleType) -> None:
+    sims = np.array([[0.2, 0.9], [0.3, 0.8]])  # shows class 0, looks like class 1
+    assert tool.presentation_oracle(sims, np.array([0, 0]), np.array([0, 0])) == 0.0
