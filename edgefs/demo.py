@@ -369,7 +369,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     ]
     if summary.accuracy is not None:
         lines.append(f"  accuracy against ground truth (smoothed, unknowns must be rejected): "
-                     f"{100 * summary.accuracy:.1f}%")
+                     f"{100 * summary.accuracy:.1f}%" + ("" if summary.raw_accuracy is None else
+                                                        f" ({100 * summary.raw_accuracy:.1f}% per frame before "
+                                                        "smoothing)"))
     if summary.known_top1 is not None:
         lines.append(f"  enrolled classes, per-frame top-1: {100 * summary.known_top1:.1f}% on the stream vs "
                      f"{100 * refs['stills'].top1:.1f}% on {refs['stills'].images} camera stills (no motion) "

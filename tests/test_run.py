@@ -55,6 +55,24 @@ def test_smoother_votes_and_holds() -> None:
         LabelSmoother(window=0)
 
 
+def test_smoother_starts_afresh_at_a_scene_cut_but_not_on_a_slow_change() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=64), rng.normal(size=64)
+    frames = [("a", a + 0.02 * rng.normal(size=64)) for _ in range(20)] + \
+             [("b", b + 0.02 * rng.normal(size=64)) for _ in range(3)]
+    plain, cutting = LabelSmoother(5, 0.2, cut_ratio=None), LabelSmoother(5, 0.2)
+    shown = [(plain.update(lab, 0.9, e)[0], cutting.update(lab, 0.9, e)[0]) for lab, e in frames]
+    assert shown[20] == ("a", "b")  # the plain vote lags the new object; the cut shows it at once
+    assert shown[22] == ("b", "b") and cutting.cuts == 1 and plain.cuts == 0
+    # An object brought in slowly (the embedding turning from a to b over 60 frames) is no cut.
+    slow = LabelSmoother(5, 0.2)
+    for t in np.linspace(0, 1, 60):
+        slow.update("a" if t < 0.5 else "b", 0.9, (1 - t) * a + t * b + 0.02 * rng.normal(size=64))
+    assert slow.cuts == 0 and slow.current == "b"
+    with pytest.raises(EdgefsError, match="scene-cut ratio"):
+        LabelSmoother(cut_ratio=1.0)
+
+
 def test_stage_times_keep_a_bounded_window() -> None:
     times = StageTimes(window=3)
     for ms in (100.0, 100.0, 1.0, 2.0, 3.0):
@@ -94,6 +112,29 @@ def test_run_over_video_file_ends_cleanly_with_summary(trained_bundle: Path, gly
     assert summary["frames"] == 60 and summary["dropped"] == 0
     recorded = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     assert int(recorded.get(cv2.CAP_PROP_FRAME_COUNT)) == 60  # the annotated stream, every frame
+
+
+def test_summary_scores_the_smoothed_and_the_raw_label_of_every_labelled_frame(
+        trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    """Both accuracies agree with the per-frame events: 3 enrolled classes and 1 never enrolled,
+    whose frames count as right only when called unknown."""
+    names = classes_of(glyph_data, 4)
+    events = tmp_path / "events.jsonl"
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, names[:3])
+        config = RunConfig(sources=[synthetic(glyph_data, classes=",".join(names), frames=120, hold=15)],
+                           jsonl=str(events), smooth=9)
+        pipeline = Pipeline(clf, config, log=lambda _: None)
+        pipeline.smoothers = [LabelSmoother(9, 0.2, cut_ratio=None)]  # a plain vote, lagging at each new object
+        summary = pipeline.run()
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    expected = [e["truth"] if e["truth"] in names[:3] else UNKNOWN for e in rows]
+    smoothed = np.mean([e["label"] == x for e, x in zip(rows, expected, strict=True)])
+    raw = np.mean([e["raw_label"] == x for e, x in zip(rows, expected, strict=True)])
+    assert summary.accuracy_frames == len(rows) == 120
+    assert summary.accuracy == pytest.approx(smoothed) and summary.raw_accuracy == pytest.approx(raw)
+    assert any(e["label"] != e["raw_label"] for e in rows)  # a 9-frame window does change some labels
+    assert "per frame before smoothing" in summary.text()
 
 
 def test_source_that_fails_mid_stream_comes_back(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:

@@ -185,9 +185,9 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "",
         "| backbone | engine | weights | input | roi | file x1: FPS | compute p50 / p99 ms "
         "| live x4: FPS (4 x 30 offered) | capture-to-result p50 / p99 ms | oldest frame ms | dropped "
-        "| accuracy (smoothed) | stream top-1 "
+        "| accuracy (smoothed) | accuracy (per frame) | stream top-1 "
         "| camera stills (no motion) top-1 | clean images on white top-1 | unknown rejected | enroll ms |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f, lv = r["file_x1"], r["live_x4"]
@@ -197,6 +197,7 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
             f"| {r['input'][0]} px | {r.get('roi', 'full')} | {f['fps']:.0f} | "
             f"{f['compute_ms']['p50']:.2f} / {f['compute_ms']['p99']:.2f} | {lv['fps']:.1f} | "
             f"{t['p50']:.1f} / {t['p99']:.1f} | {lv['max_age_ms']:.1f} | {lv['dropped']} | {pct(lv['accuracy'])} | "
+            f"{pct(lv.get('raw_accuracy'))} | "
             f"{pct(lv['known_top1'])} | {pct(r['still_top1'])} | {pct(r['static_top1'])} | "
             f"{pct(lv['unknown_rejected'])} | "
             f"{r['enroll_ms_median']:.1f} |")
@@ -206,7 +207,8 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "live x4: four synthetic cameras paced at 30 FPS each, one batch per loop over their latest frames; "
         "latency is from capture (the frame's timestamp) to the head's result; the oldest frame is its age when "
         "processing starts. Accuracy: smoothed label against ground truth over 5 enrolled + 2 never-enrolled "
-        "classes (the latter must be 'unknown'); stream top-1: per-frame closed-set top-1 on enrolled-class "
+        "classes (the latter must be 'unknown'), and the same for the label of each frame before smoothing; "
+        "stream top-1: per-frame closed-set top-1 on enrolled-class "
         "frames; camera stills: the same head, per frame, on still frames of the same synthetic camera "
         "(same designs, backgrounds, light and region of interest; no motion, no motion blur), the stream's "
         "reference; clean images on white: the same head on the designs' image files. Accuracy figures mean "

@@ -117,23 +117,62 @@ class RunConfig:
 
 
 class LabelSmoother:
-    """Confidence-weighted vote over a source's recent labels, with hysteresis.
+    """Confidence-weighted vote over a source's recent labels, with hysteresis, that starts
+    afresh when the scene cuts.
+
+    A vote lags a change of object by a few frames, and a camera that cuts from one object
+    to the next (a switcher, a pan, an object swapped in quickly) would show the old label
+    over the new object for those frames. So when a frame's embedding is given, the
+    smoother watches how far each frame's embedding moves from the previous one (cosine
+    distance): a step more than ``cut_ratio`` times the median of the last
+    ``CUT_HISTORY`` steps is a cut, and the window is cleared before the frame is added.
+    Frame-to-frame steps within a scene are small and alike (sensor noise, motion), a cut
+    is an order of magnitude larger; an object brought in slowly does not trigger it and
+    is voted in as before.
 
     Args:
         window: frames remembered.
         margin: the shown label switches only when another label's share of the
             weight beats the shown one's by at least this (0..1).
+        cut_ratio: a step this many times the recent median is a cut; None: never cut.
     """
 
-    def __init__(self, window: int = 5, margin: float = 0.2) -> None:
+    CUT_HISTORY = 30  # steps in the running median
+    CUT_WARMUP = 10  # steps seen before any cut is called
+
+    def __init__(self, window: int = 5, margin: float = 0.2, cut_ratio: float | None = 8.0) -> None:
         if window < 1 or not 0.0 <= margin < 1.0:
             raise EdgefsError(f"smoothing needs window >= 1 and 0 <= margin < 1, got {window} and {margin}")
+        if cut_ratio is not None and not cut_ratio > 1.0:
+            raise EdgefsError(f"the scene-cut ratio must be above 1, got {cut_ratio}")
         self.recent: deque[tuple[str, float]] = deque(maxlen=window)
         self.margin = margin
         self.current: str | None = None
+        self.cut_ratio = cut_ratio
+        self.steps: deque[float] = deque(maxlen=self.CUT_HISTORY)
+        self.previous: np.ndarray | None = None  # the last frame's unit embedding
+        self.cuts = 0
 
-    def update(self, label: str, confidence: float) -> tuple[str, float]:
-        """Add a frame's label; return the shown label and its share of the window."""
+    def _is_cut(self, embedding: np.ndarray) -> bool:
+        v = np.asarray(embedding, np.float32).ravel()
+        v = v / max(float(np.linalg.norm(v)), 1e-12)
+        step = None if self.previous is None or self.previous.shape != v.shape else \
+            max(0.0, 1.0 - float(self.previous @ v))
+        self.previous = v
+        if step is None:
+            return False
+        cut = len(self.steps) >= self.CUT_WARMUP and step > self.cut_ratio * max(float(np.median(self.steps)), 1e-6)
+        self.steps.append(step)
+        return cut
+
+    def update(self, label: str, confidence: float, embedding: np.ndarray | None = None) -> tuple[str, float]:
+        """Add a frame's label (and its embedding, to notice cuts); return the shown label and
+        its share of the window."""
+        if embedding is not None and self.cut_ratio is not None and self.recent.maxlen != 1 \
+                and self._is_cut(embedding):
+            self.recent.clear()
+            self.current = None
+            self.cuts += 1
         self.recent.append((label, max(float(confidence), 1e-6)))
         weight: Counter[str] = Counter()
         for lab, c in self.recent:
@@ -149,6 +188,8 @@ class LabelSmoother:
     def reset(self) -> None:
         self.recent.clear()
         self.current = None
+        self.steps.clear()
+        self.previous = None
 
 
 class StageTimes:
@@ -253,6 +294,7 @@ class RunSummary:
     stopped_by: str
     batches: int = 0
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    raw_accuracy: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -262,7 +304,9 @@ class RunSummary:
                  f"dropped {self.dropped} stale frames; {self.reconnects} reconnects; stopped by {self.stopped_by}"]
         if self.accuracy is not None:
             lines.append(f"accuracy against ground truth: {100 * self.accuracy:.2f}% of {self.accuracy_frames} "
-                         "labelled frames (smoothed label; frames of classes not enrolled must be 'unknown')")
+                         "labelled frames (smoothed label; frames of classes not enrolled must be 'unknown')"
+                         + ("" if self.raw_accuracy is None else
+                            f"; {100 * self.raw_accuracy:.2f}% per frame before smoothing"))
         if self.known_top1 is not None:
             lines.append(f"enrolled classes, closed-set top-1 per frame: {100 * self.known_top1:.2f}% "
                          f"of {self.known_frames} frames")
@@ -403,6 +447,7 @@ class Pipeline:
         self.events_out: IO[str] | None = None
         self.writer: cv2.VideoWriter | None = None
         self.correct = 0
+        self.raw_correct = 0  # the same count for the label before smoothing
         self.labelled = 0
         self.known_correct = 0
         self.known = 0
@@ -727,11 +772,13 @@ class Pipeline:
                 best_sim = best_sims[j]
             else:
                 raw, conf, top, best_sim = UNKNOWN, 0.0, [], -1.0
-            label, share = self.smoothers[i].update(raw, conf)
+            label, share = self.smoothers[i].update(raw, conf, emb[j])
             if frame.label is not None and result is not None:
                 self.labelled += 1
                 enrolled = frame.label in head.classes
-                self.correct += int(label == (frame.label if enrolled else UNKNOWN))
+                expected = frame.label if enrolled else UNKNOWN
+                self.correct += int(label == expected)
+                self.raw_correct += int(raw == expected)
                 if enrolled:
                     self.known += 1
                     self.known_correct += int(head.classes[top_idx[j][0]] == frame.label)
@@ -875,6 +922,7 @@ class Pipeline:
             unknown_frames=self.unknown,
             enrolled=list(self.enrolled), per_source=per_source, stopped_by=self.stopped_by,
             batches=self.batches, cpu_ms_per_frame=self.cpu_per_frame(),
+            raw_accuracy=self.raw_correct / self.labelled if self.labelled else None,
         )
 
     def cpu_per_frame(self) -> dict[str, float]:
