@@ -137,6 +137,21 @@ def test_summary_scores_the_smoothed_and_the_raw_label_of_every_labelled_frame(
     assert "per frame before smoothing" in summary.text()
 
 
+def test_each_source_notices_its_own_scene_cuts(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    """Two cameras in one batch are not a cut; each camera's change of object is one."""
+    names = classes_of(glyph_data, 3)
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        enroll_from_camera(clf, glyph_data, names)
+        sources = [synthetic(glyph_data, classes=",".join(names[:2]), frames=90, hold=30, seed=1),
+                   synthetic(glyph_data, classes=names[2], frames=90, hold=90, seed=2)]
+        pipeline = Pipeline(clf, RunConfig(sources=sources, smooth=5), log=lambda _: None)
+        summary = pipeline.run()
+    assert summary.frames == 180
+    changes = [s.cuts for s in pipeline.smoothers]
+    assert changes[1] == 0  # one object held for the whole stream
+    assert changes[0] == 2  # two changes of object (at frames 30 and 60)
+
+
 def test_source_that_fails_mid_stream_comes_back(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
     uri = "flaky:fail_after=15,fail_opens=2:" + synthetic(glyph_data, n_classes=2, frames=40)
     with open_clf(trained_bundle, tmp_path / "s.db") as clf:
