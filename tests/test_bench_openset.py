@@ -41,3 +41,19 @@ def test_presentations_are_weighted_by_their_frames(tool: ModuleType) -> None:
 def test_a_wrong_class_cannot_be_fixed_by_any_threshold(tool: ModuleType) -> None:
     sims = np.array([[0.2, 0.9], [0.3, 0.8]])  # shows class 0, looks like class 1
     assert tool.presentation_oracle(sims, np.array([0, 0]), np.array([0, 0])) == 0.0
+
+
+def test_margin_score_adds_the_lead_over_the_second_best(tool: ModuleType) -> None:
+    sims = np.array([[0.9, 0.5, 0.1], [0.6, 0.59, 0.0]])
+    assert tool.margin_scores(sims) == pytest.approx([1.3, 0.61])
+
+
+def test_leave_one_out_margin_scores_rebuild_the_own_prototype_without_the_shot(tool: ModuleType) -> None:
+    # Class 0: two shots at 0 and 90 degrees; class 1: one shot at 180. Leaving shot 0 out, its
+    # own prototype is the other shot (cosine 0) and class 1's is at -1: score 2 * 0 - (-1) = 1.
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    scores = tool.loo_margin_scores(x, np.array([0, 0, 1]), normalize=True)
+    assert scores.shape == (2,)  # the 1-shot class gives no known score
+    assert scores[0] == pytest.approx(1.0)
+    # Shot 1 left out: own prototype = shot 0 (cosine 0), class 1 (cosine 0): a tie, 2 * 0 - 0.
+    assert scores[1] == pytest.approx(0.0)
