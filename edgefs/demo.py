@@ -204,23 +204,30 @@ def camera_options(cfg: DemoConfig, **extra: Any) -> dict[str, Any]:
     return {"difficulty": cfg.difficulty, "object_size": cfg.object_size, "fps": cfg.fps, **cfg.camera, **extra}
 
 
+def camera_shots(cfg: DemoConfig, name: str) -> tuple[list[np.ndarray], str]:
+    """The ``cfg.shots`` synthetic-camera frames the demo enrolls ``name`` from (its first
+    ``cfg.enroll_designs`` designs, one shot per presentation), cut to ``cfg.roi``, and the source's name."""
+    from edgefs.camera.sources import open_source
+
+    hold = 6  # one shot per presentation: each shows the card anew (design, pose, light)
+    src = open_source("synthetic:" + str(cfg.data), **camera_options(
+        cfg, classes=[name], instances=cfg.enroll_instances, hold=hold, frames=hold * cfg.shots,
+        seed=cfg.seed + 1))
+    with src:
+        frames = [cfg.roi.crop(f.image) for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
+    return frames, src.name
+
+
 def enroll_from_synthetic(clf: Classifier, cfg: DemoConfig, names: list[str],
                           log: Callable[[str], None] = _log_default) -> list[EnrollResult]:
-    """Enroll each class from ``cfg.shots`` synthetic-camera frames of its first ``cfg.enroll_designs`` designs.
+    """Enroll each class from its :func:`camera_shots`.
 
     Each frame is cut to ``cfg.roi`` first, as the camera loop cuts the frames it classifies.
     """
-    from edgefs.camera.sources import open_source
-
     results = []
-    hold = 6  # one shot per presentation: each shows the card anew (design, pose, light)
     for name in names:
-        src = open_source("synthetic:" + str(cfg.data), **camera_options(
-            cfg, classes=[name], instances=cfg.enroll_instances, hold=hold, frames=hold * cfg.shots,
-            seed=cfg.seed + 1))
-        with src:
-            frames = [cfg.roi.crop(f.image) for i, f in enumerate(iter(src.read, None)) if i % hold == hold // 2]
-        result = clf.enroll(name, frames, source=src.name)
+        frames, source = camera_shots(cfg, name)
+        result = clf.enroll(name, frames, source=source)
         results.append(result)
         log("      " + result.summary().replace("\n", "\n      "))
     return results

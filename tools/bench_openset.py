@@ -33,6 +33,7 @@ demo's camera, shots and region of interest; the table ends with their mean.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edgefs.camera.sources import open_source
@@ -48,6 +50,7 @@ from edgefs.classifier import Classifier
 from edgefs.demo import (
     COLOUR_CHECKPOINT,
     camera_options,
+    camera_shots,
     choose_classes,
     demo_config,
     enroll_from_synthetic,
@@ -108,12 +111,24 @@ def margin_scores(sims: np.ndarray) -> np.ndarray:
     return (2 * top[:, -1] - top[:, -2]).astype(np.float64)
 
 
-def loo_margin_scores(x: np.ndarray, labels: np.ndarray, normalize: bool) -> np.ndarray:
-    """:func:`margin_scores` of each enrolled shot (of a class with 2+ shots) with its own class's
-    prototype rebuilt without it: the known scores a threshold on that score is calibrated from,
-    as the store calibrates its best-cosine threshold (:func:`edgefs.heads.openset.loo_scores`)."""
-    q = l2_normalize(np.asarray(x, np.float32))
-    rows = q if normalize else np.asarray(x, np.float32)
+def loo_similarities(queries: np.ndarray, shots: np.ndarray, labels: np.ndarray,
+                     normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each enrolled shot scored as a query against every class, its own class's prototype
+    rebuilt without it.
+
+    Args:
+        queries: float ``(N, D)`` the shots as a camera frame is embedded (one view each).
+        shots: float ``(N, D)`` the shots as the head sums them (the same, or the mean of
+            several views of each shot).
+        labels: ``(N,)`` classes.
+        normalize: L2-normalise ``shots`` before summing (cosine heads).
+
+    Returns:
+        ``(sims float (N, C), multi bool (N,))``: ``multi`` marks shots of classes with 2+ shots,
+        the only ones with a leave-one-out own score.
+    """
+    q = l2_normalize(np.asarray(queries, np.float32))
+    rows = l2_normalize(np.asarray(shots, np.float32)) if normalize else np.asarray(shots, np.float32)
     classes, y = np.unique(labels, return_inverse=True)
     sums = np.zeros((len(classes), q.shape[1]), np.float64)
     np.add.at(sums, y, rows)
@@ -121,12 +136,54 @@ def loo_margin_scores(x: np.ndarray, labels: np.ndarray, normalize: bool) -> np.
     sims = q @ l2_normalize((sums / counts[:, None]).astype(np.float32)).T
     own = l2_normalize(((sums[y] - rows) / np.maximum(counts[y] - 1, 1)[:, None]).astype(np.float32))
     sims[np.arange(len(y)), y] = (q * own).sum(axis=1)
-    return margin_scores(sims[counts[y] >= 2])
+    return sims, counts[y] >= 2
+
+
+def loo_margin_scores(x: np.ndarray, labels: np.ndarray, normalize: bool) -> np.ndarray:
+    """:func:`margin_scores` of each enrolled shot (of a class with 2+ shots) with its own class's
+    prototype rebuilt without it: the known scores a threshold on that score is calibrated from,
+    as the store calibrates its best-cosine threshold (:func:`edgefs.heads.openset.loo_scores`)."""
+    sims, multi = loo_similarities(x, x, labels, normalize)
+    return margin_scores(sims[multi])
+
+
+def shot_views(image: np.ndarray, views: int) -> list[np.ndarray]:
+    """A camera shot and copies of it: ``views`` 1 (the shot), 5 (and its four corner crops of
+    0.8 of each side, as if the object sat elsewhere in the region of interest) or 7 (and two
+    blurred copies, sigma 1.5 and 3 pixels at 224 px)."""
+    out = [image]
+    h, w = image.shape[:2]
+    if views >= 5:
+        cw, ch = int(w * 0.8), int(h * 0.8)
+        for x0, y0 in ((0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)):
+            out.append(cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA))
+    if views >= 7:
+        out += [cv2.GaussianBlur(image, (0, 0), sigma * max(h, w) / 224) for sigma in (1.5, 3.0)]
+    return out
+
+
+def enroll_with_views(clf: Classifier, cfg: Any, names: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Enroll each class from the demo's camera shots, each shot stored as the mean embedding of
+    its :func:`shot_views`; returns the shots' single-view embeddings and class indices (what a
+    leave-one-out calibration must score: a camera frame is one view)."""
+    single, labels = [], []
+    for c, name in enumerate(names):
+        frames, source = camera_shots(cfg, name)
+        batch = clf.prepare(frames)
+        means = np.stack([clf.embed(clf.prepare(shot_views(f, views))).mean(axis=0) for f in frames])
+        clf.enroll_embedded(name, batch, means, source=source)
+        single.append(clf.embed(batch))
+        labels += [c] * len(frames)
+    return np.concatenate(single), np.array(labels)
 
 
 def measure(clf: Classifier, images: list[np.ndarray], truth: np.ndarray, shown: np.ndarray,
-            enrolled: list[str]) -> dict[str, Any]:
-    """The table's figures for one classifier whose store holds the enrolled classes."""
+            enrolled: list[str], single: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """The table's figures for one classifier whose store holds the enrolled classes.
+
+    ``single``: the shots' single-view embeddings and classes when the store holds view means
+    (:func:`enroll_with_views`); the automatic thresholds are then calibrated on those queries.
+    """
     head = clf.head
     emb = np.concatenate([clf.embed(clf.prepare(images[i:i + 64])) for i in range(0, len(images), 64)])
     sims = row_dots(l2_normalize(head.transform(emb)), head.prototypes)
@@ -136,14 +193,24 @@ def measure(clf: Classifier, images: list[np.ndarray], truth: np.ndarray, shown:
     right = np.array(classes)[sims.argmax(axis=1)] == truth
     threshold = float(clf.threshold)
     x, labels, _ = clf.store.all_embeddings()  # type: ignore[union-attr]
-    looked, negative = loo_scores(head.transform(x), labels, normalize=head.normalize_shots)
-    at95 = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
-    assert abs(at95 - threshold) < 1e-5, (at95, threshold)  # the same rule as the store's calibration
+    if single is None:
+        looked, negative = loo_scores(head.transform(x), labels, normalize=head.normalize_shots)
+        at95 = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
+        assert abs(at95 - threshold) < 1e-5, (at95, threshold)  # the same rule as the store's calibration
+        queries = x
+    else:  # one view per query, the view means summed: the store's own rule would score means
+        queries = single[0]
+        assert np.array_equal(single[1], labels), "single views out of step with the store"
+        loo, multi = loo_similarities(head.transform(queries), head.transform(x), labels, head.normalize_shots)
+        looked = loo.max(axis=1)[multi]
+        negative = np.where(np.eye(len(classes), dtype=bool)[labels], -np.inf, loo).max(axis=1)
+        threshold = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
     at90 = threshold_from_scores(looked, negative, len(classes), "loo", 0.90)
     oracle = max(np.unique(best), key=lambda t: open_accuracy(best, right, known, float(t)))
     truth_idx = np.array([classes.index(t) if t in classes else -1 for t in truth])
     margin = margin_scores(sims)
-    known_margins = np.sort(loo_margin_scores(head.transform(x), labels, head.normalize_shots))
+    loo, multi = loo_similarities(head.transform(queries), head.transform(x), labels, head.normalize_shots)
+    known_margins = np.sort(margin_scores(loo[multi]))
     margin_threshold = float(known_margins[int(np.floor(0.05 * len(known_margins) + 1e-9))])
     margin_oracle = max(np.unique(margin), key=lambda t: open_accuracy(margin, right, known, float(t)))
     return {"closed_top1": float(right[known].mean()), "threshold": threshold,
@@ -166,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--class-seeds", nargs="+", type=int, default=[0],
                    help="draws of the 5 enrolled + 2 never-enrolled classes (0: the demo's)")
     p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the demo's)")
+    p.add_argument("--shot-views", nargs="+", type=int, default=[1], choices=[1, 5, 7],
+                   help="also enroll each shot as the mean of this many views (a candidate: see shot_views)")
     p.add_argument("--seeds", type=int, default=4, help="offline streams (camera seeds)")
     p.add_argument("--frames", type=int, default=450, help="frames per stream")
     p.add_argument("--every", type=int, default=3, help="keep every N-th frame")
@@ -200,15 +269,21 @@ def main(argv: list[str] | None = None) -> int:
         name, _, ckpt = item.partition("=")
         bundle = work / f"{name.replace(' ', '_')}.edgefs"
         export_bundle(ckpt, bundle, data=str(cases[0][2].data), parity_images=8, overwrite=True, log=lambda _: None)
-        for data, seed, cfg, enrolled, unknown, images, truth, shown in cases:
+        for views, (data, seed, cfg, enrolled, unknown, images, truth, shown) in itertools.product(
+                args.shot_views, cases):
             store = work / f"{name.replace(' ', '_')}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{store}{suffix}").unlink(missing_ok=True)
             with Classifier.open(bundle, store, backend="onnxruntime", log=lambda _: None) as clf:
-                enroll_from_synthetic(clf, cfg, enrolled, log=lambda _: None)
-                figures = measure(clf, images, truth, shown, enrolled)
+                if views == 1:
+                    enroll_from_synthetic(clf, cfg, enrolled, log=lambda _: None)
+                    figures = measure(clf, images, truth, shown, enrolled)
+                else:
+                    single = enroll_with_views(clf, cfg, enrolled, views)
+                    figures = measure(clf, images, truth, shown, enrolled, single)
                 size = clf.bundle.manifest.input_size
-            rows.append({"model": name, "checkpoint": ckpt, "input": size, "data": data, "class_seed": seed,
+            rows.append({"model": name if views == 1 else f"{name}, {views} views per shot", "checkpoint": ckpt,
+                         "views": views, "input": size, "data": data, "class_seed": seed,
                          "enrolled": enrolled, "unknown": unknown, "frames": len(images),
                          "enrolled_frames": int(np.isin(truth, enrolled).sum()), **figures})
             print({k: v for k, v in rows[-1].items() if k not in ("enrolled", "unknown")}, flush=True)
