@@ -57,3 +57,21 @@ def test_leave_one_out_margin_scores_rebuild_the_own_prototype_without_the_shot(
     assert scores[0] == pytest.approx(1.0)
     # Shot 1 left out: own prototype = shot 0 (cosine 0), class 1 (cosine 0): a tie, 2 * 0 - 0.
     assert scores[1] == pytest.approx(0.0)
+
+
+def test_shot_views_are_the_shot_its_corners_and_blurred_copies(tool: ModuleType) -> None:
+    shot = np.random.default_rng(0).integers(0, 255, (168, 224, 3), dtype=np.uint8)
+    assert len(tool.shot_views(shot, 1)) == 1 and tool.shot_views(shot, 1)[0] is shot
+    views = tool.shot_views(shot, 7)
+    assert len(views) == 7 and all(v.shape == shot.shape for v in views)
+    assert not any(np.array_equal(v, shot) for v in views[1:])  # every copy differs from the shot
+
+
+def test_single_view_queries_are_scored_against_the_view_mean_prototypes(tool: ModuleType) -> None:
+    # The head sums view means (rows 0-1: class 0, row 2: class 1); each shot is queried with its
+    # single view. Shot 0's single view is orthogonal to the other class-0 mean: own score 0.
+    means = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    singles = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    sims, multi = tool.loo_similarities(singles, means, np.array([0, 0, 1]), normalize=True)
+    assert multi.tolist() == [True, True, False]
+    assert sims[0].tolist() == pytest.approx([0.0, 1.0]) and sims[1].tolist() == pytest.approx([1.0, 0.0])
