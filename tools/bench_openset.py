@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--checkpoints takes NAME=CHECKPOINT with an existing file, got {', '.join(map(repr, bad))}")
     if args.shots is not None and args.shots < 1:
         p.error(f"--shots must be at least 1, got {args.shots}")
+    if min(args.class_seeds) < 0:
+        p.error(f"--class-seeds must be 0 or more, got {min(args.class_seeds)}")
     if min(args.seeds, args.frames, args.every) < 1 or args.frames < HOLD:
         p.error(f"--seeds and --every must be at least 1 and --frames at least {HOLD}")
     missing = [d for d in args.data or [] if not (Path(d) / "test").is_dir()]
