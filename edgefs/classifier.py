@@ -39,6 +39,7 @@ from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
 from edgefs.store.store import ClassStore, SampleSet
 from edgefs.store.validate import check_name
+from edgefs.views import check_views, view_means
 
 THUMBNAIL_SIDE = 64
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
@@ -56,7 +57,8 @@ class EnrollResult:
         added: shots that passed the gate and were stored.
         total: the class's shots after the commit.
         rejected: one message per shot left out (unreadable, blurry, near-duplicate).
-        timings_ms: ``embed``, ``gate``, ``head``, ``commit`` and ``total`` in milliseconds.
+        timings_ms: ``embed``, ``views`` (embedding the shots' other views, :mod:`edgefs.views`),
+            ``gate``, ``head``, ``commit`` and ``total`` in milliseconds.
         threshold: the unknown threshold after the change (None when rejection is off).
     """
 
@@ -71,7 +73,9 @@ class EnrollResult:
         t = self.timings_ms
         lines = [
             f"enrolled {self.name!r}: {self.added} shots added, {self.total} in total "
-            f"(embed {t.get('embed', 0):.1f} ms, gate {t.get('gate', 0):.1f} ms, head {t.get('head', 0):.2f} ms, "
+            f"(embed {t.get('embed', 0):.1f} ms, "
+            + (f"other views {t['views']:.1f} ms, " if t.get("views", 0) >= 0.05 else "")
+            + f"gate {t.get('gate', 0):.1f} ms, head {t.get('head', 0):.2f} ms, "
             f"commit {t.get('commit', 0):.1f} ms)"
         ]
         lines += [f"  left out {r}" for r in self.rejected]
@@ -155,6 +159,9 @@ class Classifier:
         quality: the enrollment gate's thresholds.
         fit: how frames are brought to the input size (``center_crop``, ``resize``, ``letterbox``).
         log: receives progress lines.
+        shot_views: enroll each shot as the mean embedding of this many views of it
+            (:mod:`edgefs.views`: 1, 5 or 7); None keeps the store's saved choice (1 for a new
+            store). A choice given is saved in the store's settings for later enrollments.
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class Classifier:
         quality: QualityConfig | None = None,
         fit: FitMode = "center_crop",
         log: Callable[[str], None] = print,
+        shot_views: int | None = None,
     ) -> None:
         self.bundle = bundle
         self.engine = engine
@@ -178,6 +186,8 @@ class Classifier:
             threshold = saved.get("threshold_mode", "auto")
         self.threshold_mode = parse_threshold(threshold)
         self.log = log
+        saved_views = (store.settings() if store is not None else {}).get("shot_views", 1)
+        self.shot_views = check_views(saved_views if shot_views is None else shot_views)
         self._write_lock = threading.Lock()
         spec = bundle.head if head_type in (None, bundle.head.head_type) else HeadSpec(str(head_type))
         self._spec = spec
@@ -188,6 +198,11 @@ class Classifier:
         self._calib: LooCalibrator | None = None  # the calibration sample, loaded when first needed
         self._calib_saved: dict[str, np.ndarray] = {}
         self.head: Head = self._load_head()
+        if shot_views is not None and store is not None and self.shot_views != saved_views:
+            try:
+                self.save_settings(shot_views=self.shot_views)
+            except EdgefsError as exc:
+                self.log(f"shot views {self.shot_views} used for this run but not saved ({exc})")
 
     @classmethod
     def open(
@@ -206,6 +221,7 @@ class Classifier:
         log: Callable[[str], None] = print,
         engine_options: Mapping[str, Any] | None = None,
         engine_defaults: Mapping[str, Any] | None = None,
+        shot_views: int | None = None,
     ) -> Classifier:
         """Read the bundle, open its engine and the store, and restore the head.
 
@@ -222,7 +238,7 @@ class Classifier:
         try:
             engine = open_engine(bundle, backend=backend, device=device, threads=threads, log=log,
                                  options=engine_options, defaults=engine_defaults)
-            return cls(bundle, engine, store, head_type, threshold, quality, fit, log)
+            return cls(bundle, engine, store, head_type, threshold, quality, fit, log, shot_views)
         except BaseException:
             if store is not None:
                 store.close()
@@ -287,11 +303,11 @@ class Classifier:
         the calibration sample is rebuilt from them too."""
         assert self.store is not None
         head = self._new_head()
-        x, labels, names, ids = self.store.all_embeddings(with_ids=True)
+        x, labels, names, ids, singles = self.store.all_embeddings(with_ids=True, with_singles=True)
         head.add_classes({n: x[labels == i] for i, n in enumerate(names)})
         self._calib = LooCalibrator()
         if len(x):
-            self._calib.rebuild(head, x, labels, ids)
+            self._calib.rebuild(head, x, labels, ids, singles)
         self._per_class = False  # the next save writes every class's row
         return head
 
@@ -329,16 +345,16 @@ class Classifier:
         calib = LooCalibrator()
         index = {n: i for i, n in enumerate(head.classes)}
 
-        def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x, names = self.store.samples_by_id(ids)  # type: ignore[union-attr]
-            return x, np.array([index.get(n, -1) if n is not None else -1 for n in names], np.int32)
+        def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            x, singles, names = self.store.samples_by_id(ids, with_singles=True)  # type: ignore[union-attr]
+            return x, singles, np.array([index.get(n, -1) if n is not None else -1 for n in names], np.int32)
 
         restored = bool(self._calib_saved) and calib.restore(head, self._calib_saved, fetch)
         if not restored or (calib.cls < 0).any():
             calib = LooCalibrator()
-            x, labels, _, ids = self.store.all_embeddings(with_ids=True)
+            x, labels, _, ids, singles = self.store.all_embeddings(with_ids=True, with_singles=True)
             if len(x):
-                calib.rebuild(head, x, labels, ids)
+                calib.rebuild(head, x, labels, ids, singles)
         self._calib = calib
         return calib
 
@@ -454,6 +470,7 @@ class Classifier:
         problems: Sequence[str] = (),
         started: float | None = None,
         sharpness: Sequence[float] | None = None,
+        embed: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> EnrollResult:
         """:meth:`enroll` for shots already prepared and embedded (the camera loop has both).
 
@@ -463,6 +480,9 @@ class Classifier:
             started: ``time.perf_counter()`` when the shots' processing began (for timings).
             sharpness: per shot, :meth:`shot_sharpness` of the frame as read; None: measured
                 on ``batch`` (right when the frames were not enlarged to the input size).
+            embed: what embeds the shots' other views when :attr:`shot_views` is above 1 (a
+                uint8 batch of engine inputs to float32 embeddings); None: :meth:`embed`. The
+                camera loop passes one that runs on its own thread, the engine's only user.
             Other arguments: as :meth:`enroll`.
         """
         t0 = time.perf_counter() if started is None else started
@@ -471,16 +491,24 @@ class Classifier:
         if len(batch) != len(embeddings) or not len(batch):
             raise EdgefsError(f"enroll_embedded() needs as many embeddings as images, got {len(embeddings)} "
                               f"and {len(batch)}")
-        emb = np.asarray(embeddings, np.float32)
-        existing = self.store.embeddings(name) if append and self.store is not None else None
-        gate = gate_shots(batch, emb, self.quality, existing, list(names) if names else None,
+        # The gate judges the shots as captured (single views): means of views are closer to each
+        # other than the shots are, and would pass for near-duplicates.
+        singles = np.asarray(embeddings, np.float32)
+        existing = None
+        if append and self.store is not None:
+            existing = self.store.singles(name)
+            existing = self.store.embeddings(name) if existing is None else existing
+        gate = gate_shots(batch, singles, self.quality, existing, list(names) if names else None,
                           None if sharpness is None else np.asarray(sharpness, np.float64))
         rejected = [*problems, *gate.reasons]
         if not gate.keep.any():
             raise EdgefsError(f"no shot of {name!r} passed the quality gate; nothing was enrolled:\n  "
                               + "\n  ".join(rejected))
-        kept_emb = emb[gate.keep]
         thumbs = [thumbnail(im) for im in batch[gate.keep]]
+        t_gate = time.perf_counter()
+        views = self.shot_views > 1
+        kept_single = singles[gate.keep] if views else None
+        kept_emb = view_means(batch[gate.keep], singles[gate.keep], self.shot_views, embed or self.embed)
         t2 = time.perf_counter()
         marks: list[float] = []
 
@@ -490,17 +518,18 @@ class Classifier:
 
         def calibrate(calib: LooCalibrator, head: Head, tx: Any) -> None:
             idx = head.index(name)
-            (calib.appended if append else calib.added)(head, idx, kept_emb, tx.added_ids(name))
+            (calib.appended if append else calib.added)(head, idx, kept_emb, tx.added_ids(name), kept_single)
 
         with self._write_lock:
             self._check_target(name, append)  # another thread may have enrolled it meanwhile
             head = self._commit(change,
-                                lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source),
+                                lambda tx: (tx.append if append else tx.add_class)(name, kept_emb, thumbs, source,
+                                                                                   kept_single),
                                 calibrate, [name])
         t4 = time.perf_counter()
         t3 = marks[-1] if marks else t2
-        timings = {"embed": (t1 - t0) * 1e3, "gate": (t2 - t1) * 1e3, "head": (t3 - t2) * 1e3,
-                   "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
+        timings = {"embed": (t1 - t0) * 1e3, "gate": (t_gate - t1) * 1e3, "views": (t2 - t_gate) * 1e3,
+                   "head": (t3 - t2) * 1e3, "commit": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
         return EnrollResult(name, int(gate.keep.sum()), head.shots(name), rejected, timings, self.threshold)
 
     def _commit(self, change: Callable[[Head], object], write: Callable[[Any], object],
@@ -716,11 +745,13 @@ def enroll_files(
     fit: FitMode = "center_crop",
     roi: Roi | None = None,
     log: Callable[[str], None] = print,
+    shot_views: int | None = None,
 ) -> EnrollResult:
     """``edgefs enroll``: read image files, enroll them as ``label`` into the store, one commit.
 
     Unreadable files are left out with a message; if no shot is left, nothing is written.
-    ``roi`` crops each image first, as the camera loop crops each frame it classifies.
+    ``roi`` crops each image first, as the camera loop crops each frame it classifies;
+    ``shot_views`` as :class:`Classifier` takes it.
     """
     frames, names, problems = read_images(images)
     if roi is not None and not roi.is_full:
@@ -728,6 +759,6 @@ def enroll_files(
     for p in problems:
         log(f"warning: {p}")
     with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
-                         threshold=threshold, quality=quality, fit=fit, log=log) as clf:
+                         threshold=threshold, quality=quality, fit=fit, log=log, shot_views=shot_views) as clf:
         source = ",".join(str(p) for p in images) if len(images) <= 3 else f"{images[0]} (+{len(images) - 1} more)"
         return clf.enroll(label, frames, names=names, append=append, source=source, problems=problems)

@@ -80,6 +80,8 @@ class DemoConfig:
         record: also write an annotated ``demo.mp4``.
         spin: ONNX Runtime's thread spinning (None: the camera loop's default; ``edgefs run --spin``).
         roi: the region of each frame that is embedded (enrollment and stream).
+        shot_views: each shot enrolled as the mean embedding of this many views of it
+            (:mod:`edgefs.views`; 1: the shot alone).
     """
 
     data: Path = Path("data/glyphs28")
@@ -100,6 +102,7 @@ class DemoConfig:
     spin: bool | None = None
     camera: dict[str, Any] = field(default_factory=dict)
     roi: Roi = field(default_factory=Roi)
+    shot_views: int = 1
 
     @property
     def enroll_instances(self) -> str | None:
@@ -339,7 +342,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         f"({f'designs 1-{cfg.enroll_designs}' if cfg.enroll_designs else 'every design'}), into {store}")
     with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
                          log=log, engine_options={"allow_spinning": cfg.spin},
-                         engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
+                         engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=cfg.shot_views) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         refs = static_references(clf, cfg, enrolled, designs)

@@ -69,7 +69,7 @@ def test_new_class_leaves_other_rows_bitwise_unchanged(bundle: Path, glyph_data:
         after = clf.head.state()[0]["sums"]
         assert np.array_equal(after[:3], before) and after.shape == (4, before.shape[1])
         assert result.added >= 1 and result.total == result.added
-        assert set(result.timings_ms) == {"embed", "gate", "head", "commit", "total"}
+        assert set(result.timings_ms) == {"embed", "views", "gate", "head", "commit", "total"}
         # remove() drops that class's rows only
         clf.remove("c1")
         assert clf.classes == ["c0", "c2", "c3"]

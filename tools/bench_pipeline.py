@@ -142,8 +142,8 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     backend, _, precision = engine.partition(":")
     if precision == "int8":
         bundle = int8_bundle(bundle, args)
-    cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi,
-                      **({} if args.shots is None else {"shots": args.shots}))
+    cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi, shots=args.shots,
+                      shot_views=args.shot_views)
     enrolled, unknown, designs = choose_classes(cfg)
     store = out / f"{backbone}-{backend}-{precision}-{cfg.roi.to_text()}.db"
     for suffix in ("", "-wal", "-shm"):
@@ -151,7 +151,7 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     clip = out / f"clip300-{args.preset}.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
     with Classifier.open(bundle, store, backend=backend, device="cpu", threads=args.threads or loop_threads(),
-                         log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
+                         log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=cfg.shot_views) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         refs = static_references(clf, cfg, enrolled, designs)
         file1 = scenario(clf, RunConfig(sources=[str(clip)], roi=cfg.roi))
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the preset's), e.g. 'full;0.7'")
     p.add_argument("--seconds", type=float, default=15.0, help="length of the live x4 scenario")
     p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the preset's)")
+    p.add_argument("--shot-views", type=int, choices=[1, 5, 7], default=None,
+                   help="enroll each shot as the mean of this many views (default: the preset's)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
     p.add_argument("--batch-wait", type=float, default=0.0, help="edgefs run --batch-wait for live x4 (ms)")
     p.add_argument("--seed", type=int, default=0)

@@ -34,6 +34,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -444,6 +445,7 @@ class Pipeline:
         self.last_enrollment: LiveEnrollment | None = None
         self.t_start = time.monotonic()
         self._stop = threading.Event()
+        self._loop_ended = threading.Event()  # the loop no longer runs submitted calls: the engine is free
         self.events_out: IO[str] | None = None
         self.writer: cv2.VideoWriter | None = None
         self.correct = 0
@@ -615,7 +617,8 @@ class Pipeline:
             names = [f"shot {i}" for i in range(len(e.images))]
             result: EnrollResult = self.clf.enroll_embedded(
                 e.name, np.stack(e.images), np.stack(e.embeddings), names=names, append=e.append,
-                source=self.cfg.sources[e.source], problems=e.rejected[:5], sharpness=e.sharpness)
+                source=self.cfg.sources[e.source], problems=e.rejected[:5], sharpness=e.sharpness,
+                embed=self._embed_on_loop)
             self.enrolled.append(e.name)
             self._judge_taken(e, result.rejected)
             e.phase, e.message = "done", result.summary()
@@ -628,6 +631,18 @@ class Pipeline:
         finally:
             self.enrollment = None
             self._enroll_thread = None
+
+    def _embed_on_loop(self, batch: np.ndarray) -> np.ndarray:
+        """Embed engine inputs for the commit worker (a shot's other views, :mod:`edgefs.views`) on the
+        loop's thread, between two batches: the engine has one user (a TensorRT context is not
+        thread-safe). Once the loop has ended, directly on the worker's thread."""
+        future = self.submit(lambda: self.clf.embed(batch))
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except FutureTimeout:
+                if self._loop_ended.is_set() and future.cancel():
+                    return self.clf.embed(batch)
 
     @staticmethod
     def _judge_taken(e: LiveEnrollment, reasons: list[str]) -> None:
@@ -682,6 +697,7 @@ class Pipeline:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Run the loop, yielding one event per classified frame; ends when the run does."""
+        self._loop_ended.clear()
         for cap in self.captures:
             cap.start()
         if self.cfg.enroll:
@@ -716,6 +732,7 @@ class Pipeline:
             self._cpu_end = time.process_time()
             for cap in self.captures:
                 cap.stop()
+            self._loop_ended.set()
             if self._enroll_thread is not None:
                 self._enroll_thread.join(timeout=10.0)  # let a started commit finish
             if self.enrollment is not None and self._enroll_thread is None:
@@ -957,6 +974,7 @@ def open_pipeline(
     threshold: str | float | None = None,
     engine_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    shot_views: int | None = None,
 ) -> Iterator[Pipeline]:
     """Check the outputs, open the classifier and the sources: the camera loop, ready to :meth:`Pipeline.run`.
 
@@ -975,7 +993,7 @@ def open_pipeline(
     threads = threads or loop_threads()
     with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
                          threshold=threshold, log=log, engine_options=engine_options,
-                         engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
+                         engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=shot_views) as clf:
         if not clf.classes and not config.enroll and not config.commands:
             log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
                 "'edgefs enroll', --enroll NAME or --commands")
@@ -994,10 +1012,12 @@ def run(
     threshold: str | float | None = None,
     log: Callable[[str], None] = print,
     engine_options: Mapping[str, Any] | None = None,
+    shot_views: int | None = None,
 ) -> RunSummary:
     """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary.
 
-    ``engine_options``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``).
+    ``engine_options``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``);
+    ``shot_views``: as :class:`edgefs.classifier.Classifier` takes it (live enrollment).
 
     Raises:
         EdgefsError: an output that cannot be written (checked before anything runs); after the
@@ -1005,7 +1025,7 @@ def run(
     """
     with open_pipeline(bundle, store, config, backend=backend, device=device, threads=threads,
                        head_type=head_type, threshold=threshold, engine_options=engine_options,
-                       log=log) as pipeline:
+                       log=log, shot_views=shot_views) as pipeline:
         summary = pipeline.run()
     log(summary.text())
     problem = pipeline.problem()

@@ -17,6 +17,7 @@ from edgefs.camera.roi import ROI_HELP as ROI_HELP
 from edgefs.camera.roi import Roi
 from edgefs.device import check_device
 from edgefs.errors import EdgefsError
+from edgefs.views import VIEW_CHOICES as VIEW_CHOICES
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
@@ -102,6 +103,11 @@ def roi(text: str) -> Roi:
         return Roi.parse(text)
     except EdgefsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SHOT_VIEWS_HELP = ("enroll each shot as the mean embedding of this many views of it: 1 (the shot), 5 (and 4 "
+                   "corner crops), 7 (and 2 blurred copies); helps objects smaller than the region of interest, "
+                   "costs that many embeddings per shot (default: the store's choice, 1 for a new store)")
 
 
 def threshold(text: str) -> str:

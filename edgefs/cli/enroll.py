@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"reject near-duplicate shots above this cosine (default {q.max_similarity:g}; 1: off)")
     p.add_argument("--roi", type=A.roi, default="full",
                    help=A.ROI_HELP + " (default full); use the one 'edgefs run' classifies with")
+    p.add_argument("--shot-views", type=int, choices=A.VIEW_CHOICES, help=A.SHOT_VIEWS_HELP)
     p.add_argument("--fit", default="center_crop", choices=FIT_MODES, help="how images meet the input size")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         args.bundle, args.store, args.label, args.images, append=args.append, backend=args.backend,
         device=args.device, threads=args.threads, head_type=args.head, threshold=args.threshold,
         quality=QualityConfig(args.min_sharpness, args.max_similarity), fit=args.fit, roi=args.roi,
+        shot_views=args.shot_views,
     )
     print(result.summary())
     return 0

@@ -50,6 +50,7 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=A.threshold,
                    help="unknown threshold: auto, none or a cosine (default: the store's choice)")
     p.add_argument("--summary-json", metavar="PATH", help="write the end-of-run summary as JSON")
+    p.add_argument("--shot-views", type=int, choices=A.VIEW_CHOICES, help=A.SHOT_VIEWS_HELP + " (live enrollment)")
     p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
     p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
@@ -80,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = loop_config(args)
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
-        head_type=args.head, threshold=args.threshold, engine_options=A.engine_options(args))
+        head_type=args.head, threshold=args.threshold, engine_options=A.engine_options(args),
+        shot_views=args.shot_views)
     return 0

@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
           require_token=args.require_token, rotate_token=args.rotate_token, allow_hosts=tuple(args.allow_hosts),
           view_fps=args.view_fps, max_upload_mb=args.max_upload_mb, backend=args.backend, device=args.device,
           threads=args.threads, head_type=args.head, threshold=args.threshold,
-          engine_options=A.engine_options(args))
+          engine_options=A.engine_options(args), shot_views=args.shot_views)
     return 0

@@ -21,6 +21,10 @@ O(capacity x D) plus O(C x D) per shot that enters the sample.
 
 The state (store sample ids, best other score and class) travels with the head state;
 the sample's embeddings are read back from the store by id when it is next needed.
+
+Shots enrolled as the mean of several views (:mod:`edgefs.views`) are summed by the head as
+means but scored here as a camera frame is, one view (their ``singles``): scoring the means
+would put the threshold where no single frame reaches it.
 """
 
 from __future__ import annotations
@@ -71,10 +75,20 @@ class LooCalibrator:
         return self.q if self._s is None else self._s.view
 
     # ---- building -----------------------------------------------------------------------------
-    def _rows(self, head: Head, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, head: Head, embeddings: np.ndarray,
+              singles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(q, s)``: unit query rows (of ``singles`` where given) and the rows the head sums."""
         t = head.transform(np.asarray(embeddings, np.float32))
-        q = l2_normalize(t)
-        return q, (q if head.normalize_shots else t)
+        s = l2_normalize(t) if head.normalize_shots else t
+        q = l2_normalize(t) if singles is None else l2_normalize(head.transform(np.asarray(singles, np.float32)))
+        return q, s
+
+    def _start(self, head: Head, separate: bool) -> None:
+        """Row buffers for ``head``'s shots; ``separate``: queries differ from the summed rows."""
+        if self._q is None:
+            self._q = Rows((head.dim,), np.float32)
+        if self._s is None and (separate or not head.normalize_shots):
+            self._s = Rows((head.dim,), np.float32, self._q.view.copy())  # until now the same as q
 
     def _best_other(self, head: Head, q: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best cosine of unit rows ``q`` ``(k, D)`` to the prototypes of classes other than ``cls``."""
@@ -92,11 +106,11 @@ class LooCalibrator:
         loo = l2_normalize((head._sums[c] - self.s[rows]) / np.maximum(counts - 1, 1)[:, None])
         return (self.q[rows] * loo).sum(axis=1).astype(np.float32)
 
-    def _keep(self, head: Head, embeddings: np.ndarray, cls: np.ndarray, ids: np.ndarray) -> None:
+    def _keep(self, head: Head, embeddings: np.ndarray, cls: np.ndarray, ids: np.ndarray,
+              singles: np.ndarray | None = None) -> None:
         """Offer shots to the reservoir (after the head holds their class): algorithm R, in order."""
-        if self._q is None:
-            self._q = Rows((head.dim,), np.float32)
-            self._s = None if head.normalize_shots else Rows((head.dim,), np.float32)
+        self._start(head, singles is not None)
+        assert self._q is not None
         room = max(self.capacity - len(self.ids), 0)
         n = min(room, len(embeddings))
         winner: dict[int, int] = {}  # slot -> shot replacing it (a later shot wins, as in sequence)
@@ -109,7 +123,7 @@ class LooCalibrator:
         chosen = np.concatenate([np.arange(n), np.array(list(winner.values()), np.int64)]).astype(np.int64)
         if not chosen.size:
             return
-        q, s = self._rows(head, embeddings[chosen])
+        q, s = self._rows(head, embeddings[chosen], None if singles is None else singles[chosen])
         c = cls[chosen].astype(np.int32)
         other, other_class = self._best_other(head, q, c)
         new_ids = ids[chosen].astype(np.int64)
@@ -140,28 +154,34 @@ class LooCalibrator:
         touched = np.concatenate([placed, replaced]).astype(np.int64)
         self.own[touched] = self._own(head, touched)
 
-    def rebuild(self, head: Head, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Start again from every stored shot (float ``(N, D)``, class indices ``(N,)``, store ids)."""
+    def rebuild(self, head: Head, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None,
+                singles: np.ndarray | None = None) -> None:
+        """Start again from every stored shot (float ``(N, D)``, class indices ``(N,)``, store ids, and
+        float ``(N, D)`` single views where the embeddings are view means)."""
         self.__init__(self.capacity)  # type: ignore[misc]
         ids = np.full(len(labels), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._keep(head, np.asarray(embeddings, np.float32), np.asarray(labels, np.int32), ids)
+        self._keep(head, np.asarray(embeddings, np.float32), np.asarray(labels, np.int32), ids, _floats(singles))
 
     # ---- updates (call after the head changed) --------------------------------------------------
     def _rescore(self, head: Head, rows: np.ndarray) -> None:
         if rows.size:
             self.other[rows], self.other_class[rows] = self._best_other(head, self.q[rows], self.cls[rows])
 
-    def added(self, head: Head, idx: int, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Class ``idx`` was enrolled from float ``(K, D)`` shots (store ids or None)."""
+    def added(self, head: Head, idx: int, embeddings: np.ndarray, ids: np.ndarray | None = None,
+              singles: np.ndarray | None = None) -> None:
+        """Class ``idx`` was enrolled from float ``(K, D)`` shots (store ids or None; their single views
+        where the shots are view means)."""
         if len(self.ids):
             cos = self.q @ head.prototypes[idx]
             better = cos > self.other
             self.other[better], self.other_class[better] = cos[better], idx
         ids = np.full(len(embeddings), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids)
+        self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids,
+                   _floats(singles))
 
-    def appended(self, head: Head, idx: int, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Shots were added to class ``idx``: its prototype moved."""
+    def appended(self, head: Head, idx: int, embeddings: np.ndarray, ids: np.ndarray | None = None,
+                 singles: np.ndarray | None = None) -> None:
+        """Shots were added to class ``idx``: its prototype moved (arguments as :meth:`added`)."""
         if len(self.ids):
             cos = self.q @ head.prototypes[idx]
             mine = self.cls == idx
@@ -171,7 +191,8 @@ class LooCalibrator:
             self._rescore(head, np.flatnonzero(fell))
             self.own[mine] = self._own(head, np.flatnonzero(mine))  # its sum and count changed
         ids = np.full(len(embeddings), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids)
+        self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids,
+                   _floats(singles))
 
     def removed(self, head: Head, idx: int, shots: int) -> None:
         """Class ``idx`` (``shots`` shots) was removed from ``head``; later indices moved down by one."""
@@ -210,9 +231,10 @@ class LooCalibrator:
                 "calib_other_class": self.other_class.copy(), "calib_seen": np.array([self.seen], np.int64)}
 
     def restore(self, head: Head, arrays: Mapping[str, np.ndarray],
-                fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> bool:
-        """Take saved :meth:`arrays`; ``fetch(ids)`` returns the shots' float32 ``(r, D)`` embeddings and
-        their head class indices ``(r,)``. False (nothing changed) when the arrays are absent or do not fit."""
+                fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> bool:
+        """Take saved :meth:`arrays`; ``fetch(ids)`` returns the shots' float32 ``(r, D)`` embeddings, their
+        single views (the same rows where the embeddings are single views) and their head class indices
+        ``(r,)``. False (nothing changed) when the arrays are absent or do not fit."""
         try:
             ids = np.asarray(arrays["calib_ids"], np.int64)
             other = np.asarray(arrays["calib_other"], np.float32)
@@ -222,13 +244,19 @@ class LooCalibrator:
             return False
         if not (ids.shape == other.shape == other_class.shape) or (ids < 0).any() or len(ids) > self.capacity:
             return False
-        emb, cls = fetch(ids)
-        if emb.shape != (len(ids), head.dim) or cls.shape != ids.shape or (other_class >= len(head.classes)).any():
+        emb, singles, cls = fetch(ids)
+        if (emb.shape != (len(ids), head.dim) or singles.shape != emb.shape or cls.shape != ids.shape
+                or (other_class >= len(head.classes)).any()):
             return False
-        q, s = self._rows(head, emb)
+        separate = not np.array_equal(singles, emb)
+        q, s = self._rows(head, emb, singles if separate else None)
         self._q = Rows((head.dim,), np.float32, q)
-        self._s = None if head.normalize_shots else Rows((head.dim,), np.float32, s)
+        self._s = None if head.normalize_shots and not separate else Rows((head.dim,), np.float32, s)
         self.ids, self.cls, self.other, self.other_class = ids, cls.astype(np.int32), other, other_class
         self.own = self._own(head, np.arange(len(ids))) if len(ids) else np.zeros(0, np.float32)
         self.seen = max(seen, len(ids))
         return True
+
+
+def _floats(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a, np.float32)

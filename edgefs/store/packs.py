@@ -2,9 +2,11 @@
 
 A pack is a zip holding ``pack.json`` (format, versions, bundle fingerprint,
 embedding size, classes with their shots), ``embeddings/NNNNN.npy`` (one
-float32 ``(K, D)`` array per class, in the order of ``pack.json``) and
+float32 ``(K, D)`` array per class, in the order of ``pack.json``),
 ``thumbnails/NNNNN/MMMMM.jpg`` (shot ``MMMMM`` of class ``NNNNN``, where it has
-one). Class names live only in ``pack.json``, never in member paths.
+one) and, for a class enrolled with shot views (:mod:`edgefs.views`; its entry says
+``"singles": true``, pack version 2), ``singles/NNNNN.npy``: its shots' single views.
+Class names live only in ``pack.json``, never in member paths.
 
 A pack is untrusted input. Import reads it whole and checks it before writing:
 only the member names ``pack.json`` implies (no traversal, no extras, no
@@ -43,7 +45,7 @@ from edgefs.store.validate import (
 )
 
 PACK_FORMAT = "edgefs-class-pack"
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: singles/ members; a pack without them is written as version 1
 PACK_JSON = "pack.json"
 ON_CONFLICT = ("error", "skip", "replace", "append")
 
@@ -52,6 +54,10 @@ ON_CONFLICT = ("error", "skip", "replace", "append")
 
 def embeddings_member(i: int) -> str:
     return f"embeddings/{i:05d}.npy"
+
+
+def singles_member(i: int) -> str:
+    return f"singles/{i:05d}.npy"
 
 
 def thumbnail_member(i: int, j: int) -> str:
@@ -110,15 +116,23 @@ def _write_pack(store: ClassStore, path: Path, chosen: list[str]) -> Path:
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(emb, EMBEDDING_DTYPE), allow_pickle=False)
             zf.writestr(embeddings_member(i), buf.getvalue())
+            singles = store.singles(name)
+            if singles is not None:
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(singles, EMBEDDING_DTYPE), allow_pickle=False)
+                zf.writestr(singles_member(i), buf.getvalue())
             for j, thumb in enumerate(thumbs):
                 if thumb is not None:
                     zf.writestr(thumbnail_member(i, j), thumb, compress_type=zipfile.ZIP_STORED)
             classes.append({
                 "name": name, "shots": int(emb.shape[0]),
                 "thumbnails": [t is not None for t in thumbs], "sources": sources,
+                **({"singles": True} if singles is not None else {}),
             })
+        views = any(c.get("singles") for c in classes)
         doc = {
-            "format": PACK_FORMAT, "pack_version": PACK_VERSION, "store_schema_version": schema.latest_version(),
+            "format": PACK_FORMAT, "pack_version": PACK_VERSION if views else 1,
+            "store_schema_version": schema.latest_version(),
             "fingerprint": store.fingerprint, "embedding_dim": store.dim, "head_type": store.head_type,
             "edgefs_version": __version__, "created": time.time(), "classes": classes,
         }
@@ -132,6 +146,7 @@ class _PackClass:
     embeddings: np.ndarray
     thumbnails: list[bytes | None]
     sources: list[str]
+    singles: np.ndarray | None = None
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: list[int]) -> bytes:
@@ -202,6 +217,8 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
             expected = {PACK_JSON}
             for i, entry in enumerate(entries):
                 expected.add(embeddings_member(i))
+                if entry["singles"]:
+                    expected.add(singles_member(i))
                 expected.update(thumbnail_member(i, j) for j, has in enumerate(entry["thumbnails"]) if has)
             if set(names) != expected:
                 extra = sorted(set(names) - expected)[:5]
@@ -216,6 +233,12 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
                 data = _read_member(zf, by_name[member], limits.MAX_PACK_NPY_BYTES, budget)
                 arr = _load_npy(data, member, entry["shots"], dim)
                 emb = check_embeddings(arr, dim, f"{where}: embeddings of {entry['name']!r}")
+                singles = None
+                if entry["singles"]:
+                    member = singles_member(i)
+                    data = _read_member(zf, by_name[member], limits.MAX_PACK_NPY_BYTES, budget)
+                    singles = check_embeddings(_load_npy(data, member, entry["shots"], dim), dim,
+                                               f"{where}: single views of {entry['name']!r}")
                 thumbs: list[bytes | None] = [
                     _read_member(zf, by_name[thumbnail_member(i, j)], MAX_THUMBNAIL_BYTES, budget) if has else None
                     for j, has in enumerate(entry["thumbnails"])
@@ -224,7 +247,7 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
                     thumbs = check_thumbnails(thumbs, entry["shots"])
                 except StoreError as exc:
                     raise StoreError(f"{where}, class {entry['name']!r}: {exc}") from None
-                out.append(_PackClass(entry["name"], emb, thumbs, entry["sources"]))
+                out.append(_PackClass(entry["name"], emb, thumbs, entry["sources"], singles))
             return out
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise StoreError(f"{where} is not a readable zip (truncated or corrupt: {exc}); copy it again") from exc
@@ -283,7 +306,10 @@ def _check_doc(doc: Any, where: str, fingerprint: str, dim: int) -> list[dict[st
             raise StoreError(f"{cw} ({name!r}): 'thumbnails' must be {shots} true/false values")
         if not (isinstance(sources, list) and len(sources) == shots and all(isinstance(s, str) for s in sources)):
             raise StoreError(f"{cw} ({name!r}): 'sources' must be {shots} strings")
-        entries.append({"name": name, "shots": shots, "thumbnails": thumbs, "sources": sources})
+        singles = c.get("singles", False)
+        if not isinstance(singles, bool):
+            raise StoreError(f"{cw} ({name!r}): 'singles' must be true or false")
+        entries.append({"name": name, "shots": shots, "thumbnails": thumbs, "sources": sources, "singles": singles})
     return entries
 
 
@@ -322,15 +348,15 @@ def apply_pack(store: ClassStore, tx: Transaction, pack: list[_PackClass], on_co
         )
     for c in pack:
         if c.name not in existing:
-            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources, c.singles)
             result.added.append(c.name)
         elif on_conflict == "skip":
             result.skipped.append(c.name)
         elif on_conflict == "append":
-            tx.append(c.name, c.embeddings, c.thumbnails, c.sources)
+            tx.append(c.name, c.embeddings, c.thumbnails, c.sources, c.singles)
             result.appended.append(c.name)
         else:
             tx.remove(c.name)
-            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources)
+            tx.add_class(c.name, c.embeddings, c.thumbnails, c.sources, c.singles)
             result.replaced.append(c.name)
     return result

@@ -18,10 +18,12 @@ one as it was:
   for any bundle; a shot without a thumbnail is refused (re-enroll that class).
   Lossy for large inputs (EfficientNet-Lite0 at 224 px: 13-15 points of 5-way
   1-shot accuracy lost, ``tools/bench_precisions.py``), and the result says so:
-  re-enrolling from the camera is better where possible.
+  re-enrolling from the camera is better where possible. A store that enrolls with shot
+  views (:mod:`edgefs.views`) has each thumbnail's views embedded and averaged, as at enrollment.
 * ``auto``: ``carry`` when allowed, else ``thumbnails``.
 
-The head is rebuilt from the new samples and saved with them.
+The head is rebuilt from the new samples and saved with them; the store's device settings
+(threshold, smoothing, region of interest, shot views) are carried over.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
 from edgefs.store.store import ClassStore
 from edgefs.store.validate import StoreError
+from edgefs.views import check_views, view_means
 
 CARRY_MAX_DROP = 1.0
 """Most the measured accuracy with parent shots and INT8 queries may fall below the parent's, in points."""
@@ -119,7 +122,9 @@ def reembed_store(
     with ClassStore.open(store, old_bundle, create=False) as old:
         names = old.names()
         samples = {name: old.samples(name) for name in names}
+        singles = {name: old.singles(name) for name in names}
         threshold_mode = old.head_params().get("threshold_mode", "auto")
+        settings = old.settings()
     embedded: dict[str, np.ndarray] = {}
     if use == "carry":
         if old_bundle.manifest.embedding_dim != new_bundle.manifest.embedding_dim:
@@ -137,15 +142,20 @@ def reembed_store(
 
         engine = open_engine(new_bundle, backend=backend, log=log)
         size = new_bundle.manifest.input_size
+        views = check_views(settings.get("shot_views", 1))
         for name in names:
             images = np.stack([_decode(t, size) for t in samples[name][1] if t is not None])
-            embedded[name] = engine.embed(images)
+            one = engine.embed(images)
+            embedded[name] = view_means(images, one, views, engine.embed)
+            singles[name] = one if views > 1 else None
     new = ClassStore.open(out, new_bundle, create=True)
     try:
         with new.transaction() as tx:
             for name in names:
                 _, thumbs, sources, _ = samples[name]
-                tx.add_class(name, embedded[name], thumbs, sources)
+                tx.add_class(name, embedded[name], thumbs, sources, singles[name])
+            if settings:
+                tx.save_settings(settings)
         clf = Classifier(new_bundle, None, new, threshold=threshold_mode, log=log)
         with new.transaction() as tx:
             clf.save_head(tx, clf.head, None)

@@ -81,8 +81,20 @@ def _per_class_head_rows(conn: sqlite3.Connection) -> None:
                      "excluded.value", (key, value))
 
 
+def _single_view_column(conn: sqlite3.Connection) -> None:
+    """Version 3: ``samples.single``, the shot as one camera frame is embedded, where ``embedding`` is
+    the mean of several views of it (enrollment with shot views, :mod:`edgefs.views`).
+
+    ``embedding`` stays what the head is built from; ``single`` (float32 like it, or NULL when the
+    embedding is itself one view, as every sample written before this version) is what the unknown
+    threshold's calibration scores as a query, since a camera frame is one view. Existing rows keep
+    NULL: nothing to convert.
+    """
+    conn.execute("ALTER TABLE samples ADD COLUMN single BLOB")
+
+
 # Ordered: MIGRATIONS[i] takes user_version i to i + 1.
-MIGRATIONS: list[Migration] = [_initial_schema, _per_class_head_rows]
+MIGRATIONS: list[Migration] = [_initial_schema, _per_class_head_rows, _single_view_column]
 
 
 def latest_version() -> int:

@@ -238,13 +238,15 @@ class Transaction:
         return None if row is None else int(row[0])
 
     def _insert_samples(
-        self, class_id: int, embeddings: np.ndarray, thumbnails: list[bytes | None], sources: list[str]
+        self, class_id: int, embeddings: np.ndarray, thumbnails: list[bytes | None], sources: list[str],
+        singles: np.ndarray | None = None,
     ) -> None:
         name = self._conn.execute("SELECT name FROM classes WHERE id = ?", (class_id,)).fetchone()[0]
-        for row, t, src in zip(embeddings, thumbnails, sources, strict=True):
+        single_blobs = [None] * len(embeddings) if singles is None else [r.tobytes() for r in singles]
+        for row, t, src, one in zip(embeddings, thumbnails, sources, single_blobs, strict=True):
             cur = self._conn.execute(
-                "INSERT INTO samples (class_id, embedding, thumbnail, source, created) VALUES (?, ?, ?, ?, ?)",
-                (class_id, row.tobytes(), t, src, self.now))
+                "INSERT INTO samples (class_id, embedding, thumbnail, source, created, single) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (class_id, row.tobytes(), t, src, self.now, one))
             self._added.append((class_id, name, int(cur.lastrowid or 0), self.now))
             self._added_ids.setdefault(name, []).append(int(cur.lastrowid or 0))
         self._conn.execute("UPDATE classes SET updated = ? WHERE id = ?", (self.now, class_id))
@@ -257,28 +259,36 @@ class Transaction:
             "WHERE c.id = ?", (class_id,))]
 
     def _validated(
-        self, name: str, embeddings: object, thumbnails: Sequence[bytes | None] | None, source: Source
-    ) -> tuple[np.ndarray, list[bytes | None], list[str]]:
+        self, name: str, embeddings: object, thumbnails: Sequence[bytes | None] | None, source: Source,
+        singles: object = None,
+    ) -> tuple[np.ndarray, list[bytes | None], list[str], np.ndarray | None]:
         check_name(name)
         emb = check_embeddings(embeddings, self._store.dim, f"embeddings for {name!r}")
         thumbs = check_thumbnails(thumbnails, emb.shape[0])
         sources = [source] * emb.shape[0] if isinstance(source, str) else list(source)
         if len(sources) != emb.shape[0] or not all(isinstance(s, str) for s in sources):
             raise StoreError(f"source must be text (e.g. 'camera:0') or one text per shot, got {source!r:.80}")
-        return emb, thumbs, sources
+        one = None if singles is None else check_embeddings(singles, self._store.dim, f"single views of {name!r}")
+        if one is not None and one.shape != emb.shape:
+            raise StoreError(f"single views of {name!r} have shape {one.shape} but the embeddings {emb.shape}; "
+                             "pass one single view per shot")
+        return emb, thumbs, sources, one
 
     def add_class(
-        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = "",
+        singles: np.ndarray | None = None,
     ) -> None:
         """Enroll a new class.
 
         Args:
             name: a name not yet in the store.
-            embeddings: float32 ``(K, D)``, ``K >= 1``, finite.
+            embeddings: float32 ``(K, D)``, ``K >= 1``, finite: what the head is built from.
             thumbnails: ``K`` JPEG byte strings (or None entries), or None.
             source: where the shots came from, e.g. ``camera:0`` or a folder; or one text per shot.
+            singles: float32 ``(K, D)`` each shot as one frame is embedded, when ``embeddings``
+                are means of several views (:mod:`edgefs.views`); None when they are single views.
         """
-        emb, thumbs, sources = self._validated(name, embeddings, thumbnails, source)
+        emb, thumbs, sources, one = self._validated(name, embeddings, thumbnails, source, singles)
         if self._class_id(name) is not None:
             raise StoreError(
                 f"class {name!r} is already enrolled; use --append to add shots to it, "
@@ -287,26 +297,28 @@ class Transaction:
         cur = self._conn.execute(
             "INSERT INTO classes (name, created, updated) VALUES (?, ?, ?)", (name, self.now, self.now)
         )
-        self._insert_samples(int(cur.lastrowid or 0), emb, thumbs, sources)
+        self._insert_samples(int(cur.lastrowid or 0), emb, thumbs, sources, one)
 
     def append(
-        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = "",
+        singles: np.ndarray | None = None,
     ) -> None:
         """Add shots to an enrolled class (same arguments as :meth:`add_class`)."""
-        emb, thumbs, sources = self._validated(name, embeddings, thumbnails, source)
+        emb, thumbs, sources, one = self._validated(name, embeddings, thumbnails, source, singles)
         class_id = self._class_id(name)
         if class_id is None:
             raise StoreError(f"class {name!r} is not enrolled; enroll it without --append first. {self._known()}")
-        self._insert_samples(class_id, emb, thumbs, sources)
+        self._insert_samples(class_id, emb, thumbs, sources, one)
 
     def add_samples(
-        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = ""
+        self, name: str, embeddings: np.ndarray, thumbnails: Sequence[bytes | None] | None = None, source: Source = "",
+        singles: np.ndarray | None = None,
     ) -> None:
         """Append to ``name`` if it is enrolled, else enroll it: what live enrollment wants."""
         if self._class_id(check_name(name)) is None:
-            self.add_class(name, embeddings, thumbnails, source)
+            self.add_class(name, embeddings, thumbnails, source, singles)
         else:
-            self.append(name, embeddings, thumbnails, source)
+            self.append(name, embeddings, thumbnails, source, singles)
 
     def remove(self, name: str) -> int:
         """Remove a class and its samples; returns how many samples went."""
@@ -839,46 +851,68 @@ class ClassStore:
             return {}
         return params if isinstance(params, dict) else {}
 
-    def samples_by_id(self, ids: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    def samples_by_id(self, ids: np.ndarray, with_singles: bool = False) -> Any:
         """float32 ``(n, D)`` embeddings and class names of the samples with these row ids
-        (a zero row and None for an id that is not stored)."""
+        (a zero row and None for an id that is not stored); with ``with_singles``
+        ``(embeddings, singles, names)``, ``singles`` as :meth:`all_embeddings` gives them."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        found: dict[int, tuple[bytes, str]] = {}
+        found: dict[int, tuple[bytes, bytes, str]] = {}
         with self._lock, self._sqlite_errors("reading"):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                found.update((int(i), (e, n)) for i, e, n in self._conn.execute(
-                    "SELECT s.id, s.embedding, c.name FROM samples s JOIN classes c ON c.id = s.class_id "
-                    f"WHERE s.id IN ({','.join('?' * len(chunk))})", chunk))
+                found.update((int(i), (e, o, n)) for i, e, o, n in self._conn.execute(
+                    "SELECT s.id, s.embedding, COALESCE(s.single, s.embedding), c.name FROM samples s "
+                    f"JOIN classes c ON c.id = s.class_id WHERE s.id IN ({','.join('?' * len(chunk))})", chunk))
         x = np.zeros((len(ids), self.dim), np.float32)
+        one = np.zeros((len(ids), self.dim), np.float32)
         names: list[str | None] = []
         for k, i in enumerate(ids):
             if i in found:
-                x[k] = self._decode(found[i][0])
-            names.append(found[i][1] if i in found else None)
-        return x, names
+                x[k], one[k] = self._decode(found[i][0]), self._decode(found[i][1])
+            names.append(found[i][2] if i in found else None)
+        return (x, one, names) if with_singles else (x, names)
 
-    def all_embeddings(self, with_ids: bool = False) -> Any:
+    def all_embeddings(self, with_ids: bool = False, with_singles: bool = False) -> Any:
         """Every sample, for building a head.
 
         Returns:
             ``X`` float32 ``(N, D)``, ``labels`` int64 ``(N,)`` indexing ``names``, and
-            ``names`` (enrollment order); with ``with_ids`` also the samples' row ids int64 ``(N,)``.
+            ``names`` (enrollment order); with ``with_ids`` also the samples' row ids int64 ``(N,)``;
+            with ``with_singles`` also float32 ``(N, D)`` each shot as one frame is embedded (its
+            ``single`` view where ``X`` holds a mean of views, else ``X``'s row): what the unknown
+            threshold's calibration scores.
         """
         with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
-                "SELECT c.name, s.embedding, s.id FROM samples s JOIN classes c ON c.id = s.class_id "
-                "ORDER BY c.id, s.id"
+                "SELECT c.name, s.embedding, s.id, COALESCE(s.single, s.embedding) FROM samples s "
+                "JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
             ).fetchall()
         index = {n: i for i, n in enumerate(names)}
         x = np.zeros((0, self.dim), np.float32)
+        one = np.zeros((0, self.dim), np.float32)
         if rows:
-            x = np.stack([self._decode(b) for _, b, _ in rows]).astype(np.float32)
-        labels = np.array([index[n] for n, _, _ in rows], dtype=np.int64)
+            x = np.stack([self._decode(r[1]) for r in rows]).astype(np.float32)
+            if with_singles:
+                one = np.stack([self._decode(r[3]) for r in rows]).astype(np.float32)
+        labels = np.array([index[r[0]] for r in rows], dtype=np.int64)
+        out: tuple[Any, ...] = (x, labels, names)
         if with_ids:
-            return x, labels, names, np.array([i for _, _, i in rows], np.int64)
-        return x, labels, names
+            out += (np.array([r[2] for r in rows], np.int64),)
+        if with_singles:
+            out += (one,)
+        return out
+
+    def singles(self, name: str) -> np.ndarray | None:
+        """float32 ``(K, D)`` the single views of ``name``'s samples (enrollment order), or None when
+        every one of its embeddings is itself a single view."""
+        with self._lock, self._sqlite_errors("reading"):
+            rows = self._conn.execute(
+                "SELECT s.single, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id "
+                "WHERE c.name = ? ORDER BY s.id", (name,)).fetchall()
+        if all(r[0] is None for r in rows):
+            return None
+        return np.stack([self._decode(r[0] if r[0] is not None else r[1]) for r in rows]).astype(np.float32)
 
     def sample_set(self) -> SampleSet:
         """The identity of the stored samples: count and digest over (class id, name, sample id, time).
