@@ -59,14 +59,6 @@ def test_leave_one_out_margin_scores_rebuild_the_own_prototype_without_the_shot(
     assert scores[1] == pytest.approx(0.0)
 
 
-def test_shot_views_are_the_shot_its_corners_and_blurred_copies(tool: ModuleType) -> None:
-    shot = np.random.default_rng(0).integers(0, 255, (168, 224, 3), dtype=np.uint8)
-    assert len(tool.shot_views(shot, 1)) == 1 and tool.shot_views(shot, 1)[0] is shot
-    views = tool.shot_views(shot, 7)
-    assert len(views) == 7 and all(v.shape == shot.shape for v in views)
-    assert not any(np.array_equal(v, shot) for v in views[1:])  # every copy differs from the shot
-
-
 def test_single_view_queries_are_scored_against_the_view_mean_prototypes(tool: ModuleType) -> None:
     # The head sums view means (rows 0-1: class 0, row 2: class 1); each shot is queried with its
     # single view. Shot 0's single view is orthogonal to the other class-0 mean: own score 0.

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"object side / the frame's shorter side (default {c.object_size:g}; glyphs {g.object_size:g})")
     p.add_argument("--roi", type=A.roi, help=A.ROI_HELP + f" (default {c.roi.to_text()}; glyphs {g.roi.to_text()})")
     p.add_argument("--seed", type=A.integer(0), help="choice of classes and camera randomness (default 0)")
+    p.add_argument("--shot-views", type=int, choices=A.VIEW_CHOICES,
+                   help=f"enroll each shot as the mean of this many views (default {c.shot_views}; glyphs "
+                        f"{g.shot_views}); see edgefs enroll --help")
     p.add_argument("--threads", type=A.integer(1), help="ONNX Runtime threads (default: all cores but one)")
     p.add_argument("--record", action="store_true", default=None,
                    help="also write the annotated stream to OUT/demo.mp4")
@@ -45,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     run_demo(demo_config(args.preset, data=args.data, checkpoint=args.checkpoint, out=args.out, classes=args.classes,
                          unknown=args.unknown, shots=args.shots, seconds=args.seconds, fps=args.fps,
                          difficulty=args.difficulty, object_size=args.object_size, roi=args.roi, seed=args.seed,
-                         threads=args.threads, record=args.record, spin=args.spin))
+                         threads=args.threads, record=args.record, spin=args.spin, shot_views=args.shot_views))
     return 0
