@@ -8,7 +8,8 @@ Usage::
 
 For each checkpoint a bundle is exported, the colour demo's 5 classes are enrolled
 from the synthetic camera exactly as ``edgefs demo`` enrolls them (5 shots,
-region of interest), and a fixed offline stream (4 camera seeds, 450 frames
+region of interest, each shot the mean of 7 views; ``--shot-views 1 7`` compares
+with the shots alone), and a fixed offline stream (4 camera seeds, 450 frames
 each, every 3rd frame; the 5 enrolled and the 2 never-enrolled classes) is
 classified frame by frame through ONNX Runtime and the bundle's device head. The
 table gives, per model: closed-set top-1 on enrolled frames, the store's
@@ -42,7 +43,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgefs.camera.sources import open_source
@@ -50,14 +50,13 @@ from edgefs.classifier import Classifier
 from edgefs.demo import (
     COLOUR_CHECKPOINT,
     camera_options,
-    camera_shots,
     choose_classes,
     demo_config,
     enroll_from_synthetic,
     ensure_data,
 )
 from edgefs.export import export_bundle
-from edgefs.heads.openset import loo_scores, threshold_from_scores
+from edgefs.heads.openset import threshold_from_scores
 from edgefs.heads.reference import l2_normalize, row_dots
 
 HOLD = 45  # frames per presentation of the offline stream (the synthetic camera's default)
@@ -147,42 +146,12 @@ def loo_margin_scores(x: np.ndarray, labels: np.ndarray, normalize: bool) -> np.
     return margin_scores(sims[multi])
 
 
-def shot_views(image: np.ndarray, views: int) -> list[np.ndarray]:
-    """A camera shot and copies of it: ``views`` 1 (the shot), 5 (and its four corner crops of
-    0.8 of each side, as if the object sat elsewhere in the region of interest) or 7 (and two
-    blurred copies, sigma 1.5 and 3 pixels at 224 px)."""
-    out = [image]
-    h, w = image.shape[:2]
-    if views >= 5:
-        cw, ch = int(w * 0.8), int(h * 0.8)
-        for x0, y0 in ((0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)):
-            out.append(cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA))
-    if views >= 7:
-        out += [cv2.GaussianBlur(image, (0, 0), sigma * max(h, w) / 224) for sigma in (1.5, 3.0)]
-    return out
-
-
-def enroll_with_views(clf: Classifier, cfg: Any, names: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
-    """Enroll each class from the demo's camera shots, each shot stored as the mean embedding of
-    its :func:`shot_views`; returns the shots' single-view embeddings and class indices (what a
-    leave-one-out calibration must score: a camera frame is one view)."""
-    single, labels = [], []
-    for c, name in enumerate(names):
-        frames, source = camera_shots(cfg, name)
-        batch = clf.prepare(frames)
-        means = np.stack([clf.embed(clf.prepare(shot_views(f, views))).mean(axis=0) for f in frames])
-        clf.enroll_embedded(name, batch, means, source=source)
-        single.append(clf.embed(batch))
-        labels += [c] * len(frames)
-    return np.concatenate(single), np.array(labels)
-
-
 def measure(clf: Classifier, images: list[np.ndarray], truth: np.ndarray, shown: np.ndarray,
-            enrolled: list[str], single: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+            enrolled: list[str]) -> dict[str, Any]:
     """The table's figures for one classifier whose store holds the enrolled classes.
 
-    ``single``: the shots' single-view embeddings and classes when the store holds view means
-    (:func:`enroll_with_views`); the automatic thresholds are then calibrated on those queries.
+    Where the store enrolls with shot views (:mod:`edgefs.views`) the head sums view means and
+    every calibration here scores the shots' single views, as the store's own does.
     """
     head = clf.head
     emb = np.concatenate([clf.embed(clf.prepare(images[i:i + 64])) for i in range(0, len(images), 64)])
@@ -192,19 +161,12 @@ def measure(clf: Classifier, images: list[np.ndarray], truth: np.ndarray, shown:
     known = np.isin(truth, enrolled)
     right = np.array(classes)[sims.argmax(axis=1)] == truth
     threshold = float(clf.threshold)
-    x, labels, _ = clf.store.all_embeddings()  # type: ignore[union-attr]
-    if single is None:
-        looked, negative = loo_scores(head.transform(x), labels, normalize=head.normalize_shots)
-        at95 = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
-        assert abs(at95 - threshold) < 1e-5, (at95, threshold)  # the same rule as the store's calibration
-        queries = x
-    else:  # one view per query, the view means summed: the store's own rule would score means
-        queries = single[0]
-        assert np.array_equal(single[1], labels), "single views out of step with the store"
-        loo, multi = loo_similarities(head.transform(queries), head.transform(x), labels, head.normalize_shots)
-        looked = loo.max(axis=1)[multi]
-        negative = np.where(np.eye(len(classes), dtype=bool)[labels], -np.inf, loo).max(axis=1)
-        threshold = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
+    x, labels, _, queries = clf.store.all_embeddings(with_singles=True)  # type: ignore[union-attr]
+    loo, multi = loo_similarities(head.transform(queries), head.transform(x), labels, head.normalize_shots)
+    looked = loo.max(axis=1)[multi]
+    negative = np.where(np.eye(len(classes), dtype=bool)[labels], -np.inf, loo).max(axis=1)
+    at95 = threshold_from_scores(looked, negative, len(classes), "loo", 0.95)
+    assert abs(at95 - threshold) < 1e-5, (at95, threshold)  # the same rule as the store's calibration
     at90 = threshold_from_scores(looked, negative, len(classes), "loo", 0.90)
     oracle = max(np.unique(best), key=lambda t: open_accuracy(best, right, known, float(t)))
     truth_idx = np.array([classes.index(t) if t in classes else -1 for t in truth])
@@ -233,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--class-seeds", nargs="+", type=int, default=[0],
                    help="draws of the 5 enrolled + 2 never-enrolled classes (0: the demo's)")
     p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the demo's)")
-    p.add_argument("--shot-views", nargs="+", type=int, default=[1], choices=[1, 5, 7],
-                   help="also enroll each shot as the mean of this many views (a candidate: see shot_views)")
+    p.add_argument("--shot-views", nargs="+", type=int, default=None, choices=[1, 5, 7],
+                   help="views per enrolled shot to compare (edgefs.views; default: the demo's, 7)")
     p.add_argument("--seeds", type=int, default=4, help="offline streams (camera seeds)")
     p.add_argument("--frames", type=int, default=450, help="frames per stream")
     p.add_argument("--every", type=int, default=3, help="keep every N-th frame")
@@ -272,17 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         bundle = work / f"{name.replace(' ', '_')}.edgefs"
         export_bundle(ckpt, bundle, data=str(cases[0][2].data), parity_images=8, overwrite=True, log=lambda _: None)
         for views, (data, seed, cfg, enrolled, unknown, images, truth, shown) in itertools.product(
-                args.shot_views, cases):
+                args.shot_views or [base.shot_views], cases):
             store = work / f"{name.replace(' ', '_')}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{store}{suffix}").unlink(missing_ok=True)
-            with Classifier.open(bundle, store, backend="onnxruntime", log=lambda _: None) as clf:
-                if views == 1:
-                    enroll_from_synthetic(clf, cfg, enrolled, log=lambda _: None)
-                    figures = measure(clf, images, truth, shown, enrolled)
-                else:
-                    single = enroll_with_views(clf, cfg, enrolled, views)
-                    figures = measure(clf, images, truth, shown, enrolled, single)
+            with Classifier.open(bundle, store, backend="onnxruntime", log=lambda _: None, shot_views=views) as clf:
+                enroll_from_synthetic(clf, cfg, enrolled, log=lambda _: None)
+                figures = measure(clf, images, truth, shown, enrolled)
                 size = clf.bundle.manifest.input_size
             rows.append({"model": name if views == 1 else f"{name}, {views} views per shot", "checkpoint": ckpt,
                          "views": views, "input": size, "data": data, "class_seed": seed,
