@@ -680,6 +680,15 @@ class Classifier:
                 raise
         return self.threshold
 
+    def set_shot_views(self, views: int) -> int:
+        """Enroll from now on with ``views`` views per shot (:mod:`edgefs.views`), saved with the store.
+        Classes already enrolled keep theirs. Returns the value in force."""
+        views = check_views(views)
+        if self.store is not None:
+            self.save_settings(shot_views=views)
+        self.shot_views = views
+        return views
+
     def settings(self) -> dict[str, Any]:
         """Device settings saved with the store (e.g. ``smooth``); {} without a store."""
         return self.store.settings() if self.store is not None else {}

@@ -258,6 +258,14 @@ def test_settings_validate_apply_live_and_persist(served: Served) -> None:
     assert status == 200 and body["roi"] == Roi.parse("0.6").to_text()
     assert served.pipeline.cfg.roi == Roi.parse("0.6")
     assert served.clf.store.settings()["roi"] == body["roi"]
+    # Views per enrolled shot: one of the choices, for enrollments from now on, saved with the store.
+    assert body["shot_views"] == 1 and body["shot_view_choices"] == [1, 5, 7]
+    for bad in ({"shot_views": 3}, {"shot_views": True}, {"shot_views": "7"}, {"shot_views": 7.5}):
+        status, refused = served.json("PUT", "/api/v1/settings", bad)
+        assert status == 400 and "shot_views" in refused["error"], (bad, refused)
+    status, body = served.json("PUT", "/api/v1/settings", {"shot_views": 7})
+    assert status == 200 and body["shot_views"] == 7 and served.clf.shot_views == 7
+    assert served.clf.store.settings()["shot_views"] == 7
 
 
 def test_live_enrollment_by_api_with_per_shot_verdicts(served: Served, glyph_data: Path) -> None:

@@ -159,6 +159,12 @@ def test_journey_live_enroll_recognise_rename_export_remove_import(browser: Any,
     assert served.clf.threshold_mode != "auto"
     page.check("input[name=mode][value=auto]")
     wait_for(lambda: served.clf.threshold_mode == "auto", timeout=10)
+    wait_for(lambda: "calibrated" in page.inner_text("#in-force"), timeout=10)  # the page shows the reply
+    assert page.input_value("#shot-views") == str(served.clf.shot_views)
+    page.select_option("#shot-views", "7")
+    page.click("#save-views")
+    wait_for(lambda: served.clf.shot_views == 7, timeout=10)
+    assert served.clf.store.settings()["shot_views"] == 7
     page.screenshot(path=str(shots_dir / "settings.png"))
     assert problems == []
     ctx.close()

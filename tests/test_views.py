@@ -128,7 +128,8 @@ def test_a_store_with_shot_views_sums_means_and_calibrates_on_single_views(conv4
         assert clf.threshold == pytest.approx(threshold, abs=1e-5)
 
 
-def test_enroll_cli_saves_the_shot_views_choice(conv4_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+def test_enroll_cli_saves_the_shot_views_choice(conv4_bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.db"
     dirs = sorted(p for p in (glyph_data / "test").glob("*/*") if p.is_dir())[:2]
     assert main(["enroll", str(conv4_bundle), "--store", str(store), "--label", "a", "--images", str(dirs[0]),
@@ -139,6 +140,9 @@ def test_enroll_cli_saves_the_shot_views_choice(conv4_bundle: Path, glyph_data: 
         assert s.settings()["shot_views"] == 5
         assert s.singles("a") is not None and s.singles("b") is not None  # b enrolled by the saved choice
         assert not np.allclose(s.singles("a"), s.embeddings("a"))
+    capsys.readouterr()
+    assert main(["classes", "list", "--store", str(store), "--bundle", str(conv4_bundle)]) == 0
+    assert "settings: shot_views 5" in capsys.readouterr().out
 
 
 def test_packs_and_reembedding_keep_single_views(conv4_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from edgefs.serve.auth import COOKIE, Guard
 from edgefs.serve.hub import ViewHub, quantiles
 from edgefs.store.packs import ON_CONFLICT
 from edgefs.store.validate import check_name
+from edgefs.views import VIEW_CHOICES
 
 API = "/api/v1"
 #: a JSON request body (labels, settings): far above what any call needs
@@ -521,22 +522,26 @@ def settings_doc(ctx: WebContext) -> dict[str, Any]:
     mode = ctx.clf.threshold_mode
     return {"threshold_mode": mode if isinstance(mode, str) else "manual", "threshold": ctx.clf.threshold,
             "smooth": ctx.pipeline.cfg.smooth, "max_smooth": MAX_SMOOTH,
-            "roi": ctx.pipeline.cfg.roi.to_text() if ctx.pipeline.cfg.roi is not None else "full"}
+            "roi": ctx.pipeline.cfg.roi.to_text() if ctx.pipeline.cfg.roi is not None else "full",
+            "shot_views": ctx.clf.shot_views, "shot_view_choices": list(VIEW_CHOICES)}
 
 
-@endpoint("GET", f"{API}/settings", "unknown threshold (mode and value in force), smoothing window and region "
-          "of interest")
+@endpoint("GET", f"{API}/settings", "unknown threshold (mode and value in force), smoothing window, region "
+          "of interest and views per enrolled shot")
 async def settings_get(ctx: WebContext, request: Request) -> Response:
     return JSONResponse(settings_doc(ctx))
 
 
-@endpoint("PUT", f"{API}/settings", "{threshold?: 'auto'|'none'|cosine, smooth?, roi?: 'full'|'0.6'|'cx,cy,w,h'}: "
-          "change them live; saved with the store")
+@endpoint("PUT", f"{API}/settings", "{threshold?: 'auto'|'none'|cosine, smooth?, roi?: 'full'|'0.6'|'cx,cy,w,h', "
+          "shot_views?: 1|5|7}: change them live; saved with the store")
 async def settings_put(ctx: WebContext, request: Request) -> Response:
     doc = await json_body(request)
-    unknown = sorted(set(doc) - {"threshold", "smooth", "roi"})
+    unknown = sorted(set(doc) - {"threshold", "smooth", "roi", "shot_views"})
     if unknown:
-        raise HttpError(400, f"unknown settings {unknown}; there are 'threshold', 'smooth' and 'roi'")
+        raise HttpError(400, f"unknown settings {unknown}; there are 'threshold', 'smooth', 'roi' and 'shot_views'")
+    views = doc.get("shot_views")
+    if "shot_views" in doc and (isinstance(views, bool) or views not in VIEW_CHOICES):
+        raise HttpError(400, f"field 'shot_views' must be one of {', '.join(map(str, VIEW_CHOICES))}")
     threshold = doc.get("threshold")
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, str | int | float):
@@ -563,6 +568,8 @@ async def settings_put(ctx: WebContext, request: Request) -> Response:
     if roi is not None:
         ctx.pipeline.set_roi(roi)
         await run_in_threadpool(lambda: ctx.clf.save_settings(roi=roi.to_text()))
+    if views is not None:
+        await run_in_threadpool(ctx.clf.set_shot_views, int(views))
     return JSONResponse(settings_doc(ctx))
 
 

@@ -1021,6 +1021,9 @@ class ClassStore:
             + ("" if head.current or not head.arrays else f" (out of date: {head.staleness()}; "
                "it is rebuilt from the samples when the store is next opened for enroll or run)"),
         ]
+        settings = self.settings()
+        if settings:
+            lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in sorted(settings.items())))
         if infos:
             width = max(len(c.name) for c in infos)
             lines.append(f"{'name':<{width}}  shots  created (UTC)        updated (UTC)")

@@ -242,6 +242,8 @@ async function initSettings() {
     $("#smooth").max = s.max_smooth;
     $("#smooth").value = s.smooth;
     $("#roi").value = s.roi;
+    $("#shot-views").replaceChildren(...s.shot_view_choices.map((n) => el("option", { value: String(n), text: String(n) })));
+    $("#shot-views").value = String(s.shot_views);
   };
   const put = async (body) => {
     try { show(await api("/settings", { method: "PUT", body })); $("#saved").textContent = "saved with the store"; showError(""); }
@@ -255,6 +257,7 @@ async function initSettings() {
   slider.addEventListener("change", () => put({ threshold: Number(slider.value) }));
   $("#save-smooth").addEventListener("click", () => put({ smooth: Number($("#smooth").value) }));
   $("#save-roi").addEventListener("click", () => put({ roi: $("#roi").value }));
+  $("#save-views").addEventListener("click", () => put({ shot_views: Number($("#shot-views").value) }));
   poll(async () => {
     const st = await api("/status");
     $("#live-results").replaceChildren(...st.sources.map((s) => el("p", {}, el("span", { class: "muted src-name", text: `${s.name}: ` }), resultLine(s.result))));
