@@ -190,3 +190,35 @@ def test_int8_rebuild_reuses_the_calibration_cache(engines: dict[str, Path], bun
     path = build_engine(bundle_path, precision="int8", calib=None, max_batch=8, log=quiet, trt=flavour)
     calibration = read_engine_header(path)["calibration"]
     assert calibration["cache_reused"] and calibration["batches"] == 0
+
+
+def test_live_enrollment_with_shot_views_on_a_tensorrt_engine(engines: dict[str, Path], bundle_path: Path,
+                                                              data: Path, tmp_path: Path) -> None:
+    """A class enrolled live with 5 views per shot: the extra views go through the TensorRT engine on the
+    camera loop's thread (its execution context has one user), the store keeps the single views."""
+    import threading
+
+    from edgefs.camera.pipeline import Pipeline, RunConfig
+    from edgefs.classifier import Classifier
+
+    store = tmp_path / "s.db"
+    with Classifier.open(bundle_path, store, backend="tensorrt", device="cuda", log=quiet, shot_views=5) as clf:
+        assert clf.engine is not None and clf.engine.backend == "tensorrt"
+        threads: list[str] = []
+        embed = clf.embed
+
+        def recording(batch: np.ndarray) -> np.ndarray:
+            threads.append(threading.current_thread().name)
+            return embed(batch)
+
+        clf.embed = recording  # type: ignore[method-assign]
+        cfg = RunConfig(sources=[f"synthetic:{data}?frames=60&hold=60&classes=char01&live=0"], enroll="char01",
+                        shots=3, enroll_interval_s=0.0)
+        pipeline = Pipeline(clf, cfg, log=quiet)
+        events = list(pipeline.events())
+        if pipeline._enroll_thread is not None:
+            pipeline._enroll_thread.join()
+        assert clf.classes == ["char01"] and clf.store is not None
+        singles = clf.store.singles("char01")
+        assert singles is not None and singles.shape == clf.store.embeddings("char01").shape
+    assert len(events) == 60 and set(threads) == {threading.current_thread().name}
