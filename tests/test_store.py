@@ -400,3 +400,56 @@ def test_store_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def class_singles(members: dict[str, bytes], entry: int, arr: np.ndarray | None) -> None:
+    """Declare single views for pack class ``entry`` (and write ``arr`` as its member, if given)."""
+    doc = json.loads(members["pack.json"])
+    doc["classes"][entry]["singles"] = True
+    members["pack.json"] = json.dumps(doc).encode()
+    if arr is not None:
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        members[f"singles/{entry:05d}.npy"] = buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: class_singles(m, 1, None), "missing"),  # declared, absent
+        (lambda m: class_singles(m, 1, np.zeros((3, DIM), np.float32)), r"shape \(3, 16\)"),
+        (lambda m: class_singles(m, 1, np.full((2, DIM), np.inf, np.float32)), "NaN or inf"),
+        (lambda m: m.update({"singles/00001.npy": b"x"}), "unexpected"),  # present, undeclared
+        (lambda m: edit_json(m, classes=[{**json.loads(m["pack.json"])["classes"][0], "singles": "yes"}]),
+         "'singles' must be true or false"),
+    ],
+)
+def test_a_pack_with_bad_single_views_is_refused(tmp_path: Path, change, message: str) -> None:
+    good = filled(tmp_path / "a.db").export_pack(tmp_path / "good.efpack")
+    bad = rewrite(good, tmp_path / "bad.efpack", change)
+    dst = ClassStore.open(tmp_path / "b.db", manifest())
+    before = snapshot(dst)
+    with pytest.raises(StoreError, match=message):
+        dst.import_pack(bad)
+    assert snapshot(dst) == before
+
+
+def test_single_views_are_checked_and_travel_in_packs(tmp_path: Path) -> None:
+    s = ClassStore.open(tmp_path / "a.db", manifest())
+    with pytest.raises(StoreError, match="one single view per shot"):
+        s.add_class("mug", shots(3), singles=shots(2, 5))
+    with pytest.raises(StoreError, match="single views of 'mug'"):
+        s.add_class("mug", shots(3), singles=np.full((3, DIM), np.nan, np.float32))
+    assert s.names() == []
+    s.add_class("mug", shots(3), singles=shots(3, 5))
+    s.add_class("cup", shots(2, 2))
+    s.append("cup", shots(1, 3), singles=shots(1, 4))  # a class may mix: NULL where a shot is one view
+    np.testing.assert_array_equal(s.singles("mug"), shots(3, 5))
+    np.testing.assert_array_equal(s.singles("cup"), np.concatenate([shots(2, 2), shots(1, 4)]))
+    pack = s.export_pack(tmp_path / "p.efpack")
+    assert json.loads(zipfile.ZipFile(pack).read("pack.json"))["pack_version"] == 2
+    dst = ClassStore.open(tmp_path / "b.db", manifest())
+    dst.import_pack(pack)
+    for name in ("mug", "cup"):
+        np.testing.assert_array_equal(dst.singles(name), s.singles(name))
+        np.testing.assert_array_equal(dst.embeddings(name), s.embeddings(name))

@@ -221,3 +221,19 @@ def test_live_enrollment_embeds_the_views_on_the_loop_thread(trained_bundle: Pat
     assert events[-1]["label"] == names[1]
     with ClassStore.open(store, read_bundle(trained_bundle), create=False) as s:
         assert s.singles(names[1]) is not None and s.embeddings(names[1]).shape == (3, s.dim)
+
+
+def test_views_of_a_live_enrollment_are_embedded_on_the_workers_thread_once_the_loop_ended(
+        trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> None:
+    from tests.test_run import synthetic
+
+    with open_clf(trained_bundle, tmp_path / "s.db", shot_views=5) as clf:
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, frames=5)]), log=quiet)
+        batch = clf.prepare(class_images(glyph_data, 1, 3)["c0"])
+        pipeline._loop_ended.set()  # nothing runs submitted calls any more: the worker embeds itself
+        got: list[np.ndarray] = []
+        worker = threading.Thread(target=lambda: got.append(pipeline._embed_on_loop(np.concatenate([batch] * 3))))
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive()
+        np.testing.assert_allclose(got[0], clf.embed(np.concatenate([batch] * 3)), rtol=1e-5, atol=1e-6)

@@ -713,14 +713,16 @@ class ClassStore:
         source: Source = "",
         head_state: dict[str, np.ndarray] | None = None,
         head_params: dict[str, Any] | None = None,
+        singles: np.ndarray | None = None,
     ) -> None:
         """Enroll ``name`` from float32 ``(K, D)`` embeddings; optionally save the head state in the same commit.
+        ``singles``: as :meth:`Transaction.add_class` takes them.
 
         Raises:
             StoreError: duplicate name (use :meth:`append`), bad embeddings or thumbnails; nothing is written.
         """
         with self.transaction() as tx:
-            tx.add_class(name, embeddings, thumbnails, source)
+            tx.add_class(name, embeddings, thumbnails, source, singles)
             if head_state is not None:
                 tx.save_head_state(head_state, head_params)
 
@@ -732,10 +734,11 @@ class ClassStore:
         source: Source = "",
         head_state: dict[str, np.ndarray] | None = None,
         head_params: dict[str, Any] | None = None,
+        singles: np.ndarray | None = None,
     ) -> None:
         """Add float32 ``(K, D)`` shots to an enrolled class (arguments as :meth:`add_class`)."""
         with self.transaction() as tx:
-            tx.append(name, embeddings, thumbnails, source)
+            tx.append(name, embeddings, thumbnails, source, singles)
             if head_state is not None:
                 tx.save_head_state(head_state, head_params)
 
