@@ -506,9 +506,9 @@ class Classifier:
                               + "\n  ".join(rejected))
         thumbs = [thumbnail(im) for im in batch[gate.keep]]
         t_gate = time.perf_counter()
-        views = self.shot_views > 1
-        kept_single = singles[gate.keep] if views else None
-        kept_emb = view_means(batch[gate.keep], singles[gate.keep], self.shot_views, embed or self.embed)
+        n_views = self.shot_views  # read once: the web app may change it meanwhile
+        kept_single = singles[gate.keep] if n_views > 1 else None
+        kept_emb = view_means(batch[gate.keep], singles[gate.keep], n_views, embed or self.embed)
         t2 = time.perf_counter()
         marks: list[float] = []
 

@@ -237,3 +237,20 @@ def test_views_of_a_live_enrollment_are_embedded_on_the_workers_thread_once_the_
         worker.join(timeout=10)
         assert not worker.is_alive()
         np.testing.assert_allclose(got[0], clf.embed(np.concatenate([batch] * 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_store_without_shot_views_keeps_one_set_of_calibration_rows(conv4_bundle: Path, glyph_data: Path,
+                                                                     tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    with open_clf(conv4_bundle, store, head_type="imprint") as clf:  # a head that sums unit shots
+        assert clf.head.normalize_shots
+        for name, images in class_images(glyph_data, 3).items():
+            clf.enroll(name, images)
+        threshold = clf.threshold
+    with sqlite3.connect(store) as conn:  # rebuilt at the next open, from samples with no single views
+        conn.execute("DELETE FROM head_rows")
+        conn.execute("DELETE FROM head_state")
+        conn.execute("UPDATE meta SET value = 'stale:x' WHERE key = 'head_samples'")
+    with open_clf(conv4_bundle, store, head_type="imprint") as clf:
+        assert clf.threshold == pytest.approx(threshold, abs=1e-6)
+        assert clf._calib is not None and clf._calib._s is None  # queries and summed rows are the same

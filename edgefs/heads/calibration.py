@@ -160,7 +160,11 @@ class LooCalibrator:
         float ``(N, D)`` single views where the embeddings are view means)."""
         self.__init__(self.capacity)  # type: ignore[misc]
         ids = np.full(len(labels), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
-        self._keep(head, np.asarray(embeddings, np.float32), np.asarray(labels, np.int32), ids, _floats(singles))
+        embeddings = np.asarray(embeddings, np.float32)
+        singles = _floats(singles)
+        if singles is not None and np.array_equal(singles, embeddings):
+            singles = None  # every shot is one view: one set of rows serves both (half the memory)
+        self._keep(head, embeddings, np.asarray(labels, np.int32), ids, singles)
 
     # ---- updates (call after the head changed) --------------------------------------------------
     def _rescore(self, head: Head, rows: np.ndarray) -> None:
