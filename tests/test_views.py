@@ -214,9 +214,9 @@ def test_live_enrollment_embeds_the_views_on_the_loop_thread(trained_bundle: Pat
         if pipeline._enroll_thread is not None:
             pipeline._enroll_thread.join()
         assert clf.classes == names
-    # The 3 shots' 4 other views, embedded by the loop's thread a few at a time, frames classified between.
-    views = [n for t, n in threads if n > 1]
-    assert sum(views) == 3 * 4 and max(views) <= VIEWS_PER_CALL
+    # The 3 shots' 4 other views, embedded by the loop's thread between batches (frames classified between).
+    # One camera: the loop embeds one frame per batch, so every image beyond the frames is a view.
+    assert sum(n for _, n in threads) == len(events) + 3 * 4 and max(n for _, n in threads) <= VIEWS_PER_CALL
     assert {t for t, _ in threads} == {loop_thread}
     assert events[-1]["label"] == names[1]
     with ClassStore.open(store, read_bundle(trained_bundle), create=False) as s:
