@@ -7,13 +7,14 @@ accept. Enrolling each shot as the mean embedding of :func:`shot_views` (the sho
 corner crops of 0.8 of each side scaled back up, as if the object sat elsewhere; and two
 blurred copies) moves the prototype to where those frames land.
 
-Measured on the colour demo's synthetic camera with the committed colour model
-(``python tools/bench_openset.py --shot-views 1 5 7`` and ``--data`` over five domains,
-reports/openset-colour*): closed-set top-1 89.0 -> 92.4 and open-set accuracy 76.3 -> 84.3 on
-the demo's draw; +3.5 points of open-set accuracy over 15 camera cases (11 better, 4 worse).
-On full-frame glyphs (the object fills the frame: no room to move, nothing to blur) it
-lowers accuracy, so it is a store setting chosen at enrollment (``--shot-views``), 1 (off)
-unless asked for.
+Measured on the colour demo's synthetic camera with the committed colour model, 7 views
+against 1 (README, reports/openset-colour*, reports/pipeline-colour): per frame, closed-set
+top-1 89.0 -> 91.2 and open-set accuracy 76.3 -> 83.5 on the demo's draw, 65.0 -> 68.2 over 15
+camera cases (10 better, 4 worse); smoothed on 60 s live streams 82.0 -> 86.6. On full-frame
+glyphs (the object fills the frame: no room to move) it lowers accuracy, 84.5 -> 75.9
+(reports/pipeline-glyphs-views), so it is a store setting chosen at enrollment
+(``--shot-views``), 1 (off) unless asked for. More kinds of views (rotations, brightness,
+zooms) measured no better than these 7.
 
 The head sums the view means; the unknown threshold is calibrated on each shot's single
 view (``samples.single`` in the store, :mod:`edgefs.heads.calibration`), because a camera
