@@ -341,6 +341,34 @@ def test_the_loop_wakes_on_frames_and_stops_promptly(trained_bundle: Path, glyph
     assert 2 <= summary.frames <= 5
 
 
+def test_calls_submitted_to_a_loop_waiting_on_a_slow_camera_run_at_once(trained_bundle: Path, glyph_data: Path,
+                                                                        tmp_path: Path) -> None:
+    """Submitted calls (the web app's changes, a live enrollment's shot views) wake a loop that waits for a
+    2 FPS camera instead of waiting for its next 50 ms look: 40 calls one after another take far less than
+    the 2 s those looks alone would. Bounds leave room for a loaded machine."""
+    import threading
+    import time
+
+    with open_clf(trained_bundle, tmp_path / "s.db") as clf:
+        pipeline = Pipeline(clf, RunConfig(sources=[synthetic(glyph_data, fps=2, live=1)]), log=lambda _: None)
+        took: list[float] = []
+        ran: list[str] = []
+
+        def caller() -> None:
+            time.sleep(0.6)  # the loop is running and asleep between frames
+            t = time.monotonic()
+            ran.extend(pipeline.submit(lambda: threading.current_thread().name).result(timeout=5) for _ in range(40))
+            took.append(time.monotonic() - t)
+            pipeline.stop()
+
+        worker = threading.Thread(target=caller)
+        worker.start()
+        pipeline.run()
+        worker.join()
+    assert took and took[0] < 1.0
+    assert ran == [threading.main_thread().name] * 40  # each ran on the loop's thread
+
+
 def test_run_cli_takes_the_loop_and_engine_knobs(trained_bundle: Path, glyph_data: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.db"

@@ -537,6 +537,7 @@ class Pipeline:
         """
         future: Future[T] = Future()
         self._calls.put((fn, future))
+        self._ready.set()  # a loop waiting on quiet sources runs it now, not at its next 50 ms look
         return future
 
     def add_listener(self, fn: Callable[[int, Frame, dict[str, Any]], None]) -> None:
