@@ -445,6 +445,8 @@ def test_single_views_are_checked_and_travel_in_packs(tmp_path: Path) -> None:
     s.add_class("cup", shots(2, 2))
     s.append("cup", shots(1, 3), singles=shots(1, 4))  # a class may mix: NULL where a shot is one view
     np.testing.assert_array_equal(s.singles("mug"), shots(3, 5))
+    with pytest.raises(StoreError, match="'bowl' is not enrolled"):
+        s.singles("bowl")
     np.testing.assert_array_equal(s.singles("cup"), np.concatenate([shots(2, 2), shots(1, 4)]))
     pack = s.export_pack(tmp_path / "p.efpack")
     assert json.loads(zipfile.ZipFile(pack).read("pack.json"))["pack_version"] == 2

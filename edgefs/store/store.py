@@ -859,19 +859,21 @@ class ClassStore:
         (a zero row and None for an id that is not stored); with ``with_singles``
         ``(embeddings, singles, names)``, ``singles`` as :meth:`all_embeddings` gives them."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        found: dict[int, tuple[bytes, bytes, str]] = {}
+        found: dict[int, tuple[bytes, bytes | None, str]] = {}
         with self._lock, self._sqlite_errors("reading"):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 found.update((int(i), (e, o, n)) for i, e, o, n in self._conn.execute(
-                    "SELECT s.id, s.embedding, COALESCE(s.single, s.embedding), c.name FROM samples s "
+                    f"SELECT s.id, s.embedding, {'s.single' if with_singles else 'NULL'}, c.name FROM samples s "
                     f"JOIN classes c ON c.id = s.class_id WHERE s.id IN ({','.join('?' * len(chunk))})", chunk))
         x = np.zeros((len(ids), self.dim), np.float32)
         one = np.zeros((len(ids), self.dim), np.float32)
         names: list[str | None] = []
         for k, i in enumerate(ids):
             if i in found:
-                x[k], one[k] = self._decode(found[i][0]), self._decode(found[i][1])
+                x[k] = self._decode(found[i][0])
+                single = found[i][1]
+                one[k] = x[k] if single is None else self._decode(single)
             names.append(found[i][2] if i in found else None)
         return (x, one, names) if with_singles else (x, names)
 
@@ -888,7 +890,7 @@ class ClassStore:
         with self._lock, self._sqlite_errors("reading"):
             names = [n for (n,) in self._conn.execute("SELECT name FROM classes ORDER BY id")]
             rows = self._conn.execute(
-                "SELECT c.name, s.embedding, s.id, COALESCE(s.single, s.embedding) FROM samples s "
+                f"SELECT c.name, s.embedding, s.id, {'s.single' if with_singles else 'NULL'} FROM samples s "
                 "JOIN classes c ON c.id = s.class_id ORDER BY c.id, s.id"
             ).fetchall()
         index = {n: i for i, n in enumerate(names)}
@@ -896,8 +898,8 @@ class ClassStore:
         one = np.zeros((0, self.dim), np.float32)
         if rows:
             x = np.stack([self._decode(r[1]) for r in rows]).astype(np.float32)
-            if with_singles:
-                one = np.stack([self._decode(r[3]) for r in rows]).astype(np.float32)
+            if with_singles:  # a shot stored as one view is its own single view
+                one = np.stack([x[k] if r[3] is None else self._decode(r[3]) for k, r in enumerate(rows)])
         labels = np.array([index[r[0]] for r in rows], dtype=np.int64)
         out: tuple[Any, ...] = (x, labels, names)
         if with_ids:
@@ -910,6 +912,8 @@ class ClassStore:
         """float32 ``(K, D)`` the single views of ``name``'s samples (enrollment order), or None when
         every one of its embeddings is itself a single view."""
         with self._lock, self._sqlite_errors("reading"):
+            if self._conn.execute("SELECT 1 FROM classes WHERE name = ?", (name,)).fetchone() is None:
+                raise StoreError(f"class {name!r} is not enrolled; 'edgefs classes list' shows what is")
             rows = self._conn.execute(
                 "SELECT s.single, s.embedding FROM samples s JOIN classes c ON c.id = s.class_id "
                 "WHERE c.name = ? ORDER BY s.id", (name,)).fetchall()
