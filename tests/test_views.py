@@ -254,3 +254,15 @@ def test_a_store_without_shot_views_keeps_one_set_of_calibration_rows(conv4_bund
     with open_clf(conv4_bundle, store, head_type="imprint") as clf:
         assert clf.threshold == pytest.approx(threshold, abs=1e-6)
         assert clf._calib is not None and clf._calib._s is None  # queries and summed rows are the same
+
+
+def test_an_unusable_saved_shot_views_setting_is_named_and_can_be_replaced(conv4_bundle: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    with open_clf(conv4_bundle, store) as clf:
+        clf.save_settings(shot_views=4, smooth=3)  # as a hand-edited or damaged store might hold
+    with pytest.raises(EdgefsError, match=r"saved setting is unusable: shot views must be one of 1, 5, 7.*"
+                                          r"pass --shot-views"):
+        open_clf(conv4_bundle, store)
+    with open_clf(conv4_bundle, store, shot_views=5) as clf:
+        assert clf.shot_views == 5
+        assert clf.settings() == {"shot_views": 5, "smooth": 3}  # replaced; the other settings kept
