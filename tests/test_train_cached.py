@@ -13,7 +13,15 @@ import torch
 from edgefs.backbones import build_backbone
 from edgefs.cli import main
 from edgefs.errors import ConfigError
-from edgefs.train.cached import CachedTrainConfig, LiteSplit, train_cached, views_of
+from edgefs.train.cached import (
+    CachedTrainConfig,
+    LiteSplit,
+    domain_features,
+    scene_view,
+    scene_views_of,
+    train_cached,
+    views_of,
+)
 from edgefs.train.checkpoint import load_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -71,6 +79,53 @@ def test_views_keep_the_image_and_its_mirror_first() -> None:
     assert np.array_equal(v[:, 0], images) and np.array_equal(v[:, 1], images[:, :, ::-1])
     assert not np.array_equal(v[:, 2], v[:, 3])
     assert np.array_equal(views_of(images, 4, seed=1), v)  # seeded
+
+
+def test_a_scene_view_shows_the_image_as_a_smaller_card_in_front_of_the_clutter() -> None:
+    card = np.zeros((64, 64, 3), np.uint8)
+    card[..., 0] = 230  # red
+    clutter = np.zeros((64, 64, 3), np.uint8)
+    clutter[..., 2] = 230  # blue
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        v = scene_view(card, clutter, rng).astype(int)
+        assert v.shape == (64, 64, 3)
+        red = (v[..., 0] > v[..., 2] + 40).mean()
+        blue = (v[..., 2] > v[..., 0] + 40).mean()
+        # The card covers 50-90% of the side (stretched, turned, tilted): a quarter to nine tenths
+        # of the area; what is left is the clutter behind it.
+        assert 0.15 < red < 0.92 and blue > 0.05 and red + blue > 0.9
+
+
+def test_scene_views_are_seeded_and_take_their_clutter_from_the_other_images() -> None:
+    images = np.zeros((2, 48, 48, 3), np.uint8)
+    images[0, ..., 0] = 230
+    images[1, ..., 1] = 230
+    v = scene_views_of(images, 3, seed=5)
+    assert v.shape == (2, 3, 48, 48, 3) and v.dtype == np.uint8
+    assert np.array_equal(scene_views_of(images, 3, seed=5), v)
+    assert not np.array_equal(scene_views_of(images, 3, seed=6), v)
+    assert not np.array_equal(v[0, 0], v[0, 1])
+    red, green = v[..., 0].astype(int), v[..., 1].astype(int)
+    assert ((green[0] > red[0] + 40).mean(axis=(1, 2)) > 0.05).all()  # image 0 in front of image 1
+    assert ((red[1] > green[1] + 40).mean(axis=(1, 2)) > 0.05).all()  # and the other way round
+
+
+def test_scene_views_are_cached_beside_the_views_and_joined_after_them(run, domains: list[str],
+                                                                       tmp_path: Path) -> None:
+    _, config, _ = run
+    scene = CachedTrainConfig(**{**vars(config), "scene_views": 2})
+    split = LiteSplit(build_backbone("efficientnet_lite0", input_size=64).eval(), config.train_from)
+    messages: list[str] = []
+    plain = domain_features(split, domains[0], config, log=messages.append)
+    assert messages == []  # the run cached these
+    joined = domain_features(split, domains[0], scene, log=messages.append)
+    assert joined.train.shape == (plain.train.shape[0], config.views + 2, *plain.train.shape[2:])
+    assert np.array_equal(joined.train[:, : config.views], plain.train)
+    assert len(messages) == 1 and "2 scene views" in messages[0]
+    assert len(list(Path(config.cache).glob("*-scene2.npz"))) == 1
+    again = domain_features(split, domains[0], scene, log=messages.append)
+    assert len(messages) == 1 and np.array_equal(again.train, joined.train)  # read back, not recomputed
 
 
 def test_split_trunk_then_tail_is_the_backbone() -> None:

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=A.integer(32, 1024), help="input side in pixels (default 128)")
     p.add_argument("--train-from", type=A.integer(1), help="first trained block; earlier ones are frozen (default 11)")
     p.add_argument("--views", type=A.integer(1), help="cached views per training image (default 6)")
+    p.add_argument("--scene-views", type=A.integer(0), dest="scene_views",
+                   help="further cached views per training image showing it as a camera does: a smaller, turned "
+                   "card in front of clutter, uneven light, blur, noise (default 0)")
     p.add_argument("--episodes", type=A.integer(1), help="training episodes at most")
     p.add_argument("--time-budget", type=A.real(0), dest="time_budget_min",
                    help="stop after this many minutes (the LR schedule anneals to fit; 0: no budget)")

@@ -69,6 +69,10 @@ class CachedTrainConfig:
         train_from: index of the first trained block; the stem and blocks before it are frozen.
         views: cached views per training image: the image itself, its mirror, then random
             crops with flips and colour jitter.
+        scene_views: further cached views per training image that show it as a camera does:
+            a card smaller than the frame, turned and tilted, in front of clutter (a blurred
+            piece of another training image), under uneven light, with blur and sensor noise
+            (:func:`scene_view`). 0: none.
         ways, shots, queries: training episodes; ``shots`` is the largest support size,
             each episode draws 1..shots (test protocols use 1 and 5).
         episodes: training episodes at most; ``time_budget_min`` ends the run earlier.
@@ -99,6 +103,7 @@ class CachedTrainConfig:
     input_size: int = 128
     train_from: int = 11
     views: int = 6
+    scene_views: int = 0
     ways: int = 10
     shots: int = 5
     queries: int = 3
@@ -130,7 +135,8 @@ def check_config(c: CachedTrainConfig) -> None:
         raise ConfigError(f"cached-trunk training needs an ImageNet EfficientNet-Lite backbone "
                           f"({', '.join(VARIANTS)}), got {c.backbone!r}")
     for name, low in {"input_size": 32, "train_from": 1, "views": 1, "ways": 2, "shots": 1, "queries": 1,
-                      "episodes": 1, "val_every": 1, "val_episodes": 1, "seed": 0, "threads": 0}.items():
+                      "episodes": 1, "val_every": 1, "val_episodes": 1, "seed": 0, "threads": 0,
+                      "scene_views": 0}.items():
         value = getattr(c, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -218,6 +224,60 @@ def colour_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(f, 0, 255).astype(np.uint8)
 
 
+def scene_view(img: np.ndarray, clutter: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 ``(S, S, 3)`` as a camera sees it: a card in a scene; ``clutter`` another image for the background.
+
+    The card covers 50-90% of the side, stretched up to 4:3 either way, turned up to 15 degrees and
+    tilted (each corner moved up to 6% of the card), off centre; behind it a piece of ``clutter``
+    (20-50% of its area) scaled up, out of focus and dimmed; then a light gradient with a colour
+    cast, a Gaussian or a motion blur, and sensor noise. Generic camera nuisances, so that features
+    of an object enrolled from a camera frame depend less on what is around it.
+    """
+    s = img.shape[0]
+    side = max(8, round(s * math.sqrt(rng.uniform(0.2, 0.5))))
+    x0, y0 = (int(v) for v in rng.integers(0, s - side + 1, 2))
+    bg = cv2.resize(clutter[y0 : y0 + side, x0 : x0 + side], (s, s), interpolation=cv2.INTER_LINEAR)
+    bg = cv2.GaussianBlur(bg, (0, 0), rng.uniform(1.5, 4.0)).astype(np.float32)
+    bg = np.clip(bg * rng.uniform(0.5, 1.0) + rng.uniform(0, 60, 3).astype(np.float32), 0, 255).astype(np.uint8)
+    scale = rng.uniform(0.5, 0.9) * s
+    stretch = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    w, h = scale * math.sqrt(stretch), scale / math.sqrt(stretch)
+    corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]], np.float32) / 2
+    corners += rng.uniform(-0.06, 0.06, (4, 2)).astype(np.float32) * scale
+    angle = math.radians(rng.uniform(-15, 15))
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], np.float32)
+    reach = np.abs(corners @ turn.T).max(axis=0)
+    centre = s / 2 + rng.uniform(-1, 1, 2) * np.maximum(s / 2 - reach, 0)
+    dst = (corners @ turn.T + centre).astype(np.float32)
+    src = np.array([[0, 0], [s, 0], [s, s], [0, s]], np.float32)
+    out = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (s, s), dst=bg,
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
+    light = rng.uniform(0, 2 * math.pi)
+    gain = rng.uniform(0.7, 1.2) * (1 + rng.uniform(0, 0.5) * (xs * math.cos(light) + ys * math.sin(light)))
+    f = out.astype(np.float32) * gain[:, :, None] * (1 + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
+    kind = rng.random()
+    if kind < 0.4:
+        f = cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 1.5))
+    elif kind < 0.7:
+        k = int(rng.integers(3, 10))
+        f = cv2.blur(f, (k, 1) if rng.random() < 0.5 else (1, k))
+    f += rng.normal(0, rng.uniform(0, 5), f.shape).astype(np.float32)
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def scene_views_of(images: np.ndarray, views: int, seed: int) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> ``(N, views, S, S, 3)`` of :func:`scene_view`, clutter from the other images."""
+    rng = np.random.default_rng([seed, 1])
+    out = np.empty((len(images), views, *images.shape[1:]), np.uint8)
+    for i, img in enumerate(images):
+        for v in range(views):
+            other = int(rng.integers(len(images) - 1)) if len(images) > 1 else 0
+            other += int(len(images) > 1 and other >= i)
+            out[i, v] = scene_view(img, images[other], rng)
+    return out
+
+
 def views_of(images: np.ndarray, views: int, seed: int) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> ``(N, views, S, S, 3)``: the image, its mirror, then random views."""
     rng = np.random.default_rng(seed)
@@ -280,9 +340,44 @@ def _advance(split: LiteSplit, feats: np.ndarray, start: int, batch: int = 256) 
     return np.concatenate(rows)
 
 
+def _trunk_cache(split: LiteSplit, path_of: Callable[[int], Path],
+                 images: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
+    """Named arrays of trunk features from the cache file ``path_of(train_from)``, made if missing.
+
+    ``images()`` gives uint8 arrays ``(..., S, S, 3)``; their features are ``(..., C, h, w)``. A cache
+    cut at an earlier block is carried on through the frozen blocks in between, which costs far
+    less than the trunk from the images (the first blocks run at the highest resolution).
+    Returns the arrays and whether they were computed now.
+    """
+    path = path_of(split.train_from)
+    if path.is_file():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}, False
+    earlier = next((k for k in range(split.train_from - 1, 0, -1) if path_of(k).is_file()), None)
+    out: dict[str, np.ndarray] = {}
+    if earlier is not None:
+        with np.load(path_of(earlier)) as z:
+            for name in z.files:
+                base = z[name]
+                flat = _advance(split, base.reshape(-1, *base.shape[-3:]), earlier)
+                out[name] = flat.reshape(*base.shape[:-3], *flat.shape[1:])
+    else:
+        for name, imgs in images().items():
+            flat = _trunk_features(split, imgs.reshape(-1, *imgs.shape[-3:]))
+            out[name] = flat.reshape(*imgs.shape[:-3], *flat.shape[1:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f:
+        np.savez(f, **out)
+    return out, True
+
+
 def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
                     log: Callable[[str], None] = print) -> DomainFeatures:
-    """Trunk features of ``data``'s train views and val images, from the cache or computed and cached."""
+    """Trunk features of ``data``'s train views and val images, from the cache or computed and cached.
+
+    Scene views (``config.scene_views``) are cached in a file of their own beside the views', so
+    adding them to a recipe reuses the views' cache; they come after the views on axis 1.
+    """
     size = split.backbone.spec.input_size
     train = open_split(data, "train", 3, size)
     val = open_split(data, "val", 3, size)
@@ -292,33 +387,31 @@ def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
                           train.fingerprint(), val.fingerprint()])
         return features_cache_dir(config) / f"{Path(data).name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
-    path = cache_path(config.train_from)
-    if path.is_file():
-        with np.load(path) as z:
-            return DomainFeatures(Path(data).name, z["train"], train.labels, z["val"], val)
+    def scene_path(train_from: int) -> Path:
+        base = cache_path(train_from)
+        return base.with_name(f"{base.stem}-scene{config.scene_views}.npz")
+
+    def made(what: str, arrays: dict[str, np.ndarray], since: float) -> None:
+        n, v = arrays["train"].shape[:2]
+        size_mib = sum(a.nbytes for a in arrays.values()) / 2**20
+        log(f"cached trunk features of {Path(data).name}: {n} train images x {v} {what}, "
+            f"{size_mib:.0f} MiB float16, {time.perf_counter() - since:.0f} s")
+
     t = time.perf_counter()
-    # A cache cut at an earlier block is carried on through the frozen blocks in between, which costs
-    # far less than the trunk from the images (the first blocks run at the highest resolution).
-    earlier = next((k for k in range(config.train_from - 1, 0, -1) if cache_path(k).is_file()), None)
-    if earlier is not None:
-        with np.load(cache_path(earlier)) as z:
-            base, base_val = z["train"], z["val"]
-        n, v = base.shape[:2]
-        feats = _advance(split, base.reshape(n * v, *base.shape[2:]), earlier)
-        feats = feats.reshape(n, v, *feats.shape[1:])
-        val_feats = _advance(split, base_val, earlier)
-    else:
-        views = views_of(train.images, config.views, config.seed)
-        n, v = views.shape[:2]
-        feats = _trunk_features(split, views.reshape(n * v, *views.shape[2:]))
-        feats = feats.reshape(n, v, *feats.shape[1:])
-        val_feats = _trunk_features(split, val.images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path) as f:
-        np.savez(f, train=feats, val=val_feats)
-    log(f"cached trunk features of {Path(data).name}: {n} train images x {v} views + {len(val_feats)} val, "
-        f"{(feats.nbytes + val_feats.nbytes) / 2**20:.0f} MiB float16, {time.perf_counter() - t:.0f} s -> {path}")
-    return DomainFeatures(Path(data).name, feats, train.labels, val_feats, val)
+    arrays, new = _trunk_cache(split, cache_path,
+                               lambda: {"train": views_of(train.images, config.views, config.seed),
+                                        "val": val.images})
+    if new:
+        made(f"views + {len(arrays['val'])} val", arrays, t)
+    feats = arrays["train"]
+    if config.scene_views:
+        t = time.perf_counter()
+        scene, new = _trunk_cache(split, scene_path,
+                                  lambda: {"train": scene_views_of(train.images, config.scene_views, config.seed)})
+        if new:
+            made("scene views", scene, t)
+        feats = np.concatenate([feats, scene["train"]], axis=1)
+    return DomainFeatures(Path(data).name, feats, train.labels, arrays["val"], val)
 
 
 # ---- training ----------------------------------------------------------------------------------
