@@ -45,6 +45,7 @@ import numpy as np
 from edgefs.camera.roi import Roi
 from edgefs.errors import DataError, EdgefsError
 from edgefs.fileio import atomic_write_text
+from edgefs.runtime.bundle import exported_from
 
 if TYPE_CHECKING:
     from edgefs.classifier import Classifier, EnrollResult
@@ -176,8 +177,7 @@ def _bundle(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
     if not cfg.checkpoint.is_file():
         raise EdgefsError(f"checkpoint {cfg.checkpoint} not found; train one with 'edgefs train' "
                           "(e.g. make reproduce) or pass --checkpoint")
-    manifest = bundle / "manifest.json"
-    if manifest.is_file() and manifest.stat().st_mtime >= cfg.checkpoint.stat().st_mtime:
+    if exported_from(bundle, cfg.checkpoint):
         log(f"[1/3] export: {bundle} is up to date with {cfg.checkpoint}")
         return bundle
     from edgefs.export import export_bundle  # workstation step: needs PyTorch

@@ -52,7 +52,7 @@ def test_demo_reports_both_static_references(glyph_data: Path, trained_bundle: P
     from edgefs.demo import STILLS_PER_DESIGN, choose_classes, run_demo
 
     out = tmp_path / "run"
-    shutil.copytree(trained_bundle, out / "model.edgefs")  # newer than the checkpoint: not exported again
+    shutil.copytree(trained_bundle, out / "model.edgefs")  # exported from the checkpoint: not exported again
     cfg = demo_config("glyphs", data=glyph_data, out=out, classes=2, unknown=1, shots=2, enroll_designs=1,
                       seconds=1.5, fps=10.0, threads=1)
     lines: list[str] = []
@@ -84,3 +84,28 @@ def test_camera_stills_are_fixed_region_crops_of_the_shown_designs(glyph_data: P
     assert truth == [i for i, c in enumerate(counts) for _ in range(c)]
     assert all(f.shape == (144, 224, 3) and f.dtype == np.uint8 for f in frames)  # the ROI of 320x240
     assert len({f.tobytes() for f in frames}) == len(frames)  # every still a fresh draw of pose and scene
+
+
+def test_a_bundle_is_current_only_for_the_checkpoint_it_was_exported_from(trained_bundle: Path,
+                                                                           tmp_path: Path) -> None:
+    """The demo and the benchmarks export again when the checkpoint at the same path has changed."""
+    import shutil
+
+    from edgefs.runtime.bundle import exported_from, source_checkpoint
+    from tests.conftest import CHECKPOINT
+
+    assert exported_from(trained_bundle, CHECKPOINT)
+    other = tmp_path / "retrained.pt"
+    data = bytearray(CHECKPOINT.read_bytes())
+    data[-1] ^= 1
+    other.write_bytes(bytes(data))
+    assert not exported_from(trained_bundle, other)
+    assert not exported_from(trained_bundle, tmp_path / "missing.pt")
+    copy = tmp_path / "copy.edgefs"
+    shutil.copytree(trained_bundle, copy)
+    assert source_checkpoint(copy) == source_checkpoint(trained_bundle) is not None
+    (copy / "manifest.json").write_text("{not json")
+    assert source_checkpoint(copy) is None and not exported_from(copy, CHECKPOINT)
+    (copy / "manifest.json").unlink()
+    assert not exported_from(copy, CHECKPOINT)
+

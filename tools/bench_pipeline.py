@@ -69,6 +69,7 @@ from edgefs.demo import (
     static_references,
 )
 from edgefs.runtime.bench import machine_info
+from edgefs.runtime.bundle import exported_from, source_checkpoint
 
 
 def quiet(_: str) -> None:
@@ -97,7 +98,7 @@ def make_bundle(backbone: str, out: Path, data: Path) -> tuple[Path, str]:
             torch.manual_seed(0)
             method = build_method("protonet", build_backbone(name, **options))
             save_checkpoint(ckpt, method, {"config": {"data": str(data)}, "episode": 0, "best_val": None})
-    if not (bundle / "manifest.json").is_file():
+    if not exported_from(bundle, ckpt):  # missing, or left by another checkpoint at the same path
         export_bundle(ckpt, bundle, data=str(data), parity_images=16, overwrite=True, log=quiet)
     return bundle, what
 
@@ -132,7 +133,7 @@ def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
     from edgefs.export.quantize import quantize_bundle
 
     out = bundle.with_name(bundle.name.replace(".edgefs", "-int8.edgefs"))
-    if not (out / "manifest.json").is_file():
+    if source_checkpoint(out) is None or source_checkpoint(out) != source_checkpoint(bundle):
         calib = render_frames(args.data, args.out_dir / "frames-train", "train", 60, 6, seed=11)
         quantize_bundle(bundle, calib, out, overwrite=True, log=quiet)
     return out

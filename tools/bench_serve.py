@@ -43,6 +43,7 @@ import numpy as np
 from edgefs.camera.pipeline import RunConfig, loop_threads, open_pipeline
 from edgefs.classifier import Classifier
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
+from edgefs.runtime.bundle import exported_from
 
 # A viewer: one process, one HTTP connection per source, reading the multipart stream to the end.
 VIEWER = r"""
@@ -93,10 +94,12 @@ def prepare(data: Path, out: Path) -> tuple[Path, Path, DemoConfig]:
     """The bundle and a store with 5 enrolled classes (made once under ``out``)."""
     cfg = DemoConfig(data=data, out=out, seconds=0)
     bundle = out / "model.edgefs"
-    if not (bundle / "manifest.json").is_file():
+    if not exported_from(bundle, DEFAULT_CHECKPOINT):  # missing, or left by another checkpoint
         from edgefs.export import export_bundle
 
         export_bundle(DEFAULT_CHECKPOINT, bundle, data=str(data), parity_images=16, overwrite=True, log=quiet)
+        for stale in out.glob("classes.db*"):  # enrolled with the earlier model: its store is not this one's
+            stale.unlink()
     store = out / "classes.db"
     if not store.exists():
         enrolled, _, _ = choose_classes(cfg)

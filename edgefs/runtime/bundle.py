@@ -45,6 +45,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def source_checkpoint(bundle: str | Path) -> str | None:
+    """The SHA256 of the checkpoint ``bundle`` was exported from (a quantised bundle keeps its parent's), or None."""
+    try:
+        doc = json.loads((Path(bundle) / MANIFEST_FILE).read_text())
+        recorded = doc["training"]["checkpoint"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def exported_from(bundle: str | Path, checkpoint: str | Path) -> bool:
+    """Whether ``bundle`` was exported (or quantised from an export) of ``checkpoint`` as it is now.
+
+    A bundle left at the same path by an earlier checkpoint is not taken for the new one.
+    """
+    recorded = source_checkpoint(bundle)
+    return recorded is not None and Path(checkpoint).is_file() and recorded == sha256_file(Path(checkpoint))
+
+
 @dataclass
 class Manifest:
     """``manifest.json`` of a bundle.
