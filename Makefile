@@ -63,8 +63,8 @@ data/domains/%/manifest.json: | $(STAMP)
 	$(BIN)/edgefs data $* --out data/domains/$*
 
 # The committed colour model: Lite0's last stages meta-trained on all five domains' train
-# splits from cached trunk features (about 15 minutes on 2 cores), kept as a float16 delta on
-# the ImageNet weight wheel.
+# splits from cached trunk features (about 25 minutes the first time, 5 once cached), kept as a
+# float16 delta on the ImageNet weight wheel.
 colour-model: $(STAMP) $(foreach d,$(COLOUR_DOMAINS),data/domains/$(d)/manifest.json)
 	$(BIN)/edgefs train-cached --config configs/protonet_lite0_colour.yaml --overwrite
 	cp runs/protonet-lite0-colour/best.pt models/protonet-lite0-colour.pt

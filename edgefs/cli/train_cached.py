@@ -11,7 +11,8 @@ HELP = "meta-train the last stages of an ImageNet backbone on colour data, from 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings (flags override); configs/protonet_lite0_colour.yaml is "
-                   "the committed colour model's recipe (224 px, block 15 on, square root, centring, alpha 0.5); "
+                   "the committed colour model's recipe (224 px, block 15 on, 4 scene views, square root, centring, "
+                   "alpha 0.5); "
                    "the defaults named below apply where neither a config nor a flag sets a value")
     p.add_argument("--data", nargs="+", help="data folders with train/ and val/, one per domain "
                    "(built with 'edgefs data <domain>')")
