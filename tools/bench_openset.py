@@ -7,7 +7,7 @@ Usage::
     python tools/bench_openset.py --data data/demo/units data/domains/flags --class-seeds 0 1 2
 
 For each checkpoint a bundle is exported, the colour demo's 5 classes are enrolled
-from the synthetic camera exactly as ``edgefs demo`` enrolls them (5 shots,
+from the synthetic camera exactly as ``edgefs demo`` enrolls them (its shots,
 region of interest, each shot the mean of 7 views; ``--shot-views 1 7`` compares
 with the shots alone), and a fixed offline stream (4 camera seeds, 450 frames
 each, every 3rd frame; the 5 enrolled and the 2 never-enrolled classes) is

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help=f"output folder (default {c.out})")
     p.add_argument("--classes", type=A.integer(1), help=f"classes to enroll (default {c.classes})")
     p.add_argument("--unknown", type=A.integer(0), help=f"classes shown but never enrolled (default {c.unknown})")
-    p.add_argument("--shots", type=A.integer(1), help=f"shots per class (default {c.shots})")
+    p.add_argument("--shots", type=A.integer(1), help=f"shots per class (default {c.shots}; with --glyphs {g.shots})")
     p.add_argument("--seconds", type=A.real(above=0), help=f"live run length (default {c.seconds:g})")
     p.add_argument("--fps", type=A.real(above=0, maximum=1000), help=f"camera frame rate (default {c.fps:g})")
     p.add_argument("--difficulty", type=A.real(0, 1),
