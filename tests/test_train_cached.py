@@ -199,6 +199,12 @@ def test_cli_and_library_refuse_what_no_run_can_use(tmp_path: Path, capsys: pyte
         train_cached(CachedTrainConfig(data=[str(tmp_path)], backbone="conv4"))
     with pytest.raises(ConfigError, match="no training data"):
         train_cached(CachedTrainConfig())
+    with pytest.raises(ConfigError, match="scene_views must be a whole number >= 0"):
+        train_cached(CachedTrainConfig(data=[str(tmp_path)], scene_views=-1))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-cached", "--data", str(tmp_path), "--scene-views", "-1"])
+    assert exit_info.value.code == 2
+    assert "--scene-views: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_power_and_centring_are_trained_saved_and_exported(run, domains: list[str], tmp_path: Path) -> None:
