@@ -128,6 +128,31 @@ def test_scene_views_are_cached_beside_the_views_and_joined_after_them(run, doma
     assert len(messages) == 1 and np.array_equal(again.train, joined.train)  # read back, not recomputed
 
 
+def test_a_damaged_feature_cache_is_said_removed_and_made_again(run, domains: list[str], tmp_path: Path) -> None:
+    import shutil
+
+    _, config, _ = run
+    cache = tmp_path / "features"
+    shutil.copytree(config.cache, cache)
+    scene = CachedTrainConfig(**{**vars(config), "scene_views": 2, "cache": str(cache)})
+    split = LiteSplit(build_backbone("efficientnet_lite0", input_size=64).eval(), config.train_from)
+    good = domain_features(split, domains[0], scene, log=lambda _: None)
+    name = Path(domains[0]).name
+    files = sorted(cache.glob(f"{name}-*.npz"))
+    assert len(files) == 2  # the views' and the scene views'
+    for f in files:
+        f.write_bytes(f.read_bytes()[:100])  # cut short
+    messages: list[str] = []
+    again = domain_features(split, domains[0], scene, log=messages.append)
+    assert sum("cannot be read" in m for m in messages) == 2
+    assert sum("cached trunk features" in m for m in messages) == 2
+    assert np.allclose(again.train.astype(np.float32), good.train.astype(np.float32), atol=1e-3)
+    assert np.allclose(again.val.astype(np.float32), good.val.astype(np.float32), atol=1e-3)
+    messages.clear()
+    domain_features(split, domains[0], scene, log=messages.append)
+    assert messages == []  # made again: read back from now on
+
+
 def test_split_trunk_then_tail_is_the_backbone() -> None:
     backbone = build_backbone("efficientnet_lite0", input_size=64).eval()
     split = LiteSplit(backbone, 11)

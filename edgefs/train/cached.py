@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,27 +341,40 @@ def _advance(split: LiteSplit, feats: np.ndarray, start: int, batch: int = 256) 
     return np.concatenate(rows)
 
 
-def _trunk_cache(split: LiteSplit, path_of: Callable[[int], Path],
-                 images: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
+def _read_cache(path: Path, log: Callable[[str], None]) -> dict[str, np.ndarray] | None:
+    """The arrays of a feature cache file; None if there is none or it cannot be read (then removed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        log(f"feature cache {path} cannot be read ({type(exc).__name__}: {exc}); removing it and computing again")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _trunk_cache(split: LiteSplit, path_of: Callable[[int], Path], images: Callable[[], dict[str, np.ndarray]],
+                 log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], bool]:
     """Named arrays of trunk features from the cache file ``path_of(train_from)``, made if missing.
 
     ``images()`` gives uint8 arrays ``(..., S, S, 3)``; their features are ``(..., C, h, w)``. A cache
     cut at an earlier block is carried on through the frozen blocks in between, which costs far
     less than the trunk from the images (the first blocks run at the highest resolution).
+    A cache file that cannot be read (damaged on disk, cut short by something other than edgefs,
+    which writes it atomically) is derived data: it is said, removed and made again.
     Returns the arrays and whether they were computed now.
     """
     path = path_of(split.train_from)
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}, False
+    if (cached := _read_cache(path, log)) is not None:
+        return cached, False
     earlier = next((k for k in range(split.train_from - 1, 0, -1) if path_of(k).is_file()), None)
+    base = _read_cache(path_of(earlier), log) if earlier is not None else None
     out: dict[str, np.ndarray] = {}
-    if earlier is not None:
-        with np.load(path_of(earlier)) as z:
-            for name in z.files:
-                base = z[name]
-                flat = _advance(split, base.reshape(-1, *base.shape[-3:]), earlier)
-                out[name] = flat.reshape(*base.shape[:-3], *flat.shape[1:])
+    if earlier is not None and base is not None:
+        for name, feats in base.items():
+            flat = _advance(split, feats.reshape(-1, *feats.shape[-3:]), earlier)
+            out[name] = flat.reshape(*feats.shape[:-3], *flat.shape[1:])
     else:
         for name, imgs in images().items():
             flat = _trunk_features(split, imgs.reshape(-1, *imgs.shape[-3:]))
@@ -400,14 +414,15 @@ def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
     t = time.perf_counter()
     arrays, new = _trunk_cache(split, cache_path,
                                lambda: {"train": views_of(train.images, config.views, config.seed),
-                                        "val": val.images})
+                                        "val": val.images}, log)
     if new:
         made(f"views + {len(arrays['val'])} val", arrays, t)
     feats = arrays["train"]
     if config.scene_views:
         t = time.perf_counter()
         scene, new = _trunk_cache(split, scene_path,
-                                  lambda: {"train": scene_views_of(train.images, config.scene_views, config.seed)})
+                                  lambda: {"train": scene_views_of(train.images, config.scene_views, config.seed)},
+                                  log)
         if new:
             made("scene views", scene, t)
         feats = np.concatenate([feats, scene["train"]], axis=1)
