@@ -187,13 +187,14 @@ class Classifier:
         self.threshold_mode = parse_threshold(threshold)
         self.log = log
         saved_views = (store.settings() if store is not None else {}).get("shot_views", 1)
-        if shot_views is None:
+        if shot_views is not None:
+            self.shot_views = check_views(shot_views)
+        else:
             try:
-                check_views(saved_views)
+                self.shot_views = check_views(saved_views)
             except EdgefsError as exc:
                 raise EdgefsError(f"the class store's saved setting is unusable: {exc}; pass --shot-views 1, 5 or 7 "
                                   "to replace it") from None
-        self.shot_views = check_views(saved_views if shot_views is None else shot_views)
         self._write_lock = threading.Lock()
         spec = bundle.head if head_type in (None, bundle.head.head_type) else HeadSpec(str(head_type))
         self._spec = spec

@@ -8,9 +8,10 @@ corner crops of 0.8 of each side scaled back up, as if the object sat elsewhere;
 blurred copies) moves the prototype to where those frames land.
 
 Measured on the colour demo's synthetic camera with the committed colour model, 7 views
-against 1 (README, reports/openset-colour*, reports/pipeline-colour): per frame, closed-set
-top-1 89.0 -> 91.2 and open-set accuracy 76.3 -> 83.5 on the demo's draw, 65.0 -> 68.2 over 15
-camera cases (10 better, 4 worse); smoothed on 60 s live streams 82.0 -> 86.6. On full-frame
+against 1 (README, reports/openset-colour*, reports/pipeline-colour*): per frame with 5 shots,
+closed-set top-1 89.0 -> 92.1 and open-set accuracy 79.2 -> 86.5 on the demo's draw, 71.5 ->
+73.0 over 15 camera cases; smoothed on 60 s live streams 83.1 -> 88.5 with 5 shots, 90.8 ->
+92.1 with 10. On full-frame
 glyphs (the object fills the frame: no room to move) it lowers accuracy, 84.5 -> 75.9
 (reports/pipeline-glyphs-views), so it is a store setting chosen at enrollment
 (``--shot-views``), 1 (off) unless asked for. More kinds of views (rotations, brightness,

@@ -133,7 +133,8 @@ def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
     from edgefs.export.quantize import quantize_bundle
 
     out = bundle.with_name(bundle.name.replace(".edgefs", "-int8.edgefs"))
-    if source_checkpoint(out) is None or source_checkpoint(out) != source_checkpoint(bundle):
+    made_from = source_checkpoint(out)
+    if made_from is None or made_from != source_checkpoint(bundle):  # missing, or quantised from another export
         calib = render_frames(args.data, args.out_dir / "frames-train", "train", 60, 6, seed=11)
         quantize_bundle(bundle, calib, out, overwrite=True, log=quiet)
     return out

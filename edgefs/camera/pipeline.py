@@ -61,8 +61,8 @@ STAGES = ("capture", "wait", "preprocess", "embed", "head", "post", "total")
 DEFAULT_SMOOTH = 5
 #: Images per call when the loop embeds a live enrollment's other shot views, between two batches.
 #: Measured with tools/bench_live_enroll.py (4 cameras at 30 FPS, EfficientNet-Lite0 at 224 px, one
-#: CPU thread, 7 views): 1 keeps the frames classified during the commit at p99 16 ms and drops
-#: none (commit 354 ms); 4 gave p99 51 ms and 4 dropped frames (commit ~300 ms).
+#: CPU thread, 7 views, reports/live-enroll): 1 keeps the frames classified during the commit at
+#: p99 13.5 ms and drops none (commit 348 ms); 4 gave p99 51 ms and 4 dropped frames.
 VIEWS_PER_CALL = 1
 T = TypeVar("T")
 
