@@ -206,6 +206,7 @@ class Classifier:
         self._calib_saved: dict[str, np.ndarray] = {}
         self.head: Head = self._load_head()
         if shot_views is not None and store is not None and self.shot_views != saved_views:
+            self._say_enrolled_keep_views(saved_views, self.shot_views)
             try:
                 self.save_settings(shot_views=self.shot_views)
             except EdgefsError as exc:
@@ -693,8 +694,21 @@ class Classifier:
         views = check_views(views)
         if self.store is not None:
             self.save_settings(shot_views=views)
+        if views != self.shot_views:
+            self._say_enrolled_keep_views(self.shot_views, views)
         self.shot_views = views
         return views
+
+    def _say_enrolled_keep_views(self, before: object, after: int) -> None:
+        """Log that the classes already enrolled keep the prototypes of their views (not re-embedded:
+        their stored thumbnails are too small to enroll from again without losing accuracy)."""
+        names = self.classes
+        if not names:
+            return
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        self.log(f"shot views {before} -> {after} for classes enrolled from now on; the {len(names)} "
+                 f"already enrolled ({shown}) keep prototypes made with {before}: remove them and enroll them "
+                 f"again from the camera to use {after}")
 
     def settings(self) -> dict[str, Any]:
         """Device settings saved with the store (e.g. ``smooth``); {} without a store."""

@@ -266,3 +266,27 @@ def test_an_unusable_saved_shot_views_setting_is_named_and_can_be_replaced(conv4
     with open_clf(conv4_bundle, store, shot_views=5) as clf:
         assert clf.shot_views == 5
         assert clf.settings() == {"shot_views": 5, "smooth": 3}  # replaced; the other settings kept
+
+
+def test_changing_shot_views_names_the_classes_that_keep_theirs(conv4_bundle: Path, glyph_data: Path,
+                                                                 tmp_path: Path) -> None:
+    store, said = tmp_path / "s.db", []
+    classes = class_images(glyph_data, 2)
+    with Classifier.open(conv4_bundle, store, backend="onnxruntime", threads=1, log=said.append,
+                         quality=QualityConfig(max_similarity=1.0), shot_views=7) as clf:
+        said.clear()
+        assert clf.set_shot_views(5) == 5 and not said  # nothing enrolled: nothing to say
+        for name, images in classes.items():
+            clf.enroll(name, images)
+        before = clf.store.embeddings("c0").copy()  # type: ignore[union-attr]
+        said.clear()
+        clf.set_shot_views(1)
+        assert clf.store.settings()["shot_views"] == 1  # type: ignore[union-attr]
+        np.testing.assert_array_equal(clf.store.embeddings("c0"), before)  # type: ignore[union-attr]
+        clf.set_shot_views(1)  # no change, no message
+    assert len(said) == 1 and "shot views 5 -> 1" in said[0] and "'c0', 'c1'" in said[0]
+    assert "enroll them again" in said[0]
+    said.clear()
+    with Classifier.open(conv4_bundle, store, backend="onnxruntime", threads=1, log=said.append, shot_views=7):
+        pass
+    assert any("shot views 1 -> 7" in s and "the 2 already enrolled" in s for s in said)
