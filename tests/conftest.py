@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
 import pytest
+
+
+def load_tool(name: str) -> ModuleType:
+    """A program under tools/ imported as a module (tools/ is not a package), for testing its functions."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"tools/{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_stroke_classes(root: Path, splits: dict[str, int], per_class: int = 6, seed: int = 0) -> Path:

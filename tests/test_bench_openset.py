@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
+from tests.conftest import load_tool
+
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_openset", Path(__file__).parents[1] / "tools/bench_openset.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_openset")
 
 
 def test_mean_similarity_decides_a_presentation_whose_frames_disagree(tool: ModuleType) -> None:

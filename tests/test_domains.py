@@ -27,6 +27,7 @@ from edgefs.data.domains import icons as I
 from edgefs.data.domains import units as U
 from edgefs.data.domains.filters import apply_filters, is_blank, to_canvas
 from edgefs.errors import DataError
+from tests.conftest import load_tool
 
 needs_rsvg = pytest.mark.skipif(shutil.which("rsvg-convert") is None,
                                 reason="rsvg-convert not installed (apt-get install librsvg2-bin)")
@@ -382,14 +383,10 @@ def test_cli_has_a_subcommand_per_domain(name: str, capsys: pytest.CaptureFixtur
 
 
 def test_audit_sheets_and_record(tmp_path: Path) -> None:
-    import importlib.util
-
     trees = {"freeciv-data": freeciv_tree(tmp_path / "pkgs"), "_empty": tmp_path}
     out = tmp_path / "units"
     build_domain("units", out, fetch=fake_fetch(trees), log=lambda s: None)
-    spec = importlib.util.spec_from_file_location("domain_audit", Path(__file__).parents[1] / "tools/domain_audit.py")
-    audit = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(audit)
+    audit = load_tool("domain_audit")
     assert audit.main([str(out), "--classes", "2", "--seed", "3", "--record", "1", "--note", "one odd"]) == 0
     sheet = cv2.imread(str(out / "audit/sheet_00.png"))
     assert sheet.shape[0] == 2 * (64 + audit.CAPTION_H + 2)

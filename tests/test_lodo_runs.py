@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,14 +10,12 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import load_tool
+
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lodo_runs", Path(__file__).parents[1] / "tools/lodo_runs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("lodo_runs")
 
 
 def acc(mean: float) -> dict[str, Any]:
