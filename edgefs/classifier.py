@@ -707,8 +707,8 @@ class Classifier:
             return
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         self.log(f"shot views {before} -> {after} for classes enrolled from now on; the {len(names)} "
-                 f"already enrolled ({shown}) keep prototypes made with {before}: remove them and enroll them "
-                 f"again from the camera to use {after}")
+                 f"already enrolled ({shown}) keep the prototypes they were enrolled with: remove them and "
+                 f"enroll them again from the camera to use {after}")
 
     def settings(self) -> dict[str, Any]:
         """Device settings saved with the store (e.g. ``smooth``); {} without a store."""
