@@ -14,7 +14,14 @@ import pytest
 from edgefs.classifier import Classifier, read_images
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
-from edgefs.export.quantize import QuantizeError, calibration_warnings, quantize_bundle
+from edgefs.export.quantize import (
+    MIN_CALIBRATION_IMAGES,
+    PERCENTILE_IMAGES_224,
+    QuantizeError,
+    calibration_warnings,
+    percentile_images,
+    quantize_bundle,
+)
 from edgefs.export.tensorrt_build import cosines
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import open_calibration_source
@@ -245,3 +252,34 @@ def test_mixed_accuracy_scores_the_same_episodes_as_the_parity_check(conv4_bundl
     assert mixed_accuracy(int8, int8, labels, "euclidean", episodes=50, seed=4) == ep["accuracy_candidate"]
     mixed = mixed_accuracy(fp32, int8, labels, "euclidean", episodes=50, seed=4)
     assert abs(mixed - ep["accuracy_reference"]) < 0.05
+
+
+# ---- calibration method ------------------------------------------------------------------------------
+
+def test_auto_calibration_keeps_minmax_where_it_passes(int8_bundle: Path) -> None:
+    info = quantization_info(read_bundle(int8_bundle))  # made with the default method
+    assert info["method"] == "minmax" and info["method_asked"] == "auto"
+
+
+def test_auto_calibration_tries_percentile_on_fewer_images_then_names_both(conv4_bundle: Path, glyph_data: Path,
+                                                                           tmp_path: Path) -> None:
+    out, report_file, lines = tmp_path / "q.edgefs", tmp_path / "report.json", []
+    with pytest.raises(QuantizeError, match=r"minmax: mean cosine .* < 1\.01; percentile: mean cosine .* < 1\.01"):
+        quantize_bundle(conv4_bundle, glyph_data / "test", out, calib_images=48, parity_images=32,
+                        min_cosine=1.01, json_out=report_file, log=lines.append)
+    assert any(line.startswith("minmax missed the floors (mean cosine") and "trying percentile on 48 images" in line
+               for line in lines)  # 28 px: the whole calibration set fits in memory
+    assert any(line.startswith("percentile: parity vs fp32") for line in lines)
+    assert not out.exists() and list(tmp_path.iterdir()) == [report_file]
+    assert json.loads(report_file.read_text())["passed"] is False
+    with pytest.raises(QuantizeError, match=r"mean cosine .* < 1\.01.*try --method percentile"):
+        quantize_bundle(conv4_bundle, glyph_data / "test", out, calib_images=48, parity_images=32,
+                        method="minmax", min_cosine=1.01, log=quiet)  # asked for minmax: only minmax
+
+
+def test_percentile_calibration_images_scale_with_input_area() -> None:
+    assert percentile_images((224, 224), 300) == PERCENTILE_IMAGES_224 == 150
+    assert percentile_images((224, 224), 300, batch=8) == 144  # whole batches: the calibrators stack them
+    assert percentile_images((160, 160), 300) == 294 and percentile_images((160, 160), 200) == 200
+    assert percentile_images((28, 28), 48) == 48
+    assert percentile_images((1024, 1024), 300) == MIN_CALIBRATION_IMAGES  # never below what calibration needs

@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-images", type=A.integer(1), default=300, help="images to calibrate on (default 300)")
     p.add_argument("--parity-images", type=A.integer(8), default=200,
                    help="held-out images for the parity check (default 200)")
-    p.add_argument("--method", choices=CALIBRATE_METHODS, default="minmax", help="calibration method (default minmax)")
+    p.add_argument("--method", choices=CALIBRATE_METHODS, default="auto",
+                   help="calibration method (default auto: minmax, then percentile on fewer images where minmax "
+                        "misses the floors)")
     p.add_argument("--min-cosine", type=A.real(-1, 1), default=MIN_MEAN_COSINE,
                    help=f"floor on the mean cosine to fp32 (default {MIN_MEAN_COSINE})")
     p.add_argument("--max-accuracy-drop", type=A.real(0, 100), default=MAX_ACCURACY_DROP, metavar="POINTS",
