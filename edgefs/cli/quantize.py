@@ -11,6 +11,7 @@ HELP = ("make an INT8 bundle from an FP32 one, calibrated on images of the camer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgefs.cpu import TARGETS
     from edgefs.export.quantize import CALIBRATE_METHODS, MAX_ACCURACY_DROP, MIN_MEAN_COSINE  # torch-free
 
     p.add_argument("bundle", metavar="BUNDLE", help="the FP32 bundle folder, e.g. models/lite0.edgefs")
@@ -24,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=CALIBRATE_METHODS, default="auto",
                    help="calibration method (default auto: minmax, then percentile on fewer images where minmax "
                         "misses the floors)")
+    p.add_argument("--target", choices=TARGETS, default="any",
+                   help="the CPUs the bundle is for (default any: an integer format whose sums never saturate, "
+                        "right on x86 with or without VNNI and on ARM; x86-vnni: int8 weights everywhere, fastest "
+                        "on VNNI CPUs and wrong on other x86, refused there at open; x86 / arm64: the portable "
+                        "format, claiming that class only). This machine must be of a claimed class")
     p.add_argument("--min-cosine", type=A.real(-1, 1), default=MIN_MEAN_COSINE,
                    help=f"floor on the mean cosine to fp32 (default {MIN_MEAN_COSINE})")
     p.add_argument("--max-accuracy-drop", type=A.real(0, 100), default=MAX_ACCURACY_DROP, metavar="POINTS",
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from edgefs.export.quantize import quantize_bundle
 
     quantize_bundle(args.bundle, args.calib, args.out, calib_images=args.calib_images,
-                    parity_images=args.parity_images, method=args.method, min_cosine=args.min_cosine,
+                    parity_images=args.parity_images, method=args.method, target=args.target,
+                    min_cosine=args.min_cosine,
                     max_accuracy_drop=args.max_accuracy_drop, seed=args.seed, overwrite=args.overwrite,
                     json_out=args.json_out)
     return 0

@@ -40,6 +40,38 @@ def parent_fingerprint(manifest_or_bundle: Manifest | Bundle) -> str | None:
     return str(info["parent_fingerprint"]) if info and "parent_fingerprint" in info else None
 
 
+LEGACY_CLASSES = ("x86-vnni", "arm64")
+"""What an INT8 bundle made before bundles recorded their CPU classes was right on: int8 weights
+everywhere (the ``vnni`` format of :mod:`edgefs.export.quantize`), which saturate on other x86."""
+
+
+def int8_classes(manifest_or_bundle: Manifest | Bundle) -> list[str] | None:
+    """The CPU classes (:data:`edgefs.cpu.INT8_CLASSES`) an INT8 bundle claims; None for a float bundle."""
+    info = quantization_info(manifest_or_bundle)
+    if info is None:
+        return None
+    claimed = info.get("cpu_classes")
+    if isinstance(claimed, list) and all(isinstance(c, str) for c in claimed):
+        return list(claimed)
+    return list(LEGACY_CLASSES)
+
+
+def unclaimed_cpu(bundle: Bundle) -> str | None:
+    """Why this CPU is not one ``bundle``'s INT8 graph was made for, or None where it is (or it is float)."""
+    from edgefs.cpu import cpu_info
+
+    claimed = int8_classes(bundle)
+    here = cpu_info()
+    if claimed is None or here.int8_class in claimed:
+        return None
+    info = quantization_info(bundle) or {}
+    made = ("made before bundles recorded their CPU classes, with int8 weights everywhere"
+            if "cpu_classes" not in info else f"quantised with --target {info.get('target', '?')}")
+    return (f"INT8 bundle {bundle.path.name} is for {', '.join(claimed)} CPUs ({made}), and this CPU is "
+            f"{here.int8_class} ({here.model or here.arch}): its 8-bit sums saturate here and the embeddings "
+            "drift from the FP32 model's")
+
+
 def cpu_precision(bundle: Bundle, asked: str, backend: str) -> str:
     """The precision a CPU backend runs ``bundle`` at, refusing what it cannot honour.
 
