@@ -45,6 +45,7 @@ from edgefs.runtime.bundle import (
     sha256_file,
     write_manifest,
 )
+from edgefs.runtime.selfcheck import SELFCHECK_KEY, reference_images, write_selfcheck
 from edgefs.train.checkpoint import load_checkpoint
 
 TORCH_WEIGHTS_FILE = "backbone.pt"
@@ -265,9 +266,10 @@ def write_bundle(
                 "form differs (or lower --min-cosine only if the difference is understood)"
             )
         head.save(tmp / HEAD_STEM)
+        selfcheck = reference_set(onnx_path, tmp, images)
         weights = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
         torch.save(weights, tmp / TORCH_WEIGHTS_FILE)
-        write_manifest(tmp, _manifest(spec, head, training, onnx_path, opset, graph, report))
+        write_manifest(tmp, _manifest(spec, head, training, onnx_path, opset, graph, report, selfcheck))
         read_bundle(tmp)  # the finished bundle must read back before it takes the name
         _move_into_place(tmp, out)
     except BaseException:
@@ -278,8 +280,22 @@ def write_bundle(
     return bundle
 
 
+def reference_set(onnx_path: Path, folder: Path, images: np.ndarray) -> dict[str, Any]:
+    """Write the bundle's self-check file: a few parity images and their ONNX Runtime FP32 embeddings
+    (:mod:`edgefs.runtime.selfcheck`); returns the manifest entry."""
+    import onnxruntime as ort
+
+    from edgefs.cpu import cpu_info
+
+    chosen = reference_images(images)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    embeddings = np.concatenate([session.run(None, {INPUT_NAME: chosen[i : i + 1]})[0] for i in range(len(chosen))])
+    return write_selfcheck(folder, chosen, embeddings.reshape(len(chosen), -1),
+                           f"onnxruntime {ort.__version__} fp32, {cpu_info().arch} CPU")
+
+
 def _manifest(spec: Any, head: HeadSpec, training: dict[str, Any], onnx_path: Path, opset: int,
-              graph: dict[str, int], report: ParityReport) -> Manifest:
+              graph: dict[str, int], report: ParityReport, selfcheck: dict[str, Any]) -> Manifest:
     return Manifest(
         backbone=_jsonable(spec.to_dict()),
         input={"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "height": spec.input_size,
@@ -304,6 +320,7 @@ def _manifest(spec: Any, head: HeadSpec, training: dict[str, Any], onnx_path: Pa
             # and these weights. Devices never need this file.
             "torch_weights": TORCH_WEIGHTS_FILE,
             "parity": report.to_json(),
+            SELFCHECK_KEY: selfcheck,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )

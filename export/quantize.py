@@ -58,7 +58,8 @@ from edgefs.runtime.bundle import (
     write_manifest,
 )
 from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
-from edgefs.runtime.quantized import QUANTIZATION_KEY, graph_precision
+from edgefs.runtime.quantized import FP32_FALLBACK_FILE, QUANTIZATION_KEY, graph_precision
+from edgefs.runtime.selfcheck import REFERENCE_IMAGES, SELFCHECK_KEY, write_selfcheck
 
 MIN_MEAN_COSINE = 0.98
 """Floor on the mean per-image cosine between INT8 and FP32 embeddings of held-out images."""
@@ -422,12 +423,15 @@ def quantize_bundle(
                 raise QuantizeError(f"ONNX Runtime could not quantise {parent.onnx_path}: {exc}") from exc
             for name in (f"{HEAD_STEM}.json", f"{HEAD_STEM}.npz"):
                 shutil.copy2(parent.path / name, folder / name)
+            # The FP32 graph rides along, for engines that fail the self-check where the user allows it.
+            shutil.copy2(parent.onnx_path, folder / FP32_FALLBACK_FILE)
             fingerprint = sha256_file(folder / ONNX_FILE)
             info = {
                 "precision": "int8", "format": "QDQ", "int8_format": fmt, "weights": INT8_FORMATS[fmt]["weights"],
                 "activations": INT8_FORMATS[fmt]["activations"], "target": target, "cpu_classes": claimed,
                 "parity_measured_on": {**cpu_info().to_json(), "how": "native"},
                 "float_nodes": keep_float, "method": calibrator,
+                "fp32_fallback": {"file": FP32_FALLBACK_FILE, "sha256": parent.fingerprint},
                 "tool": f"onnxruntime {require('onnxruntime', INSTALL, 'edgefs quantize').__version__}",
                 "parent_fingerprint": parent.fingerprint, "parent_path": str(parent.path),
                 "calibration": {**source.describe(), "images": sum(len(b) for b in used)},
@@ -436,6 +440,7 @@ def quantize_bundle(
                 info["method_asked"] = "auto"
             export = {k: v for k, v in parent.manifest.export.items() if k != "torch_weights"}
             export[QUANTIZATION_KEY] = info
+            export.pop(SELFCHECK_KEY, None)
             manifest = Manifest(
                 backbone=parent.manifest.backbone, input=parent.manifest.input, output=parent.manifest.output,
                 head=parent.manifest.head, fingerprint=fingerprint, training=parent.manifest.training,
@@ -445,6 +450,12 @@ def quantize_bundle(
             candidate = OnnxRuntimeEngine(read_bundle(folder), device="cpu")
             got = np.concatenate([candidate.embed(held[i:i + 16]) for i in range(0, len(held), 16)])
             cos = cosines(ref, got)
+            # Self-check: held-out images, FP32 embeddings, and what this INT8 graph gave on them here.
+            pick = np.unique(np.linspace(0, len(held) - 1, min(len(held), REFERENCE_IMAGES)).round().astype(int))
+            manifest.export[SELFCHECK_KEY] = write_selfcheck(
+                folder, held[pick], ref[pick], f"onnxruntime fp32 (parent {parent.fingerprint[:12]})",
+                {"int8_cosines": {"mean": float(cos[pick].mean()), "min": float(cos[pick].min()),
+                                  "measured_on": cpu_info().int8_class}})
             parity: dict[str, Any] = {
                 "images": len(held), "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
                 "p01_cosine": float(np.percentile(cos, 1)), "episodes": None,

@@ -34,6 +34,7 @@ from edgefs.runtime.bundle import (
     read_bundle,
     sha256_file,
 )
+from edgefs.runtime.selfcheck import SELFCHECK_FILE
 from edgefs.train.checkpoint import save_checkpoint
 
 # Small, fast variants of every registered backbone (the test body is the same for all).
@@ -76,7 +77,7 @@ def test_export_bundle(name: str, glyph_data: Path, tmp_path: Path) -> None:
     bundle = export_bundle(ckpt, out, data=str(glyph_data), parity_images=12, log=messages.append)
 
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [ONNX_FILE, f"{HEAD_STEM}.json", f"{HEAD_STEM}.npz", MANIFEST_FILE, TORCH_WEIGHTS_FILE])
+        [ONNX_FILE, f"{HEAD_STEM}.json", f"{HEAD_STEM}.npz", MANIFEST_FILE, TORCH_WEIGHTS_FILE, SELFCHECK_FILE])
     assert partial_folders(tmp_path) == []
     # Manifest: what the device needs to feed and read the graph.
     m = bundle.manifest

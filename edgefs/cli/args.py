@@ -223,6 +223,10 @@ def add_cpu_engine_flags(p: argparse.ArgumentParser, openvino: bool = True) -> N
     stays with each command."""
     from edgefs.runtime.openvino_backend import HINTS  # torch-free, imports no OpenVINO
 
+    p.add_argument("--on-mismatch", choices=("refuse", "fp32"), default=None,
+                   help="when the engine fails the bundle's self-check on this machine (its reference images embed "
+                        "too far from the FP32 model's, or an INT8 bundle meets a CPU it was not made for): refuse "
+                        "(default, saying what to do) or fp32 (run the FP32 graph an INT8 bundle carries, said once)")
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
                    help="onnxruntime: let idle engine threads busy-wait between calls (session.intra_op / "
                         "inter_op.allow_spinning). Matters with --threads 2 or more only. run and demo: off unless "
@@ -238,5 +242,6 @@ def add_cpu_engine_flags(p: argparse.ArgumentParser, openvino: bool = True) -> N
 def engine_options(args: argparse.Namespace) -> dict[str, object]:
     """What :func:`add_cpu_engine_flags` parsed, as ``open_engine(options=...)`` takes it (unset flags left out)."""
     return {k: v for k, v in (("allow_spinning", getattr(args, "spin", None)),
+                              ("on_mismatch", getattr(args, "on_mismatch", None)),
                               ("hint", getattr(args, "ov_hint", None)),
                               ("streams", getattr(args, "ov_streams", None))) if v is not None}

@@ -142,15 +142,20 @@ class Manifest:
 
 @dataclass
 class Bundle:
-    """A bundle on disk: its folder, manifest and head spec."""
+    """A bundle on disk: its folder, manifest and head spec.
+
+    ``onnx_file`` is ``backbone.onnx`` except for the FP32 graph an INT8 bundle carries for
+    engines that fail its self-check (:func:`edgefs.runtime.select.open_engine`).
+    """
 
     path: Path
     manifest: Manifest
     head: HeadSpec
+    onnx_file: str = ONNX_FILE
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / ONNX_FILE
+        return self.path / self.onnx_file
 
     @property
     def fingerprint(self) -> str:

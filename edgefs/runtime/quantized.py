@@ -72,6 +72,35 @@ def unclaimed_cpu(bundle: Bundle) -> str | None:
             "drift from the FP32 model's")
 
 
+FP32_FALLBACK_FILE = "backbone-fp32.onnx"
+
+
+def fp32_fallback(bundle: Bundle) -> Bundle | None:
+    """The FP32 graph an INT8 bundle carries, as a bundle an engine can open, or None.
+
+    It keeps the INT8 bundle's fingerprint, so the class stores made with the INT8 bundle stay
+    usable: ``edgefs quantize`` measured that the two graphs' embeddings serve each other's shots.
+
+    Raises:
+        EdgefsError: a fallback file that is missing or is not the parent's graph (SHA256).
+    """
+    from edgefs.runtime.bundle import sha256_file
+
+    info = quantization_info(bundle) or {}
+    entry = info.get("fp32_fallback")
+    if not isinstance(entry, dict):
+        return None
+    path = bundle.path / str(entry.get("file", FP32_FALLBACK_FILE))
+    if not path.is_file() or sha256_file(path) != entry.get("sha256"):
+        raise EdgefsError(f"{path} is missing or is not the FP32 graph bundle {bundle.path.name} was quantised "
+                          "from (sha256); copy the bundle again")
+    export = {k: v for k, v in bundle.manifest.export.items() if k != QUANTIZATION_KEY}  # the self-check stays
+    manifest = Manifest(backbone=bundle.manifest.backbone, input=bundle.manifest.input,
+                        output=bundle.manifest.output, head=bundle.manifest.head,
+                        fingerprint=bundle.manifest.fingerprint, training=bundle.manifest.training, export=export)
+    return Bundle(bundle.path, manifest, bundle.head, onnx_file=path.name)
+
+
 def cpu_precision(bundle: Bundle, asked: str, backend: str) -> str:
     """The precision a CPU backend runs ``bundle`` at, refusing what it cannot honour.
 

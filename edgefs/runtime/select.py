@@ -45,7 +45,13 @@ from edgefs.runtime import (  # noqa: F401
 )
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
-from edgefs.runtime.quantized import graph_precision
+from edgefs.runtime.quantized import fp32_fallback, graph_precision, unclaimed_cpu
+from edgefs.runtime.selfcheck import SelfCheckError, check_engine, what_to_do
+
+ON_MISMATCH = ("refuse", "fp32")
+"""What :func:`open_engine` does when an engine fails the bundle's self-check (or an INT8 bundle
+meets a CPU it was not made for): ``refuse`` (default) raises with what happened and what to do;
+``fp32`` runs the FP32 graph an INT8 bundle carries instead, said once."""
 
 
 def backend_names() -> list[str]:
@@ -115,6 +121,7 @@ def open_engine(
     verify: bool = True,
     options: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    selfcheck: bool = True,
 ) -> Engine:
     """Open a bundle on a backend.
 
@@ -135,14 +142,19 @@ def open_engine(
         defaults: the caller's own defaults for such options (the camera loop turns ONNX
             Runtime's spinning off), used where ``options`` leaves them unset and the
             backend takes them; left out silently otherwise.
+        selfcheck: embed the bundle's reference images and compare them with its FP32
+            embeddings (:mod:`edgefs.runtime.selfcheck`; cached per machine, engine and bundle
+            after a pass); False only for tools that measure the engine themselves.
 
     Returns:
-        the opened :class:`Engine`.
+        the opened :class:`Engine` (its ``selfcheck`` attribute holds the check's result).
 
     Raises:
         EdgefsError: an unknown backend (the message lists the known ones), a backend
             whose stack is missing (naming what to install), or one that refuses the
             device/precision.
+        SelfCheckError: the engine fails the bundle's self-check, or an INT8 bundle is not for
+            this CPU's class, and ``on_mismatch`` is ``refuse`` (or no FP32 graph is carried).
     """
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else read_bundle(bundle_or_path, verify=verify)
     if backend == "auto":
@@ -151,6 +163,9 @@ def open_engine(
         reason = "asked for"
     factory: Any = ENGINES.get(backend)
     wanted = {k: v for k, v in (options or {}).items() if v is not None}
+    on_mismatch = str(wanted.pop("on_mismatch", "refuse"))
+    if on_mismatch not in ON_MISMATCH:
+        raise EdgefsError(f"on_mismatch {on_mismatch!r}: use one of {', '.join(ON_MISMATCH)}")
     takes = set(inspect.signature(factory).parameters)
     unused = sorted(set(wanted) - takes)
     if unused:
@@ -162,4 +177,40 @@ def open_engine(
     kwargs = {k: v for k, v in {**(defaults or {}), **wanted}.items() if k in takes and v is not None}
     engine: Engine = factory(bundle, device=device, precision=precision, threads=threads, **kwargs)
     log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")
-    return engine
+    if not selfcheck:
+        return engine
+    return _self_checked(engine, lambda b: factory(b, device=device, precision=precision, threads=threads, **kwargs),
+                         on_mismatch, log)
+
+
+def _self_checked(engine: Engine, reopen: Callable[[Bundle], Engine], on_mismatch: str,
+                  log: Callable[[str], None]) -> Engine:
+    """``engine`` once it passed the bundle's self-check; else the FP32 fallback (where allowed) or an error."""
+    bundle = engine.bundle
+    why = unclaimed_cpu(bundle) if engine.device == "cpu" and engine.precision == "int8" else None
+    if why is None:
+        result = check_engine(engine)
+        engine.selfcheck = result  # type: ignore[attr-defined]
+        if result.status == "unchecked":
+            log(f"note: {result.message}")
+            return engine
+        if result.passed:
+            if result.status == "verified":
+                log(result.message)
+            if engine.backend == "tensorrt":
+                engine.verified = True  # type: ignore[attr-defined]  # checked on this GPU now
+            return engine
+        why = result.message
+    fallback = fp32_fallback(bundle) if engine.precision == "int8" else None
+    if on_mismatch == "fp32" and fallback is not None:
+        log(f"warning: {why}; running the FP32 graph bundle {bundle.path.name} carries instead (--on-mismatch fp32)")
+        replacement = reopen(fallback)
+        result = check_engine(replacement)
+        replacement.selfcheck = result  # type: ignore[attr-defined]
+        if not result.passed and result.status != "unchecked":
+            raise SelfCheckError(f"{result.message}; nothing was run. {what_to_do(replacement)}")
+        log(f"engine: {replacement.describe()} for {bundle.path.name} (FP32 fallback)")
+        return replacement
+    allowed = "" if fallback is None or on_mismatch == "fp32" else " (or allow the FP32 graph it carries with " \
+        "--on-mismatch fp32)"
+    raise SelfCheckError(f"{why}; nothing was run. To fix: {what_to_do(engine)}{allowed}")
