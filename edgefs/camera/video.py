@@ -171,6 +171,10 @@ class V4L2Source(CaptureSource):
                           "program? ('v4l2-ctl --list-devices'); it will be reopened")
 
 
+# nvvidconv flip-methods that turn the image by 90 degrees (width and height trade places).
+_TURNING_FLIPS = (1, 3, 5, 7)
+
+
 def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30,
                         flip: int = 0, out_size: tuple[int, int] | None = None) -> str:
     """The GStreamer pipeline for a Jetson CSI camera (IMX219, IMX477...) through ``nvarguscamerasrc``.
@@ -191,10 +195,16 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720
     Args:
         sensor_id: the CSI port (0 or 1 on most carrier boards).
         width, height, fps: a sensor mode the camera has (``gst-inspect-1.0 nvarguscamerasrc``).
-        flip: ``nvvidconv`` flip-method (0 none, 2 rotate 180, 4 horizontal flip...).
-        out_size: ``(width, height)`` to scale to on the VIC (default: the sensor size).
+        flip: ``nvvidconv`` flip-method (0 none, 1 rotate 90 counter-clockwise, 2 rotate 180,
+            3 rotate 90 clockwise, 4 horizontal flip, 5 upper-right diagonal, 6 vertical flip,
+            7 upper-left diagonal).
+        out_size: ``(width, height)`` of the frames handed over, scaled to on the VIC (default:
+            the sensor size, turned for the flip-methods that turn the image by 90 degrees,
+            1 3 5 7, so that a camera mounted sideways gives upright frames that are not squashed).
     """
-    ow, oh = out_size or (width, height)
+    if not 0 <= flip <= 7:
+        raise ValueError(f"flip-method {flip} of nvvidconv must be 0..7")
+    ow, oh = out_size or ((height, width) if flip in _TURNING_FLIPS else (width, height))
     return (
         f"nvarguscamerasrc sensor-id={sensor_id} ! "
         f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1,format=NV12 ! "
@@ -278,10 +288,14 @@ class CsiSource(GStreamerSource):
         if not sensor.isdigit():
             raise SourceError(f"{uri!r}: the CSI sensor id must be a number (csi:0)", retryable=False)
         fps = options.integer("fps", 30, minimum=1) or 30
+        flip = options.integer("flip", 0, minimum=0) or 0
+        if flip > 7:
+            raise SourceError(f"flip={flip} of {uri!r}: nvvidconv's flip-method is 0..7 (0 none, 1 rotate 90 "
+                              "counter-clockwise, 2 rotate 180, 3 rotate 90 clockwise, 4 horizontal flip, "
+                              "5 upper-right diagonal, 6 vertical flip, 7 upper-left diagonal)", retryable=False)
         pipeline = jetson_csi_pipeline(
             int(sensor), options.integer("width", 1280, minimum=1) or 1280,
-            options.integer("height", 720, minimum=1) or 720, fps,
-            options.integer("flip", 0, minimum=0) or 0, options.size("out"),
+            options.integer("height", 720, minimum=1) or 720, fps, flip, options.size("out"),
         )
         source = cls(pipeline, name=name or uri, uri=uri)
         source.fps = float(fps)
