@@ -213,7 +213,12 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720
     )
 
 
+# Appended to a pipeline without an appsink. Live: keep only the newest frame (a slow reader never
+# sees a stale one). Not live (a file): drop nothing; a full appsink holds the pipeline back instead.
 _APPSINK_TAIL = " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
+_APPSINK_TAIL_ALL_FRAMES = " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=false max-buffers=2 sync=false"
+
+
 
 
 @register_source
@@ -222,7 +227,8 @@ class GStreamerSource(CaptureSource):
 
     The pipeline should end in ``appsink``; when it does not, ``videoconvert !
     video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false`` is
-    appended. For a Jetson CSI camera use ``csi:0`` (:class:`CsiSource`) or the
+    appended (``drop=false max-buffers=2`` when not live, so that every frame of a
+    file is handed over). For a Jetson CSI camera use ``csi:0`` (:class:`CsiSource`) or the
     pipeline from :func:`jetson_csi_pipeline`. Needs OpenCV built with GStreamer
     (``cv2.getBuildInformation()`` lists it under Video I/O); the PyPI wheels are
     built without it.
@@ -242,7 +248,7 @@ class GStreamerSource(CaptureSource):
         if not text:
             raise SourceError(f"{uri!r}: the GStreamer pipeline is empty; e.g. gst:videotestsrc ! appsink",
                               retryable=False)
-        self.pipeline = text if "appsink" in text else text + _APPSINK_TAIL
+        self.pipeline = text if "appsink" in text else text + (_APPSINK_TAIL if live else _APPSINK_TAIL_ALL_FRAMES)
 
     @classmethod
     def from_uri(cls, target: str, options: SourceOptions, *, uri: str, name: str | None) -> GStreamerSource:
