@@ -9,6 +9,7 @@ stream (``read() -> None``); a camera or stream that returns no frame has failed
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import re
@@ -219,6 +220,50 @@ _APPSINK_TAIL = " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true ma
 _APPSINK_TAIL_ALL_FRAMES = " ! videoconvert ! video/x-raw,format=BGR ! appsink drop=false max-buffers=2 sync=false"
 
 
+@functools.cache
+def _gstreamer_library() -> ctypes.CDLL | None:
+    """libgstreamer, initialised: the library OpenCV's GStreamer backend runs on (one per process);
+    None where it cannot be loaded (no GStreamer, or not Linux)."""
+    try:
+        lib = ctypes.CDLL("libgstreamer-1.0.so.0")
+        lib.gst_init_check.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.gst_init_check.restype = ctypes.c_int
+        lib.gst_element_factory_find.argtypes = [ctypes.c_char_p]
+        lib.gst_element_factory_find.restype = ctypes.c_void_p
+        lib.gst_object_unref.argtypes = [ctypes.c_void_p]
+        return lib if lib.gst_init_check(None, None, None) else None
+    except (OSError, AttributeError):
+        return None
+
+
+_ELEMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def gst_missing_elements(pipeline: str) -> list[str] | None:
+    """The elements ``pipeline`` names that this GStreamer does not have (none: ``[]``), or None where
+    GStreamer cannot be asked.
+
+    Why ask: OpenCV (4.6 at least) waits forever on a pipeline whose source element does not
+    exist (``csi:0`` on a machine without ``nvarguscamerasrc``) instead of failing. Only the first
+    word of each ``!``-separated part is read (caps and pad references such as ``demux.`` are
+    skipped), so an element this misses is left for OpenCV to refuse, as before.
+    """
+    lib = _gstreamer_library()
+    if lib is None:
+        return None
+    missing = []
+    for part in pipeline.split("!"):
+        words = part.split()
+        if not words or not _ELEMENT_NAME.fullmatch(words[0]):
+            continue
+        factory = lib.gst_element_factory_find(words[0].encode())
+        if factory:
+            lib.gst_object_unref(factory)
+        elif words[0] not in missing:
+            missing.append(words[0])
+    return missing
+
+
 
 
 @register_source
@@ -231,7 +276,8 @@ class GStreamerSource(CaptureSource):
     file is handed over). For a Jetson CSI camera use ``csi:0`` (:class:`CsiSource`) or the
     pipeline from :func:`jetson_csi_pipeline`. Needs OpenCV built with GStreamer
     (``cv2.getBuildInformation()`` lists it under Video I/O); the PyPI wheels are
-    built without it.
+    built without it. A pipeline naming an element GStreamer does not have is refused
+    before OpenCV sees it (:func:`gst_missing_elements`: OpenCV would wait on it forever).
 
     Options (keyword arguments only: the pipeline text is passed on untouched):
     ``live`` (default True; False for a ``filesrc`` pipeline whose end is the end of
@@ -261,6 +307,16 @@ class GStreamerSource(CaptureSource):
                 "(cv2.getBuildInformation(), Video I/O). On a Jetson use JetPack's OpenCV (python3-opencv) "
                 "instead of the opencv-python wheel: pip uninstall opencv-python opencv-python-headless",
                 retryable=False,
+            )
+        missing = gst_missing_elements(self.pipeline)
+        if missing:
+            where = ("; nvarguscamerasrc and nvvidconv come with JetPack on a Jetson (nvidia-l4t-gstreamer): "
+                     "there is no CSI camera elsewhere" if any(name.startswith("nv") for name in missing) else
+                     "; install the GStreamer plugin package that has it (gstreamer1.0-plugins-good, -bad, "
+                     "-ugly or gstreamer1.0-libav on Debian/Ubuntu), or check the name")
+            raise SourceError(
+                f"GStreamer has no element {', '.join(missing)} for the pipeline of {self.name} (check with "
+                f"'gst-inspect-1.0 {missing[0]}'){where}", retryable=False,
             )
         return cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
 
