@@ -264,6 +264,21 @@ def gst_missing_elements(pipeline: str) -> list[str] | None:
     return missing
 
 
+_SHELL_SPECIAL = re.compile(r"[()<>;&|$`\\*?\[\]{}~#]")
+
+
+def gst_launch_command(pipeline: str) -> str:
+    """A shell command that runs ``pipeline`` on its own with ``gst-launch-1.0`` (gstreamer1.0-tools).
+
+    ``appsink`` (only an application can empty it) becomes a bare ``fakesink``: appsink's
+    properties (``drop=true max-buffers=1``) are not fakesink's, and gst-launch refuses
+    them. Words the shell would choke on, such as the caps ``video/x-raw(memory:NVMM),...``,
+    are single-quoted (words that have quotes of their own are left as written).
+    """
+    text = re.sub(r"\bappsink\b(?:\s+[\w-]+=\S+)*", "fakesink", pipeline.strip())
+    words = [word if word == "!" or not _SHELL_SPECIAL.search(word) or "'" in word or '"' in word
+             else f"'{word}'" for word in text.split()]
+    return "gst-launch-1.0 " + " ".join(words)
 
 
 @register_source
@@ -322,9 +337,9 @@ class GStreamerSource(CaptureSource):
 
     def _cannot_open(self) -> SourceError:
         return SourceError(
-            f"GStreamer could not start the pipeline {self.pipeline!r}: try it with "
-            f"'gst-launch-1.0 {self.pipeline.replace('appsink', 'fakesink')}'; for a CSI camera check "
-            "that nvargus-daemon runs (sudo systemctl restart nvargus-daemon) and the sensor mode exists"
+            f"GStreamer could not start the pipeline {self.pipeline!r} (for a CSI camera check that "
+            "nvargus-daemon runs, sudo systemctl restart nvargus-daemon, and that the sensor mode exists); "
+            f"run it on its own to see why: {gst_launch_command(self.pipeline)}"
         )
 
     def _no_frame(self) -> tuple[np.ndarray, str | None] | None:
