@@ -29,6 +29,7 @@ COMMANDS = {
     "build-engine": "build_engine",
     "quantize": "quantize",
     "bench": "bench",
+    "tune": "tune",
     "doctor": "doctor",
     "enroll": "enroll",
     "classes": "classes",
