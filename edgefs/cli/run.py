@@ -51,14 +51,19 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
                    help="unknown threshold: auto, none or a cosine (default: the store's choice)")
     p.add_argument("--summary-json", metavar="PATH", help="write the end-of-run summary as JSON")
     p.add_argument("--shot-views", type=int, choices=A.VIEW_CHOICES, help=A.SHOT_VIEWS_HELP + " (live enrollment)")
-    p.add_argument("--backend", default="auto", choices=backend_names(), help="engine backend (default auto)")
+    p.add_argument("--backend", choices=backend_names(),
+                   help="engine backend (default: the profile 'edgefs tune' saved for this bundle here, else auto)")
     p.add_argument("--device", type=A.device, help="cpu, cuda or cuda:N (default: the backend's choice)")
-    p.add_argument("--threads", type=A.integer(1), help="CPU threads for the engine (default: all cores but one)")
-    p.add_argument("--batch-wait", type=A.real(0, 1000), default=0.0, dest="batch_wait_ms", metavar="MS",
+    p.add_argument("--threads", type=A.integer(1),
+                   help="CPU threads for the engine (default: the tuned profile's, else all cores but one)")
+    p.add_argument("--batch-wait", type=A.real(0, 1000), dest="batch_wait_ms", metavar="MS",
                    help="with several sources: once a frame is ready, wait up to MS milliseconds for the other "
-                        "sources' frames so one engine call takes them all (default 0: embed what is ready at "
-                        "once; each millisecond adds to the first frame's latency)")
+                        "sources' frames so one engine call takes them all (default: the tuned profile's, else 0: "
+                        "embed what is ready at once; each millisecond adds to the first frame's latency)")
     A.add_cpu_engine_flags(p)
+    p.add_argument("--no-profile", action="store_true",
+                   help="ignore the profile 'edgefs tune' saved for this bundle on this machine (backend, threads, "
+                        "batch wait, engine options); flags given on the command line win over it anyway")
     p.add_argument("--roi", type=A.roi, help=A.ROI_HELP + " (default: the one saved with the store by edgefs "
                    "serve's settings, else full); drawn in the window")
 
@@ -71,14 +76,17 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
         display=args.display, max_frames=args.max_frames, duration_s=args.duration_s, enroll=args.enroll,
         shots=args.shots, enroll_delay_s=args.enroll_delay_s, commands=args.commands,
-        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s, batch_wait_ms=args.batch_wait_ms,
+        summary_json=args.summary_json, open_timeout_s=args.open_timeout_s,
+        batch_wait_ms=0.0 if args.batch_wait_ms is None else args.batch_wait_ms,
         roi=args.roi,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.camera.pipeline import run
+    from edgefs.tune import apply_profile
 
+    apply_profile(args, args.bundle)
     config = loop_config(args)
     run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
         head_type=args.head, threshold=args.threshold, engine_options=A.engine_options(args),

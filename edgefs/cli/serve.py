@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.serve.server import serve
+    from edgefs.tune import apply_profile
 
+    apply_profile(args, args.bundle)
     serve(args.bundle, args.store, loop_config(args), host=args.host, port=args.port, token_file=args.token_file,
           require_token=args.require_token, rotate_token=args.rotate_token, allow_hosts=tuple(args.allow_hosts),
           view_fps=args.view_fps, max_upload_mb=args.max_upload_mb, backend=args.backend, device=args.device,
