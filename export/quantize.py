@@ -17,16 +17,18 @@ stores made with the parent are not opened by it; ``edgefs classes reembed``
 moves them (DESIGN.md, "INT8 bundles and class stores").
 
 The integer format is chosen for the CPUs the bundle is for (``target``, recorded in the
-manifest with the CPU classes it claims, :mod:`edgefs.cpu`). ``any`` (the default) gives
-every CPU the same integer sums: convolutions that run as a matrix product (1x1, the stem,
-the last block) take uint8 per-channel weights, which ONNX Runtime's x86 kernels widen to
-16 bits before multiplying (``vpmaddwd``: no saturation), and depthwise convolutions take
-int8 per-channel weights (their kernels add in 32 bits). ``x86-vnni`` keeps int8 weights
-everywhere, the fastest on a VNNI CPU; on x86 without VNNI those u8 x s8 products are added
-in pairs into a saturating 16-bit sum (``vpmaddubsw``). Measured on the committed colour
-model (AVX2, no VNNI, ``units/train``): mean cosine to FP32 0.847 with int8 weights, 0.993
-with this format, equal (min cosine 0.9993) to the same graph run with SSE4.1 kernels under
-``qemu-x86_64-static -cpu Nehalem``, which cannot saturate.
+manifest with the CPU classes it claims, :mod:`edgefs.cpu`). On x86 without VNNI, ONNX
+Runtime's and OpenVINO's fast u8 x s8 kernels add the products of a uint8 activation and an
+int8 weight in pairs into a 16-bit sum (``vpmaddubsw``) that saturates when both are large;
+VNNI and ARM add into 32 bits. ``any`` (the default) writes only formats whose sums fit on
+every class (:data:`INT8_FORMATS`): 7-bit weights on convolutions that run as a matrix
+product (255 x 64 x 2 < 32768), optionally uint8 weights (which those kernels widen to 16 bits
+first) on the first ones, where the model is most sensitive; depthwise convolutions keep 8-bit
+weights (their kernels add in 32 bits). It tries them fastest first and keeps the first that
+meets the floors (:data:`FORMAT_LADDER`). ``x86-vnni`` writes int8 weights everywhere (``s8``),
+the fastest on a VNNI CPU and wrong elsewhere. Measured on the committed colour model (AVX2, no
+VNNI, ``units/train``): ``s8`` mean cosine to FP32 0.847 there; the same graph with SSE4.1
+kernels under ``qemu-x86_64-static -cpu Nehalem`` (which widen every product) 0.993.
 
 No PyTorch: this runs on a workstation or on the device. It needs ``onnx`` and
 ``onnxruntime`` (``onnxruntime.quantization``), imported when a run starts.
@@ -188,40 +190,68 @@ def mixed_accuracy(
     return right / max(total, 1)
 
 
-INT8_FORMATS = {
-    "portable": {"weights": "uint8 per-channel on convolutions run as a matrix product, int8 per-channel on "
-                            "depthwise convolutions", "activations": "uint8 per-tensor",
-                 "saturates_on": []},
-    "vnni": {"weights": "int8 per-channel", "activations": "uint8 per-tensor", "saturates_on": ["x86"]},
+INT8_FORMATS: dict[str, dict[str, Any]] = {
+    "s7": {"weights": "int8 per-channel, 7 bits on convolutions run as a matrix product, 8 on depthwise",
+           "u8_first": 0, "portable": True},
+    "s7-u8first3": {"weights": "uint8 per-channel on the first 3 matrix-product convolutions, then as s7",
+                    "u8_first": 3, "portable": True},
+    "u8": {"weights": "uint8 per-channel on every matrix-product convolution, int8 on depthwise",
+           "u8_first": None, "portable": True},
+    "s8": {"weights": "int8 per-channel, 8 bits everywhere (saturates on x86 without VNNI)",
+           "u8_first": 0, "portable": False},
 }
-"""The integer formats :func:`quantize_bundle` writes, by name (``manifest ... quantization.int8_format``)."""
+"""The integer formats :func:`quantize_bundle` writes (``quantization.int8_format`` in the manifest);
+activations are uint8 per-tensor in all of them. The portable ones give every CPU class the same
+integer sums; ``s8`` is for VNNI CPUs only (``--target x86-vnni``)."""
+FORMAT_LADDER = ("s7", "s7-u8first3", "u8")
+"""What ``--int8-format auto`` tries for a portable target, fastest first, until one meets the floors.
+Colour Lite0, AVX2, 1 thread, CPU time against FP32 (ONNX Runtime / OpenVINO) and mean cosine:
+s7 1.06x / 1.69x, 0.980; s7-u8first3 1.02x / 1.52x, 0.990; u8 0.86x / 0.93x, 0.993."""
+INT8_FORMAT_CHOICES = ("auto", *INT8_FORMATS)
 
 
-def int8_format(target: str) -> str:
-    """``vnni`` for ``--target x86-vnni`` (int8 weights everywhere), else ``portable``."""
-    return "vnni" if target == "x86-vnni" else "portable"
+def formats_for(target: str, asked: str = "auto") -> list[str]:
+    """The formats to try, in order, for ``--target`` and ``--int8-format``.
+
+    Raises:
+        QuantizeError: a format that saturates on a class the target claims (``s8`` for ``any``).
+    """
+    if asked == "auto":
+        return ["s8"] if target == "x86-vnni" else list(FORMAT_LADDER)
+    if asked not in INT8_FORMATS:
+        raise QuantizeError(f"unknown --int8-format {asked!r}; use one of {', '.join(INT8_FORMAT_CHOICES)}")
+    if not INT8_FORMATS[asked]["portable"] and target != "x86-vnni":
+        raise QuantizeError(f"--int8-format {asked} saturates on x86 CPUs without VNNI, which --target {target} "
+                            "claims: use --target x86-vnni (on a VNNI machine), or a portable format")
+    return [asked]
 
 
 def weight_overrides(onnx_path: Path, keep_float: list[str], fmt: str, quantization: Any) -> dict[str, Any]:
-    """ONNX Runtime ``TensorQuantOverrides`` for the weights of ``fmt`` (module docstring).
+    """ONNX Runtime ``TensorQuantOverrides`` for the weights of ``fmt`` (:data:`INT8_FORMATS`).
 
-    ``portable``: uint8 per-channel (axis 0, asymmetric) weights for every Conv with ``group == 1``
-    and every Gemm / MatMul weight; depthwise convolutions keep the default int8 per-channel weights.
+    Matrix-product convolutions (``Conv`` with ``group == 1``, ``Gemm``, ``MatMul``), in graph order:
+    uint8 per-channel (asymmetric) for the first ``u8_first`` of them (all where None), 7-bit int8
+    (``reduce_range``) for the rest in the ``s7`` family. Depthwise convolutions keep 8-bit int8.
     """
-    if fmt != "portable":
+    if fmt == "s8":
         return {}
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {t.name for t in graph.initializer}
+    u8_first = INT8_FORMATS[fmt]["u8_first"]
     out: dict[str, Any] = {}
     for node in graph.node:
         if node.name in keep_float or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.input[1] in initializers and group == 1:
-            axis = 1 if node.op_type == "MatMul" else 0
+        if node.input[1] not in initializers or group != 1:
+            continue
+        axis = 1 if node.op_type == "MatMul" else 0
+        if u8_first is None or len(out) < u8_first:
             out[node.input[1]] = [{"axis": axis, "quant_type": quantization.QuantType.QUInt8}]
+        else:
+            out[node.input[1]] = [{"axis": axis, "reduce_range": True}]
     return out
 
 
@@ -297,6 +327,7 @@ def quantize_bundle(
     parity_images: int = 200,
     method: str = "auto",
     target: str = "any",
+    int8_format: str = "auto",
     min_cosine: float = MIN_MEAN_COSINE,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     seed: int = 0,
@@ -320,6 +351,8 @@ def quantize_bundle(
             portable integer format), ``x86``, ``arm64`` (the same format, claiming that class only)
             or ``x86-vnni`` (int8 weights everywhere: fastest on VNNI, wrong elsewhere). The parity
             gate measures on this machine, so its CPU must be of a claimed class.
+        int8_format: ``auto`` (default: the fastest portable format that meets the floors,
+            :data:`FORMAT_LADDER`; ``s8`` for ``x86-vnni``) or one of :data:`INT8_FORMATS`.
         min_cosine: floor on the mean per-image cosine to FP32.
         max_accuracy_drop: most the nearest-prototype accuracy on held-out episodes may fall
             below FP32's, in points (ImageFolder sources).
@@ -362,6 +395,7 @@ def quantize_bundle(
             "the parity gate measures the INT8 graph on this machine, so it would measure another CPU's arithmetic. "
             f"Quantise on a {target} machine, or use --target any (the portable format, right on every class)"
         )
+    formats = formats_for(target, int8_format)
     if out.exists() and not overwrite:
         raise QuantizeError(f"{out} exists; choose another --out or pass --overwrite")
     if out.resolve() == parent.path.resolve():
@@ -399,15 +433,14 @@ def quantize_bundle(
         pre = tmp / "pre.onnx"
         shape_inference.quant_pre_process(str(parent.onnx_path), str(pre), skip_symbolic_shape=True)
         keep_float = preprocessing_nodes(pre)
-        fmt = int8_format(target)
-        overrides = weight_overrides(pre, keep_float, fmt, quantization)
         ref = np.concatenate([reference.embed(held[i:i + 16]) for i in range(0, len(held), 16)])
 
-        def attempt(calibrator: str, used: list[np.ndarray], prefix: str) -> tuple[Path, Manifest, QuantizeReport,
-                                                                                  list[str]]:
-            """Quantise with ``calibrator`` on ``used`` into a folder of ``tmp``; measure it against FP32."""
-            folder = tmp / f"bundle-{calibrator}"
+        def attempt(fmt: str, calibrator: str, used: list[np.ndarray], prefix: str) -> tuple[
+                Path, Manifest, QuantizeReport, list[str]]:
+            """Quantise to ``fmt`` with ``calibrator`` on ``used`` into a folder of ``tmp``; measure it against FP32."""
+            folder = tmp / f"bundle-{fmt}-{calibrator}"
             folder.mkdir()
+            overrides = weight_overrides(pre, keep_float, fmt, quantization)
             try:
                 quantization.quantize_static(
                     str(pre), str(folder / ONNX_FILE), _reader(quantization, used),
@@ -428,7 +461,7 @@ def quantize_bundle(
             fingerprint = sha256_file(folder / ONNX_FILE)
             info = {
                 "precision": "int8", "format": "QDQ", "int8_format": fmt, "weights": INT8_FORMATS[fmt]["weights"],
-                "activations": INT8_FORMATS[fmt]["activations"], "target": target, "cpu_classes": claimed,
+                "activations": "uint8 per-tensor", "target": target, "cpu_classes": claimed,
                 "parity_measured_on": {**cpu_info().to_json(), "how": "native"},
                 "float_nodes": keep_float, "method": calibrator,
                 "fp32_fallback": {"file": FP32_FALLBACK_FILE, "sha256": parent.fingerprint},
@@ -489,19 +522,25 @@ def quantize_bundle(
                 log(prefix + line)
             return folder, manifest, report, failures
 
-        tries = ["minmax", "percentile"] if method == "auto" else [method]
-        missed = []
-        for calibrator in tries:
+        # Formats fastest first, each with the calibrator asked; auto's percentile comes last, on the
+        # last format (its memory cost is paid once, where nothing cheaper passed).
+        tries = [(fmt, "minmax" if method == "auto" else method) for fmt in formats]
+        if method == "auto":
+            tries.append((formats[-1], "percentile"))
+        missed: list[tuple[str, list[str]]] = []
+        for fmt, calibrator in tries:
             used = batches
-            if method == "auto" and calibrator == "percentile":
+            if calibrator == "percentile" and method == "auto":
                 keep = percentile_images(size, len(calib_stack), batch)
                 used = [calib_stack[i : min(i + batch, keep)] for i in range(0, keep, batch)]
-                log(f"minmax missed the floors ({'; '.join(missed[-1][1])}); trying percentile on "
-                    f"{sum(len(b) for b in used)} images")
-            folder, manifest, report, failures = attempt(calibrator, used, f"{calibrator}: " if missed else "")
+            if missed:
+                log(f"{missed[-1][0]} missed the floors ({'; '.join(missed[-1][1])}); trying {fmt} weights, "
+                    f"{calibrator} on {sum(len(b) for b in used)} images")
+            folder, manifest, report, failures = attempt(fmt, calibrator, used,
+                                                         f"{fmt}, {calibrator}: " if missed else "")
             if not failures:
                 break
-            missed.append((calibrator, failures))
+            missed.append((f"{fmt}, {calibrator}", failures))
         if json_out:
             Path(json_out).write_text(report_json(report))
         if failures:
@@ -509,7 +548,8 @@ def quantize_bundle(
             raise QuantizeError(
                 f"the INT8 graph is too far from {parent.path.name}: {said}; no bundle was written. "
                 "Calibrate on more (and more varied) images of the camera's domain"
-                + (", try --method percentile" if "percentile" not in tries else "") + ", or keep the fp32 bundle"
+                + (", try --method percentile" if all(c != "percentile" for _, c in tries) else "")
+                + ", or keep the fp32 bundle"
             )
         write_manifest(folder, manifest)  # again, now with the parity figures
         if out.exists():

@@ -264,12 +264,15 @@ def test_auto_calibration_keeps_minmax_where_it_passes(int8_bundle: Path) -> Non
 def test_auto_calibration_tries_percentile_on_fewer_images_then_names_both(conv4_bundle: Path, glyph_data: Path,
                                                                            tmp_path: Path) -> None:
     out, report_file, lines = tmp_path / "q.edgefs", tmp_path / "report.json", []
-    with pytest.raises(QuantizeError, match=r"minmax: mean cosine .* < 1\.01; percentile: mean cosine .* < 1\.01"):
+    # Auto: each portable format fastest first with minmax, then percentile on the last; all named.
+    with pytest.raises(QuantizeError, match=r"s7, minmax: mean cosine .* < 1\.01.*; s7-u8first3, minmax: mean cosine "
+                                            r".*; u8, minmax: .*; u8, percentile: mean cosine .* < 1\.01"):
         quantize_bundle(conv4_bundle, glyph_data / "test", out, calib_images=48, parity_images=32,
                         min_cosine=1.01, json_out=report_file, log=lines.append)
-    assert any(line.startswith("minmax missed the floors (mean cosine") and "trying percentile on 48 images" in line
+    assert any(line.startswith("u8, minmax missed the floors (mean cosine") and
+               "trying u8 weights, percentile on 48 images" in line
                for line in lines)  # 28 px: the whole calibration set fits in memory
-    assert any(line.startswith("percentile: parity vs fp32") for line in lines)
+    assert any(line.startswith("u8, percentile: parity vs fp32") for line in lines)
     assert not out.exists() and list(tmp_path.iterdir()) == [report_file]
     assert json.loads(report_file.read_text())["passed"] is False
     with pytest.raises(QuantizeError, match=r"mean cosine .* < 1\.01.*try --method percentile"):

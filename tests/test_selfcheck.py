@@ -13,7 +13,7 @@ import pytest
 import edgefs.cpu
 from edgefs.cpu import CpuInfo, claimed_classes
 from edgefs.errors import EdgefsError
-from edgefs.export.quantize import QuantizeError, quantize_bundle
+from edgefs.export.quantize import FORMAT_LADDER, QuantizeError, formats_for, quantize_bundle
 from edgefs.runtime.bundle import MANIFEST_FILE, ONNX_FILE, read_bundle, sha256_file
 from edgefs.runtime.quantized import FP32_FALLBACK_FILE, int8_classes, quantization_info
 from edgefs.runtime.select import open_engine
@@ -94,7 +94,7 @@ def test_an_int8_bundle_carries_its_own_reference_and_passes_here(int8_bundle: P
     bundle = read_bundle(int8_bundle)
     info = quantization_info(bundle)
     assert info is not None and info["target"] == "any" and info["cpu_classes"] == claimed_classes("any")
-    assert info["int8_format"] == "portable" and (int8_bundle / FP32_FALLBACK_FILE).is_file()
+    assert info["int8_format"] in FORMAT_LADDER and (int8_bundle / FP32_FALLBACK_FILE).is_file()
     entry = bundle.manifest.export["selfcheck"]
     assert entry["int8_cosines"]["mean"] > 0.98 and (int8_bundle / SELFCHECK_FILE).is_file()
     engine = open_engine(int8_bundle, "onnxruntime", device="cpu", threads=1, log=lambda _: None)
@@ -196,3 +196,35 @@ def test_cpu_classes_follow_the_instruction_sets() -> None:
     assert here.to_json()["int8_class"] == here.int8_class
     with pytest.raises(ValueError, match="unknown INT8 target"):
         claimed_classes("x87")
+
+
+def test_int8_formats_that_saturate_are_refused_for_portable_targets() -> None:
+    assert formats_for("any") == list(FORMAT_LADDER) and formats_for("x86-vnni") == ["s8"]
+    assert formats_for("arm64", "u8") == ["u8"]
+    with pytest.raises(QuantizeError, match="saturates on x86 CPUs without VNNI"):
+        formats_for("any", "s8")
+
+
+def test_portable_weights_fit_a_16_bit_pair_sum(conv4_bundle: Path, int8_bundle: Path) -> None:
+    """Every matrix-product weight of a portable INT8 graph is uint8 or int8 within 7 bits: a pair of
+    products with a uint8 activation then fits the 16-bit sum of x86 kernels without VNNI."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(int8_bundle / ONNX_FILE))
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+            continue
+        dq = producer[node.input[1]]
+        w = inits[dq.input[0]]
+        values = numpy_helper.to_array(w).astype(np.int32)
+        if w.data_type == onnx.TensorProto.INT8:
+            assert values.min() >= -64 and values.max() <= 64
+            assert 255 * 64 * 2 < 32768
+        else:
+            assert w.data_type == onnx.TensorProto.UINT8
+        checked += 1
+    assert checked >= 3

@@ -12,7 +12,12 @@ HELP = ("make an INT8 bundle from an FP32 one, calibrated on images of the camer
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgefs.cpu import TARGETS
-    from edgefs.export.quantize import CALIBRATE_METHODS, MAX_ACCURACY_DROP, MIN_MEAN_COSINE  # torch-free
+    from edgefs.export.quantize import (  # torch-free
+        CALIBRATE_METHODS,
+        INT8_FORMAT_CHOICES,
+        MAX_ACCURACY_DROP,
+        MIN_MEAN_COSINE,
+    )
 
     p.add_argument("bundle", metavar="BUNDLE", help="the FP32 bundle folder, e.g. models/lite0.edgefs")
     p.add_argument("--calib", metavar="DIR|VIDEO",
@@ -30,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "right on x86 with or without VNNI and on ARM; x86-vnni: int8 weights everywhere, fastest "
                         "on VNNI CPUs and wrong on other x86, refused there at open; x86 / arm64: the portable "
                         "format, claiming that class only). This machine must be of a claimed class")
+    p.add_argument("--int8-format", choices=INT8_FORMAT_CHOICES, default="auto",
+                   help="integer weights (default auto: the fastest format right on every CPU the target claims "
+                        "that meets the floors: s7, then s7-u8first3, then u8; s8 for --target x86-vnni)")
     p.add_argument("--min-cosine", type=A.real(-1, 1), default=MIN_MEAN_COSINE,
                    help=f"floor on the mean cosine to fp32 (default {MIN_MEAN_COSINE})")
     p.add_argument("--max-accuracy-drop", type=A.real(0, 100), default=MAX_ACCURACY_DROP, metavar="POINTS",
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     quantize_bundle(args.bundle, args.calib, args.out, calib_images=args.calib_images,
                     parity_images=args.parity_images, method=args.method, target=args.target,
-                    min_cosine=args.min_cosine,
+                    int8_format=args.int8_format, min_cosine=args.min_cosine,
                     max_accuracy_drop=args.max_accuracy_drop, seed=args.seed, overwrite=args.overwrite,
                     json_out=args.json_out)
     return 0
