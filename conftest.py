@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests never read the user's tuned profiles (edgefs tune): run and serve would take their settings.
+    os.environ["EDGEFS_CONFIG"] = tempfile.mkdtemp(prefix="edgefs-test-config.")
 
 
 def _cuda_reason() -> str | None:
