@@ -138,6 +138,7 @@ def export_bundle(
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     head_type: str | None = None,
     distance: str | None = None,
+    input_size: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
     """Export a checkpoint's backbone and head as a device bundle, after a parity check.
@@ -156,6 +157,10 @@ def export_bundle(
         batch_sizes: batch sizes the parity check runs at (1 and a larger one).
         head_type, distance: another device head or prototype distance than the
             checkpoint's (:func:`override_head`).
+        input_size: another input side than the one the checkpoint was trained at, for a
+            backbone whose weights do not depend on it (EfficientNet-Lite, ResNet-12): fewer
+            pixels cost less per frame and usually some accuracy (``edgefs eval`` measures it;
+            ``edgefs tune`` weighs both). The manifest records both sizes.
         log: where progress and the parity table go.
 
     Returns:
@@ -174,14 +179,41 @@ def export_bundle(
     _prepare_out(out, overwrite)
     method, doc = load_checkpoint(checkpoint)
     backbone = method.backbone.eval()
+    training = _training_facts(doc, checkpoint)
+    if input_size is not None and input_size != backbone.spec.input_size:
+        training["input_size"] = {"trained": backbone.spec.input_size, "exported": input_size}
+        backbone = resize_backbone(backbone, input_size, checkpoint)
     spec = backbone.spec
     source = resolve_parity_data(data, doc, checkpoint)
     images = pick_parity_images(source, split, spec.input_size, parity_images, seed=PARITY_SEED)
     log(f"exporting {spec.name} ({spec.input_size} px, {spec.embedding_dim}-d) from {checkpoint} to {out}")
     head = override_head(method.head_spec(), head_type, distance)
     return write_bundle(backbone, head, out, images, {"data": source, "split": split, "seed": PARITY_SEED},
-                        _training_facts(doc, checkpoint), opset=opset, min_cosine=min_cosine,
+                        training, opset=opset, min_cosine=min_cosine,
                         overwrite=overwrite, batch_sizes=batch_sizes, log=log)
+
+
+def resize_backbone(backbone: torch.nn.Module, input_size: int, checkpoint: Path) -> torch.nn.Module:
+    """The same trained weights in a backbone built for ``input_size`` pixels.
+
+    Raises:
+        ExportError: a backbone that cannot take that size, or whose weights or embedding size
+            depend on it (Conv-4 flattens its last feature map): export it at its own size.
+    """
+    from edgefs.backbones import build_backbone
+
+    spec = backbone.spec
+    try:
+        resized = build_backbone(spec.name, **{**spec.options, "input_size": input_size})
+        resized.load_state_dict(backbone.state_dict())
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ExportError(f"{checkpoint} ({spec.name}, trained at {spec.input_size} px) cannot be exported at "
+                          f"{input_size} px: {str(exc).splitlines()[0]}; export it at {spec.input_size} px") from None
+    if resized.spec.embedding_dim != spec.embedding_dim:
+        raise ExportError(f"{spec.name}'s embedding has {resized.spec.embedding_dim} values at {input_size} px "
+                          f"against {spec.embedding_dim} at {spec.input_size} px, where it was trained: its weights "
+                          f"depend on the input size; export it at {spec.input_size} px")
+    return resized.eval()
 
 
 #: Heads a bundle can be given without learned arrays (``--head``): built from the shots alone.

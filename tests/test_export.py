@@ -298,3 +298,23 @@ def test_a_graph_that_transposes_uint8_before_casting_is_refused() -> None:
     check_input_cast_first(graph("Cast", "Transpose"))
     with pytest.raises(ExportError, match=r"Cast to float before any other operation.*Transpose"):
         check_input_cast_first(graph("Transpose", "Cast"))
+
+
+def test_a_checkpoint_exports_at_another_input_size_where_its_weights_allow(glyph_data: Path, tmp_path: Path,
+                                                                            conv4_checkpoint: Path) -> None:
+    torch.manual_seed(2)
+    backbone = build_backbone("resnet12", **SMALL["resnet12"])
+    trained_at = backbone.spec.input_size
+    ckpt = make_checkpoint(tmp_path / "r12.pt", backbone)
+    bundle = export_bundle(ckpt, tmp_path / "r12-40.edgefs", data=str(glyph_data), parity_images=8, input_size=40,
+                           log=lambda _: None)
+    assert bundle.manifest.input_size == (40, 40) and bundle.manifest.embedding_dim == backbone.spec.embedding_dim
+    assert bundle.manifest.training["input_size"] == {"trained": trained_at, "exported": 40}
+    # At the size it was trained at, nothing is recorded.
+    same = export_bundle(ckpt, tmp_path / "r12.edgefs", data=str(glyph_data), parity_images=8, log=lambda _: None)
+    assert "input_size" not in same.manifest.training
+    # Conv-4 flattens its last feature map: its weights fix the size, and the message says so.
+    with pytest.raises(ExportError, match=r"depend on the input size; export it at 28 px"):
+        export_bundle(conv4_checkpoint, tmp_path / "c4-40.edgefs", data=str(glyph_data), input_size=40,
+                      log=lambda _: None)
+    assert not (tmp_path / "c4-40.edgefs").exists()
