@@ -8,19 +8,18 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_edits import copy_bundle, edit_manifest
 
 from edgefs import doctor
 from edgefs.cli import main
 from edgefs.cpu import cpu_info
 from edgefs.runtime import onnxruntime_backend, openvino_backend, trt_flavour
-from edgefs.runtime.bundle import MANIFEST_FILE
 from edgefs.runtime.selfcheck import SELFCHECK_FILE
 
 
@@ -43,15 +42,6 @@ def engine_rows(report: dict, bundle_index: int = 0) -> dict[str, dict]:
             for row in report["bundles"][bundle_index]["engines"]}
 
 
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def edit_manifest(folder: Path, change: object) -> None:
-    doc = json.loads((folder / MANIFEST_FILE).read_text())
-    change(doc)  # type: ignore[operator]
-    (folder / MANIFEST_FILE).write_text(json.dumps(doc))
 
 
 def test_the_table_and_json_hold_the_cpu_engines_and_a_verified_then_cached_bundle(

@@ -3,18 +3,17 @@ refusal (or the FP32 fallback) for an engine that computes something else, and I
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_edits import copy_bundle, edit_manifest
 
 import edgefs.cpu
 from edgefs.cpu import CpuInfo, claimed_classes
 from edgefs.errors import EdgefsError
 from edgefs.export.quantize import FORMAT_LADDER, QuantizeError, formats_for, quantize_bundle
-from edgefs.runtime.bundle import MANIFEST_FILE, ONNX_FILE, read_bundle, sha256_file
+from edgefs.runtime.bundle import ONNX_FILE, read_bundle, sha256_file
 from edgefs.runtime.quantized import FP32_FALLBACK_FILE, int8_classes, quantization_info
 from edgefs.runtime.select import open_engine
 from edgefs.runtime.selfcheck import SELFCHECK_FILE, SelfCheckError, cache_root, check_engine, load_reference
@@ -36,15 +35,6 @@ def int8_bundle(conv4_bundle: Path, glyph_data: Path, tmp_path_factory: pytest.T
     return out
 
 
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rewrite_manifest(folder: Path, change: object) -> None:
-    doc = json.loads((folder / MANIFEST_FILE).read_text())
-    change(doc)  # type: ignore[operator]
-    (folder / MANIFEST_FILE).write_text(json.dumps(doc))
 
 
 def perturb_int8_graph(folder: Path) -> None:
@@ -62,7 +52,7 @@ def perturb_int8_graph(folder: Path) -> None:
             break
     onnx.save(model, str(folder / ONNX_FILE))
     fingerprint = sha256_file(folder / ONNX_FILE)
-    rewrite_manifest(folder, lambda doc: doc.__setitem__("fingerprint", fingerprint))
+    edit_manifest(folder, lambda doc: doc.__setitem__("fingerprint", fingerprint))
 
 
 def test_export_writes_reference_images_and_fp32_embeddings(conv4_bundle: Path) -> None:
@@ -128,7 +118,7 @@ def test_the_fp32_fallback_runs_where_the_user_allows_it(int8_bundle: Path, tmp_
 def test_an_int8_bundle_is_refused_on_a_cpu_class_it_does_not_claim(int8_bundle: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     vnni_only = copy_bundle(int8_bundle, tmp_path / "vnni.edgefs")
-    rewrite_manifest(vnni_only, lambda doc: doc["export"]["quantization"].update(cpu_classes=["x86-vnni"],
+    edit_manifest(vnni_only, lambda doc: doc["export"]["quantization"].update(cpu_classes=["x86-vnni"],
                                                                                target="x86-vnni"))
     assert int8_classes(read_bundle(vnni_only)) == ["x86-vnni"]
     monkeypatch.setattr(edgefs.cpu, "cpu_info", lambda: AVX2_ONLY)
@@ -144,7 +134,7 @@ def test_an_int8_bundle_is_refused_on_a_cpu_class_it_does_not_claim(int8_bundle:
 def test_int8_bundles_made_before_cpu_classes_claim_the_non_saturating_ones(int8_bundle: Path,
                                                                             tmp_path: Path) -> None:
     old = copy_bundle(int8_bundle, tmp_path / "old.edgefs")
-    rewrite_manifest(old, lambda doc: doc["export"]["quantization"].pop("cpu_classes"))
+    edit_manifest(old, lambda doc: doc["export"]["quantization"].pop("cpu_classes"))
     assert int8_classes(read_bundle(old)) == ["x86-vnni", "arm64"]
 
 
@@ -160,7 +150,7 @@ def test_a_damaged_reference_file_is_refused_not_skipped(conv4_bundle: Path, tmp
 def test_a_bundle_without_reference_images_opens_with_a_note(conv4_bundle: Path, tmp_path: Path) -> None:
     old = copy_bundle(conv4_bundle, tmp_path / "old.edgefs")
     (old / SELFCHECK_FILE).unlink()
-    rewrite_manifest(old, lambda doc: doc["export"].pop("selfcheck"))
+    edit_manifest(old, lambda doc: doc["export"].pop("selfcheck"))
     lines: list[str] = []
     engine = open_engine(old, "onnxruntime", device="cpu", threads=1, log=lines.append)
     assert engine.selfcheck.status == "unchecked"  # type: ignore[attr-defined]
