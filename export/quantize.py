@@ -107,6 +107,8 @@ class QuantizeReport:
     warnings: list[str] = field(default_factory=list)
     passed: bool = False
     out: Path | None = None
+    embeddings: np.ndarray | None = field(default=None, repr=False)
+    """The INT8 graph's embeddings of the held-out images on this machine (not written anywhere)."""
 
     def lines(self) -> list[str]:
         p = self.parity
@@ -328,6 +330,7 @@ def quantize_bundle(
     method: str = "auto",
     target: str = "any",
     int8_format: str = "auto",
+    emulate: bool = False,
     min_cosine: float = MIN_MEAN_COSINE,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     seed: int = 0,
@@ -353,6 +356,10 @@ def quantize_bundle(
             gate measures on this machine, so its CPU must be of a claimed class.
         int8_format: ``auto`` (default: the fastest portable format that meets the floors,
             :data:`FORMAT_LADDER`; ``s8`` for ``x86-vnni``) or one of :data:`INT8_FORMATS`.
+        emulate: run the parity gate again for each class the target claims that this CPU is
+            not, where this machine can emulate it (:mod:`edgefs.runtime.emulate`: x86 without
+            VNNI under qemu on any x86, aarch64 with ``EDGEFS_AARCH64_PYTHON``); the INT8 graph
+            must meet the same floors there. ``edgefs quantize`` does this by default.
         min_cosine: floor on the mean per-image cosine to FP32.
         max_accuracy_drop: most the nearest-prototype accuracy on held-out episodes may fall
             below FP32's, in points (ImageFolder sources).
@@ -500,7 +507,7 @@ def quantize_bundle(
                 if parity["episodes"] is not None:
                     parity["episodes"]["accuracy_fp32_shots"] = mixed_accuracy(
                         ref, got, labels, rule, episodes=PARITY_EPISODES, seed=seed)
-            report = QuantizeReport(parity, info["calibration"], list(warnings))
+            report = QuantizeReport(parity, info["calibration"], list(warnings), embeddings=got)
             ep = parity["episodes"]
             failures = []
             if parity["mean_cosine"] < min_cosine:
@@ -551,6 +558,9 @@ def quantize_bundle(
                 + (", try --method percentile" if all(c != "percentile" for _, c in tries) else "")
                 + ", or keep the fp32 bundle"
             )
+        info = manifest.export[QUANTIZATION_KEY]
+        info["parity_emulated"] = emulated_parity(folder / ONNX_FILE, held, labels, ref, report, claimed, parent,
+                                                  min_cosine, max_accuracy_drop, seed, log) if emulate else {}
         write_manifest(folder, manifest)  # again, now with the parity figures
         if out.exists():
             shutil.rmtree(out)
@@ -562,6 +572,62 @@ def quantize_bundle(
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def emulated_parity(
+    onnx_path: Path, held: np.ndarray, labels: np.ndarray | None, ref: np.ndarray, report: QuantizeReport,
+    claimed: list[str], parent: Any, min_cosine: float, max_accuracy_drop: float, seed: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The parity gate for each claimed CPU class other than this one, under emulation where possible.
+
+    Returns:
+        ``{class: {"how", "mean_cosine", "min_cosine", "to_native_min_cosine", "episodes", "seconds"} |
+        {"skipped": why}}``.
+
+    Raises:
+        QuantizeError: the graph misses the floors on an emulated class (nothing is written).
+    """
+    from edgefs.export.tensorrt_build import cosines, episode_agreement
+    from edgefs.runtime.emulate import embed_emulated, emulator_for
+
+    out: dict[str, Any] = {}
+    here = cpu_info().int8_class
+    for cpu_class in claimed:
+        if cpu_class == here:
+            continue
+        emulator, why = emulator_for(cpu_class)
+        if emulator is None:
+            out[cpu_class] = {"skipped": why}
+            log(f"parity on {cpu_class}: not measured here ({why})")
+            continue
+        try:
+            got, seconds = embed_emulated(emulator, onnx_path, held)
+        except RuntimeError as exc:
+            raise QuantizeError(f"the parity check on {cpu_class} could not run: {exc}; pass --no-emulate to skip "
+                                "it (the bundle then records that it was not measured there)") from None
+        cos = cosines(ref, got)
+        entry: dict[str, Any] = {"how": emulator.how, "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+                                 "to_native_min_cosine": float(cosines(report.embeddings, got).min())
+                                 if report.embeddings is not None else None, "seconds": round(seconds, 1)}
+        failures = [f"mean cosine {entry['mean_cosine']:.5f} < {min_cosine}"] if entry["mean_cosine"] < min_cosine \
+            else []
+        if labels is not None:
+            distance = str(parent.head.params.get("distance", "cosine"))
+            ep = episode_agreement(ref, got, labels, "cosine" if distance == "cosine" else "euclidean",
+                                   episodes=PARITY_EPISODES, seed=seed)
+            entry["episodes"] = ep
+            drop = 100 * (ep["accuracy_reference"] - ep["accuracy_candidate"]) if ep else 0.0
+            if drop > max_accuracy_drop:
+                failures.append(f"few-shot accuracy {drop:.2f} points below fp32")
+        log(f"parity on {cpu_class} ({emulator.how}, {seconds:.0f} s): mean cosine {entry['mean_cosine']:.5f}, min "
+            f"{entry['min_cosine']:.5f}; against this machine's INT8 min {entry['to_native_min_cosine']:.5f}")
+        if failures:
+            raise QuantizeError(f"the INT8 graph misses the floors on {cpu_class} ({emulator.how}): "
+                                f"{', '.join(failures)}; no bundle was written. Quantise with --target {here}, or "
+                                "report this with 'edgefs doctor' output: a portable format should not differ")
+        out[cpu_class] = entry
+    return out
 
 
 def percentile_images(size: tuple[int, int] | list[int], available: int, batch: int = 1) -> int:

@@ -3,6 +3,7 @@ refusal (or the FP32 fallback) for an engine that computes something else, and I
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,60 @@ def test_portable_weights_fit_a_16_bit_pair_sum(conv4_bundle: Path, int8_bundle:
             assert w.data_type == onnx.TensorProto.UINT8
         checked += 1
     assert checked >= 3
+
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-x86_64-static") is None or edgefs.cpu.cpu_info().arch != "x86_64",
+    reason="needs an x86 machine with qemu-x86_64-static (apt-get install qemu-user-static)")
+
+
+@needs_qemu
+def test_the_parity_gate_runs_again_as_an_avx2_cpu_where_this_machine_is_another_class(
+        conv4_bundle: Path, glyph_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a VNNI machine the x86 class (AVX2, no VNNI) is measured under qemu; here the machine is made to
+    # say VNNI, so the real emulated run happens whatever this CPU is.
+    monkeypatch.setattr(edgefs.cpu, "cpu_info", lambda: VNNI)
+    monkeypatch.setattr("edgefs.export.quantize.cpu_info", lambda: VNNI)
+    monkeypatch.delenv("EDGEFS_AARCH64_PYTHON", raising=False)
+    lines: list[str] = []
+    out = tmp_path / "q.edgefs"
+    quantize_bundle(conv4_bundle, glyph_data / "test", out, calib_images=64, parity_images=48, emulate=True,
+                    log=lines.append)
+    measured = quantization_info(read_bundle(out))["parity_emulated"]  # type: ignore[index]
+    assert measured["x86"]["how"].startswith("qemu-x86_64-static -cpu Haswell")
+    assert measured["x86"]["mean_cosine"] > 0.98 and measured["x86"]["to_native_min_cosine"] > 0.999
+    assert "EDGEFS_AARCH64_PYTHON" in measured["arm64"]["skipped"]
+    assert "x86-vnni" not in measured  # the class it runs on is the native gate's
+    assert any(line.startswith("parity on x86 (qemu-x86_64-static") for line in lines)
+
+
+@needs_qemu
+def test_an_emulated_cpu_that_computes_otherwise_refuses_the_bundle(
+        conv4_bundle: Path, glyph_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same gate with the emulated embeddings spoiled on their way back: nothing is written."""
+    import edgefs.runtime.emulate as emulate
+
+    real = emulate.embed_emulated
+
+    def spoiled(emulator: emulate.Emulator, onnx_path: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
+        got, seconds = real(emulator, onnx_path, images)
+        return got + np.random.default_rng(0).standard_normal(got.shape).astype(np.float32) * got.std(), seconds
+
+    monkeypatch.setattr(edgefs.cpu, "cpu_info", lambda: VNNI)
+    monkeypatch.setattr("edgefs.export.quantize.cpu_info", lambda: VNNI)
+    monkeypatch.setattr(emulate, "embed_emulated", spoiled)
+    with pytest.raises(QuantizeError, match=r"misses the floors on x86 \(qemu-x86_64-static -cpu Haswell"):
+        quantize_bundle(conv4_bundle, glyph_data / "test", tmp_path / "q.edgefs", calib_images=64,
+                        parity_images=48, emulate=True, log=lambda _: None)
+    assert not (tmp_path / "q.edgefs").exists()
+
+
+def test_classes_that_cannot_be_emulated_say_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefs.runtime.emulate import emulator_for
+
+    monkeypatch.delenv("EDGEFS_AARCH64_PYTHON", raising=False)
+    assert emulator_for("x86-vnni")[0] is None and "AVX-512 VNNI" in emulator_for("x86-vnni")[1]
+    assert emulator_for("arm64")[0] is None and "EDGEFS_AARCH64_PYTHON" in emulator_for("arm64")[1]
+    monkeypatch.setenv("EDGEFS_AARCH64_PYTHON", "/nonexistent/python")
+    monkeypatch.setenv("EDGEFS_AARCH64_SITE", "/nonexistent/site")
+    assert "does not exist" in emulator_for("arm64")[1]

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,29 +39,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def child(model: str, images: str, out: str) -> None:
-    """Embed ``images`` (.npy) with ONNX Runtime on whatever CPU runs this process; numpy + onnxruntime only."""
-    import onnxruntime as ort
-
-    x = np.load(images)
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    np.save(out, np.concatenate([session.run(None, {name: x[i : i + 8]})[0] for i in range(0, len(x), 8)]))
-
-
-def emulated(command: list[str], model: Path, images: Path, work: Path, tag: str,
-             env: dict[str, str] | None = None) -> tuple[np.ndarray | None, str, float]:
-    out = work / f"{tag}.npy"
-    started = time.perf_counter()
-    proc = subprocess.run([*command, str(Path(__file__).resolve()), "--child", str(model), str(images), str(out)],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=3600)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0 or not out.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return None, f"failed (rc {proc.returncode}): {' | '.join(tail)}", seconds
-    return np.load(out), "ok", seconds
 
 
 def cpu_seconds(run: Any, x: np.ndarray, rounds: int) -> list[float]:
@@ -81,7 +57,6 @@ def cpu_seconds(run: Any, x: np.ndarray, rounds: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--bundle", type=Path, help="the FP32 bundle")
     p.add_argument("--calib", type=Path, help="calibration images (an ImageFolder gives episodes)")
     p.add_argument("--int8", type=Path, help="an INT8 bundle of --bundle (default: edgefs quantize makes one)")
@@ -94,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-emulation", action="store_true", help="native rows only")
     p.add_argument("--out", type=Path, default=Path("reports/int8-parity"))
     args = p.parse_args(argv)
-    if args.child:
-        child(*args.child)
-        return 0
     if not args.bundle or not args.calib:
         p.error("--bundle and --calib are required")
 
@@ -106,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgefs.export.tensorrt_build import cosines, episode_agreement
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.calibration import open_calibration_source
+    from edgefs.runtime.emulate import Emulator, embed_emulated
     from edgefs.runtime.quantized import quantization_info
     from edgefs.runtime.select import open_engine
 
@@ -122,12 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         calibrated = int(info.get("calibration", {}).get("images", args.calib_images))
         list(source.batches(calibrated, 8))
         held, labels = source.held_out(args.images)
-        images_path = work / "held.npy"
-        np.save(images_path, held)
         quiet = lambda _: None  # noqa: E731
         fp32 = open_engine(parent, "onnxruntime", device="cpu", threads=1, log=quiet, selfcheck=False)
         ref = np.concatenate([fp32.embed(held[i : i + 8]) for i in range(0, len(held), 8)])
         rows: list[dict[str, Any]] = []
+
+        def emulated(emulator: Emulator) -> tuple[np.ndarray | None, str, float]:
+            try:
+                got, seconds = embed_emulated(emulator, child_bundle.onnx_path, held)
+            except RuntimeError as exc:
+                return None, str(exc), 0.0
+            return got, "ok", seconds
 
         def row(name: str, got: np.ndarray | None, status: str = "ok", **extra: Any) -> None:
             r: dict[str, Any] = {"class": name, "status": status, **extra}
@@ -165,13 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                     row(name, None, "not run: needs an x86 machine with qemu-x86_64-static (apt-get install "
                                     "qemu-user-static)")
                     continue
-                got, status, secs = emulated([qemu, "-cpu", cpu, sys.executable], child_bundle.onnx_path,
-                                             images_path, work, cpu)
+                got, status, secs = emulated(Emulator("x86", name, [qemu, "-cpu", cpu, sys.executable], {}))
                 row(name, got, status, seconds=round(secs, 1), backend="onnxruntime")
             wrapper = args.aarch64_python
             if wrapper and Path(wrapper).exists() and args.aarch64_site:
-                got, status, secs = emulated([wrapper], child_bundle.onnx_path, images_path, work, "aarch64",
-                                             {"PYTHONPATH": args.aarch64_site})
+                got, status, secs = emulated(Emulator("arm64", "aarch64", [wrapper], {
+                    "PYTHONPATH": os.pathsep.join([args.aarch64_site, str(ROOT)])}))
                 row(f"aarch64 (qemu {Path(wrapper).name.rsplit('-', 1)[-1]})", got, status, seconds=round(secs, 1),
                     backend="onnxruntime")
             else:

@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-format", choices=INT8_FORMAT_CHOICES, default="auto",
                    help="integer weights (default auto: the fastest format right on every CPU the target claims "
                         "that meets the floors: s7, then s7-u8first3, then u8; s8 for --target x86-vnni)")
+    p.add_argument("--emulate", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the parity check again for each CPU class the target claims that this machine is not, "
+                        "where it can be emulated: x86 without VNNI under qemu-x86_64-static on any x86, aarch64 "
+                        "with EDGEFS_AARCH64_PYTHON / EDGEFS_AARCH64_SITE (.ci/lane-aarch64.sh makes them); the "
+                        "manifest records what was measured where (default on)")
     p.add_argument("--min-cosine", type=A.real(-1, 1), default=MIN_MEAN_COSINE,
                    help=f"floor on the mean cosine to fp32 (default {MIN_MEAN_COSINE})")
     p.add_argument("--max-accuracy-drop", type=A.real(0, 100), default=MAX_ACCURACY_DROP, metavar="POINTS",
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     quantize_bundle(args.bundle, args.calib, args.out, calib_images=args.calib_images,
                     parity_images=args.parity_images, method=args.method, target=args.target,
-                    int8_format=args.int8_format, min_cosine=args.min_cosine,
+                    int8_format=args.int8_format, emulate=args.emulate,
+                    min_cosine=args.min_cosine,
                     max_accuracy_drop=args.max_accuracy_drop, seed=args.seed, overwrite=args.overwrite,
                     json_out=args.json_out)
     return 0
