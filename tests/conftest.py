@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -37,9 +38,30 @@ def write_stroke_classes(root: Path, splits: dict[str, int], per_class: int = 6,
     return root
 
 
+def prebuilt(name: str) -> Path | None:
+    """``name`` in the folder that EDGEFS_TEST_PREBUILT names, if it is set: the glyph data and bundles
+    of the fixtures below, made on another machine. The aarch64 lane (.ci/lane-aarch64.sh) makes them on
+    x86 and runs the device tests on a Python with neither PyTorch nor fontTools, which cannot."""
+    root = os.environ.get("EDGEFS_TEST_PREBUILT")
+    if not root:
+        return None
+    if not (Path(root) / name).exists():
+        raise FileNotFoundError(f"EDGEFS_TEST_PREBUILT={root} has no {name}")
+    return Path(root) / name
+
+
+def needs(module: str, what: str) -> None:
+    """Skip, saying why, where ``module`` (a workstation dependency) is not installed."""
+    pytest.importorskip(module, reason=f"{what} needs {module} (pip install 'edgefs[train]'); "
+                                       "or set EDGEFS_TEST_PREBUILT")
+
+
 @pytest.fixture(scope="session")
 def glyph_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real glyph benchmark rendered from the DejaVu fonts (8 classes per script)."""
+    if (made := prebuilt("glyphs")) is not None:
+        return made
+    needs("fontTools", "rendering the glyph data")
     from edgefs.data.glyphs import GlyphConfig, render_glyph_benchmark
 
     out = tmp_path_factory.mktemp("glyphs") / "set"
@@ -57,6 +79,9 @@ def stroke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def conv4_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A conv4 ProtoNet bundle folder (28 px grey network, untrained, seeded), exported once
     with a parity check on ``glyph_data``'s test split. Copy it before changing it."""
+    if (made := prebuilt("conv4.edgefs")) is not None:
+        return made
+    needs("torch", "exporting a bundle")
     import torch
 
     from edgefs.backbones import build_backbone
@@ -78,6 +103,9 @@ CHECKPOINT = Path(__file__).parents[1] / "models" / "protonet-conv4-glyphs28.pt"
 @pytest.fixture(scope="session")
 def trained_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed, trained Conv-4 ProtoNet exported to a bundle (parity-checked on glyph_data)."""
+    if (made := prebuilt("trained.edgefs")) is not None:
+        return made
+    needs("torch", "exporting a bundle")
     from edgefs.export import export_bundle
 
     out = tmp_path_factory.mktemp("trained") / "model.edgefs"
