@@ -176,11 +176,12 @@ def open_engine(
         log(f"note: {', '.join(unused)} left out: the {backend} backend (chosen by auto) has no such option")
     kwargs = {k: v for k, v in {**(defaults or {}), **wanted}.items() if k in takes and v is not None}
     engine: Engine = factory(bundle, device=device, precision=precision, threads=threads, **kwargs)
-    log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")
-    if not selfcheck:
-        return engine
-    return _self_checked(engine, lambda b: factory(b, device=device, precision=precision, threads=threads, **kwargs),
-                         on_mismatch, log)
+    if selfcheck:  # before the engine line: "engine: ..." says the engine is ready to run
+        engine = _self_checked(engine, lambda b: factory(b, device=device, precision=precision, threads=threads,
+                                                         **kwargs), on_mismatch, log)
+    if engine.bundle is bundle:
+        log(f"engine: {engine.describe()} for {bundle.path.name} ({reason})")
+    return engine
 
 
 def _self_checked(engine: Engine, reopen: Callable[[Bundle], Engine], on_mismatch: str,
@@ -209,7 +210,7 @@ def _self_checked(engine: Engine, reopen: Callable[[Bundle], Engine], on_mismatc
         replacement.selfcheck = result  # type: ignore[attr-defined]
         if not result.passed and result.status != "unchecked":
             raise SelfCheckError(f"{result.message}; nothing was run. {what_to_do(replacement)}")
-        log(f"engine: {replacement.describe()} for {bundle.path.name} (FP32 fallback)")
+        log(f"engine: {replacement.describe()} for {bundle.path.name} (the FP32 graph it carries: --on-mismatch fp32)")
         return replacement
     allowed = "" if fallback is None or on_mismatch == "fp32" else " (or allow the FP32 graph it carries with " \
         "--on-mismatch fp32)"
