@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -28,6 +29,10 @@ from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.preprocess import to_batch
 from edgefs.runtime.quantized import graph_precision, quantization_info
 from edgefs.runtime.select import open_engine
+from edgefs.runtime.selfcheck import check_engine
+
+if TYPE_CHECKING:
+    from edgefs.runtime.engine import Engine
 
 pytestmark = pytest.mark.aarch64
 
@@ -58,12 +63,18 @@ def bundle_path(ref: Path, name: str) -> Path:
     return ref / "prebuilt" / f"{name}.edgefs" if name in ("conv4", "trained") else ref / "bundles" / f"{name}.edgefs"
 
 
+def open_onnxruntime(bundle: Path) -> Engine:
+    """ONNX Runtime on one thread (under qemu more threads are slower), without open_engine's self-check:
+    the tests here compare more images more strictly, and the check of a new colour bundle would embed
+    8 more images in FP32 at ~8 s each; the INT8 test runs the INT8 bundle's own check itself."""
+    return open_engine(read_bundle(bundle), backend="onnxruntime", threads=1, log=lambda _: None, selfcheck=False)
+
+
 def embed(bundle: Path, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(batch, embeddings, engine)``: the device path from decoded images (ONNX Runtime, one thread:
-    under qemu more threads are slower)."""
+    """``(batch, embeddings, engine)``: the device path from decoded images."""
     b = read_bundle(bundle)  # verifies backbone.onnx against the manifest's fingerprint
     batch = to_batch(images, b.manifest, mode="center_crop", input_order="RGB")
-    engine = open_engine(b, backend="onnxruntime", threads=1, log=lambda _: None)
+    engine = open_onnxruntime(bundle)
     return batch, np.concatenate([engine.embed(batch[i: i + 8]) for i in range(0, len(batch), 8)]), engine.describe()
 
 
@@ -204,6 +215,10 @@ def test_int8_on_arm_agrees_with_fp32_as_on_x86(ref: Path, images: list[np.ndarr
     record("int8 here vs int8 on x86", figures(to_x86_int8))
     record("int8 format, quantize's floor", [info.get("int8_format"), info.get("floors", {}).get("mean_cosine")])
     record(f"engine {INT8}", engine)
+    check = check_engine(open_onnxruntime(bundle_path(ref, INT8)), use_cache=False)  # what a device runs at open
+    record("int8 bundle's own self-check", f"{check.status}: mean {check.mean_cosine:.4f}, min {check.min_cosine:.4f} "
+                                           f"(floors {check.floors}, {check.images} images)")
+    assert check.passed, check.message
     assert here.mean() >= on_x86.mean() - INT8_MARGIN, \
         f"INT8 on this CPU: mean cosine to FP32 {here.mean():.4f}, on x86 {on_x86.mean():.4f} ({engine})"
     assert to_x86_int8.min() >= INT8_TO_X86, f"INT8 here vs on x86: cosine down to {to_x86_int8.min():.4f}"
