@@ -53,6 +53,7 @@ from edgefs.runtime.engine_file import (
     engines_dir,
     write_engine_file,
 )
+from edgefs.runtime.selfcheck import cosines
 from edgefs.runtime.tensorrt_backend import (
     PrimaryContext,
     TensorRTEngine,
@@ -76,13 +77,6 @@ class EngineBuildError(EdgefsError):
 
 
 # -- small pure helpers (no TensorRT) ------------------------------------------------------------
-
-def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """float64 ``(N,)`` cosine of each row pair; two all-zero rows count as 1."""
-    a, b = reference.astype(np.float64), candidate.astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
-
 
 def synthetic_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """uint8 ``(count, H, W, 3)``: seeded gradients, rectangles and noise, for parity when no real

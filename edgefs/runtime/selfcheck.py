@@ -181,10 +181,10 @@ def floors_for(bundle: Bundle, precision: str) -> dict[str, float]:
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two ``(N, D)`` arrays."""
-    a = reference.astype(np.float64)
-    b = candidate.astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    """float64 ``(N,)`` cosine of each row pair; two all-zero rows count as 1."""
+    a, b = reference.astype(np.float64), candidate.astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
 
 
 def engine_identity(engine: Engine) -> dict[str, Any]:
