@@ -241,3 +241,36 @@ def replacing_dir(final: Path) -> Iterator[Path]:
     if had_old:
         _remove(aside)
     fsync_dir(final.parent)
+
+
+class OutputOverInput(EdgefsError):
+    """An output path that is, holds or lies inside one of the same command's inputs."""
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b`` (the same file, links followed) or lies inside the folder ``b``."""
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return True
+    ra, rb = a.resolve(), b.resolve()
+    return ra == rb or rb in ra.parents
+
+
+def check_output_not_input(out: str | Path, inputs: dict[str, str | Path | None], *, flag: str = "--out") -> None:
+    """Refuse an output path that would overwrite one of the same command's inputs.
+
+    ``inputs`` maps what each input is ("the class store", "the bundle", "the
+    calibration folder") to its path (``None`` entries are skipped). The output is
+    refused when it is an input, lies inside an input folder, or is a folder that
+    holds an input (a command that replaces its output folder would delete it).
+    Nothing is written before this check, so a refusal loses nothing.
+    """
+    out_p = Path(out)
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        in_p = Path(path)
+        if _same_or_inside(out_p, in_p) or _same_or_inside(in_p, out_p):
+            raise OutputOverInput(
+                f"{flag} {out} would overwrite {what} ({in_p}), which this command reads; nothing was written. "
+                f"Give {flag} a path that is neither {in_p}, nor inside it, nor a folder holding it")
