@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -450,6 +451,7 @@ class Pipeline:
         self.last_enrollment: LiveEnrollment | None = None
         self.t_start = time.monotonic()
         self._stop = threading.Event()
+        self._stop_reason = "stop request"
         self._loop_ended = threading.Event()  # the loop no longer runs submitted calls: the engine is free
         self.events_out: IO[str] | None = None
         self.writer: cv2.VideoWriter | None = None
@@ -479,8 +481,11 @@ class Pipeline:
         if not status.startswith(("running", "ended", "stopped")):
             self.log(f"source {self.status_line}")
 
-    def stop(self) -> None:
-        """Ask the loop to finish after the current batch (thread-safe)."""
+    def stop(self, reason: str = "stop request") -> None:
+        """Ask the loop to finish after the current batch (thread-safe); ``reason`` is the summary's
+        "stopped by"."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
         self._ready.set()
 
@@ -709,16 +714,18 @@ class Pipeline:
     def events(self) -> Iterator[dict[str, Any]]:
         """Run the loop, yielding one event per classified frame; ends when the run does."""
         self._loop_ended.clear()
-        for cap in self.captures:
-            cap.start()
-        if self.cfg.enroll:
-            self.start_enrollment(self.cfg.enroll)
-        if self.cfg.commands:
-            threading.Thread(target=_read_commands, args=(self._commands,), daemon=True).start()
-        self.t_start = time.monotonic()
-        self._cpu_start = time.process_time()
         self.stopped_by = "end of sources"
         try:
+            # Inside the try: a refused --enroll (checked before any capture thread starts) or a
+            # failing start still stops every thread that did start before the error reaches the user.
+            if self.cfg.enroll:
+                self.start_enrollment(self.cfg.enroll)
+            for cap in self.captures:
+                cap.start()
+            if self.cfg.commands:
+                threading.Thread(target=_read_commands, args=(self._commands,), daemon=True).start()
+            self.t_start = time.monotonic()
+            self._cpu_start = time.process_time()
             while not self._stop.is_set():
                 self._handle_commands()
                 if self.cfg.duration_s is not None and time.monotonic() - self.t_start >= self.cfg.duration_s:
@@ -736,7 +743,7 @@ class Pipeline:
                     continue
                 yield from self._process(ready, t_wait)
             else:
-                self.stopped_by = "stop request"
+                self.stopped_by = self._stop_reason
         except KeyboardInterrupt:
             self.stopped_by = "Ctrl-C"
         finally:
@@ -830,7 +837,7 @@ class Pipeline:
         self.times.add("head", (t3 - t2) * 1e3)
         self.times.add("post", (t4 - t3) * 1e3)
         self.batches += 1
-        for (_, frame), event in zip(ready, events, strict=True):
+        for (i, frame), event in zip(ready, events, strict=True):
             yield event
             self._output(frame, event)
             for listen in self.listeners:
@@ -863,8 +870,7 @@ class Pipeline:
             cv2.imshow(f"edgefs: {frame.source}", img)
             key = cv2.waitKey(1) & 0xFF
             if key in (ord("q"), 27):
-                self.stopped_by = "q key"
-                self.stop()
+                self.stop("q key")
             elif key == ord("e") and self.enrollment is None:
                 self._prompt_enrollment()
 
@@ -890,8 +896,9 @@ class Pipeline:
             Path(self.cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
             own_events = self.events_out = open(self.cfg.jsonl, "w", encoding="utf-8")  # noqa: SIM115
         try:
-            for _ in self.events():
-                pass
+            with stop_on_signals(self):
+                for _ in self.events():
+                    pass
         finally:
             if own_events is not None:
                 own_events.close()
@@ -970,6 +977,42 @@ class Pipeline:
                 "capture": capture * 1e3 / captured,
                 "loop": self.loop_cpu_s * 1e3 / self.frames,
                 "engine_call": self.engine_call_cpu_s * 1e3 / self.frames}
+
+
+#: Signals that end a run as Ctrl-C does: SIGTERM (systemd's, Docker's and Kubernetes' stop) and
+#: SIGHUP (the terminal or SSH session went away).
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+@contextmanager
+def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """While the loop runs, SIGTERM and SIGHUP ask it to stop after the current batch, as Ctrl-C does:
+    capture threads stopped, a started enrollment commit finished, the JSONL and video closed, the
+    summary printed and ``--summary-json`` written, exit status 0. A second such signal ends the
+    process at once (the store is power-cut safe, so that loses at most the enrollment in flight).
+
+    A signal the process was told to ignore stays ignored (``nohup`` ignores SIGHUP). Signal handlers
+    belong to the main thread; called on another thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # the next one is not caught: a stuck stop can still be ended
+        pipeline.stop(signal.Signals(signum).name)
+
+    previous: dict[int, Any] = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+            continue
+        previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager
