@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edgefs.cli import args as A
 
@@ -40,8 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.classifier import enroll_files
+    from edgefs.fileio import check_output_not_input
     from edgefs.quality import QualityConfig
 
+    # The store is written; the bundle and the image files are read. A folder of images may hold
+    # the store (it is skipped as an image), so only image files given by name are compared.
+    images = {f"the image {p}": p for p in args.images if not Path(p).is_dir()}
+    check_output_not_input(args.store, {"the bundle": args.bundle, **images}, flag="--store")
     result = enroll_files(
         args.bundle, args.store, args.label, args.images, append=args.append, backend=args.backend,
         device=args.device, threads=args.threads, head_type=args.head, threshold=args.threshold,

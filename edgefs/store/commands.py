@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefs.classifier import Classifier
+from edgefs.fileio import check_output_not_input
 from edgefs.runtime.bundle import read_bundle
-from edgefs.store.store import ClassStore
+from edgefs.store.store import ClassStore, store_files
 
 
 def _open(store: str | Path, bundle: str | Path, create: bool = False) -> ClassStore:
@@ -40,7 +41,13 @@ def rename_class(store: str | Path, bundle: str | Path, old: str, new: str) -> s
 
 
 def export_classes(store: str | Path, bundle: str | Path, pack: str | Path, names: list[str] | None) -> str:
-    """Write ``names`` (default all) to the class pack ``pack``."""
+    """Write ``names`` (default all) to the class pack ``pack``.
+
+    Raises:
+        OutputOverInput: ``pack`` is the store, one of its side files, or the bundle (or lies
+            inside it); refused before anything is opened or written.
+    """
+    check_output_not_input(pack, {**store_files(store), "the bundle": bundle}, flag="PACK")
     with _open(store, bundle) as s:
         path = s.export_pack(pack, names or None)
         count = len(names) if names else len(s.names())
@@ -48,7 +55,13 @@ def export_classes(store: str | Path, bundle: str | Path, pack: str | Path, name
 
 
 def import_classes(store: str | Path, bundle: str | Path, pack: str | Path, on_conflict: str) -> str:
-    """Import the class pack ``pack`` (creating the store if needed), all or nothing."""
+    """Import the class pack ``pack`` (creating the store if needed), all or nothing.
+
+    Raises:
+        OutputOverInput: ``--store`` is the pack itself or lies in the bundle; refused before
+            anything is opened or written.
+    """
+    check_output_not_input(store, {"the class pack": pack, "the bundle": bundle}, flag="--store")
     with _open(store, bundle, create=True) as s:
         result = s.import_pack(pack, on_conflict)
     return f"imported {pack} into {store}: {result.summary()}"

@@ -32,9 +32,9 @@ import numpy as np
 
 from edgefs import __version__, limits
 from edgefs.errors import EdgefsError
-from edgefs.fileio import FileRefused, atomic_writer, check_regular_file, load_npy
+from edgefs.fileio import FileRefused, atomic_writer, check_output_not_input, check_regular_file, load_npy
 from edgefs.store import schema
-from edgefs.store.store import ClassStore, Transaction
+from edgefs.store.store import ClassStore, Transaction, store_files
 from edgefs.store.validate import (
     EMBEDDING_DTYPE,
     MAX_THUMBNAIL_BYTES,
@@ -81,10 +81,16 @@ class ImportResult:
 def export_pack(store: ClassStore, path: str | Path, names: list[str] | None = None) -> Path:
     """Write ``names`` (default: every class) of ``store`` to the pack file ``path``, atomically.
 
+    The pack is written to a temporary file beside ``path`` and renamed over it only when
+    complete (:func:`edgefs.fileio.atomic_writer`): a kill or a full disk mid-export leaves
+    the old file at ``path``, or none.
+
     Returns: the pack's path.
 
     Raises:
         StoreError: an unknown class name, or an empty selection.
+        OutputOverInput: ``path`` is the store itself or one of its side files (its write-ahead
+            log, ...); nothing is written.
     """
     path = Path(path)
     known = store.names()
@@ -97,6 +103,7 @@ def export_pack(store: ClassStore, path: str | Path, names: list[str] | None = N
     if path.is_dir():
         # A folder is refused rather than guessed into: a class name is no safe file name.
         raise StoreError(f"{path} is a folder; give the pack a file name, e.g. {path / 'classes.efpack'}")
+    check_output_not_input(path, store_files(store.path), flag="the pack path")
     try:
         return _write_pack(store, path, chosen)
     except OSError as exc:

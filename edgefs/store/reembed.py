@@ -36,9 +36,10 @@ import numpy as np
 
 from edgefs.classifier import THUMBNAIL_SIDE, Classifier
 from edgefs.errors import EdgefsError
+from edgefs.fileio import check_output_not_input
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
-from edgefs.store.store import ClassStore
+from edgefs.store.store import ClassStore, store_files
 from edgefs.store.validate import StoreError
 from edgefs.views import check_views, view_means
 
@@ -104,17 +105,18 @@ def reembed_store(
         one line saying what was written and how.
 
     Raises:
+        OutputOverInput: ``out`` is the store (or one of its side files) or lies in either bundle.
         StoreError: ``out`` exists; ``carry`` asked where it is not allowed (the reason is
             given); a shot without a thumbnail in ``thumbnails`` mode.
     """
     if mode not in MODES:
         raise EdgefsError(f"unknown reembed mode {mode!r}; use one of {', '.join(MODES)}")
-    old_bundle, new_bundle = read_bundle(bundle), read_bundle(to_bundle)
     out = Path(out)
+    check_output_not_input(out, {**store_files(store), "the store's bundle": bundle, "the new bundle": to_bundle},
+                           flag="--out")
+    old_bundle, new_bundle = read_bundle(bundle), read_bundle(to_bundle)
     if out.exists():
         raise StoreError(f"{out} exists; reembed writes a new store: choose another --out")
-    if Path(store).resolve() == out.resolve():
-        raise StoreError("--out is the store itself; reembed writes a new store beside it")
     ok, why = carry_allowed(old_bundle, new_bundle)
     if mode == "carry" and not ok:
         raise StoreError(f"cannot carry the embeddings over to {new_bundle.path.name}: {why}; use --mode thumbnails")

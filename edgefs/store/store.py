@@ -208,6 +208,21 @@ def damaged_message(path: Path, detail: str) -> str:
             "the readable rows")
 
 
+def store_files(path: str | Path) -> dict[str, Path]:
+    """The class store at ``path`` and the files SQLite (and edgefs) keep beside it, by what they are.
+
+    A command that writes a file must not write over any of them: replacing the write-ahead log
+    of an open store loses its newest commits, and SQLite deletes its side files by name.
+    """
+    path = Path(path)
+    return {
+        "the class store": path,
+        "the class store's write-ahead log": path.with_name(path.name + "-wal"),
+        "the class store's shared-memory file": path.with_name(path.name + "-shm"),
+        "the class store's rollback journal": path.with_name(path.name + "-journal"),
+    }
+
+
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
