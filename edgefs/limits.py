@@ -46,6 +46,10 @@ MAX_PACK_TOTAL_BYTES = 1024 * MiB
 MAX_SHOTS_PER_CLASS = 100_000
 #: Classes one pack may declare.
 MAX_PACK_CLASSES = 100_000
+#: How many times their compressed size a pack's embeddings and thumbnails may declare uncompressed
+#: (plus 1 MiB). float32 embeddings deflate about 1.3x (a ReLU network's, a fifth of them zeros) and
+#: JPEGs not at all; a member of zeros deflates about 1000x: a zip bomb.
+MAX_PACK_EXPANSION = 50
 
 # ---- images ----------------------------------------------------------------------------------
 #: An image file on disk (a 48 MP phone JPEG is ~15 MiB).

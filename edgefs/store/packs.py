@@ -156,8 +156,33 @@ class _PackClass:
     singles: np.ndarray | None = None
 
 
+#: Bytes a ``.npy`` member may hold beyond its array: the magic, version and header (NumPy reads
+#: headers of at most 10000 bytes; its own writer pads them to 64 or 128).
+NPY_HEADER_MAX = 16 * 1024
+#: Read members in pieces of this size: a member never decompresses more than this past its limit.
+_READ_CHUNK = 1 << 20
+
+
+def _read_bounded(f: Any, most: int) -> bytes:
+    """At most ``most + 1`` bytes of the open member ``f``, read a piece at a time.
+
+    A deflate stream is decompressed no further than the piece asked for, so a member whose
+    stream expands past what its header declares costs one piece, not the expansion.
+    """
+    buf = bytearray()
+    while len(buf) <= most:
+        piece = f.read(min(_READ_CHUNK, most + 1 - len(buf)))
+        if not piece:
+            break
+        buf += piece
+    return bytes(buf)
+
+
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: list[int]) -> bytes:
-    """Read one member, refusing it if its declared or actual size is over ``limit`` or the total budget."""
+    """Read one member, refusing it if its declared or actual size is over ``limit`` or the total budget.
+
+    Never more than ``min(limit, declared size) + 1`` bytes are decompressed into memory.
+    """
     if info.flag_bits & 0x1:
         raise StoreError(f"pack member {info.filename!r} is encrypted; packs are never encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -168,11 +193,48 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget:
             f"{min(limit, budget[0])}; refusing it (a damaged or hostile pack)"
         )
     with zf.open(info) as f:
-        data = f.read(limit + 1)  # never more than limit + 1 bytes, whatever the header says
-    if len(data) > limit or len(data) != info.file_size:
+        data = _read_bounded(f, info.file_size)  # whatever the stream holds beyond the declared size
+    if len(data) != info.file_size:
         raise StoreError(f"pack member {info.filename!r} is not the size it declares; the pack is damaged")
     budget[0] -= len(data)
     return data
+
+
+def _check_directory(infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Refuse a pack from its zip directory alone, before any member is decompressed.
+
+    Members are float32 arrays and JPEG thumbnails, which deflate hardly shrinks: together they
+    may declare at most :data:`edgefs.limits.MAX_PACK_EXPANSION` times their compressed size
+    (plus 1 MiB), and at most :data:`edgefs.limits.MAX_PACK_TOTAL_BYTES` with ``pack.json``.
+    """
+    total = sum(i.file_size for i in infos)
+    if total > limits.MAX_PACK_TOTAL_BYTES:
+        raise StoreError(f"{where} declares {total} bytes uncompressed, over the limit of "
+                         f"{limits.MAX_PACK_TOTAL_BYTES} (edgefs.limits.MAX_PACK_TOTAL_BYTES); it is damaged or "
+                         "hostile: refusing it")
+    data = [i for i in infos if i.filename != PACK_JSON]
+    declared = sum(i.file_size for i in data)
+    allowed = limits.MAX_PACK_EXPANSION * sum(i.compress_size for i in data) + limits.MiB
+    if declared > allowed:
+        raise StoreError(f"{where} declares {declared} bytes of embeddings and thumbnails in "
+                         f"{sum(i.compress_size for i in data)} compressed bytes, more than "
+                         f"{limits.MAX_PACK_EXPANSION} times as many (edgefs.limits.MAX_PACK_EXPANSION): embeddings "
+                         "and JPEGs do not compress like that; it is a zip bomb or damaged: refusing it")
+
+
+def _check_declared_sizes(entries: list[dict[str, Any]], by_name: dict[str, zipfile.ZipInfo], dim: int,
+                          where: str) -> None:
+    """Refuse members whose directory sizes do not fit what ``pack.json`` declares, before reading them."""
+    for i, entry in enumerate(entries):
+        most = entry["shots"] * dim * 4 + NPY_HEADER_MAX
+        for member in (embeddings_member(i), *([singles_member(i)] if entry["singles"] else [])):
+            size = by_name[member].file_size
+            if size > most:
+                raise StoreError(
+                    f"{where}: member {member!r} declares {size} bytes, but class {entry['name']!r} has "
+                    f"{entry['shots']} shots of {dim} float32 values (at most {most} bytes with its header); "
+                    "it is damaged or hostile: refusing it"
+                )
 
 
 def _load_npy(data: bytes, member: str, shots: int, dim: int) -> np.ndarray:
@@ -209,6 +271,7 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
             infos = zf.infolist()
             if len(infos) > limits.MAX_PACK_MEMBERS:
                 raise StoreError(f"{where} has {len(infos)} members, over the limit of {limits.MAX_PACK_MEMBERS}")
+            _check_directory(infos, where)
             names = [i.filename for i in infos]
             if len(set(names)) != len(names):
                 raise StoreError(f"{where} has duplicate member names; it is damaged or hostile")
@@ -234,6 +297,7 @@ def read_pack(path: str | Path, fingerprint: str, dim: int) -> list[_PackClass]:
                     f"{where} does not hold the members {PACK_JSON} declares (unexpected: {extra}, "
                     f"missing: {missing}); it is damaged or was not written by edgefs"
                 )
+            _check_declared_sizes(entries, by_name, dim, where)
             out = []
             for i, entry in enumerate(entries):
                 member = embeddings_member(i)
