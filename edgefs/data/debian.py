@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from edgefs.errors import DataError
 from edgefs.fileio import replacing_dir
@@ -194,8 +195,61 @@ def _cached_deb(name: str, debs: Path, fields: dict[str, str] | None, log: Calla
     return deb
 
 
+def deb_identity(filename: str) -> tuple[str, str, str] | None:
+    """``(package, version, architecture)`` of a .deb file name, or None when it is not ``P_V_A.deb``.
+
+    ``apt-get download`` writes the version's epoch into the name URL-quoted
+    (``kdegames-card-data-kf5_4%3a22.12.3-1_all.deb`` for version ``4:22.12.3-1``); the
+    archive's ``Filename`` leaves the epoch out (``kdegames-card-data-kf5_22.12.3-1_all.deb``).
+    Both give their parts unquoted here. None of the three parts can hold ``_``.
+    """
+    if not filename.endswith(".deb"):
+        return None
+    parts = filename[: -len(".deb")].split("_")
+    if len(parts) != 3 or not all(parts):
+        return None
+    package, version, arch = (unquote(part) for part in parts)
+    return package, version, arch
+
+
+def _without_epoch(version: str) -> str:
+    """``4:22.12.3-1`` -> ``22.12.3-1``; a version without an epoch as it is."""
+    return re.sub(r"^[0-9]+:", "", version)
+
+
+def _not_indexed(filename: str, name: str, fields: dict[str, str]) -> str:
+    """Why the downloaded ``filename`` is not the package the index entry describes ("" when it is).
+
+    Package, version (epoch included) and architecture from the file name must be ``name`` and the
+    entry's ``Version`` and ``Architecture``; where the entry lacks one, the ``Filename``'s part
+    stands in (its version has no epoch, so the epoch is then left out of the comparison).
+    """
+    got = deb_identity(filename)
+    indexed_name = Path(fields["Filename"]).name
+    if got is None:
+        return f"apt-get wrote {filename}, not a PACKAGE_VERSION_ARCH.deb name; the index names {indexed_name}"
+    indexed = deb_identity(indexed_name)
+    package, version, arch = got
+    if "Version" in fields:
+        want_version, have_version = fields["Version"], version
+    elif indexed is not None:
+        want_version, have_version = indexed[1], _without_epoch(version)
+    else:
+        want_version = have_version = ""  # nothing to compare with: size and SHA256 still decide
+    want_arch = fields.get("Architecture") or (indexed[2] if indexed else arch)
+    if (package, have_version, arch) != (name, want_version, want_arch):
+        return (f"apt-get wrote {filename} (package {package}, version {version}, architecture {arch}), "
+                f"the index names {indexed_name} (package {name}, version {fields.get('Version', want_version)}, "
+                f"architecture {want_arch})")
+    return ""
+
+
 def _download_deb(name: str, debs: Path, fields: dict[str, str] | None, log: Callable[[str], None]) -> Path:
-    """``apt-get download`` into a temporary folder; verified against the index, then renamed into ``debs``."""
+    """``apt-get download`` into a temporary folder; verified against the index, then renamed into ``debs``.
+
+    The download must be the indexed package (name, version with its epoch, architecture: see
+    :func:`deb_identity`) with the indexed size and SHA256; it is kept under the index's file name.
+    """
     spec = f"{name}={fields['Version']}" if fields and "Version" in fields else name
     with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
         proc = subprocess.run(["apt-get", "download", spec], cwd=tmp, capture_output=True, text=True)
@@ -206,14 +260,13 @@ def _download_deb(name: str, debs: Path, fields: dict[str, str] | None, log: Cal
                 f"'apt-get download {spec}' failed: {err[-1] if err else 'no .deb written'}; "
                 "check the network and apt sources ('apt-get update'), then retry")
         deb = got[-1]
+        final = debs / deb.name
         if fields is not None:
-            indexed = Path(fields["Filename"]).name
-            why = (_mismatch(deb, fields) if deb.name == indexed
-                   else f"apt-get wrote {deb.name}, the index names {indexed}")
+            why = _not_indexed(deb.name, name, fields) or _mismatch(deb, fields)
             if why:
                 raise PackageFetchError(f"the downloaded {deb.name} does not match the package index ({why}); "
                                         "run 'apt-get update' and try again")
-        final = debs / deb.name
+            final = debs / Path(fields["Filename"]).name  # the name _cached_deb looks for
         os.replace(deb, final)  # same file system: the complete, verified file appears at once
     log(f"  {name}: downloaded {final.stat().st_size / 1e6:.1f} MB")
     return final
