@@ -70,9 +70,11 @@ colour-model: $(STAMP) $(foreach d,$(COLOUR_DOMAINS),data/domains/$(d)/manifest.
 	cp runs/protonet-lite0-colour/best.pt models/protonet-lite0-colour.pt
 
 # Leave-one-domain-out table: one model per held-out domain (same config, the other domains'
-# train splits), frozen Lite0 rows on the same test episodes.
+# train splits), frozen Lite0 rows on the same test episodes. 'make lodo LODO_ONLY=cards,flags'
+# holds out and scores only those (write that table elsewhere: LODO_OUT=/tmp/lodo).
+LODO_OUT ?= reports/lodo
 lodo: $(STAMP) $(foreach d,$(COLOUR_DOMAINS),data/domains/$(d)/manifest.json)
-	$(BIN)/python tools/bench_lodo.py --train --domains data/domains --out reports/lodo
+	$(BIN)/python tools/bench_lodo.py --train --domains data/domains --out $(LODO_OUT) $(if $(LODO_ONLY),--only $(LODO_ONLY))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -277,3 +278,37 @@ def test_weight_space_ensemble_mixes_the_best_tail_with_imagenet(run, tmp_path: 
     with pytest.raises(ConfigError, match="wise_alpha must be"):
         train_cached(CachedTrainConfig(**{**base, "out": str(tmp_path / "bad"), "wise_alpha": 1.5}),
                      log=lambda _: None)
+
+
+def test_a_run_that_makes_its_episodes_says_so_and_records_it(run) -> None:
+    out, config, messages = run
+    assert messages[-1].startswith(f"episode budget reached: {config.episodes} episodes in ")
+    assert messages[-1].endswith("(no time cap); the learning rate annealed over episodes")
+    for name in ("best.pt", "last.pt"):  # best.pt as saved during training (wise_alpha 1), then given the record
+        budget = read_checkpoint(out / name)["budget"]
+        assert budget["ended_by"] == "episodes" and budget["as_recipe"], (name, budget)
+        assert budget["episodes_done"] == budget["episodes_planned"] == config.episodes
+        assert budget["lr_followed_time_from_episode"] is None
+
+
+def test_a_run_the_time_cap_stops_says_its_model_is_not_the_configs(run, tmp_path: Path) -> None:
+    _, config, _ = run
+    messages: list[str] = []
+    capped = CachedTrainConfig(**{**vars(config), "out": str(tmp_path / "capped"), "time_budget_min": 1e-4,
+                                  "wise_alpha": 0.5})  # a 6 ms cap: the run stops after an episode or a few
+    train_cached(capped, log=messages.append)
+    [stop] = [m for m in messages if m.startswith("time cap of ")]
+    found = re.fullmatch(rf"time cap of 0.0001 min reached at episode (\d+) of {config.episodes}", stop)
+    assert found, stop
+    n = int(found.group(1))
+    assert n < config.episodes
+    assert messages[-1] == (
+        f"WARNING: stopped by the time cap of 0.0001 min at episode {n} of {config.episodes}: this model differs "
+        "from the recipe's (the config's episode count was not reached on this CPU); raise time_budget_min "
+        "(--time-budget), or set it to 0 for no cap, to train the recipe's model")
+    for name in ("best.pt", "last.pt"):
+        budget = read_checkpoint(tmp_path / "capped" / name)["budget"]
+        assert budget["ended_by"] == "time cap" and not budget["as_recipe"], (name, budget)
+        assert (budget["episodes_done"], budget["episodes_planned"], budget["time_cap_min"]) == (n, config.episodes,
+                                                                                                  1e-4)
+        assert budget["note"] == messages[-1].removeprefix("WARNING: ")

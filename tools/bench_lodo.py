@@ -4,13 +4,15 @@ Usage::
 
     python tools/bench_lodo.py --train                 # train the missing held-out models, then the table
     python tools/bench_lodo.py --domains data/domains --episodes 600 --out reports/lodo
+    python tools/bench_lodo.py --train --only cards,flags --out /tmp/lodo-cards-flags
 
 For each domain D under ``--domains`` (folders with train/val/test), a model is
 meta-trained on the *other* domains' ``train`` splits, picked on their ``val``
 splits (``edgefs train-cached`` with ``--config``, into ``RUNS/D/best.pt``), and
-tested on D's ``test`` split. Every row scores the same fixed episodes (the
-seeded lists ``edgefs eval`` uses) through the device's ``PrototypeHead``
-(cosine):
+tested on D's ``test`` split (``--only A,B``: only the named domains are held out, trained
+and scored; every other domain still trains their models and gives the centring). Every
+row scores the same fixed episodes (the seeded lists ``edgefs eval`` uses) through the
+device's ``PrototypeHead`` (cosine):
 
 * ``frozen 224 px``: ImageNet weights at the native size, plain cosine;
 * ``frozen 224 px + centring``: the same, minus the mean feature of the other
@@ -99,6 +101,24 @@ def train_holdout(config_path: str, held: str, domains: list[str], runs: Path, b
     return train_cached(config, overwrite=True, log=log)
 
 
+def held_out(domains: list[str], only: str | None) -> list[str]:
+    """The domains to hold out: all of ``domains``, or those ``only`` names (comma-separated, in its order).
+
+    Raises:
+        ValueError: ``only`` names no domain, or a name that is not one of ``domains``.
+    """
+    if only is None:
+        return domains
+    by_name = {Path(d).name: d for d in domains}
+    names = list(dict.fromkeys(n.strip() for n in only.split(",") if n.strip()))
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        what = f"unknown domain{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}" if unknown \
+            else "no domain named"
+        raise ValueError(f"--only: {what}; the domains here are {', '.join(sorted(by_name))}")
+    return [by_name[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domains", default="data/domains", help="folder of domains, each with train/val/test")
@@ -106,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/lodo", help="held-out models: RUNS/<domain>/best.pt")
     p.add_argument("--train", action="store_true", help="train the held-out models that are missing")
     p.add_argument("--retrain", action="store_true", help="train every held-out model again")
-    p.add_argument("--time-budget", type=float, help="minutes per training run (default: the config's)")
+    p.add_argument("--only", help="comma-separated domain names (e.g. cards,flags): hold out, train and score "
+                   "only these (default: every domain)")
+    p.add_argument("--time-budget", type=float, help="time cap in minutes per training run (default: the config's; "
+                   "a run it stops is not the recipe's model and says so)")
     p.add_argument("--protocols", default="5w1s,5w5s,20w1s")
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
@@ -118,16 +141,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{root} holds {len(domains)} domains with train/ and test/; build them with 'edgefs data <domain>'",
               file=sys.stderr)
         return 2
+    try:
+        held = held_out(domains, args.only)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     runs = Path(args.runs)
     t_start = time.perf_counter()
     train_s: dict[str, float] = {}
-    for d in domains:
+    for d in held:
         ckpt = runs / Path(d).name / "best.pt"
         if args.retrain or (args.train and not ckpt.is_file()):
             t = time.perf_counter()
             train_holdout(args.config, d, domains, runs, args.time_budget, lambda s: print(s, flush=True))
             train_s[Path(d).name] = time.perf_counter() - t
-    missing = [Path(d).name for d in domains if not (runs / Path(d).name / "best.pt").is_file()]
+    missing = [Path(d).name for d in held if not (runs / Path(d).name / "best.pt").is_file()]
     if missing:
         print(f"no held-out model for {', '.join(missing)} under {runs}; pass --train", file=sys.stderr)
         return 2
@@ -151,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     base_tables = {d: train_table(frozen224, d) for d in domains}
     means = {d: t.astype(np.float64).mean(0) for d, t in base_tables.items()}
     powered_means = {d: pool_power(t, power).astype(np.float64).mean(0) for d, t in base_tables.items()}
-    for d in domains:
+    for d in held:
         name = Path(d).name
         test = open_split(d, "test", 3, 32)  # episodes depend on names and counts only
         lists = {}
@@ -199,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             acc = Accuracy.from_episodes(stacked)
             rows[row]["mean"][proto.name] = {"mean": acc.mean, "ci95": acc.ci95, "episodes": acc.episodes,
                                              "domains": have}
-    report = {"domains": [Path(d).name for d in domains], "protocols": [q.name for q in protocols],
+    report = {"domains": [Path(d).name for d in held], "training_domains": [Path(d).name for d in domains],
+              "protocols": [q.name for q in protocols],
               "episodes": args.episodes, "seed": args.seed, "config": cfgmod.to_dict(
                   cfgmod.resolve(CachedTrainConfig, args.config)), "rows": rows, "skipped": skipped,
               "train_s": train_s, "wall_s": time.perf_counter() - t_start,
@@ -218,7 +247,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Leave-one-domain-out, EfficientNet-Lite0, cosine prototypes (device PrototypeHead); "
              f"{report['episodes']} fixed test episodes per protocol (seed {report['seed']}, 1 query/class), "
              "every row on the same episodes. Accuracy % ± 95% CI. 'mean' averages the domains episode by "
-             "episode over the domains that allow the protocol.", "",
+             "episode over the domains that allow the protocol."
+             + (f" Held out and scored: {', '.join(report['domains'])} only (of "
+                f"{', '.join(report['training_domains'])})."
+                if report.get("training_domains", report["domains"]) != report["domains"] else ""), "",
              "| held-out domain | model | " + " | ".join(protocols) + " |",
              "|---|---|" + "---|" * len(protocols)]
     for name in [*report["domains"], "mean"]:

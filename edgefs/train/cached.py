@@ -52,7 +52,7 @@ from edgefs.eval.episodic import Accuracy, evaluate_episodes
 from edgefs.fileio import atomic_writer
 from edgefs.heads.prototype import class_means, prototype_logits
 from edgefs.methods import build_method
-from edgefs.train.checkpoint import CHECKPOINT_FORMAT
+from edgefs.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 
 CACHE_VERSION = 1
 DELTA_BASE = "imagenet-wheel"  # state_dict_base of a checkpoint that holds only the trained tail
@@ -76,7 +76,11 @@ class CachedTrainConfig:
             (:func:`scene_view`). 0: none.
         ways, shots, queries: training episodes; ``shots`` is the largest support size,
             each episode draws 1..shots (test protocols use 1 and 5).
-        episodes: training episodes at most; ``time_budget_min`` ends the run earlier.
+        episodes: training episodes: the budget a recipe is made of (the same count gives the
+            same episodes and learning-rate schedule on any CPU).
+        time_budget_min: a cap on the training time in minutes (0: none). A run it stops before
+            ``episodes`` is not the config's model: the log says so and the checkpoints record
+            it (``budget``); see :func:`learning_rate` for what the cap does to the schedule.
         lr, lr_final, warmup_episodes, weight_decay: Adam, cosine from ``lr`` to ``lr * lr_final``.
         temperature: initial scale of the cosine logits (learned).
         power: the embedding is the pooled feature to this power (``0.5``: the power
@@ -430,7 +434,24 @@ def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
 
 
 # ---- training ----------------------------------------------------------------------------------
+def schedule_follows_time(c: CachedTrainConfig, episode: int, elapsed_s: float) -> bool:
+    """Whether the time cap, not the episode count, sets the learning rate at this step.
+
+    Only when the run is slower than ``time_budget_min / episodes`` so far (after warm-up): a
+    run that keeps under that pace follows the episode schedule alone, whatever the CPU.
+    """
+    if c.time_budget_min <= 0 or episode < c.warmup_episodes:
+        return False
+    return elapsed_s / (60 * c.time_budget_min) > episode / max(c.episodes, 1)
+
+
 def learning_rate(c: CachedTrainConfig, episode: int, elapsed_s: float) -> float:
+    """Linear warm-up, then cosine from ``lr`` to ``lr * lr_final`` over the run's progress.
+
+    Progress is ``episode / episodes``, or the time fraction ``elapsed_s / time_budget_min``
+    when that is further (:func:`schedule_follows_time`): a run the time cap will stop still
+    anneals before it ends, and a run under the cap's pace anneals over episodes only.
+    """
     if episode < c.warmup_episodes:
         return c.lr * (episode + 1) / c.warmup_episodes
     progress = episode / max(c.episodes, 1)
@@ -438,6 +459,32 @@ def learning_rate(c: CachedTrainConfig, episode: int, elapsed_s: float) -> float
         progress = max(progress, elapsed_s / (60 * c.time_budget_min))
     progress = min(progress, 1.0)
     return c.lr * (c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def budget_record(c: CachedTrainConfig, episodes_done: int, elapsed_s: float, time_from: int | None) -> dict[str, Any]:
+    """What ended the run, for the log and the checkpoints' ``budget`` entry.
+
+    ``as_recipe`` is true when the run made all ``episodes`` on the episode schedule, i.e. the
+    model the config describes on any CPU; ``note`` says why not otherwise.
+    """
+    capped = episodes_done < c.episodes
+    if capped:
+        note = (f"stopped by the time cap of {c.time_budget_min:g} min at episode {episodes_done} of {c.episodes}: "
+                "this model differs from the recipe's (the config's episode count was not reached on this CPU); "
+                "raise time_budget_min (--time-budget), or set it to 0 for no cap, to train the recipe's model")
+    elif time_from is not None:
+        note = (f"the learning rate followed the time cap of {c.time_budget_min:g} min from episode {time_from} "
+                f"(this CPU took more than {60 * c.time_budget_min / c.episodes:.2f} s an episode): this model "
+                f"differs from the recipe's although all {c.episodes} episodes ran; raise time_budget_min "
+                "(--time-budget), or set it to 0 for no cap, to train the recipe's model")
+    else:
+        cap = f"under the time cap of {c.time_budget_min:g} min" if c.time_budget_min > 0 else "no time cap"
+        note = (f"episode budget reached: {episodes_done} episodes in {elapsed_s / 60:.1f} min ({cap}); "
+                "the learning rate annealed over episodes")
+    return {"ended_by": "time cap" if capped else "episodes", "episodes_done": episodes_done,
+            "episodes_planned": c.episodes, "time_cap_min": c.time_budget_min,
+            "elapsed_min": round(elapsed_s / 60, 2), "lr_followed_time_from_episode": time_from,
+            "as_recipe": not capped and time_from is None, "note": note}
 
 
 class EpisodeDraw:
@@ -616,12 +663,18 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
     save_tail_checkpoint(out / "best.pt", split, log_temperature, config, {"episode": 0, "best_val": best}, center)
     started = time.monotonic()
     episode, run_loss, run_acc = 0, 0.0, 0.0
+    time_from: int | None = None  # the first episode whose learning rate the time cap set
     with (out / "log.jsonl").open("a") as logf:
         while episode < config.episodes:
             elapsed = time.monotonic() - started
             if config.time_budget_min > 0 and elapsed >= 60 * config.time_budget_min:
-                log(f"time budget of {config.time_budget_min:g} min reached at episode {episode}")
+                log(f"time cap of {config.time_budget_min:g} min reached at episode {episode} of {config.episodes}")
                 break
+            if time_from is None and schedule_follows_time(config, episode, elapsed):
+                time_from = episode
+                log(f"WARNING: from episode {episode} the learning rate follows the time cap of "
+                    f"{config.time_budget_min:g} min, not the episode count: this CPU is slower than the cap allows "
+                    f"for {config.episodes} episodes")
             lr = learning_rate(config, episode, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -653,10 +706,11 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
                     best_episode = episode
                     save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
                                          {"episode": episode, "best_val": best}, center)
+    budget = budget_record(config, episode, time.monotonic() - started, time_from)
     if config.centered:
         center = train_center(split, domains)
-    save_tail_checkpoint(out / "last.pt", split, log_temperature, config, {"episode": episode, "best_val": best},
-                         center)
+    save_tail_checkpoint(out / "last.pt", split, log_temperature, config,
+                         {"episode": episode, "best_val": best, "budget": budget}, center)
     if config.wise_alpha < 1:
         a = config.wise_alpha
         load_tail_state(split, {k: (1 - a) * imagenet_tail[k] + a * v if v.is_floating_point() else v
@@ -667,7 +721,14 @@ def train_cached(config: CachedTrainConfig, overwrite: bool = False, log: Callab
         with torch.no_grad():
             log_temperature.copy_(best_temperature)
         save_tail_checkpoint(out / "best.pt", split, log_temperature, config,
-                             {"episode": best_episode, "best_val": best, "wise_alpha": a, "wise_val": mixed}, center)
+                             {"episode": best_episode, "best_val": best, "wise_alpha": a, "wise_val": mixed,
+                              "budget": budget}, center)
+    else:  # best.pt was saved during training: add what ended the run
+        doc = read_checkpoint(out / "best.pt")
+        doc["budget"] = budget
+        with atomic_writer(out / "best.pt") as f:
+            torch.save(doc, f)
     log(f"done: {episode} episodes in {(time.monotonic() - started) / 60:.1f} min; best val {protocol.name} "
         f"{100 * best:.2f}%; checkpoint {out / 'best.pt'}")
+    log(budget["note"] if budget["as_recipe"] else f"WARNING: {budget['note']}")
     return out / "best.pt"
