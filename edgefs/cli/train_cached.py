@@ -23,9 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-views", type=A.integer(0), dest="scene_views",
                    help="further cached views per training image showing it as a camera does: a smaller, turned "
                    "card in front of clutter, uneven light, blur, noise (default 0)")
-    p.add_argument("--episodes", type=A.integer(1), help="training episodes at most")
+    p.add_argument("--episodes", type=A.integer(1), help="training episodes (the budget: the same count gives the "
+                   "same episodes and learning-rate schedule on any CPU)")
     p.add_argument("--time-budget", type=A.real(0), dest="time_budget_min",
-                   help="stop after this many minutes (the LR schedule anneals to fit; 0: no budget)")
+                   help="a cap in minutes (0: none): a run it stops before --episodes, or that is too slow for it "
+                   "(the LR schedule then anneals to fit), is not the config's model; the log says so and the "
+                   "checkpoints record it")
     p.add_argument("--lr", type=A.real(above=0, maximum=10), help="peak learning rate (Adam)")
     p.add_argument("--power", type=A.real(maximum=1, above=0),
                    help="embedding = pooled feature to this power (0.5: square root; default 1)")
