@@ -142,14 +142,17 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes to RGB uint8 ``(H, W, 3)`` after checking the declared pixel count.
+def check_image_bytes(data: bytes, name: str) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes, after checking them against the pixel limit.
+
+    Nothing is decoded: the size comes from the header (:func:`image_dimensions`).
 
     Raises:
-        ImageRefused: unknown format, too many pixels, or undecodable; the message starts with ``name``.
+        ImageRefused: unknown format or damaged header, zero pixels, or more than
+            :data:`edgefs.limits.MAX_IMAGE_PIXELS`; the message starts with ``name``.
     """
-    import cv2
-
+    if not data:
+        raise ImageRefused(f"{name}: an empty file (0 bytes), not a PNG, JPEG, BMP, GIF, WebP, PNM or TIFF image")
     size = image_dimensions(data)
     if size is None:
         raise ImageRefused(f"{name}: not a PNG, JPEG, BMP, GIF, WebP, PNM or TIFF image (or its header is damaged)")
@@ -159,6 +162,18 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
                            "(edgefs.limits.MAX_IMAGE_PIXELS); shrink it first")
     if w == 0 or h == 0:
         raise ImageRefused(f"{name}: its header declares {w} x {h} pixels; it is damaged")
+    return w, h
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to RGB uint8 ``(H, W, 3)`` after checking the declared pixel count.
+
+    Raises:
+        ImageRefused: unknown format, too many pixels, or undecodable; the message starts with ``name``.
+    """
+    import cv2
+
+    check_image_bytes(data, name)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
@@ -170,6 +185,22 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_image_bytes(path: str | Path, name: str | None = None) -> bytes:
+    """The encoded bytes of one image file, read within :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`.
+
+    Args:
+        name: how messages name the file (default: its file name).
+
+    Raises:
+        ImageRefused: missing, not a regular file (a link to a device, a pipe), or too big on disk.
+    """
+    path = Path(path)
+    try:
+        return read_limited(path, limits.MAX_IMAGE_FILE_BYTES, "image")
+    except EdgefsError as exc:
+        raise ImageRefused(f"{path.name if name is None else name}: {exc}") from None
+
+
 def read_image_file(path: str | Path) -> np.ndarray:
     """Read one image file as RGB uint8 ``(H, W, 3)`` within :mod:`edgefs.limits`.
 
@@ -178,8 +209,4 @@ def read_image_file(path: str | Path) -> np.ndarray:
             the message names the file and why.
     """
     path = Path(path)
-    try:
-        data = read_limited(path, limits.MAX_IMAGE_FILE_BYTES, "image")
-    except EdgefsError as exc:
-        raise ImageRefused(f"{path.name}: {exc}") from None
-    return decode_image(data, path.name)
+    return decode_image(read_image_bytes(path), path.name)

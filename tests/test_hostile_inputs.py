@@ -1,23 +1,161 @@
 """Hostile and unlucky inputs of the workstation commands: each gives a clear edgefs message, in bounded memory.
 
-Class packs that are zip bombs or whose zip directory lies about a member's size.
+The committed colour checkpoint exported with no --data; data folders holding an empty PNG or one whose
+header claims 60000 x 60000 pixels; a real 20000 x 20000 PNG; calibration folders with an over-limit image
+or a request for 10^8 images; class packs that are zip bombs or whose zip directory lies; output paths
+that are (or lie inside) an input of the same command.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from edgefs.cli import main
+from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import Manifest
 from edgefs.store import ClassStore, StoreError
 from edgefs.store.packs import PACK_JSON, embeddings_member
+from tests.conftest import write_stroke_classes
+
+REPO = Path(__file__).parents[1]
+COLOUR = REPO / "models" / "protonet-lite0-colour.pt"
+CONV4 = REPO / "models" / "protonet-conv4-glyphs28.pt"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk (8-bit RGB) declaring ``width`` x ``height``, then an empty IDAT."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    idat = struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
+    return b"\x89PNG\r\n\x1a\n" + chunk + idat
+
+
+def big_png(path: Path, side: int) -> None:
+    """A real, valid ``side`` x ``side`` grey PNG written by streaming zlib (never held in memory)."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    comp = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte + pixels
+    data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def strokes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stroke_classes(tmp_path_factory.mktemp("strokes"), {"train": 6, "val": 6, "test": 6}, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def bundle(strokes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed Conv-4 checkpoint as a bundle (28 px), parity-checked on the stroke images."""
+    from edgefs.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "conv4.edgefs"
+    export_bundle(CONV4, out, data=str(strokes), parity_images=8, log=quiet)
+    return out
+
+
+@pytest.fixture()
+def data(strokes: Path, tmp_path: Path) -> Path:
+    """A copy of the stroke test split, to spoil."""
+    shutil.copytree(strokes / "test", tmp_path / "data" / "test")
+    return tmp_path / "data"
+
+
+def calib_folder(root: Path, n: int) -> Path:
+    """``n`` 28 px colour noise images in one folder."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(root / f"{i:03d}.png"), rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
+    return root
+
+
+# ---- export: a checkpoint that records several data folders ------------------------------------------
+
+
+
+
+
+# ---- eval: bad images, a real 20000 x 20000 PNG, --out a file ----------------------------------------
+
+def eval_args(data: Path, tmp_path: Path, out: Path | None = None) -> list[str]:
+    return ["eval", "baseline:pixels", "--data", str(data), "--protocols", "5w1s", "--episodes", "5",
+            "--out", str(out or tmp_path / "report"), "--episodes-cache", str(tmp_path / "episodes")]
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "an empty file (0 bytes), not a PNG, JPEG, BMP, GIF, WebP, PNM or TIFF image"),
+    (png_header(60000, 60000), "60000 x 60000 pixels, over the limit of 67108864 (edgefs.limits.MAX_IMAGE_PIXELS); "
+                               "shrink it first"),
+], ids=["empty", "60000px-header"])
+def test_eval_skips_a_bad_image_by_name_and_strict_refuses_it(data: Path, tmp_path: Path, content: bytes, why: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = data / "test" / "script0" / "char000" / "bad.png"
+    bad.write_bytes(content)
+    assert main(eval_args(data, tmp_path)) == 0
+    assert f"skipping image {bad}: {why}; remove or replace it" in capsys.readouterr().out
+    assert main([*eval_args(data, tmp_path), "--strict"]) == 2
+    assert f"edgefs eval: error: cannot read image {bad}: {why}; remove or replace it" in capsys.readouterr().err
+
+
+def test_eval_out_that_is_a_file_is_refused_before_evaluating(data: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report.txt"
+    report.write_text("keep me")
+    assert main(eval_args(data, tmp_path, report)) == 2
+    assert (f"--out {report} is an existing file; edgefs eval writes eval.json, eval.md, config.yaml into a "
+            "folder: give --out a folder path (it is created if missing)") in capsys.readouterr().err
+    assert report.read_text() == "keep me"
+
+
+def test_a_real_20000px_png_in_a_data_folder_is_not_decoded(tmp_path: Path) -> None:
+    folder = tmp_path / "d" / "cls"
+    folder.mkdir(parents=True)
+    big_png(folder / "huge.png", 20000)
+    cv2.imwrite(str(folder / "ok.png"), np.full((28, 28, 3), 7, np.uint8))
+    # In a fresh process: its peak resident memory shows whether the image was decoded (1.2 GB as RGB).
+    code = ("import resource, sys; from edgefs.data.images import load_image_folder; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; said = []; "
+            "s = load_image_folder(sys.argv[1], channels=3, size=28, warn=said.append); "
+            "print(len(s.images)); print(said[0]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    count, said, rss_kib = out.stdout.strip().splitlines()
+    assert count == "1"
+    assert said == (f"skipping image {folder / 'huge.png'}: 20000 x 20000 pixels, over the limit of 67108864 "
+                    "(edgefs.limits.MAX_IMAGE_PIXELS); shrink it first; remove or replace it")
+    assert int(rss_kib) < 50_000, f"peak RSS grew {int(rss_kib) // 1024} MiB: the image was decoded"
+
+
+# ---- quantize: calibration images through the bounded reader, and a bounded count --------------------
+
+
+
+
+
+
 
 # ---- class packs: refused from the zip directory, read in bounded memory -----------------------------
 
@@ -113,3 +251,34 @@ def test_pack_member_larger_than_its_class_is_refused_before_reading(tmp_path: P
                        "damaged or hostile: refusing it")
     with zipfile.ZipFile(pack) as zf:
         assert json.loads(zf.read(PACK_JSON))["classes"][0]["shots"] == 2
+
+
+# ---- output paths that are inputs of the same command ------------------------------------------------
+
+
+
+
+
+def test_eval_out_inside_the_data_folder_is_refused(data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = data / "test" / "report"
+    assert main(eval_args(data, tmp_path, out)) == 2
+    assert (f"--out {out} would write eval.json over or into the data ({data}), which this command reads; nothing "
+            "was written. Give --out a folder outside the models and data, e.g. reports/eval"
+            ) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_eval_report_folder_may_hold_the_checkpoint(tmp_path: Path) -> None:
+    from edgefs.eval.run import EvalConfig, check_report_folder
+
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"")
+    check_report_folder(run, EvalConfig(models=[str(run / "best.pt")], data=str(tmp_path / "data")))
+    with pytest.raises(OutputOverInput, match=r"would write eval.json over or into model 1"):
+        check_report_folder(run / "best.pt", EvalConfig(models=[str(run / "best.pt")]))
+
+
+
+

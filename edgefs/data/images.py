@@ -17,7 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgefs import limits
 from edgefs.errors import DataError
+from edgefs.imagefile import ImageRefused, check_image_bytes, read_image_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -65,20 +67,46 @@ class ImageSet:
         return h.hexdigest()[:16]
 
 
-def decode_image(data: bytes | np.ndarray, channels: int, size: int | None) -> np.ndarray:
+def decode_image(data: bytes | np.ndarray, channels: int, size: int | None, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes to uint8 ``(H, W, channels)``; RGB for 3 channels.
 
+    The header is checked first (:func:`edgefs.imagefile.check_image_bytes`): an image that
+    declares more than :data:`edgefs.limits.MAX_IMAGE_PIXELS` is refused without being decoded.
+
+    Args:
+        name: how a refusal names the image (its path, for a file).
+
     Raises:
-        ValueError: the bytes are not an image OpenCV can decode.
+        ImageRefused: an unknown format or damaged header, too many pixels, or bytes OpenCV
+            cannot decode; the message starts with ``name``.
+        ValueError: a decoded image without the channels asked for.
     """
-    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data, np.uint8).tobytes()
+    check_image_bytes(raw, name)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imdecode(buf, flag)
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
+    except cv2.error as exc:
+        raise ImageRefused(f"{name}: cannot be decoded ({str(exc).strip().splitlines()[-1][:120]})") from None
     if img is None:
-        raise ValueError("not a decodable image")
+        raise ImageRefused(f"{name}: cannot be decoded (corrupt or not an image)")
+    if img.shape[0] * img.shape[1] > limits.MAX_IMAGE_PIXELS:  # a header that understated the size
+        raise ImageRefused(f"{name}: decoded to {img.shape[1]} x {img.shape[0]} pixels, over the limit of "
+                           f"{limits.MAX_IMAGE_PIXELS} (edgefs.limits.MAX_IMAGE_PIXELS)")
     if channels == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return _fit(img, channels, size)
+
+
+def read_image(path: str | Path, channels: int, size: int | None) -> np.ndarray:
+    """Read one image file within :mod:`edgefs.limits` (size on disk, then pixels) and decode it
+    as :func:`decode_image` does.
+
+    Raises:
+        ImageRefused: not a regular file, too big on disk or in pixels, or undecodable; the
+            message starts with the file's path.
+    """
+    return decode_image(read_image_bytes(path, str(path)), channels, size, str(path))
 
 
 def _fit(img: np.ndarray, channels: int, size: int | None) -> np.ndarray:
@@ -149,8 +177,14 @@ def load_image_folder(
         kept = 0
         for file in files:
             try:
-                img = decode_image(file.read_bytes(), channels, size)
-            except (ValueError, OSError) as exc:
+                img = read_image(file, channels, size)  # size and pixel limits before decoding
+            except ImageRefused as exc:  # its message starts with the file's path
+                if strict:
+                    raise DataError(f"cannot read image {exc}; remove or replace it") from None
+                say(f"skipping image {exc}; remove or replace it")
+                skipped += 1
+                continue
+            except ValueError as exc:
                 if strict:
                     raise DataError(f"cannot read image {file}: {exc}; remove or replace it") from exc
                 say(f"skipping unreadable image {file} ({exc})")

@@ -26,6 +26,7 @@ from edgefs.eval.baselines import (
 )
 from edgefs.eval.cross import cross_episodes, join_sets
 from edgefs.eval.episodic import Accuracy, embedding_table, evaluate_episodes, needed_indices
+from edgefs.fileio import OutputOverInput, check_output_not_input
 from edgefs.train.checkpoint import load_checkpoint
 from edgefs.train.trainer import embedder
 
@@ -308,8 +309,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     protocols = [Protocol.parse(p, config.queries) for p in config.protocols]
     if any(p.ways < 2 or p.shots < 1 for p in protocols):
         raise ConfigError(f"protocols need at least 2 ways and 1 shot, got {', '.join(config.protocols)}")
-    models = [resolve_model(m, device) for m in config.models]
     out = Path(config.out) if config.out else Path("reports") / "eval"
+    check_report_folder(out, config)
+    models = [resolve_model(m, device) for m in config.models]
 
     common = {"episodes": config.episodes, "queries": config.queries, "seed": config.seed}
     if config.domains:
@@ -325,12 +327,58 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
                             + "\n  ".join(f"{p}: {why}" for p, why in one["skipped"].items()))
         report = {**one, **common}
         markdown = markdown_report(report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
-    (out / "eval.md").write_text(markdown)
-    cfg.save(config, out / "config.yaml")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        (out / "eval.md").write_text(markdown)
+        cfg.save(config, out / "config.yaml")
+    except OSError as exc:
+        raise DataError(f"cannot write the report to {out}: {exc.strerror or exc}; the results above were "
+                        "printed but not saved. Give --out a folder you can write") from None
     log(f"wrote {out / 'eval.md'} and {out / 'eval.json'}")
     return report
+
+
+REPORT_FILES = ("eval.json", "eval.md", "config.yaml")
+
+
+def check_report_folder(out: Path, config: EvalConfig) -> None:
+    """Refuse, before anything is evaluated, a report folder that cannot be one or whose files would
+    land on the command's inputs.
+
+    Eval writes :data:`REPORT_FILES` into ``out`` and deletes nothing, so a report folder that
+    holds a checkpoint (``--out runs/x`` for ``runs/x/best.pt``) is fine; a report file that would
+    be a model or data file, or lie inside a data folder or bundle, is not.
+
+    Raises:
+        ConfigError: ``out`` (or a folder above it) is an existing file.
+        OutputOverInput: a report file would be, or lie inside, one of the inputs.
+    """
+    inputs: dict[str, str] = {}
+    for i, model in enumerate([*config.models, *(config.model_per_domain or {}).values()]):
+        if model and not str(model).startswith("baseline:"):
+            inputs[f"model {i + 1}"] = str(model)
+    for what, path in (("the data", config.data), ("the --support folder", config.support_data),
+                       ("the --query-set folder", config.query_data), ("the --domains folder", config.domains)):
+        if path and not str(path).startswith("fashion-mnist"):
+            inputs[what] = str(path)
+    for name in REPORT_FILES:
+        for what, path in inputs.items():
+            try:
+                check_output_not_input(out / name, {what: path})
+            except OutputOverInput:
+                raise OutputOverInput(
+                    f"--out {out} would write {name} over or into {what} ({path}), which this command reads; "
+                    "nothing was written. Give --out a folder outside the models and data, e.g. reports/eval"
+                ) from None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is" if folder == out else f"lies inside {folder}, which is"
+                raise ConfigError(f"--out {out} {what} an existing file; edgefs eval writes "
+                                  f"{', '.join(REPORT_FILES)} into a folder: give --out a folder path "
+                                  "(it is created if missing)")
+            break
 
 
 def _cell(acc: dict[str, Any] | None) -> str:
