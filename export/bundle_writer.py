@@ -33,6 +33,7 @@ from edgefs import __version__
 from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
 from edgefs.export.parity import DEFAULT_BATCH_SIZES, ParityReport, check_parity
 from edgefs.export.parity import parity_images as pick_parity_images
+from edgefs.fileio import check_output_not_input
 from edgefs.heads.spec import HeadSpec
 from edgefs.runtime.bundle import (
     HEAD_STEM,
@@ -68,22 +69,59 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def resolve_parity_data(data: str | Path | None, doc: dict[str, Any], checkpoint: Path) -> str:
-    """The data source for parity images: ``data``, else the checkpoint's training data if it exists here.
+def recorded_data(doc: dict[str, Any]) -> list[str]:
+    """The data sources a checkpoint records (``config.data``): one folder, or a list of them
+    (cached-trunk training records every domain folder it trained on)."""
+    stored = (doc.get("config") or {}).get("data")
+    if isinstance(stored, list | tuple):
+        return [str(s) for s in stored if s]
+    return [str(stored)] if stored else []
+
+
+def resolve_parity_data(data: str | Path | None, doc: dict[str, Any], checkpoint: Path,
+                        log: Callable[[str], None] | None = None) -> str | list[str]:
+    """The data source for parity images: ``data``, else the checkpoint's training data that exists here.
+
+    A checkpoint that records several data folders (one per domain) gives those of them that
+    exist here, as a list (:func:`edgefs.export.parity.parity_images` spreads the images over
+    them); the missing ones are named through ``log``.
 
     Raises:
-        ExportError: neither is available; the message says to pass ``--data``.
+        ExportError: none is available; the message names the recorded folders and says to pass ``--data``.
     """
     if data is not None:
         return str(data)
-    stored = (doc.get("config") or {}).get("data")
-    if stored and (str(stored).startswith("fashion-mnist") or Path(stored).exists()):
-        return str(stored)
-    where = f"records data {stored!r}, which does not exist here" if stored else "records no data folder"
-    raise ExportError(
-        f"the parity check needs real images, and checkpoint {checkpoint} {where}; pass --data DIR "
-        "(a folder with train/ val/ test/, a folder of classes, or fashion-mnist[:DIR])"
-    )
+    recorded = recorded_data(doc)
+    usable = [s for s in recorded if s.startswith("fashion-mnist") or Path(s).exists()]
+    missing = [s for s in recorded if s not in usable]
+    hint = ("pass --data DIR (a folder with train/ val/ test/, a folder of classes, or fashion-mnist[:DIR])")
+    if usable:
+        if missing and log is not None:
+            log(f"parity images from {', '.join(usable)}; checkpoint {checkpoint} also records "
+                f"{', '.join(missing)}, which {'does' if len(missing) == 1 else 'do'} not exist here")
+        return usable[0] if len(usable) == 1 else usable
+    if len(recorded) > 1:
+        where = (f"records data folders {', '.join(recorded)}, none of which exists here (relative paths are "
+                 "taken from the current folder)")
+    elif recorded:
+        where = f"records data {recorded[0]!r}, which does not exist here"
+    else:
+        where = "records no data folder"
+    raise ExportError(f"the parity check needs real images, and checkpoint {checkpoint} {where}; {hint}")
+
+
+def data_inputs(sources: str | Path | Sequence[str | Path] | None, what: str = "the parity data") -> dict[str, str]:
+    """The folders among data sources, named for :func:`check_output_not_input` (``fashion-mnist:DIR``
+    gives ``DIR``; ``fashion-mnist`` and ``procedural`` name no folder of the user's)."""
+    items = [] if sources is None else [sources] if isinstance(sources, str | Path) else list(sources)
+    out: dict[str, str] = {}
+    for item in items:
+        text = str(item)
+        if text.startswith("fashion-mnist"):
+            text = text.partition(":")[2]
+        if text and text != "procedural":
+            out[what if len(items) == 1 else f"{what} {text}"] = text
+    return out
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -176,6 +214,8 @@ def export_bundle(
     checkpoint, out = Path(checkpoint), Path(out)
     if parity_images < 1:
         raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
+    # Before --overwrite may move anything aside: the bundle folder is replaced whole.
+    check_output_not_input(out, {"the checkpoint": checkpoint, **data_inputs(data, "the --data folder")})
     _prepare_out(out, overwrite)
     method, doc = load_checkpoint(checkpoint)
     backbone = method.backbone.eval()
@@ -184,7 +224,8 @@ def export_bundle(
         training["input_size"] = {"trained": backbone.spec.input_size, "exported": input_size}
         backbone = resize_backbone(backbone, input_size, checkpoint)
     spec = backbone.spec
-    source = resolve_parity_data(data, doc, checkpoint)
+    source = resolve_parity_data(data, doc, checkpoint, log)
+    check_output_not_input(out, data_inputs(source, "the checkpoint's data folder"))
     images = pick_parity_images(source, split, spec.input_size, parity_images, seed=PARITY_SEED)
     log(f"exporting {spec.name} ({spec.input_size} px, {spec.embedding_dim}-d) from {checkpoint} to {out}")
     head = override_head(method.head_spec(), head_type, distance)

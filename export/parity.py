@@ -19,7 +19,7 @@ import torch
 
 from edgefs._lazy import require
 from edgefs.backbones import Backbone
-from edgefs.data.images import decode_image, open_split
+from edgefs.data.images import open_split, read_image
 from edgefs.errors import DataError
 from edgefs.export.onnx_export import ExportError
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME
@@ -27,14 +27,16 @@ from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME
 DEFAULT_BATCH_SIZES = (1, 16)
 
 
-def parity_images(data: str | Path, split: str, size: int, count: int, seed: int = 0) -> np.ndarray:
+def parity_images(data: str | Path | Sequence[str | Path], split: str, size: int, count: int,
+                  seed: int = 0) -> np.ndarray:
     """``count`` real images spread over the classes of one split, as the camera would give them.
 
     Classes are visited in a seeded random order, one image from each in turn, so
-    that a small ``count`` still covers many classes.
+    that a small ``count`` still covers many classes. Several sources (the domain
+    folders a checkpoint was trained on) share ``count`` between them, in turn.
 
     Args:
-        data: a data source as :func:`edgefs.data.images.open_split` reads it.
+        data: a data source as :func:`edgefs.data.images.open_split` reads it, or a list of them.
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: the backbone's input side; images are resized to ``size x size``.
         count: how many images (fewer if the split holds fewer).
@@ -43,6 +45,13 @@ def parity_images(data: str | Path, split: str, size: int, count: int, seed: int
     Returns:
         uint8 ``(N, size, size, 3)`` RGB, ``N = min(count, images in the split)``.
     """
+    if not isinstance(data, str | Path):
+        sources = list(data)
+        if not sources:
+            raise DataError("no data source given for the parity images; pass --data DIR")
+        shares = [count // len(sources) + (i < count % len(sources)) for i in range(len(sources))]
+        parts = [parity_images(s, split, size, n, seed) for s, n in zip(sources, shares, strict=True) if n > 0]
+        return np.concatenate(parts)
     try:  # at native size first: reading a whole split at e.g. 224 px would take gigabytes
         images = open_split(data, split, channels=3, size=None)  # type: ignore[arg-type]
     except DataError:
@@ -55,7 +64,7 @@ def parity_images(data: str | Path, split: str, size: int, count: int, seed: int
     if images.images.shape[1:3] == (size, size):
         return np.ascontiguousarray(images.images[chosen])
     if images.paths:  # decode the chosen files at the input size, as open_split(size=size) would
-        return np.stack([decode_image(Path(images.paths[i]).read_bytes(), 3, size) for i in chosen])
+        return np.stack([read_image(images.paths[i], 3, size) for i in chosen])
     native = images.images.shape[1]
     interp = cv2.INTER_AREA if native > size else cv2.INTER_LINEAR
     return np.stack([cv2.resize(images.images[i], (size, size), interpolation=interp) for i in chosen])

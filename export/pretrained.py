@@ -33,12 +33,14 @@ from edgefs.data.procedural import PROCEDURAL, procedural_images
 from edgefs.export.bundle_writer import (
     ARRAY_FREE_HEADS,
     PARITY_SEED,
+    data_inputs,
     override_head,
     write_bundle,
 )
 from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError
 from edgefs.export.parity import DEFAULT_BATCH_SIZES
 from edgefs.export.parity import parity_images as pick_images
+from edgefs.fileio import check_output_not_input
 from edgefs.heads.spec import HeadSpec
 from edgefs.runtime.bundle import Bundle
 
@@ -135,6 +137,8 @@ def export_pretrained(
         distance = "cosine"
     if parity_images < 1:
         raise ExportError(f"--parity-images must be at least 1, got {parity_images}")
+    check_output_not_input(out, {**data_inputs(data, "the --data folder"),
+                                 **data_inputs(mean_from, "the --mean-from folder")})
     options: dict[str, Any] = {} if input_size is None else {"input_size": int(input_size)}
     if power is not None:
         options["power"] = power

@@ -92,8 +92,39 @@ def calib_folder(root: Path, n: int) -> Path:
 
 # ---- export: a checkpoint that records several data folders ------------------------------------------
 
+def test_export_of_the_colour_model_without_data_names_its_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # where the recorded (relative) domain folders do not exist
+    assert main(["export", str(COLOUR), "--out", str(tmp_path / "m.edgefs")]) == 2
+    err = capsys.readouterr().err
+    assert (f"the parity check needs real images, and checkpoint {COLOUR} records data folders data/domains/cards, "
+            "data/domains/clipart, data/domains/flags, data/domains/icons, data/domains/units, none of which exists "
+            "here (relative paths are taken from the current folder); pass --data DIR (a folder with train/ val/ "
+            "test/, a folder of classes, or fashion-mnist[:DIR])") in err
+    assert not (tmp_path / "m.edgefs").exists()
 
 
+def test_export_takes_parity_images_from_the_recorded_folders_that_exist(tmp_path: Path) -> None:
+    import torch
+
+    from edgefs.backbones import build_backbone
+    from edgefs.export import export_bundle
+    from edgefs.methods import build_method
+    from edgefs.train.checkpoint import save_checkpoint
+
+    a = write_stroke_classes(tmp_path / "a", {"test": 5})
+    b = write_stroke_classes(tmp_path / "b", {"test": 5}, seed=1)
+    gone = tmp_path / "gone"
+    torch.manual_seed(0)
+    ckpt = tmp_path / "c.pt"
+    save_checkpoint(ckpt, build_method("protonet", build_backbone("conv4")),
+                    {"config": {"data": [str(a), str(gone), str(b)]}, "episode": 0, "best_val": None})
+    lines: list[str] = []
+    written = export_bundle(ckpt, tmp_path / "m.edgefs", parity_images=6, log=lines.append)
+    parity = written.manifest.export["parity"]
+    assert parity["data"]["data"] == [str(a), str(b)] and parity["summary"]["images"] == 6
+    assert lines[0] == (f"parity images from {a}, {b}; checkpoint {ckpt} also records {gone}, "
+                        "which does not exist here")
 
 
 # ---- eval: bad images, a real 20000 x 20000 PNG, --out a file ----------------------------------------
@@ -257,6 +288,13 @@ def test_pack_member_larger_than_its_class_is_refused_before_reading(tmp_path: P
 
 
 
+def test_export_out_that_is_the_data_folder_is_refused(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert main(["export", str(CONV4), "--data", str(data), "--out", str(data), "--overwrite",
+                 "--parity-images", "4"]) == 2
+    assert (f"--out {data} would overwrite the --data folder ({data}), which this command reads; nothing was "
+            "written") in capsys.readouterr().err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
 
 def test_eval_out_inside_the_data_folder_is_refused(data: Path, tmp_path: Path,
