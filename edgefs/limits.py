@@ -56,3 +56,13 @@ MAX_PACK_EXPANSION = 50
 MAX_IMAGE_FILE_BYTES = 64 * MiB
 #: Pixels an image may declare before it is decoded: 8192 x 8192 (about 200 MB as RGB).
 MAX_IMAGE_PIXELS = 8192 * 8192
+
+# ---- INT8 calibration (edgefs quantize) --------------------------------------------------------
+#: Calibration images one run reads (``--calib-images``; default 300). A few hundred frames fix the
+#: activation ranges; more add time (each format tried reads them again) and, for the percentile
+#: and entropy calibrators, which keep every activation, memory. A larger request is clamped,
+#: with a note: the count is already "at most" (a shorter folder gives fewer).
+MAX_CALIB_IMAGES = 2000
+#: Held-out images of the parity check (``--parity-images``; default 200), kept in memory with
+#: their FP32 and INT8 embeddings (2000 at 224 px: ~300 MB). Clamped like MAX_CALIB_IMAGES.
+MAX_PARITY_IMAGES = 2000

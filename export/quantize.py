@@ -36,6 +36,7 @@ No PyTorch: this runs on a workstation or on the device. It needs ``onnx`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -47,9 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from edgefs import limits
 from edgefs._lazy import require
 from edgefs.cpu import TARGETS, claimed_classes, cpu_info
 from edgefs.errors import EdgefsError
+from edgefs.fileio import check_output_not_input
+from edgefs.imagefile import ImageRefused, check_image_bytes, image_dimensions, read_image_bytes
 from edgefs.runtime.bundle import (
     HEAD_STEM,
     INPUT_NAME,
@@ -134,21 +138,66 @@ def _quantization_modules() -> tuple[Any, Any]:
     return quantization, shape_inference
 
 
-def _reader(quantization: Any, batches: list[np.ndarray]) -> Any:
-    """An ``onnxruntime.quantization.CalibrationDataReader`` over uint8 camera batches."""
+def _reader(quantization: Any, batches: Callable[[], Iterator[np.ndarray]]) -> Any:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over uint8 camera batches.
+
+    ``batches`` gives a fresh iterator at each (re)start: ONNX Runtime asks for one batch at a
+    time, so only the batch in hand is in memory, whatever the number of calibration images.
+    """
 
     class Reader(quantization.CalibrationDataReader):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
-            self._it: Iterator[np.ndarray] = iter(batches)
+            self._it: Iterator[np.ndarray] = batches()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._it, None)
             return None if batch is None else {INPUT_NAME: batch}
 
         def rewind(self) -> None:
-            self._it = iter(batches)
+            self._it = batches()
 
     return Reader()
+
+
+@dataclass
+class BoundedCalibrationSource(CalibrationSource):
+    """A calibration folder whose files are read within :mod:`edgefs.limits`, like every image edgefs reads.
+
+    Each file is read no further than :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`, and its header
+    is checked against :data:`edgefs.limits.MAX_IMAGE_PIXELS` before it is decoded: a file over
+    either (or a link to a device) stops the run with its name, since the folder is not the
+    camera images it should be. A file that is not an image is skipped with a warning, as the
+    runtime's reader does.
+    """
+
+    def _read_file(self, path: Path) -> np.ndarray | None:
+        import cv2
+
+        from edgefs.runtime.preprocess import fit_frame
+
+        try:
+            data = read_image_bytes(path, str(path))
+            size = image_dimensions(data)
+            if size is not None:
+                check_image_bytes(data, str(path))
+        except ImageRefused as exc:
+            raise QuantizeError(f"calibration image {exc}; remove or replace it (or calibrate on another "
+                                "folder); no bundle was written") from None
+        try:
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if size is not None else None
+        except cv2.error:
+            frame = None
+        if frame is None:
+            self.warn(f"skipping unreadable calibration image {path}")
+            return None
+        return fit_frame(frame, self.size, mode=self.mode, input_order="BGR")  # type: ignore[arg-type]
+
+
+def bounded_source(source: CalibrationSource) -> CalibrationSource:
+    """``source`` reading its files through :class:`BoundedCalibrationSource` (a video is returned as it is)."""
+    if source.kind == "video" or isinstance(source, BoundedCalibrationSource):
+        return source
+    return BoundedCalibrationSource(**{f.name: getattr(source, f.name) for f in dataclasses.fields(source)})
 
 
 def mixed_accuracy(
@@ -277,8 +326,63 @@ def preprocessing_nodes(onnx_path: Path) -> list[str]:
     return names
 
 
+class CalibrationStats:
+    """What :func:`calibration_warnings` judges, gathered one batch at a time.
+
+    Sums, not the images: per-pixel sums and sums of squares (the spread over images),
+    a grey count, and the sum of the unit embeddings (the mean pairwise cosine is
+    ``(|sum u|^2 - sum |u|^2) / (n (n - 1))``), so memory does not grow with the images.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.grey = 0
+        self._sum: np.ndarray | None = None
+        self._sumsq: np.ndarray | None = None
+        self._unit_sum: np.ndarray | None = None
+        self._unit_sq = 0.0
+
+    def add(self, images: np.ndarray, fp32_embeddings: np.ndarray) -> None:
+        """Count a batch: uint8 ``(B, H, W, 3)`` images and their float ``(B, D)`` FP32 embeddings."""
+        x = images.astype(np.int16)
+        grey = (np.abs(x[..., 0] - x[..., 1]).max(axis=(1, 2)) <= 2) & \
+               (np.abs(x[..., 1] - x[..., 2]).max(axis=(1, 2)) <= 2)
+        self.grey += int(grey.sum())
+        flat = images.reshape(len(images), -1).astype(np.float64)
+        self._sum = flat.sum(0) if self._sum is None else self._sum + flat.sum(0)
+        self._sumsq = (flat**2).sum(0) if self._sumsq is None else self._sumsq + (flat**2).sum(0)
+        e = fp32_embeddings.astype(np.float64)
+        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        self._unit_sum = unit.sum(0) if self._unit_sum is None else self._unit_sum + unit.sum(0)
+        self._unit_sq += float((unit**2).sum())
+        self.n += len(images)
+
+    def warnings(self, manifest: Manifest) -> list[str]:
+        """One sentence per problem: grey images for a colour backbone, near-identical images
+        (a covered lens, one static scene), or near-identical embeddings."""
+        out: list[str] = []
+        n = self.n
+        colour = int(manifest.backbone.get("in_channels", 3)) == 3
+        if colour and n and self.grey / n > 0.5:
+            out.append(f"{self.grey} of {n} calibration images are grey, but the backbone takes colour: the INT8 "
+                       "ranges fit grey images and colour frames may be clipped; calibrate on colour frames of the "
+                       "camera")
+        if n >= 2 and self._sum is not None and self._sumsq is not None:
+            mean = self._sum / n
+            spread = float(np.sqrt(np.maximum(self._sumsq / n - mean**2, 0.0)).mean())
+            if spread < 4.0:
+                out.append("the calibration images are nearly identical (pixel spread below 4 grey levels): a "
+                           "covered lens or one static scene; calibrate on varied frames of the camera's domain")
+        if n >= 2 and self._unit_sum is not None:
+            mean_off = (float(self._unit_sum @ self._unit_sum) - self._unit_sq) / (n * (n - 1))
+            if mean_off > 0.97:
+                out.append(f"the calibration images look alike to the model (mean pairwise cosine {mean_off:.3f}): "
+                           "the INT8 ranges fit one kind of picture; calibrate on the variety the camera will see")
+        return out
+
+
 def calibration_warnings(images: np.ndarray, fp32_embeddings: np.ndarray, manifest: Manifest) -> list[str]:
-    """Signs that the calibration images are not the camera's domain.
+    """Signs that the calibration images are not the camera's domain (:class:`CalibrationStats`).
 
     Args:
         images: uint8 ``(N, H, W, 3)`` calibration images as the engine sees them.
@@ -289,26 +393,18 @@ def calibration_warnings(images: np.ndarray, fp32_embeddings: np.ndarray, manife
         one sentence per problem: grey images for a colour backbone, near-identical images
         (a covered lens, one static scene), or near-identical embeddings.
     """
-    out: list[str] = []
-    n = len(images)
-    colour = int(manifest.backbone.get("in_channels", 3)) == 3
-    x = images.astype(np.int16)
-    grey = (np.abs(x[..., 0] - x[..., 1]).max(axis=(1, 2)) <= 2) & (np.abs(x[..., 1] - x[..., 2]).max(axis=(1, 2)) <= 2)
-    if colour and grey.mean() > 0.5:
-        out.append(f"{int(grey.sum())} of {n} calibration images are grey, but the backbone takes colour: the INT8 "
-                   "ranges fit grey images and colour frames may be clipped; calibrate on colour frames of the camera")
-    flat = images.reshape(n, -1).astype(np.float32)
-    if n >= 2 and float(flat.std(axis=0).mean()) < 4.0:
-        out.append("the calibration images are nearly identical (pixel spread below 4 grey levels): a covered "
-                   "lens or one static scene; calibrate on varied frames of the camera's domain")
-    unit = fp32_embeddings / np.maximum(np.linalg.norm(fp32_embeddings, axis=1, keepdims=True), 1e-12)
-    if n >= 2:
-        gram = unit @ unit.T
-        mean_off = float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
-        if mean_off > 0.97:
-            out.append(f"the calibration images look alike to the model (mean pairwise cosine {mean_off:.3f}): "
-                       "the INT8 ranges fit one kind of picture; calibrate on the variety the camera will see")
-    return out
+    stats = CalibrationStats()
+    stats.add(images, fp32_embeddings)
+    return stats.warnings(manifest)
+
+
+def _clamped(asked: int, most: int, flag: str, limit: str, log: Callable[[str], None]) -> int:
+    """``asked``, or ``most`` with a note where it is over the limit (the count is an upper bound already:
+    a shorter folder gives fewer)."""
+    if asked <= most:
+        return asked
+    log(f"note: {flag} {asked} is over the limit of {most} (edgefs.limits.{limit}); using {most}")
+    return most
 
 
 def _split_counts(source: CalibrationSource, calib_images: int, parity_images: int) -> tuple[int, int]:
@@ -403,14 +499,18 @@ def quantize_bundle(
             f"Quantise on a {target} machine, or use --target any (the portable format, right on every class)"
         )
     formats = formats_for(target, int8_format)
+    inputs = {"the FP32 bundle": parent.path, "the calibration source": Path(calib)}
+    check_output_not_input(out, inputs, flag="--out")  # before anything is written or replaced
+    if json_out:
+        check_output_not_input(json_out, inputs, flag="--json")
     if out.exists() and not overwrite:
         raise QuantizeError(f"{out} exists; choose another --out or pass --overwrite")
-    if out.resolve() == parent.path.resolve():
-        raise QuantizeError("--out is the FP32 bundle itself; write the INT8 bundle to a new folder")
     quantization, shape_inference = _quantization_modules()
 
     size = parent.manifest.input_size
-    source = open_calibration_source(calib, size, seed=seed, warn=lambda m: log(f"warning: {m}"))
+    source = bounded_source(open_calibration_source(calib, size, seed=seed, warn=lambda m: log(f"warning: {m}")))
+    calib_images = _clamped(calib_images, limits.MAX_CALIB_IMAGES, "--calib-images", "MAX_CALIB_IMAGES", log)
+    parity_images = _clamped(parity_images, limits.MAX_PARITY_IMAGES, "--parity-images", "MAX_PARITY_IMAGES", log)
     n_calib, n_parity = _split_counts(source, calib_images, parity_images)
     if n_calib < MIN_CALIBRATION_IMAGES:
         raise QuantizeError(
@@ -418,21 +518,27 @@ def quantize_bundle(
             f"check); INT8 needs at least {MIN_CALIBRATION_IMAGES}, a few hundred are better: add camera images"
         )
     batch = 8 if n_calib >= 8 else 1
-    batches = list(source.batches(n_calib, batch))
-    calib_stack = np.concatenate(batches)
-    held, labels = source.held_out(n_parity)
-    if len(held) < 8:
-        raise QuantizeError(
-            f"{source.path} leaves {len(held)} held-out images for the parity check after {len(calib_stack)} "
-            "calibration images; give more images (or lower --calib-images)"
-        )
-    log(f"calibrating {parent.path.name} ({size[0]}x{size[1]}) on {len(calib_stack)} images of {source.path} "
-        f"({source.kind}, {method}); {len(held)} held out for parity")
+
+    def calibration_batches(count: int) -> Iterator[np.ndarray]:
+        """The first ``count`` calibration images, read from the source again, one batch at a time:
+        never all of them in memory (the same files in the same order at every pass)."""
+        return source.batches(count, batch)
 
     started = time.perf_counter()
     reference = OnnxRuntimeEngine(parent, device="cpu")
-    calib_embeddings = np.concatenate([reference.embed(b) for b in batches])
-    warnings = calibration_warnings(calib_stack, calib_embeddings, parent.manifest)
+    stats = CalibrationStats()
+    for b in calibration_batches(n_calib):  # one pass: how many are readable, and what they look like
+        stats.add(b, reference.embed(b))
+    n_used = stats.n
+    held, labels = source.held_out(n_parity)
+    if len(held) < 8:
+        raise QuantizeError(
+            f"{source.path} leaves {len(held)} held-out images for the parity check after {n_used} "
+            "calibration images; give more images (or lower --calib-images)"
+        )
+    log(f"calibrating {parent.path.name} ({size[0]}x{size[1]}) on {n_used} images of {source.path} "
+        f"({source.kind}, {method}); {len(held)} held out for parity")
+    warnings = stats.warnings(parent.manifest)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -442,15 +548,16 @@ def quantize_bundle(
         keep_float = preprocessing_nodes(pre)
         ref = np.concatenate([reference.embed(held[i:i + 16]) for i in range(0, len(held), 16)])
 
-        def attempt(fmt: str, calibrator: str, used: list[np.ndarray], prefix: str) -> tuple[
+        def attempt(fmt: str, calibrator: str, used: int, prefix: str) -> tuple[
                 Path, Manifest, QuantizeReport, list[str]]:
-            """Quantise to ``fmt`` with ``calibrator`` on ``used`` into a folder of ``tmp``; measure it against FP32."""
+            """Quantise to ``fmt`` with ``calibrator`` on the first ``used`` calibration images into a folder
+            of ``tmp``; measure it against FP32."""
             folder = tmp / f"bundle-{fmt}-{calibrator}"
             folder.mkdir()
             overrides = weight_overrides(pre, keep_float, fmt, quantization)
             try:
                 quantization.quantize_static(
-                    str(pre), str(folder / ONNX_FILE), _reader(quantization, used),
+                    str(pre), str(folder / ONNX_FILE), _reader(quantization, lambda: calibration_batches(used)),
                     quant_format=quantization.QuantFormat.QDQ, per_channel=True,
                     activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
                     calibrate_method={"minmax": quantization.CalibrationMethod.MinMax,
@@ -474,7 +581,7 @@ def quantize_bundle(
                 "fp32_fallback": {"file": FP32_FALLBACK_FILE, "sha256": parent.fingerprint},
                 "tool": f"onnxruntime {require('onnxruntime', INSTALL, 'edgefs quantize').__version__}",
                 "parent_fingerprint": parent.fingerprint, "parent_path": str(parent.path),
-                "calibration": {**source.describe(), "images": sum(len(b) for b in used)},
+                "calibration": {**source.describe(), "images": used},
             }
             if method == "auto":
                 info["method_asked"] = "auto"
@@ -536,13 +643,12 @@ def quantize_bundle(
             tries.append((formats[-1], "percentile"))
         missed: list[tuple[str, list[str]]] = []
         for fmt, calibrator in tries:
-            used = batches
+            used = n_used
             if calibrator == "percentile" and method == "auto":
-                keep = percentile_images(size, len(calib_stack), batch)
-                used = [calib_stack[i : min(i + batch, keep)] for i in range(0, keep, batch)]
+                used = percentile_images(size, n_used, batch)
             if missed:
                 log(f"{missed[-1][0]} missed the floors ({'; '.join(missed[-1][1])}); trying {fmt} weights, "
-                    f"{calibrator} on {sum(len(b) for b in used)} images")
+                    f"{calibrator} on {used} images")
             folder, manifest, report, failures = attempt(fmt, calibrator, used,
                                                          f"{fmt}, {calibrator}: " if missed else "")
             if not failures:

@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edgefs import limits
 from edgefs.cli import main
+from edgefs.export.quantize import CalibrationStats, QuantizeError, calibration_warnings, quantize_bundle
 from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import Manifest
 from edgefs.store import ClassStore, StoreError
@@ -182,10 +184,47 @@ def test_a_real_20000px_png_in_a_data_folder_is_not_decoded(tmp_path: Path) -> N
 
 # ---- quantize: calibration images through the bounded reader, and a bounded count --------------------
 
+def test_quantize_refuses_an_over_limit_calibration_image_by_name(bundle: Path, tmp_path: Path) -> None:
+    calib = calib_folder(tmp_path / "calib", 39)
+    huge = calib / "huge.png"
+    huge.write_bytes(png_header(20000, 20000))  # 40 files: 32 calibrate, 8 held out, so every file is read
+    with pytest.raises(QuantizeError) as refused:
+        quantize_bundle(bundle, calib, tmp_path / "q.edgefs", calib_images=300, parity_images=8, log=quiet)
+    assert str(refused.value) == (
+        f"calibration image {huge}: 20000 x 20000 pixels, over the limit of 67108864 "
+        "(edgefs.limits.MAX_IMAGE_PIXELS); shrink it first; remove or replace it (or calibrate on another folder); "
+        "no bundle was written")
+    assert not (tmp_path / "q.edgefs").exists()
 
 
+def test_a_calibration_count_over_the_limit_is_clamped_with_a_note(bundle: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_CALIB_IMAGES", 40)
+    calib = calib_folder(tmp_path / "calib", 64)
+    lines: list[str] = []
+    report = quantize_bundle(bundle, calib, tmp_path / "q.edgefs", calib_images=10**8, parity_images=16,
+                             log=lines.append)
+    assert "note: --calib-images 100000000 is over the limit of 40 (edgefs.limits.MAX_CALIB_IMAGES); using 40" in lines
+    assert report.passed and report.calibration["images"] == 40
 
 
+def test_calibration_statistics_gathered_per_batch_are_those_of_the_whole_set(bundle: Path) -> None:
+    from edgefs.runtime.bundle import read_bundle
+
+    rng = np.random.default_rng(0)
+    images = np.clip(100 + rng.normal(0, 1.5, (24, 8, 8, 3)), 0, 255).astype(np.uint8)  # nearly identical
+    embeddings = (1 + 0.01 * rng.standard_normal((24, 16))).astype(np.float32)  # alike to the model
+    manifest = read_bundle(bundle).manifest
+    batched = CalibrationStats()
+    for i in range(0, 24, 8):
+        batched.add(images[i:i + 8], embeddings[i:i + 8])
+    said = batched.warnings(manifest)
+    assert said == calibration_warnings(images, embeddings, manifest)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    gram = unit.astype(np.float64) @ unit.T
+    mean_off = (gram.sum() - np.trace(gram)) / (24 * 23)
+    assert any(f"mean pairwise cosine {mean_off:.3f}" in w for w in said)
+    assert any("nearly identical" in w for w in said)
 
 
 # ---- class packs: refused from the zip directory, read in bounded memory -----------------------------
@@ -286,6 +325,17 @@ def test_pack_member_larger_than_its_class_is_refused_before_reading(tmp_path: P
 
 # ---- output paths that are inputs of the same command ------------------------------------------------
 
+def test_quantize_out_inside_the_calibration_folder_is_refused(bundle: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    calib = calib_folder(tmp_path / "calib", 48)
+    out = calib / "int8.edgefs"
+    assert main(["quantize", str(bundle), "--calib", str(calib), "--out", str(out), "--no-emulate"]) == 2
+    assert (f"--out {out} would overwrite the calibration source ({calib}), which this command reads; nothing was "
+            f"written. Give --out a path that is neither {calib}, nor inside it, nor a folder holding it"
+            ) in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(OutputOverInput, match="would overwrite the FP32 bundle"):
+        quantize_bundle(bundle, calib, bundle, overwrite=True, log=quiet)
 
 
 def test_export_out_that_is_the_data_folder_is_refused(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
