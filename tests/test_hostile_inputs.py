@@ -368,5 +368,23 @@ def test_eval_report_folder_may_hold_the_checkpoint(tmp_path: Path) -> None:
         check_report_folder(run / "best.pt", EvalConfig(models=[str(run / "best.pt")]))
 
 
+def test_train_out_inside_the_data_folder_is_refused(strokes: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data = Path(shutil.copytree(strokes, tmp_path / "data"))
+    out = data / "train" / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--episodes", "1", "--val-every", "1",
+                 "--val-episodes", "1", "--ways", "2", "--queries", "1"]) == 2
+    assert (f"--out {out} would overwrite the training data ({data}), which this command reads; nothing was "
+            "written") in capsys.readouterr().err
+    assert not out.exists()
 
 
+def test_train_cached_out_that_holds_a_data_folder_is_refused(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_stroke_classes(tmp_path / "runs" / "a", {"train": 3, "val": 3})
+    b = write_stroke_classes(tmp_path / "b", {"train": 3, "val": 3})
+    out = tmp_path / "runs"
+    assert main(["train-cached", "--data", str(b), str(a), "--out", str(out)]) == 2
+    assert (f"--out {out} would overwrite the training data {a} ({a}), which this command reads; nothing was "
+            "written") in capsys.readouterr().err
+    assert not (out / "last.pt").exists()

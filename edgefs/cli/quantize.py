@@ -11,6 +11,7 @@ HELP = ("make an INT8 bundle from an FP32 one, calibrated on images of the camer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgefs import limits
     from edgefs.cpu import TARGETS
     from edgefs.export.quantize import (  # torch-free
         CALIBRATE_METHODS,
@@ -24,9 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images of the camera's domain: a folder, an ImageFolder of your classes (gives top-1 "
                         "agreement on held-out episodes) or a video; required (random data is never used)")
     p.add_argument("--out", required=True, metavar="OUT", help="the INT8 bundle folder to write")
-    p.add_argument("--calib-images", type=A.integer(1), default=300, help="images to calibrate on (default 300)")
+    p.add_argument("--calib-images", type=A.integer(1), default=300,
+                   help=f"images to calibrate on (default 300; at most {limits.MAX_CALIB_IMAGES}, "
+                        "edgefs.limits.MAX_CALIB_IMAGES)")
     p.add_argument("--parity-images", type=A.integer(8), default=200,
-                   help="held-out images for the parity check (default 200)")
+                   help="held-out images for the parity check (default 200; at most "
+                        f"{limits.MAX_PARITY_IMAGES}, edgefs.limits.MAX_PARITY_IMAGES)")
     p.add_argument("--method", choices=CALIBRATE_METHODS, default="auto",
                    help="calibration method (default auto: minmax, then percentile on fewer images where minmax "
                         "misses the floors)")

@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.config import resolve
+    from edgefs.fileio import check_output_not_input
     from edgefs.train import TrainConfig, train
 
     not_settings = ("config", "resume", "overwrite", "command", "_run", "debug", "input_size", "in_channels")
@@ -57,5 +58,10 @@ def run(args: argparse.Namespace) -> int:
     backbone_options = {k: getattr(args, k) for k in ("input_size", "in_channels") if getattr(args, k)}
     config = resolve(TrainConfig, args.config, flags)
     config.backbone_options = {**config.backbone_options, **backbone_options}
+    data = str(config.data or "")
+    if data.startswith("fashion-mnist"):
+        data = data.partition(":")[2]
+    if config.out and data:  # checkpoints, config and log go into the run folder: never into the data
+        check_output_not_input(config.out, {"the training data": data}, flag="--out")
     train(config, resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -43,10 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgefs.config import resolve
+    from edgefs.fileio import check_output_not_input
     from edgefs.train.cached import CachedTrainConfig, train_cached
 
     not_settings = ("config", "overwrite", "command", "_run", "debug")
     flags = {k: v for k, v in vars(args).items() if k not in not_settings}
     config = resolve(CachedTrainConfig, args.config, flags)
+    if config.out:  # checkpoints, config and log go into the run folder: never into the data
+        check_output_not_input(config.out, {f"the training data {d}": d for d in config.data or [] if d},
+                               flag="--out")
     train_cached(config, overwrite=args.overwrite)
     return 0
