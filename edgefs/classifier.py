@@ -132,6 +132,19 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str
     return images, names, problems
 
 
+#: The store setting holding :meth:`Classifier.set_floor`'s per-class floors.
+FLOORS_SETTING = "threshold_floors"
+
+
+def _read_floors(settings: dict[str, Any]) -> dict[str, float]:
+    """The saved floors, ignoring anything that is not ``{name: cosine}`` (a store from elsewhere)."""
+    raw = settings.get(FLOORS_SETTING, {})
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and -1.0 <= v <= 1.0}
+
+
 def parse_threshold(value: str | float) -> str | float:
     """``"auto"``, ``"none"`` or a cosine in ``[-1, 1]`` (CLI text or a number)."""
     if isinstance(value, str) and value.lower() in THRESHOLD_MODES:
@@ -204,6 +217,11 @@ class Classifier:
         self._per_class = False  # whether the store holds this head's rows per class (else save them all)
         self._calib: LooCalibrator | None = None  # the calibration sample, loaded when first needed
         self._calib_saved: dict[str, np.ndarray] = {}
+        # Per class, the lowest cosine its held-out live frames reached (live enrollment): the
+        # automatic threshold stays at or below it, so a class whose shots were nearly the same
+        # view is not silenced by a threshold calibrated on them. ``threshold_note`` says when.
+        self._floors: dict[str, float] = _read_floors(store.settings() if store is not None else {})
+        self.threshold_note = ""
         self.head: Head = self._load_head()
         if shot_views is not None and store is not None and self.shot_views != saved_views:
             self._say_enrolled_keep_views(saved_views, self.shot_views)
@@ -371,10 +389,39 @@ class Classifier:
         if mode == "none":
             head.threshold = -1.0
         elif mode == "auto":
-            head.threshold = self._calibrated(head)
+            head.threshold = self._floored(head, self._calibrated(head))
         else:
             head.threshold = float(mode)
         return head
+
+    def _floored(self, head: Head, calibrated: float) -> float:
+        """``calibrated``, lowered to the lowest held-out floor of the head's classes (:meth:`set_floor`)."""
+        floors = {name: f for name, f in self._floors.items() if name in head.classes}
+        self.threshold_note = ""
+        if not floors or calibrated <= -1.0:
+            return calibrated
+        name = min(floors, key=floors.__getitem__)
+        if floors[name] >= calibrated:
+            return calibrated
+        self.threshold_note = (f"lowered from {calibrated:.3f} so that the held-out frames of {name!r} are "
+                               "accepted: its shots were closer to each other than the live view will be")
+        return floors[name]
+
+    def set_floor(self, name: str, cosine: float) -> bool:
+        """Keep the automatic threshold at or below ``cosine`` while class ``name`` is enrolled (the
+        lowest similarity its held-out live frames reached), saved with the store in one commit.
+        True when that lowers the threshold now in force."""
+        self._need_store("keep a threshold floor")
+        if not -1.0 <= cosine <= 1.0:
+            raise EdgefsError(f"a threshold floor is a cosine between -1 and 1, got {cosine}")
+        with self._write_lock:
+            if name not in self.head.classes:
+                return False
+            before = self.threshold
+            floors = {k: v for k, v in self._floors.items() if k in self.head.classes}
+            floors[name] = round(float(cosine), 6)
+            self._commit_floors(floors, lambda head: None, lambda tx: None, lambda calib, head, tx: None, [])
+        return before is not None and self.threshold is not None and self.threshold < before
 
     def _calibrated(self, head: Head) -> float:
         """Leave-one-out threshold over the stored shots (:mod:`edgefs.heads.calibration`); -1 (reject
@@ -638,15 +685,43 @@ class Classifier:
                 calib.removed(head, idx, count)
 
         with self._write_lock:
-            self._commit(change, lambda tx: [tx.remove(n) for n in names], calibrate, [])
+            self._commit_floors(self._floors_after(dict.fromkeys(names)), change,
+                                lambda tx: [tx.remove(n) for n in names], calibrate, [])
         return shots
 
     def rename(self, old: str, new: str) -> None:
-        """Rename a class in the head and the store together."""
+        """Rename a class in the head and the store together (its threshold floor follows it)."""
         check_name(new)
         with self._write_lock:
-            self._commit(lambda head: head.rename(old, new), lambda tx: tx.rename(old, new),
-                         lambda calib, head, tx: None, [])
+            self._commit_floors(self._floors_after({old: new}), lambda head: head.rename(old, new),
+                                lambda tx: tx.rename(old, new), lambda calib, head, tx: None, [])
+
+    def _floors_after(self, moves: dict[str, str | None]) -> dict[str, float]:
+        """The threshold floors once classes are renamed (``old -> new``) or removed (``old -> None``)."""
+        floors = dict(self._floors)
+        for old, new in moves.items():
+            value = floors.pop(old, None)
+            if value is not None and new is not None:
+                floors[new] = value
+        return floors
+
+    def _commit_floors(self, floors: dict[str, float], change: Callable[[Head], object],
+                       write: Callable[[Any], object], calibrate: Callable[[LooCalibrator, Head, Any], object],
+                       changed: Sequence[str]) -> Head:
+        """:meth:`_commit` with new threshold floors: in force for the commit's threshold, saved in its
+        transaction when they differ, and put back if it fails."""
+        previous, self._floors = self._floors, floors
+
+        def write_both(tx: Any) -> None:
+            write(tx)
+            if floors != previous and self.store is not None:
+                tx.save_settings({**self.store.settings(), FLOORS_SETTING: floors})
+
+        try:
+            return self._commit(change, write_both, calibrate, changed)
+        except BaseException:
+            self._floors = previous
+            raise
 
     def remove_shots(self, name: str, sample_ids: Sequence[int]) -> int:
         """Remove single shots of ``name`` (row ids from :meth:`ClassStore.sample_rows`); the head is

@@ -272,6 +272,14 @@ class LiveEnrollment:
     #: ``countdown``, ``collecting``, ``committing``, ``done`` or ``failed``
     phase: str = "countdown"
     message: str = ""
+    #: held-out frames: one embedding half-way between two shots, never enrolled; the automatic
+    #: threshold is kept low enough to accept them (:meth:`Classifier.set_floor`)
+    checks: list[np.ndarray] = field(default_factory=list)
+    last_check: float = -1e9
+    #: taken shots nearly the same view as an earlier one (cosine >= TOO_ALIKE), set at the commit
+    too_alike: int = 0
+    #: what the commit did to the unknown threshold, for the viewer ("" when nothing)
+    threshold_note: str = ""
 
     def status(self, now: float) -> str:
         if now < self.start_at:
@@ -452,6 +460,7 @@ class Pipeline:
         self.t_start = time.monotonic()
         self._stop = threading.Event()
         self._stop_reason = "stop request"
+        self._presenting: int | None = None  # the source showing the object being enrolled (present())
         self._loop_ended = threading.Event()  # the loop no longer runs submitted calls: the engine is free
         self.events_out: IO[str] | None = None
         self.writer: cv2.VideoWriter | None = None
@@ -524,7 +533,17 @@ class Pipeline:
         self.last_enrollment = self.enrollment
         self.log(f"enrolling {name!r} from source {src}: {self.enrollment.shots} shots"
                  + (" (appended to the class)" if append else ""))
+        source_ = self.captures[src].source
+        if source_.present(name):  # a rendered camera plays the user holding the object up
+            self._presenting = src
+            self.log(f"  {source_.name} shows {name!r} until the enrollment ends, as a user would hold it up")
         return self.enrollment
+
+    def _release_presented(self) -> None:
+        """The enrollment a rendered camera showed its object for has ended: back to its rounds."""
+        if self._presenting is not None and self.enrollment is None:
+            self.captures[self._presenting].source.present(None)
+            self._presenting = None
 
     def cancel_enrollment(self) -> bool:
         """Stop collecting shots (nothing is written); False when none is collecting. Loop thread."""
@@ -598,10 +617,16 @@ class Pipeline:
     def _collect_shot(self, index: int, batch_image: np.ndarray, embedding: np.ndarray, now: float,
                       frame_image: np.ndarray | None = None) -> None:
         e = self.enrollment
-        if e is None or e.source != index or now < e.start_at or now - e.last_shot < e.interval_s:
+        if e is None or e.source != index or now < e.start_at:
             return
         if self._enroll_thread is not None:
             return  # the previous class is still committing
+        since = now - e.last_shot
+        if since < e.interval_s:
+            if e.images and since >= e.interval_s / 2 and e.last_check < e.last_shot:
+                e.checks.append(embedding.copy())  # a held-out frame, half-way to the next shot
+                e.last_check = now
+            return
         # The classifier's rule: measured on the frame as captured, never on an enlargement of it.
         e.phase = "collecting"
         sharp = self.clf.shot_sharpness(frame_image, "RGB") if frame_image is not None else sharpness(batch_image)
@@ -632,8 +657,13 @@ class Pipeline:
                 embed=self._embed_on_loop)
             self.enrolled.append(e.name)
             self._judge_taken(e, result.rejected)
-            e.phase, e.message = "done", result.summary()
-            self.log(result.summary())
+            e.too_alike = too_alike(np.stack(e.embeddings))
+            message = result.summary() + self._hold_out(e)
+            if e.too_alike:
+                message += (f"\n  {e.too_alike} of {len(e.embeddings)} shots were nearly the same view as an earlier "
+                            "one: move or turn the object between shots, so that it is recognised in other poses")
+            e.phase, e.message = "done", message
+            self.log(message)
         except EdgefsError as exc:
             self.enroll_failures[e.name] = str(exc)
             self._judge_taken(e, str(exc).splitlines())
@@ -642,6 +672,29 @@ class Pipeline:
         finally:
             self.enrollment = None
             self._enroll_thread = None
+
+    def _hold_out(self, e: LiveEnrollment) -> str:
+        """After a commit: keep the automatic threshold low enough that the class's held-out frames
+        (:attr:`LiveEnrollment.checks`) that it ranks first are accepted. Returns a line for the
+        message when the threshold had to come down, else ""."""
+        clf = self.clf
+        if len(e.checks) < 2 or clf.threshold_mode != "auto" or clf.store is None:
+            return ""
+        head = clf.head
+        result = head.classify(np.stack(e.checks), 1)
+        own = [float(s) for idx, s in zip(result.top_idx[:, 0].tolist(), result.best_sim.tolist(), strict=True)
+               if head.classes[idx] == e.name]
+        if not own:
+            return ""
+        try:
+            lowered = clf.set_floor(e.name, min(own))
+        except EdgefsError as exc:  # the class was enrolled; the floor is a refinement
+            self.log(f"the threshold floor of {e.name!r} was not saved: {exc}")
+            return ""
+        if not lowered:
+            return ""
+        e.threshold_note = f"unknown threshold now cosine < {clf.threshold:.3f}, {clf.threshold_note}"
+        return "\n  " + e.threshold_note
 
     def _embed_on_loop(self, batch: np.ndarray) -> np.ndarray:
         """Embed engine inputs for the commit worker (a shot's other views, :mod:`edgefs.views`) on the
@@ -728,6 +781,7 @@ class Pipeline:
             self._cpu_start = time.process_time()
             while not self._stop.is_set():
                 self._handle_commands()
+                self._release_presented()
                 if self.cfg.duration_s is not None and time.monotonic() - self.t_start >= self.cfg.duration_s:
                     self.stopped_by = "duration"
                     break
@@ -822,7 +876,7 @@ class Pipeline:
                     self.unknown_rejections += int(label == UNKNOWN)
             self.frames += 1
             self.per_source_frames[i] += 1
-            events.append({"frame": frame.index, "time": round(wall, 4), "source": frame.source,
+            events.append({"frame": frame.index, "time": round(wall, 4), "source": frame.source, "source_index": i,
                            "label": label, "confidence": round(conf if label == raw else share, 4),
                            "raw_label": raw, "top": top, "best_sim": round(best_sim, 4),
                            "latency_ms": round(latency, 2), "truth": frame.label})
@@ -942,10 +996,13 @@ class Pipeline:
     def summary(self) -> RunSummary:
         seconds = time.monotonic() - self.t_start
         per_source = {}
-        for cap, n in zip(self.captures, self.per_source_frames, strict=True):
+        names = [cap.source.name for cap in self.captures]
+        for i, (cap, n) in enumerate(zip(self.captures, self.per_source_frames, strict=True)):
             stats = cap.stats
-            per_source[cap.source.name] = {"frames": n, "dropped": int(stats.dropped),
-                                           "reconnects": int(stats.reconnects), "status": cap.status}
+            # Two sources may have the same URI: the index keeps them apart.
+            key = cap.source.name if names.count(cap.source.name) == 1 else f"{cap.source.name} #{i}"
+            per_source[key] = {"index": i, "frames": n, "dropped": int(stats.dropped),
+                               "reconnects": int(stats.reconnects), "status": cap.status}
         return RunSummary(
             frames=self.frames, seconds=seconds, fps=self.frames / max(seconds, 1e-9),
             dropped=sum(s["dropped"] for s in per_source.values()),
@@ -977,6 +1034,18 @@ class Pipeline:
                 "capture": capture * 1e3 / captured,
                 "loop": self.loop_cpu_s * 1e3 / self.frames,
                 "engine_call": self.engine_call_cpu_s * 1e3 / self.frames}
+
+
+#: Two shots of one live enrollment with a cosine at or above this are nearly the same view.
+TOO_ALIKE = 0.95
+
+
+def too_alike(embeddings: np.ndarray) -> int:
+    """How many of ``(K, D)`` shot embeddings are nearly the same view as an earlier one."""
+    x = embeddings.astype(np.float32).reshape(len(embeddings), -1)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sims = np.tril(x @ x.T, k=-1)
+    return int((sims >= TOO_ALIKE).any(axis=1).sum())
 
 
 #: Signals that end a run as Ctrl-C does: SIGTERM (systemd's, Docker's and Kubernetes' stop) and
@@ -1029,6 +1098,7 @@ def open_pipeline(
     engine_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     shot_views: int | None = None,
+    empty_hint: str = "Enroll with 'edgefs enroll', --enroll NAME or --commands",
 ) -> Iterator[Pipeline]:
     """Check the outputs, open the classifier and the sources: the camera loop, ready to :meth:`Pipeline.run`.
 
@@ -1049,8 +1119,7 @@ def open_pipeline(
                          threshold=threshold, log=log, engine_options=engine_options,
                          engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=shot_views) as clf:
         if not clf.classes and not config.enroll and not config.commands:
-            log("warning: the store has no classes yet: every frame is 'unknown'. Enroll with "
-                "'edgefs enroll', --enroll NAME or --commands")
+            log(f"warning: the store has no classes yet: every frame is 'unknown'. {empty_hint}")
         yield Pipeline(clf, config, log=log)
 
 

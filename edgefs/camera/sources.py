@@ -259,6 +259,16 @@ class Source(ABC):
     def _close(self) -> None:
         """Release what :meth:`_open` acquired; must not raise."""
 
+    # ---- what a source may know about its scene (the synthetic camera does) ------------
+    def present(self, label: str | None) -> bool:
+        """Show ``label`` until released with ``None``, as a user holds an object up to enroll it.
+        True when this source can (a rendered camera showing that class); a real camera cannot."""
+        return False
+
+    def scene(self) -> dict[str, object] | None:
+        """What the source shows, when it knows (the synthetic camera): ``showing``, ``held`` ...; else None."""
+        return None
+
     # ---- the contract -------------------------------------------------------------------
     @property
     def is_open(self) -> bool:

@@ -40,6 +40,15 @@ Options (in the URI query or as keyword arguments):
   :attr:`SyntheticConfig.still`): camera stills, the same scenes without motion
   or motion blur; only the sensor noise changes from frame to frame.
 
+How long each object is shown: ``hold`` frames (default 45, 1.5 s at 30 FPS), then
+the next class's card. A live enrollment spans longer than that (a countdown, then
+shots spaced apart), so a user enrolling from this camera could not keep one object
+in view as they would hold up a real one. :meth:`SyntheticSource.present` plays that
+user: from the next presentation on it shows only the named class, each
+presentation a new pose, light and background, until released. The camera loop
+calls it when an enrollment from this source names one of its classes, and
+:meth:`SyntheticSource.scene` says what is shown (the web app's status reports it).
+
 Rendering costs well under 2 ms per 320x240 frame on one core: backgrounds,
 lighting fields and noise are drawn once at open, each frame is one crop, one
 perspective warp of a small card into its bounding box, one multiply, one or two
@@ -319,6 +328,8 @@ class SyntheticSource(Source):
         self._lights: list[np.ndarray] = []
         self._noise: tuple[np.ndarray, np.ndarray] | None = None
         self._margin = 0
+        # (class, first presentation number) while a simulated user holds one class up (present()).
+        self._held: tuple[str, int] | None = None
 
     @classmethod
     def from_uri(cls, target: str, options: SourceOptions, *, uri: str, name: str | None) -> SyntheticSource:
@@ -359,13 +370,44 @@ class SyntheticSource(Source):
     def _close(self) -> None:
         pass
 
+    # ---- a simulated user ------------------------------------------------------------------
+    def present(self, label: str | None) -> bool:
+        """Show only ``label`` from the next presentation on, as a user holds one object up to
+        enroll it (each presentation a new pose, light and background); ``None`` releases it, and
+        the shuffled rounds go on from the next presentation. Thread-safe (one attribute swap).
+        False (nothing changes) when ``label`` is not one of :attr:`classes`."""
+        if label is None:
+            self._held = None
+            return True
+        if label not in self._files:
+            return False
+        self._held = (label, self._next_index // self.config.hold + 1)
+        return True
+
+    def scene(self) -> dict[str, object]:
+        """What the camera shows now: the class (``None`` in a gap), the seconds until the next
+        object, the seconds each object is held, and the class a simulated user holds up (if any)."""
+        cfg = self.config
+        index = max(self._next_index - 1, 0)
+        held = self._held
+        left = cfg.hold - index % cfg.hold
+        return {"showing": self.label_at(index), "next_in_s": round(left / cfg.fps, 2),
+                "hold_s": round(cfg.hold / cfg.fps, 2), "held": held[0] if held else None}
+
     # ---- rendering -------------------------------------------------------------------------
     def label_at(self, index: int) -> str | None:
         """The ground-truth label of frame ``index`` (None in a gap), without rendering it."""
         cfg = self.config
         if index % cfg.hold >= cfg.hold - cfg.gap:
             return None
-        return self.classes[self._class_of(index // cfg.hold)]
+        return self._label_of(index // cfg.hold)
+
+    def _label_of(self, number: int) -> str:
+        """The class of presentation ``number``: the held one while a user holds one up."""
+        held = self._held
+        if held is not None and number >= held[1]:
+            return held[0]
+        return self.classes[self._class_of(number)]
 
     def render(self, index: int) -> np.ndarray:
         """Frame ``index`` as uint8 ``(H, W, 3)`` RGB (any order of calls gives the same frames)."""
@@ -477,18 +519,23 @@ class SyntheticSource(Source):
         return int(self._cycle[1][position])
 
     def _get_presentation(self, number: int) -> _Presentation:
-        if self._presentation is not None and self._presentation[0] == number:
+        label = self._label_of(number)
+        if self._presentation is not None and self._presentation[0] == number \
+                and self._presentation[1].label == label:
             return self._presentation[1]
-        p = self._make_presentation(number)
+        p = self._make_presentation(number, label)
         self._presentation = (number, p)
         return p
 
-    def _make_presentation(self, number: int) -> _Presentation:
+    def _make_presentation(self, number: int, label: str) -> _Presentation:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, 1, number])
-        label = self.classes[self._class_of(number)]
         files = self._files[label]
         first = int(rng.integers(len(files)))
+        held = self._held
+        if held is not None and held[0] == label and number >= held[1]:
+            # The user turns the object between presentations: its images in turn, not at random.
+            first = (number - held[1]) % len(files)
         image = None
         for step in range(len(files)):  # an unreadable image: the next one of the class
             image = self._image(label, (first + step) % len(files))

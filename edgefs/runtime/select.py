@@ -27,6 +27,7 @@ TensorRT version, without building one.
 from __future__ import annotations
 
 import inspect
+import os
 import platform
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,11 +60,22 @@ def backend_names() -> list[str]:
     return ["auto", *ENGINES.names()]
 
 
+#: Files an NVIDIA GPU's driver makes: a desktop or server GPU, or a Jetson's integrated one.
+GPU_MARKERS = ("/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/nvhost-ctrl-gpu", "/etc/nv_tegra_release")
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU driver (cheap: a few file checks, no CUDA import)."""
+    return any(os.path.exists(marker) for marker in GPU_MARKERS)
+
+
 def _tensorrt_choice(bundle: Bundle, precision: str) -> tuple[bool, str]:
     """Whether ``auto`` should use TensorRT for this bundle, and why (not)."""
     flavours = trt_flavour.installed_flavours()
     if not flavours:
         return False, "TensorRT is not installed ('import tensorrt' and 'import tensorrt_rtx_bindings' fail)"
+    if not nvidia_gpu_present():
+        return False, "no NVIDIA GPU on this machine (TensorRT runs on one)"
     path = tensorrt_backend.find_engine(bundle, precision)
     if path is None:
         return False, (f"no {precision} TensorRT engine built for bundle {bundle.fingerprint[:12]} on this GPU "

@@ -56,6 +56,12 @@ API = "/api/v1"
 MAX_JSON_BYTES = 64 * 1024
 #: /healthz fails when no frame was classified for this long
 STALE_S = 10.0
+#: The Enroll page's defaults. Shots a second and a half apart, the user moving or turning the
+#: object in between, each enrolled as the mean of several views: a class made of nearly the same
+#: view is recognised in that pose only (see :func:`enroll_defaults`).
+ENROLL_SHOTS = 5
+ENROLL_INTERVAL_S = 1.5
+ENROLL_DELAY_S = 3.0
 #: the pages and assets shipped in the package (edgefs/serve/static), by URL path
 PAGES = {"/": "live.html", "/enroll": "enroll.html", "/classes": "classes.html", "/settings": "settings.html"}
 ASSETS = {"/static/app.js": ("app.js", "text/javascript"), "/static/style.css": ("style.css", "text/css")}
@@ -365,9 +371,19 @@ def enrollment_doc(ctx: WebContext) -> dict[str, Any]:
             ctx.shot_thumbs[key] = "data:image/jpeg;base64," + base64.b64encode(thumbnail(r.image, 96)).decode()
         shots.append({"index": r.index, "accepted": r.accepted, "reason": r.reason, "thumbnail": ctx.shot_thumbs[key],
                       "time": r.time})
+    next_shot = max(0.0, e.last_shot + e.interval_s - now) if e.images else max(0.0, e.start_at - now)
     return {"active": ctx.pipeline.enrollment is e, "enrollment": {
         "label": e.name, "append": e.append, "source": e.source, "shots": e.shots, "taken": len(e.images),
-        "phase": phase, "countdown_s": max(0.0, e.start_at - now), "message": e.message, "records": shots}}
+        "phase": phase, "countdown_s": max(0.0, e.start_at - now), "next_shot_s": round(next_shot, 2),
+        "interval_s": e.interval_s, "held_out": len(e.checks), "too_alike": e.too_alike,
+        "threshold_note": e.threshold_note, "message": e.message, "records": shots}}
+
+
+@endpoint("GET", f"{API}/enroll/defaults", "the Enroll page's defaults: shots, seconds between shots, countdown, "
+          "views per shot")
+async def enroll_defaults(ctx: WebContext, request: Request) -> Response:
+    return JSONResponse({"shots": ENROLL_SHOTS, "interval_s": ENROLL_INTERVAL_S, "delay_s": ENROLL_DELAY_S,
+                         "shot_views": ctx.clf.shot_views})
 
 
 @endpoint("POST", f"{API}/enroll", "{label, shots?, append?, source?, delay_s?, interval_s?}: start a live enrollment "
@@ -378,10 +394,10 @@ async def enroll_start(ctx: WebContext, request: Request) -> Response:
     if not isinstance(append, bool):
         raise HttpError(400, "field 'append' must be true or false")
     label = class_name(ctx, text_field(doc, "label"), enrolled=append)
-    shots = int_field(doc, "shots", ctx.pipeline.cfg.shots, 1, MAX_LIVE_SHOTS)
+    shots = int_field(doc, "shots", ENROLL_SHOTS, 1, MAX_LIVE_SHOTS)
     source = int_field(doc, "source", 0, 0, len(ctx.hub.names) - 1)
-    delay = number_field(doc, "delay_s", 3.0, 0.0, 30.0)
-    interval = number_field(doc, "interval_s", 0.5, 0.0, 10.0)
+    delay = number_field(doc, "delay_s", ENROLL_DELAY_S, 0.0, 30.0)
+    interval = number_field(doc, "interval_s", ENROLL_INTERVAL_S, 0.0, 10.0)
     if not append and label in ctx.clf.classes:
         raise HttpError(409, f"class {label!r} is already enrolled; tick 'append' to add shots to it")
     if ctx.pipeline.enrollment is not None:
@@ -509,7 +525,9 @@ async def import_(ctx: WebContext, request: Request) -> Response:
         try:
             result = await run_in_threadpool(ctx.clf.import_pack, path, on_conflict)
         except EdgefsError as exc:
-            message = str(exc).replace(f"class pack {path}", "the uploaded class pack")
+            message = str(exc).replace(f"class pack {path}", "the uploaded class pack").replace(
+                "choose --on-conflict skip, replace or append",
+                "choose skip, replace or append under 'if a class exists' and import again")
             raise HttpError(409 if "already in the store" in message else 400,
                             message.replace(str(path), "the uploaded class pack")) from None
     ctx.log(f"web: imported a class pack: {result.summary()}")
@@ -611,7 +629,11 @@ def _page(ctx: WebContext, body: bytes, media_type: str, page: bool) -> Callable
         if page and given is not None:
             # The link printed at start: keep the token in a cookie, and take it out of the address bar.
             if not ctx.guard.matches(given):
-                return error(401, "wrong access token in the link; check the token file")
+                # The page itself, with its sign-in form and the reason (the script reads ?token= left
+                # in the address): a wrong link is a person at a browser, not an API client.
+                response = Response(body, status_code=401, media_type=media_type)
+                response.headers.update(SECURITY_HEADERS)
+                return response
             response: Response = RedirectResponse(request.url.path, status_code=303)
             if ctx.guard.token is not None:
                 response.set_cookie(COOKIE, ctx.guard.token, httponly=True, samesite="strict", path="/")

@@ -191,6 +191,8 @@ class ViewHub:
                 "index": i, "name": name, "status": cap.status, "frames": self.frames[i],
                 "dropped": int(cap.stats.dropped), "reconnects": int(cap.stats.reconnects),
                 "fps": last["fps"][i] if last else 0.0,
+                # What a rendered camera shows (the synthetic one knows); None for a real camera.
+                "scene": cap.source.scene(),
                 "result": None if event is None else {
                     k: event[k] for k in ("frame", "label", "confidence", "raw_label", "top", "best_sim",
                                           "latency_ms")},

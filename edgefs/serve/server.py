@@ -11,8 +11,11 @@ Device side: no torch (DESIGN.md rule 1).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import ipaddress
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -97,8 +100,16 @@ class WebServer:
 
     @property
     def url(self) -> str:
+        """The address to open on this machine (loopback when listening on every address)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}"
+
+    def urls(self) -> list[str]:
+        """The addresses other machines can open: on ``0.0.0.0``/``::`` this machine's own addresses,
+        else the one listened on. Empty when listening everywhere and none can be found."""
+        if self.host not in ("0.0.0.0", "::"):
+            return [self.url]
+        return [f"http://{f'[{a}]' if ':' in a else a}:{self.port}" for a in machine_addresses(self.host == "::")]
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -112,6 +123,33 @@ class WebServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def machine_addresses(ipv6: bool = False) -> list[str]:
+    """This machine's non-loopback addresses: its host name's, and the one its default route leaves
+    from (found by connecting a UDP socket, which sends nothing). IPv4 first."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.append(str(info[4][0]))
+    families = [(socket.AF_INET, "192.0.2.1")] + ([(socket.AF_INET6, "2001:db8::1")] if ipv6 else [])
+    for family, probe in families:
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            found.append(str(sock.getsockname()[0]))
+    usable = []
+    for address in dict.fromkeys(found):
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            continue
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified) and (ipv6 or ip.version == 4):
+            usable.append(str(ip))
+    return sorted(usable, key=lambda a: (":" in a, a))
+
+
+#: Views per shot the web app enrolls with on a store that has no choice saved yet (Settings changes it).
+WEB_SHOT_VIEWS = 7
 
 
 def serve(
@@ -143,12 +181,21 @@ def serve(
     token, where = resolve_token(host, store, token_file=token_file, require=require_token, rotate=rotate_token)
     if config.display is None:
         config.display = False  # a headless device: the browser is the display
-    with open_pipeline(bundle, store, config, log=log, **engine) as pipeline:
+    hint = "Open the web app's Enroll page, or use --enroll NAME"
+    with open_pipeline(bundle, store, config, log=log, empty_hint=hint, **engine) as pipeline:
+        clf = pipeline.clf
+        if engine.get("shot_views") is None and not clf.classes and "shot_views" not in clf.settings():
+            clf.set_shot_views(WEB_SHOT_VIEWS)  # a fresh store: shots that cover more than one view
         web = WebServer(pipeline, host=host, port=port, guard=Guard.for_bind(host, token, allow_hosts),
                         view_fps=view_fps, max_upload_bytes=max_upload_mb << 20, log=log).start()
+        urls = web.urls()
         log(f"edgefs serve: {web.url}/ ({where})")
+        if host in ("0.0.0.0", "::"):
+            log("  from other machines: " + (", ".join(f"{u}/" for u in urls) if urls else
+                                             f"http://<this device's address>:{web.port}/ (no address found here)"))
         if token is not None:
-            log(f"  open {web.url}/?token={token} once in a browser (the page keeps it in a cookie)")
+            link = urls[0] if urls else web.url
+            log(f"  open {link}/?token={token} once in a browser (the page keeps it in a cookie)")
         if not is_loopback(host):
             log("  plain HTTP: anyone on the network path can read the traffic; put a TLS proxy in front "
                 "to cross a network you do not trust")

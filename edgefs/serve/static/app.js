@@ -15,7 +15,18 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The result of the user's last action: it stays until the user acts again (the polling that
+// refreshes the page never clears it). Connection trouble is shown beside the navigation instead.
 function showError(text) { $("#error").textContent = text || ""; }
+
+let signedOut = false;  // once the device asks for its token, nothing polls until the user signs in
+
+function showLogin(reason) {
+  signedOut = true;
+  $("#login").hidden = false;
+  $("#conn").textContent = "not signed in";
+  if (reason) $("#login-error").textContent = reason;
+}
 
 // Every API call: same-origin cookie (or none), JSON in and out; a 401 shows the sign-in form.
 async function api(path, { method = "GET", body, raw } = {}) {
@@ -24,7 +35,7 @@ async function api(path, { method = "GET", body, raw } = {}) {
   else if (body !== undefined) { opts.body = JSON.stringify(body); opts.headers["Content-Type"] = "application/json"; }
   const res = await fetch(API + path, opts);
   const doc = (res.headers.get("content-type") || "").includes("json") ? await res.json() : null;
-  if (res.status === 401) { $("#login").hidden = false; }
+  if (res.status === 401 && path !== "/login") showLogin();
   if (!res.ok) {
     const err = new Error((doc && doc.error) || `${res.status} ${res.statusText}`);
     err.status = res.status;
@@ -47,17 +58,26 @@ function setupLogin() {
   });
 }
 
-// Poll a function every `ms`, never two at once; errors shown, polling goes on.
+// Poll a function every `ms`, never two at once, and not while signed out; a failure is shown
+// beside the navigation (the device may be restarting), polling goes on.
 function poll(fn, ms) {
   let busy = false;
   const tick = async () => {
-    if (busy) return;
+    if (busy || signedOut) return;
     busy = true;
-    try { await fn(); showError(""); } catch (e) { if (e.status !== 401) showError(e.message); $("#conn").textContent = "offline?"; }
+    try { await fn(); } catch (e) { if (e.status !== 401) $("#conn").textContent = `offline? (${e.message})`; }
     busy = false;
   };
   tick();
   return setInterval(tick, ms);
+}
+
+// What a rendered (synthetic) camera shows: the truth to compare the label with, and what to enroll.
+function sceneLine(scene) {
+  if (!scene) return null;
+  const held = scene.held ? ` · holding "${scene.held}" up for an enrollment` : "";
+  return el("p", { class: "scene muted", text: `synthetic camera shows "${scene.showing ?? "nothing"}" ` +
+    `(each object ${scene.hold_s} s, next in ${scene.next_in_s.toFixed(1)} s${held})` });
 }
 
 function resultLine(r) {
@@ -86,7 +106,7 @@ function initLive() {
     }
     st.sources.forEach((s, i) => {
       const card = cards[i];
-      $(".result", card).replaceChildren(resultLine(s.result));
+      $(".result", card).replaceChildren(resultLine(s.result), sceneLine(s.scene));
       $(".top", card).replaceChildren(...(s.result ? s.result.top : []).map(([n, p]) => el("li", { text: `${n} ${p.toFixed(2)}` })));
       $(".meta", card).textContent = `frame ${s.result ? s.result.frame : "-"} · ${s.fps.toFixed(1)} FPS · ` +
         `${s.dropped} dropped · ${s.reconnects} reconnects · ${s.status}`;
@@ -128,7 +148,12 @@ function drawChart(canvas, points) {
 
 // ---- Enroll -------------------------------------------------------------------------------------
 async function initEnroll() {
-  const st = await api("/status");
+  const [st, defaults] = await Promise.all([api("/status"), api("/enroll/defaults")]);
+  $("#shots").value = defaults.shots;
+  $("#interval").value = defaults.interval_s;
+  $("#delay").value = defaults.delay_s;
+  $("#views-note").textContent = `each shot is enrolled as the mean of ${defaults.shot_views} view` +
+    `${defaults.shot_views === 1 ? "" : "s"} of it (Settings)`;
   const select = $("#source");
   st.sources.forEach((s) => select.append(el("option", { value: s.index, text: `${s.index}: ${s.name}` })));
   const view = $("#view");
@@ -142,29 +167,34 @@ async function initEnroll() {
   known();
   $("#enroll-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    showError("");
     try {
       await api("/enroll", { method: "POST", body: {
         label: $("#label").value.trim(), shots: Number($("#shots").value), source: Number(select.value),
-        append: $("#append").checked, delay_s: Number($("#delay").value) } });
-      showError("");
+        append: $("#append").checked, delay_s: Number($("#delay").value),
+        interval_s: Number($("#interval").value) } });
     } catch (e) { showError(e.message); }
   });
   $("#cancel").addEventListener("click", async () => {
+    showError("");
     try { await api("/enroll/cancel", { method: "POST", body: {} }); } catch (e) { showError(e.message); }
   });
   let lastPhase = null;
   poll(async () => {
     const [doc, now] = await Promise.all([api("/enroll"), api("/status")]);
-    const r = now.sources[Number(select.value)].result;
+    const src = now.sources[Number(select.value)];
+    const r = src.result;
     $("#now-label").textContent = r ? r.label : "-";
     $("#now-conf").textContent = r ? `${r.confidence.toFixed(2)}` : "";
+    $("#scene").replaceChildren(...[sceneLine(src.scene)].filter(Boolean));
     const e = doc.enrollment;
     $("#start").disabled = doc.active;
     $("#cancel").hidden = !doc.active;
     if (!e) return;
     const phases = {
       countdown: `Get ready: first shot in ${e.countdown_s.toFixed(1)} s`,
-      collecting: `Taking shots of "${e.label}": ${e.taken} / ${e.shots}`,
+      collecting: `Taking shots of "${e.label}": ${e.taken} / ${e.shots}` +
+        (e.taken ? ` · move or turn it a little: next shot in ${e.next_shot_s.toFixed(1)} s` : ""),
       committing: `Committing "${e.label}"...`,
       done: `"${e.label}" ${e.append ? "updated" : "enrolled"}: live now`,
       failed: `"${e.label}" not enrolled`,
@@ -264,10 +294,18 @@ async function initSettings() {
   }, 500);
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   setupLogin();
   const page = document.body.dataset.page;
   for (const a of document.querySelectorAll("nav a")) if (a.dataset.nav === page) a.classList.add("here");
+  if (new URLSearchParams(location.search).has("token")) {
+    // The device answers a link with the right token by storing it and redirecting: one still here is wrong.
+    history.replaceState(null, "", location.pathname);
+    showLogin("The access token in that link is wrong (an old link, or the token was rotated): type the one " +
+      "edgefs serve printed, or read it from STORE.token on the device.");
+    return;
+  }
+  try { await api("/status"); } catch (e) { if (signedOut) return; }  // signed out: the form, no polling
   const init = { live: initLive, enroll: initEnroll, classes: initClasses, settings: initSettings }[page];
-  Promise.resolve(init()).catch((e) => showError(e.message));
+  Promise.resolve(init()).catch((e) => { if (!signedOut) showError(e.message); });
 });
