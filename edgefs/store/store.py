@@ -25,11 +25,19 @@ identify them). A head with one row per class is saved per class
 The head state is current only while the store holds exactly that set, so a head
 saved by a writer that had not seen another writer's samples is detected at open,
 whoever wrote it, and rebuilt.
+
+Space. A new store returns the pages its removed classes used to the file system
+(``auto_vacuum = INCREMENTAL``, :meth:`ClassStore.return_free_pages`), and beside it a
+space reserve is kept (``STORE-reserve``, :data:`RESERVE_BYTES`, made at open when the
+disk has room): on a full disk SQLite cannot even start a removal (its write-ahead log
+and shared memory need room), so :func:`remove_on_full_disk` deletes the reserve first,
+removes, gives the freed pages back, and makes the reserve again when there is room.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -185,8 +193,8 @@ def explain_sqlite_error(path: Path, exc: sqlite3.Error, doing: str) -> StoreErr
     full = "disk is full" in low or ("disk i/o error" in low and free_bytes is not None and free_bytes < 1 << 20)
     if full:
         free = "free space unknown" if free_bytes is None else f"{free_bytes // 1024} KiB free"
-        return StoreError(f"the disk holding class store {path} is full ({free}) while {doing}; nothing was "
-                          "written and the store is as it was. Free some space and run the command again")
+        return StoreFull(f"the disk holding class store {path} is full ({free}) while {doing}; nothing was "
+                         "written and the store is as it was. Free some space and run the command again")
     if "malformed" in low or "not a database" in low or "corrupt" in low:
         return StoreError(damaged_message(path, text))
     if "readonly" in low or "read-only" in low:
@@ -223,7 +231,200 @@ def store_files(path: str | Path) -> dict[str, Path]:
         "the class store's write-ahead log": path.with_name(path.name + "-wal"),
         "the class store's shared-memory file": path.with_name(path.name + "-shm"),
         "the class store's rollback journal": path.with_name(path.name + "-journal"),
+        "the class store's space reserve": reserve_path(path),
     }
+
+
+#: Bytes kept allocated beside a store (``STORE-reserve``) for removing classes when the disk is full:
+#: SQLite's shared memory (32 KiB) and the write-ahead log of a removal (the pages it changes) fit in it.
+RESERVE_BYTES = 1 << 20
+
+
+class StoreFull(StoreError):
+    """The disk holding the store is full: SQLite could not write (SQLITE_FULL) or make its WAL files at open."""
+
+
+def reserve_path(path: str | Path) -> Path:
+    """The space reserve kept beside the store at ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + "-reserve")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return int(shutil.disk_usage(folder).free)
+    except OSError:
+        return None
+
+
+def make_reserve(path: str | Path, need_free: int = 4 * RESERVE_BYTES) -> bool:
+    """Keep :data:`RESERVE_BYTES` allocated beside the store at ``path``; True when the reserve is there now.
+
+    Made only while the disk has ``need_free`` bytes free (never the reserve that fills it), with
+    ``posix_fallocate`` (real blocks, not a sparse file; written as zeros where the file system
+    cannot allocate). Idempotent and safe against other processes doing the same: the file is
+    only ever extended to its size, and a reserve cut short by a power cut is completed here.
+    Never raises: a folder that cannot be written has no reserve, and removal on a full disk
+    then says so.
+    """
+    reserve = reserve_path(path)
+    with contextlib.suppress(OSError):
+        if reserve.stat().st_size >= RESERVE_BYTES:
+            return True
+    free = _free_bytes(reserve.parent)
+    if free is None or free < need_free:
+        return False
+    existed = reserve.exists()
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise
+            zeros = bytes(64 * 1024)
+            os.lseek(fd, 0, os.SEEK_SET)
+            for _ in range(RESERVE_BYTES // len(zeros)):
+                os.write(fd, zeros)
+        return True
+    except OSError:
+        if not existed:
+            with contextlib.suppress(OSError):
+                reserve.unlink()
+        return False
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What :func:`remove_on_full_disk` did.
+
+    Attributes:
+        removed: class name -> samples removed.
+        released: bytes of the space reserve deleted to make room.
+        returned: bytes the store's files shrank by (its freed pages given back to the file system).
+        kept: bytes of free pages the store still holds (reused by later enrollments).
+        gives_back: whether the store can give free pages back at all (made by this edgefs, with
+            incremental vacuum); one made by an older edgefs keeps them.
+        store_bytes: the store's size now.
+        free: bytes free on the disk now (None if unknown).
+        reserve_remade: whether the space reserve was made again.
+    """
+
+    removed: dict[str, int]
+    released: int
+    returned: int
+    kept: int
+    gives_back: bool
+    store_bytes: int
+    free: int | None
+    reserve_remade: bool
+
+    def summary(self, path: Path) -> str:
+        kib = 1024
+        lines = [f"removed {name!r} ({n} samples)" for name, n in self.removed.items()]
+        lines.append(f"the disk was full: deleted the {self.released // kib} KiB space reserve "
+                     f"{reserve_path(path).name} to make room for the removal")
+        free = "unknown" if self.free is None else f"{self.free // kib} KiB"
+        if self.kept and self.gives_back:
+            lines.append(f"{self.kept // kib} KiB more stay in the store for now (the disk had no room to give "
+                         "them back, or another process was using the store); the next 'edgefs classes remove' "
+                         "gives them back")
+        elif self.kept:
+            lines.append(
+                f"the store keeps the {self.kept // kib} KiB its removed classes used, for later enrollments: it was "
+                "made by an older edgefs, which cannot give space back to the disk. To give it back, run "
+                f"\"sqlite3 {path} 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'\" once about "
+                f"{2 * self.store_bytes // kib} KiB are free")
+        lines.append(f"the store gave {self.returned // kib} KiB back to the disk (it is {self.store_bytes // kib} "
+                     f"KiB now); {free} free on the disk")
+        lines.append("the space reserve was made again" if self.reserve_remade else
+                     f"the space reserve could not be made again ({free} free, it needs {RESERVE_BYTES // kib} KiB "
+                     "and leaves as much free): free some space on that disk before enrolling, so that classes can "
+                     "be removed again when it fills up")
+        lines.append("the head state is rebuilt from the remaining samples the next time the store is opened by "
+                     "enroll, run or serve")
+        return "\n".join(lines)
+
+
+def _store_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def remove_on_full_disk(path: str | Path, manifest_or_bundle: Manifest | Bundle, names: Sequence[str],
+                        cause: StoreFull | None = None) -> Removal:
+    """Remove classes from a store whose disk is full, using the space reserve kept beside it.
+
+    On a full disk SQLite cannot start a removal: opening the store makes its write-ahead log
+    and shared-memory files, and a delete appends the pages it changes to the log. So:
+
+    1. the space reserve (:func:`make_reserve`) is deleted, which frees :data:`RESERVE_BYTES`;
+    2. the class names are checked, reading the store only (an unknown name: the reserve is made
+       again and nothing is removed);
+    3. the classes are removed in one transaction, with ``secure_delete=FAST`` (freed pages are
+       not overwritten, so the log grows by the changed pages only, not by the removed data);
+       the head state is not rewritten but marked out of date, and is rebuilt from the
+       remaining samples at the next open by enroll, run or serve;
+    4. the freed pages are given back to the file system a few at a time
+       (:meth:`ClassStore.return_free_pages`), so the log never needs much room;
+    5. the reserve is made again if the disk now has room for it and as much again.
+
+    Power-cut safe: every change to the store is an ordinary durable SQLite transaction (a
+    cut before the removal's commit leaves every class; after it, none of ``names``), the
+    reserve is a file of zeros whose loss costs nothing, and a missing reserve is made again
+    at the next open with room.
+
+    Args:
+        cause: the full-disk error of the ordinary removal, quoted when this fails too.
+
+    Raises:
+        StoreError: a name that is not enrolled (nothing removed).
+        StoreFull: no reserve beside the store, or the removal needed more room than it freed;
+            the message says what else to do. The store is as it was.
+    """
+    path = Path(path)
+    manifest = _manifest_of(manifest_or_bundle)
+    reserve = reserve_path(path)
+    try:
+        released = reserve.stat().st_size
+    except OSError:
+        released = 0
+    full = str(cause) if cause is not None else f"the disk holding class store {path} is full"
+    if not released:
+        raise StoreFull(
+            f"{full}. No space reserve is kept beside this store ({reserve.name}: a store made by an older edgefs, "
+            f"or on a disk that never had {4 * RESERVE_BYTES // 1024} KiB free, has none), so removing classes needs "
+            "some free space as well: delete other files on that disk (old class packs, logs, recordings) until "
+            f"about {RESERVE_BYTES // 1024} KiB are free, then run 'edgefs classes remove' again")
+    reserve.unlink()
+    before = _store_bytes(path)
+    try:
+        enrolled = enrolled_names(path, manifest.fingerprint)
+        unknown = [n for n in names if enrolled is not None and n not in enrolled]
+        if unknown:
+            raise StoreError(f"cannot remove {unknown}: not enrolled; nothing was removed. Enrolled: "
+                             f"{', '.join(enrolled or []) or 'none'}")
+        with ClassStore.open(path, manifest, create=False) as store:
+            removed = store.remove_compactly(names)
+            returned = store.return_free_pages()
+            kept = store.free_page_bytes()
+            gives_back = store.gives_space_back()
+    except StoreFull as exc:
+        make_reserve(path, need_free=RESERVE_BYTES)  # the space it had is free again: the removal rolled back
+        raise StoreFull(
+            f"{exc}; deleting the {released // 1024} KiB space reserve beside it was not enough for this removal. "
+            "Delete other files on that disk (old class packs, logs, recordings), or remove fewer classes at a "
+            "time, then run 'edgefs classes remove' again") from None
+    except BaseException:
+        make_reserve(path, need_free=RESERVE_BYTES)
+        raise
+    remade = make_reserve(path, need_free=2 * RESERVE_BYTES)
+    return Removal(removed, released, max(before - _store_bytes(path), returned, 0), kept, gives_back,
+                   _store_bytes(path), _free_bytes(path.parent), remade)
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -261,16 +462,25 @@ def _read_schema(conn: sqlite3.Connection) -> tuple[list[str], str | None]:
 def _read_only(path: Path, wal_mode: bool, read: Callable[[sqlite3.Connection], _T]) -> _T:
     """``read(conn)`` on a read-only connection to the SQLite database at ``path``; writes nothing to it.
 
-    A database in WAL mode with no ``-wal`` file (no writer has it open) holds every commit in
-    its main file: it is opened as immutable (no lock, and no ``-shm`` file made beside it), and
-    that read is trusted only if no writer appeared and changed the file meanwhile. Otherwise,
-    or when that read fails, it is read with SQLite's locking.
+    A database in WAL mode with no ``-wal`` file, or an empty one, holds every checkpointed commit
+    in its main file: it is opened as immutable (no lock, and no ``-shm`` file made beside it,
+    which also works on a full disk), and that read is trusted only if no checkpoint wrote the
+    file meanwhile (its inode, size and modification time are unchanged). Otherwise, or when
+    that read fails, it is read with SQLite's locking.
 
     Raises:
         sqlite3.Error: the locked read failed.
     """
     base = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
     wal = path.with_name(path.name + "-wal")
+
+    def no_log() -> bool:  # no -wal, or an empty one (left by an open that failed): every commit is in the file
+        try:
+            return wal.stat().st_size == 0
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
 
     def on(uri: str) -> _T:
         conn = sqlite3.connect(uri, uri=True, timeout=10.0)
@@ -279,14 +489,14 @@ def _read_only(path: Path, wal_mode: bool, read: Callable[[sqlite3.Connection], 
         finally:
             conn.close()
 
-    if wal_mode and not wal.exists():
+    if wal_mode and no_log():
         before = _identity(path)
         try:
             result = on(base + "&immutable=1")
         except sqlite3.Error:
             pass
         else:
-            if not wal.exists() and _identity(path) == before:
+            if _identity(path) == before:  # no checkpoint wrote the file meanwhile: the read is whole
                 return result
     return on(base)
 
@@ -314,10 +524,9 @@ def refuse_foreign_file(path: Path) -> None:
       version, bundle and soundness are checked by the open that follows);
     * anything else is refused: a file that is not SQLite, or another application's database.
 
-    The database is read with a read-only connection; when it is in WAL mode and has no ``-wal``
-    file (no writer has it open) it is opened as immutable, so not even SQLite's ``-shm``
-    file is made beside it. A read under ``immutable`` that fails, or during which a writer
-    appeared or the file changed, is repeated with locking.
+    The database is read with a read-only connection (:func:`_read_only`): when it is in WAL mode
+    with no write-ahead log to read it is opened as immutable, so not even SQLite's ``-shm``
+    file is made beside it.
 
     Raises:
         StoreError: what the file is, that it was not changed, and what to give ``--store`` instead.
@@ -684,6 +893,10 @@ class ClassStore:
     def open(cls, path: str | Path, manifest_or_bundle: Manifest | Bundle, create: bool = True) -> ClassStore:
         """Open (or create) the store at ``path`` for the given bundle.
 
+        A file that is not a store is refused before anything is written to it
+        (:func:`refuse_foreign_file`). Once open, the space reserve beside the store is made if it
+        is missing and the disk has room (:func:`make_reserve`).
+
         Raises:
             StoreError: ``path`` is missing and ``create`` is False; not a store; written by a
                 newer edgefs; made with another bundle (fingerprint or embedding size).
@@ -725,12 +938,17 @@ class ClassStore:
         except BaseException:
             conn.close()
             raise
+        make_reserve(path)  # room for removing classes should the disk fill up later
         return store
 
     def _prepare(self) -> None:
         conn = self._conn
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         self._refuse_newer(version)
+        if self.path.stat().st_size == 0:
+            # A new store gives removed classes' pages back to the disk (return_free_pages). Only
+            # settable before the file's first page is written, which the WAL switch below does.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"{self.path}: SQLite refused WAL mode here; put the store on a local file system")
         conn.execute("PRAGMA synchronous=FULL")  # a returned commit survives power loss
@@ -938,6 +1156,78 @@ class ClassStore:
         """Replace the saved head state (name -> numeric array, JSON params)."""
         with self.transaction() as tx:
             tx.save_head_state(arrays, params)
+
+    # ---- space ----------------------------------------------------------------------------------
+    def remove_compactly(self, names: Sequence[str]) -> dict[str, int]:
+        """Remove classes in one transaction writing as little as possible (for a full disk).
+
+        ``secure_delete=FAST``: the removed rows are cleared from the pages that hold other rows,
+        but pages freed whole are not overwritten (SQLite built with ``SECURE_DELETE`` would append
+        every one to the log, so a removal would need as much room as it frees). Freed pages leave
+        the file with :meth:`return_free_pages`. The head state is not rewritten: it is marked out
+        of date and rebuilt from the samples at the next open by enroll, run or serve.
+
+        Returns: class name -> samples removed.
+        """
+        with self._lock:
+            previous = int(self._conn.execute("PRAGMA secure_delete").fetchone()[0])
+            self._conn.execute("PRAGMA secure_delete = FAST")
+            try:
+                with self.transaction() as tx:
+                    return {name: tx.remove(name) for name in dict.fromkeys(names)}
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute(f"PRAGMA secure_delete = {previous}")
+
+    def free_page_bytes(self) -> int:
+        """Bytes of free pages inside the store file (space it holds but no row uses)."""
+        with self._lock, self._sqlite_errors("reading"):
+            pages = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+            return pages * int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+
+    def gives_space_back(self) -> bool:
+        """Whether the store can give free pages back to the file system (``auto_vacuum = INCREMENTAL``:
+        every store this edgefs creates; a store made by an older edgefs keeps them for later rows)."""
+        with self._lock, self._sqlite_errors("reading"):
+            return int(self._conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2
+
+    def _checkpoint(self) -> bool:
+        """Copy the log into the store file and empty it; False when a reader kept it from finishing."""
+        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
+    def return_free_pages(self, chunk_pages: int = 32) -> int:
+        """Give the store's free pages back to the file system; returns by how many bytes its files shrank.
+
+        Only a store made with ``auto_vacuum = INCREMENTAL`` (every store this edgefs creates) can:
+        ``incremental_vacuum`` moves ``chunk_pages`` pages from the end of the file into free pages
+        at a time, and a checkpoint (``TRUNCATE``) copies them into the file, shortens it and empties
+        the log, so the log never holds more than one chunk: this works on a nearly full disk.
+        Each step is an ordinary transaction (power-cut safe). Stops early, keeping what was given
+        back, when the disk has no room for a step or another process keeps the log in use (it
+        waits for it half a second); the rest goes at a later removal.
+        """
+        with self._lock:
+            if self._tx is not None:
+                raise StoreError("return_free_pages() cannot run inside a transaction")
+            before = _store_bytes(self.path)
+            if not self.gives_space_back():
+                return 0
+            self._conn.execute("PRAGMA busy_timeout = 500")
+            try:
+                if self._checkpoint():
+                    while int(self._conn.execute("PRAGMA freelist_count").fetchone()[0]):
+                        self._conn.execute(f"PRAGMA incremental_vacuum({int(chunk_pages)})").fetchall()
+                        if not self._checkpoint():
+                            break
+            except sqlite3.Error:  # no room or busy: what was given back stays given back
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA busy_timeout = 10000")
+            return max(before - _store_bytes(self.path), 0)
 
     # ---- class packs --------------------------------------------------------------------------
     def export_pack(self, path: str | Path, names: list[str] | None = None) -> Path:
