@@ -306,7 +306,7 @@ class Removal:
     Attributes:
         removed: class name -> samples removed.
         released: bytes of the space reserve deleted to make room.
-        returned: bytes the store's files shrank by (its freed pages given back to the file system).
+        returned: bytes of freed pages the store gave back to the file system (its file shrank by as much).
         kept: bytes of free pages the store still holds (reused by later enrollments).
         gives_back: whether the store can give free pages back at all (made by this edgefs, with
             incremental vacuum); one made by an older edgefs keeps them.
@@ -401,7 +401,6 @@ def remove_on_full_disk(path: str | Path, manifest_or_bundle: Manifest | Bundle,
             "some free space as well: delete other files on that disk (old class packs, logs, recordings) until "
             f"about {RESERVE_BYTES // 1024} KiB are free, then run 'edgefs classes remove' again")
     reserve.unlink()
-    before = _store_bytes(path)
     try:
         enrolled = enrolled_names(path, manifest.fingerprint)
         unknown = [n for n in names if enrolled is not None and n not in enrolled]
@@ -423,8 +422,7 @@ def remove_on_full_disk(path: str | Path, manifest_or_bundle: Manifest | Bundle,
         make_reserve(path, need_free=RESERVE_BYTES)
         raise
     remade = make_reserve(path, need_free=2 * RESERVE_BYTES)
-    return Removal(removed, released, max(before - _store_bytes(path), returned, 0), kept, gives_back,
-                   _store_bytes(path), _free_bytes(path.parent), remade)
+    return Removal(removed, released, returned, kept, gives_back, _store_bytes(path), _free_bytes(path.parent), remade)
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -1197,7 +1195,7 @@ class ClassStore:
         return not busy
 
     def return_free_pages(self, chunk_pages: int = 32) -> int:
-        """Give the store's free pages back to the file system; returns by how many bytes its files shrank.
+        """Give the store's free pages back to the file system; returns how many bytes of pages it gave back.
 
         Only a store made with ``auto_vacuum = INCREMENTAL`` (every store this edgefs creates) can:
         ``incremental_vacuum`` moves ``chunk_pages`` pages from the end of the file into free pages
@@ -1210,9 +1208,9 @@ class ClassStore:
         with self._lock:
             if self._tx is not None:
                 raise StoreError("return_free_pages() cannot run inside a transaction")
-            before = _store_bytes(self.path)
             if not self.gives_space_back():
                 return 0
+            before = self.free_page_bytes()
             self._conn.execute("PRAGMA busy_timeout = 500")
             try:
                 if self._checkpoint():
@@ -1227,7 +1225,7 @@ class ClassStore:
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("PRAGMA busy_timeout = 10000")
-            return max(before - _store_bytes(self.path), 0)
+            return max(before - self.free_page_bytes(), 0)
 
     # ---- class packs --------------------------------------------------------------------------
     def export_pack(self, path: str | Path, names: list[str] | None = None) -> Path:
