@@ -318,11 +318,18 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
-    """An image file as uint8 RGB, or None where OpenCV cannot read it."""
-    import cv2
+    """An image file as uint8 RGB, read within :mod:`edgefs.limits` (:func:`edgefs.imagefile.decode_image`:
+    the file's size, then the pixel count its header declares, before decoding); None, with a warning
+    naming it and why, where it is refused or cannot be decoded."""
+    import warnings
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    from edgefs.imagefile import ImageRefused, decode_image, read_image_bytes
+
+    try:
+        return decode_image(read_image_bytes(path, str(path)), str(path))
+    except ImageRefused as exc:
+        warnings.warn(f"skipping image {exc}; remove or replace it", stacklevel=2)
+        return None
 
 
 def child_main() -> None:

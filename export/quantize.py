@@ -53,7 +53,6 @@ from edgefs._lazy import require
 from edgefs.cpu import TARGETS, claimed_classes, cpu_info
 from edgefs.errors import EdgefsError
 from edgefs.fileio import check_output_not_input
-from edgefs.imagefile import ImageRefused, check_image_bytes, image_dimensions, read_image_bytes
 from edgefs.runtime.bundle import (
     HEAD_STEM,
     INPUT_NAME,
@@ -63,7 +62,7 @@ from edgefs.runtime.bundle import (
     sha256_file,
     write_manifest,
 )
-from edgefs.runtime.calibration import CalibrationSource, open_calibration_source
+from edgefs.runtime.calibration import CalibrationImageRefused, CalibrationSource, open_calibration_source
 from edgefs.runtime.quantized import FP32_FALLBACK_FILE, QUANTIZATION_KEY, graph_precision
 from edgefs.runtime.selfcheck import REFERENCE_IMAGES, SELFCHECK_KEY, write_selfcheck
 
@@ -161,36 +160,20 @@ def _reader(quantization: Any, batches: Callable[[], Iterator[np.ndarray]]) -> A
 
 @dataclass
 class BoundedCalibrationSource(CalibrationSource):
-    """A calibration folder whose files are read within :mod:`edgefs.limits`, like every image edgefs reads.
+    """A calibration folder whose over-limit file stops the quantize run as a :class:`QuantizeError`.
 
-    Each file is read no further than :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`, and its header
-    is checked against :data:`edgefs.limits.MAX_IMAGE_PIXELS` before it is decoded: a file over
-    either (or a link to a device) stops the run with its name, since the folder is not the
-    camera images it should be. A file that is not an image is skipped with a warning, as the
-    runtime's reader does.
+    The reading itself is :class:`edgefs.runtime.calibration.CalibrationSource`'s, bounded like every
+    image edgefs reads: each file no further than :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`, its header
+    checked against :data:`edgefs.limits.MAX_IMAGE_PIXELS` before it is decoded. A file over either
+    (or a link to a device) stops the run with its name, since the folder is not the camera images it
+    should be; a file that is not an image is skipped with a warning.
     """
 
     def _read_file(self, path: Path) -> np.ndarray | None:
-        import cv2
-
-        from edgefs.runtime.preprocess import fit_frame
-
         try:
-            data = read_image_bytes(path, str(path))
-            size = image_dimensions(data)
-            if size is not None:
-                check_image_bytes(data, str(path))
-        except ImageRefused as exc:
-            raise QuantizeError(f"calibration image {exc}; remove or replace it (or calibrate on another "
-                                "folder); no bundle was written") from None
-        try:
-            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if size is not None else None
-        except cv2.error:
-            frame = None
-        if frame is None:
-            self.warn(f"skipping unreadable calibration image {path}")
-            return None
-        return fit_frame(frame, self.size, mode=self.mode, input_order="BGR")  # type: ignore[arg-type]
+            return super()._read_file(path)
+        except CalibrationImageRefused as exc:
+            raise QuantizeError(f"{exc}; no bundle was written") from None
 
 
 def bounded_source(source: CalibrationSource) -> CalibrationSource:

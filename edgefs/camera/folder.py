@@ -4,7 +4,10 @@ Images directly in the folder have no label; an image in a sub-folder is
 labelled with that sub-folder's path relative to the folder (``cat`` for
 ``DIR/cat/1.png``, ``greek/U+03B1`` for the glyph benchmark's
 ``DIR/greek/U+03B1/0.png``), the class names :func:`edgefs.data.images.load_image_folder`
-gives. An image OpenCV cannot decode is skipped with a warning naming it.
+gives. Each image is read through :mod:`edgefs.imagefile` (file size, then the
+pixel count its header declares, before anything is decoded): an image over
+:mod:`edgefs.limits`, a link to a device, or a file OpenCV cannot decode is
+skipped with a warning naming it and why (once, not on every pass of a loop).
 """
 
 from __future__ import annotations
@@ -12,25 +15,23 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgefs.camera.sources import IMAGE_SUFFIXES, Source, SourceError, SourceOptions, register_source
-from edgefs.camera.video import bgr_to_rgb
+from edgefs.imagefile import ImageRefused, decode_image, read_image_bytes
 
 
-def read_image_rgb(path: Path) -> np.ndarray | None:
-    """uint8 ``(H, W, 3)`` RGB, or None when the file cannot be read or decoded.
+def read_image_rgb(path: Path) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` RGB, read within :mod:`edgefs.limits` (:func:`edgefs.imagefile.decode_image`).
 
-    Reads the bytes with NumPy so that non-ASCII paths work everywhere (``cv2.imread``
-    fails on them on some platforms).
+    Reads the bytes in Python (not ``cv2.imread``) so that non-ASCII paths work everywhere.
+
+    Raises:
+        ImageRefused: missing, not a regular file, over :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`
+            or :data:`edgefs.limits.MAX_IMAGE_PIXELS`, or not decodable; the message starts with
+            the path and says why.
     """
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    return None if image is None else bgr_to_rgb(image)
+    return decode_image(read_image_bytes(path, str(path)), str(path))
 
 
 def list_images(root: Path) -> list[Path]:
@@ -109,13 +110,15 @@ class FolderSource(Source):
                 self._pos, self._good_this_pass = 0, 0
             path, label = self.files[self._pos], self.labels[self._pos]
             self._pos += 1
-            image = read_image_rgb(path)
-            if image is not None:
-                self._good_this_pass += 1
-                return image, label
-            if path not in self.skipped:  # once, not on every pass of a looping folder
-                self.skipped.append(path)
-                warnings.warn(f"skipping unreadable image {path} (OpenCV cannot decode it)", stacklevel=3)
+            try:
+                image = read_image_rgb(path)
+            except ImageRefused as exc:
+                if path not in self.skipped:  # once, not on every pass of a looping folder
+                    self.skipped.append(path)
+                    warnings.warn(f"skipping image {exc}; remove or replace it", stacklevel=3)
+                continue
+            self._good_this_pass += 1
+            return image, label
 
     def _close(self) -> None:
         pass

@@ -575,21 +575,40 @@ class SyntheticSource(Source):
     def _image(self, label: str, i: int) -> np.ndarray | None:
         key = (label, i)
         if key not in self._images:
+            from edgefs.imagefile import ImageRefused
+
             path = self._files[label][i]
-            image = _read_any(path)
-            if image is None:
-                warnings.warn(f"synthetic camera: skipping unreadable image {path}", stacklevel=2)
+            try:
+                image = _read_any(path)
+            except ImageRefused as exc:  # over edgefs.limits, or not an image: skipped like an unreadable one
+                image = None
+                warnings.warn(f"synthetic camera: skipping image {exc}; remove or replace it", stacklevel=2)
+            else:
+                if image is None:
+                    warnings.warn(f"synthetic camera: skipping unreadable image {path}", stacklevel=2)
             self._images[key] = image
         return self._images[key]
 
 
 def _read_any(path: Path) -> np.ndarray | None:
-    """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)``, or None when OpenCV cannot decode it."""
+    """uint8 grey ``(H, W)`` or RGB ``(H, W, 3)``, or None when OpenCV cannot decode it.
+
+    Read within :mod:`edgefs.limits`: the file's size, then the pixel count its header
+    declares, before anything is decoded.
+
+    Raises:
+        ImageRefused: missing, not a regular file (a link to a device), over
+            :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES` or :data:`edgefs.limits.MAX_IMAGE_PIXELS`,
+            or not an image (an empty file); the message starts with the path and says why.
+    """
+    from edgefs.imagefile import check_image_bytes, read_image_bytes
+
+    data = read_image_bytes(path, str(path))
+    check_image_bytes(data, str(path))
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         return None
     if image.dtype != np.uint8:

@@ -8,6 +8,14 @@ preprocessing (:func:`edgefs.runtime.preprocess.fit_frame`: centre crop and
 resize to the bundle's input size, BGR -> RGB), so the engine is calibrated on
 exactly what it will see.
 
+Every image file is read through :mod:`edgefs.imagefile`: no further than
+:data:`edgefs.limits.MAX_IMAGE_FILE_BYTES`, and its header checked against
+:data:`edgefs.limits.MAX_IMAGE_PIXELS` before it is decoded. A file over either
+(or a link to a device, or a file that cannot be read) stops the source with its
+name (:class:`CalibrationImageRefused`), since the folder is not the camera images
+it should be; a file that is not an image, or that OpenCV cannot decode, is skipped
+with a warning.
+
 NumPy and OpenCV only: no PyTorch, no TensorRT. This module is fully tested on
 CPU machines.
 """
@@ -23,6 +31,7 @@ import cv2
 import numpy as np
 
 from edgefs.errors import EdgefsError
+from edgefs.imagefile import ImageRefused, check_image_bytes, image_dimensions, read_image_bytes
 
 # The same suffixes the data readers take (edgefs.data.images); repeated here because the
 # device runtime may not import the workstation's data package (DESIGN.md, rule 1).
@@ -32,6 +41,14 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".m
 
 class CalibrationError(EdgefsError):
     """A calibration source that cannot give the images asked for."""
+
+
+class CalibrationImageRefused(CalibrationError):
+    """A calibration image that is not read: over :mod:`edgefs.limits`, not a regular file, or unreadable."""
+
+
+def _refused(exc: ImageRefused) -> CalibrationImageRefused:
+    return CalibrationImageRefused(f"calibration image {exc}; remove or replace it (or calibrate on another folder)")
 
 
 def _fit(frame: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -81,7 +98,29 @@ class CalibrationSource:
 
     # -- reading ------------------------------------------------------------------------------
     def _read_file(self, path: Path) -> np.ndarray | None:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        """One image file, fitted to the engine input; None (with a warning) when it is not an image.
+
+        Raises:
+            CalibrationImageRefused: a file over :data:`edgefs.limits.MAX_IMAGE_FILE_BYTES` or
+                :data:`edgefs.limits.MAX_IMAGE_PIXELS`, not a regular file, unreadable, or whose
+                header declares no pixels; checked before anything is decoded.
+        """
+        name = str(path)
+        try:
+            data = read_image_bytes(path, name)
+        except ImageRefused as exc:
+            raise _refused(exc) from None
+        try:
+            check_image_bytes(data, name)
+        except ImageRefused as exc:
+            if image_dimensions(data) is not None:  # a header over the pixel limit, or of no pixels
+                raise _refused(exc) from None
+            self.warn(f"skipping unreadable calibration image {exc}")  # not an image: skipped, like an undecodable one
+            return None
+        try:
+            frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            frame = None
         if frame is None:
             self.warn(f"skipping unreadable calibration image {path}")
             return None
@@ -134,6 +173,8 @@ class CalibrationSource:
         Raises:
             CalibrationError: ``count`` or ``batch_size`` below 1, or fewer images than one
                 batch (at once); fewer *readable* images than one batch (while iterating).
+            CalibrationImageRefused: (while iterating) an image file over :mod:`edgefs.limits`,
+                named, before it is decoded.
         """
         if batch_size < 1 or count < 1:
             raise CalibrationError(f"calibration needs count >= 1 and batch_size >= 1, got {count}, {batch_size}")
@@ -187,6 +228,9 @@ class CalibrationSource:
         Returns:
             ``(images uint8 (n, H, W, 3), labels int64 (n,) or None)``; ``n <= count``, and
             ``n`` is 0 when the source has nothing left.
+
+        Raises:
+            CalibrationImageRefused: an image file over :mod:`edgefs.limits`, named, before it is decoded.
         """
         h, w = self.size
         images: list[np.ndarray] = []

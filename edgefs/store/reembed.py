@@ -34,9 +34,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgefs import limits
 from edgefs.classifier import THUMBNAIL_SIDE, Classifier
 from edgefs.errors import EdgefsError
 from edgefs.fileio import check_output_not_input
+from edgefs.imagefile import image_dimensions
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
 from edgefs.store.store import ClassStore, store_files
@@ -72,12 +74,36 @@ def carry_allowed(store_bundle: Bundle, new_bundle: Bundle) -> tuple[bool, str]:
     return True, f"INT8 bundle quantised from it, measured mean cosine {cosine:.4f} >= {CARRY_MIN_COSINE}"
 
 
-def _decode(thumb: bytes, size: tuple[int, int]) -> np.ndarray:
+def _refused_thumbnail(name: str | None, problem: str) -> StoreError:
+    of = "" if name is None else f" of class {name!r}"
+    return StoreError(f"a stored thumbnail{of} {problem}; remove the class ('edgefs classes remove') and enroll it "
+                      "again from the camera")
+
+
+def _check_thumbnail(thumb: bytes, name: str | None) -> None:
+    """Refuse a stored thumbnail of class ``name`` by its header, before it is decoded: no known image
+    header, or more than :data:`edgefs.limits.MAX_IMAGE_PIXELS` (a thumbnail edgefs writes is a
+    ``THUMBNAIL_SIDE``-px JPEG; one from a class pack made elsewhere may declare anything)."""
+    size = image_dimensions(thumb)
+    if size is None:
+        raise _refused_thumbnail(name, "is not a JPEG (or its header is damaged)" if thumb else "is empty (0 bytes)")
+    w, h = size
+    if w * h > limits.MAX_IMAGE_PIXELS:
+        raise _refused_thumbnail(name, f"declares {w} x {h} pixels, over the limit of {limits.MAX_IMAGE_PIXELS} "
+                                       f"(edgefs.limits.MAX_IMAGE_PIXELS; edgefs writes {THUMBNAIL_SIDE} px "
+                                       "thumbnails), so it was not decoded")
+
+
+def _decode(thumb: bytes, size: tuple[int, int], name: str | None = None) -> np.ndarray:
     from edgefs.runtime.preprocess import fit_frame
 
-    image = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR)
+    _check_thumbnail(thumb, name)
+    try:
+        image = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
-        raise StoreError("a stored thumbnail is not a readable JPEG; re-enroll its class")
+        raise _refused_thumbnail(name, "is not a readable JPEG")
     return fit_frame(image, size, mode="resize", input_order="BGR")
 
 
@@ -107,7 +133,9 @@ def reembed_store(
     Raises:
         OutputOverInput: ``out`` is the store (or one of its side files) or lies in either bundle.
         StoreError: ``out`` exists; ``carry`` asked where it is not allowed (the reason is
-            given); a shot without a thumbnail in ``thumbnails`` mode.
+            given); a shot without a thumbnail in ``thumbnails`` mode; a thumbnail that is not an
+            image or declares more than :data:`edgefs.limits.MAX_IMAGE_PIXELS` (checked before any
+            is decoded).
     """
     if mode not in MODES:
         raise EdgefsError(f"unknown reembed mode {mode!r}; use one of {', '.join(MODES)}")
@@ -140,13 +168,17 @@ def reembed_store(
                 f"shots without a thumbnail cannot be embedded again: {missing}; remove those classes and "
                 "enroll them again from the camera"
             )
+        for name in names:  # every thumbnail's header before any is decoded or an engine opened
+            for thumb in samples[name][1]:
+                if thumb is not None:
+                    _check_thumbnail(thumb, name)
         from edgefs.runtime.select import open_engine
 
         engine = open_engine(new_bundle, backend=backend, log=log)
         size = new_bundle.manifest.input_size
         views = check_views(settings.get("shot_views", 1))
         for name in names:
-            images = np.stack([_decode(t, size) for t in samples[name][1] if t is not None])
+            images = np.stack([_decode(t, size, name) for t in samples[name][1] if t is not None])
             one = engine.embed(images)
             embedded[name] = view_means(images, one, views, engine.embed)
             singles[name] = one if views > 1 else None
