@@ -72,8 +72,9 @@ class ServeProcess:
 
     def stop(self) -> str:
         self.proc.terminate()  # SIGTERM: the clean stop a service manager gives
-        out, _ = self.proc.communicate(timeout=60)
-        self.lines.append(out)
+        self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None  # read after the line reader, which may hold buffered lines
+        self.lines.append(self.proc.stdout.read())
         return "".join(self.lines)
 
 
