@@ -111,3 +111,38 @@ def test_stop_signals_end_a_run_as_ctrl_c_does(command: str, sig: signal.Signals
     assert len(events) == summary["frames"]
     with ClassStore.open(store, read_bundle(trained_bundle), create=False) as s:
         assert s.integrity_check() == "ok" and len(s.names()) == 2
+
+
+@pytest.mark.parametrize("target", ["store", "wal", "bundle-file", "source-file"])
+def test_an_output_over_an_input_is_refused_before_anything_runs(target: str, trained_bundle: Path,
+                                                                  glyph_data: Path, tmp_path: Path) -> None:
+    """``--jsonl``/``--summary-json``/``--record`` that would replace the class store (or its log), a file
+    of the bundle or the video being read: refused with the reason, and the input is byte-identical."""
+    import hashlib
+
+    from edgefs.cli import main
+
+    store = tmp_path / "s.db"
+    with open_clf(trained_bundle, store) as clf:
+        enroll_from_camera(clf, glyph_data, class_names(glyph_data, 1))
+    bundle = tmp_path / "m.edgefs"
+    import shutil
+
+    shutil.copytree(trained_bundle, bundle)
+    video = tmp_path / "clip.avi"
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(10):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    path = {"store": store, "wal": store.with_name("s.db-wal"), "bundle-file": bundle / "manifest.json",
+            "source-file": video}[target]
+    before = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    flag = {"store": "--jsonl", "wal": "--summary-json", "bundle-file": "--jsonl", "source-file": "--record"}[target]
+    source = str(video) if target == "source-file" else synthetic(glyph_data, frames=5)
+    code = main(["run", str(bundle), "--store", str(store), "--source", source, "--no-display", flag, str(path)])
+    assert code == 2
+    after = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    assert after == before

@@ -50,8 +50,9 @@ from edgefs.camera.roi import Roi
 from edgefs.camera.sources import Frame, open_source
 from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
-from edgefs.fileio import atomic_write_text
+from edgefs.fileio import atomic_write_text, check_output_not_input
 from edgefs.quality import sharpness
+from edgefs.store.store import store_files
 from edgefs.store.validate import REJECT_LABEL, check_name
 
 # The label of a rejected frame: the name the store refuses for a class, so it never means one.
@@ -1108,10 +1109,18 @@ def open_pipeline(
         EdgefsError: an output that cannot be written (checked before anything runs), a bad bundle,
             store or source.
     """
-    for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
-                       ("--record", config.record)):
-        if path and path != "-":
-            check_writable(Path(path), flag)
+    inputs: dict[str, str | Path | None] = {**store_files(store), "the bundle": bundle}
+    for uri in config.sources:
+        if Path(uri).exists():  # a video file or an image folder given by path
+            inputs[f"the source {uri}"] = uri
+    outputs = [(flag, path) for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
+                                               ("--record", config.record)) if path and path != "-"]
+    for flag, path in outputs:
+        check_output_not_input(path, inputs, flag=flag)  # e.g. --jsonl classes.db would replace the store
+        check_writable(Path(path), flag)
+    written = [Path(p).resolve() for _, p in outputs]
+    if len(set(written)) < len(written):
+        raise EdgefsError("--jsonl, --summary-json and --record must be different files; give each its own path")
     if config.display is None:
         config.display = display_available()
     threads = threads or loop_threads()
