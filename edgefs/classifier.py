@@ -689,6 +689,23 @@ class Classifier:
                                 lambda tx: [tx.remove(n) for n in names], calibrate, [])
         return shots
 
+    def remove_on_full_disk(self, names: Sequence[str], cause: Exception | None = None) -> Any:
+        """:meth:`remove` when the disk is full (it raised :class:`edgefs.store.store.StoreFull`): the
+        classes are removed with the space reserve kept beside the store
+        (:func:`edgefs.store.store.remove_on_full_disk`), and the live head is rebuilt in memory from the
+        remaining samples (nothing more is written; the saved head state, marked out of date, is
+        rewritten by the next commit or open). Returns the store's ``Removal`` (its ``summary``)."""
+        from edgefs.store.store import StoreFull, remove_on_full_disk
+
+        store = self._need_store("remove classes")
+        with self._write_lock:
+            removal = remove_on_full_disk(store.path, self.bundle, list(names),
+                                          cause=cause if isinstance(cause, StoreFull) else None)
+            self._floors = self._floors_after(dict.fromkeys(names))  # saved with the next commit's settings
+            self.head = self._set_threshold(self._rebuilt())
+            self._basis = store.sample_set()
+        return removal
+
     def rename(self, old: str, new: str) -> None:
         """Rename a class in the head and the store together (its threshold floor follows it)."""
         check_name(new)

@@ -456,3 +456,25 @@ def test_remove_of_an_unknown_class_on_a_full_disk_keeps_the_reserve(small_disk:
     assert capsys.readouterr().err.strip().endswith("cannot remove ['nope']: not enrolled; nothing was removed. "
                                                     "Enrolled: c0, c1, c2")
     assert sha256(store) == digest and (small_disk / "s.db-reserve").stat().st_size == RESERVE_BYTES
+
+
+def test_the_web_apps_remove_works_on_a_full_disk_and_the_live_head_follows(small_disk: Path, bundle: Path,
+                                                                            glyph_data: Path) -> None:
+    """The Classes page's Remove when the disk filled up while the device ran: the same space reserve frees room, the class leaves the
+    store and the running loop's head at once, and the store stays consistent."""
+    pytest.importorskip("starlette")
+    from serve_support import running_server, synthetic
+
+    store = store_on(small_disk, bundle)
+    with running_server(bundle, store, [synthetic(glyph_data, fps=10)]) as served:
+        fill(small_disk)  # the disk fills up while the device runs
+        assert served.clf.classes == ["c0", "c1", "c2"]
+        status, doc = served.json("POST", "/api/v1/classes/remove", {"name": "c1"})
+        assert status == 200, doc
+        assert doc["removed"] == "c1" and doc["shots"] == 150
+        assert "the disk was full: deleted the 1024 KiB space reserve" in doc["summary"]
+        assert served.clf.classes == ["c0", "c2"]
+        status, listed = served.json("GET", "/api/v1/classes")
+        assert [c["name"] for c in listed["classes"]] == ["c0", "c2"]
+    with ClassStore.open(store, read_bundle(bundle), create=False) as s:
+        assert s.names() == ["c0", "c2"] and s.integrity_check() == "ok"

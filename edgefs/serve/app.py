@@ -48,6 +48,7 @@ from edgefs.errors import EdgefsError
 from edgefs.serve.auth import COOKIE, Guard
 from edgefs.serve.hub import ViewHub, quantiles
 from edgefs.store.packs import ON_CONFLICT
+from edgefs.store.store import StoreFull
 from edgefs.store.validate import check_name
 from edgefs.views import VIEW_CHOICES
 
@@ -469,7 +470,16 @@ async def rename(ctx: WebContext, request: Request) -> Response:
 @endpoint("POST", f"{API}/classes/remove", "{name}: remove a class with all its shots")
 async def remove(ctx: WebContext, request: Request) -> Response:
     name = class_name(ctx, text_field(await json_body(request), "name"))
-    removed = await run_in_threadpool(ctx.clf.remove, name)
+    try:
+        removed = await run_in_threadpool(ctx.clf.remove, name)
+    except StoreFull as exc:  # the disk is full: the space reserve beside the store makes room
+        try:
+            removal = await run_in_threadpool(ctx.clf.remove_on_full_disk, [name], exc)
+        except EdgefsError as again:
+            raise HttpError(507, str(again)) from None
+        summary = removal.summary(Path(ctx.clf.store.path))
+        ctx.log(f"web: {summary}")
+        return JSONResponse({"removed": name, "shots": removal.removed[name], "summary": summary})
     ctx.log(f"web: removed {name!r} ({removed[name]} shots)")
     return JSONResponse({"removed": name, "shots": removed[name]})
 
