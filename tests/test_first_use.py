@@ -151,3 +151,23 @@ def test_without_a_gpu_the_engine_line_says_so(conv4_bundle: Path, monkeypatch: 
     monkeypatch.setattr(select.trt_flavour, "installed_flavours", lambda: ["tensorrt_rtx"])
     _, _, reason = select.choose_backend(read_bundle(conv4_bundle))
     assert "no NVIDIA GPU on this machine" in reason and "on this GPU" not in reason
+
+
+def test_changing_the_region_of_interest_names_the_classes_enrolled_with_another(trained_bundle: Path,
+                                                                                 glyph_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    from tests.serve_support import running_server, wait_for
+
+    name = class_names(glyph_data, 1)[0]
+    with running_server(trained_bundle, tmp_path / "s.db", [synthetic(glyph_data, fps=15, classes=name)]) as served:
+        status, _ = served.json("POST", "/api/v1/enroll", {"label": name, "shots": 3, "delay_s": 0,
+                                                           "interval_s": 0.2})
+        assert status == 202
+        wait_for(lambda: served.json("GET", "/api/v1/enroll")[1]["enrollment"]["phase"] in ("done", "failed"))
+        assert served.json("GET", "/api/v1/enroll")[1]["enrollment"]["phase"] == "done"
+        status, doc = served.json("PUT", "/api/v1/settings", {"roi": "full"})
+        assert status == 200 and "roi_note" not in doc  # the one it was enrolled with
+        status, doc = served.json("PUT", "/api/v1/settings", {"roi": "0.6"})
+        assert status == 200
+        assert doc["roi_note"].startswith(f"1 class was enrolled with another region of interest: {name!r} (full)")

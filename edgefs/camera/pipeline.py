@@ -665,6 +665,7 @@ class Pipeline:
                             "one: move or turn the object between shots, so that it is recognised in other poses")
             e.phase, e.message = "done", message
             self.log(message)
+            self._record_roi(e.name)
         except EdgefsError as exc:
             self.enroll_failures[e.name] = str(exc)
             self._judge_taken(e, str(exc).splitlines())
@@ -673,6 +674,18 @@ class Pipeline:
         finally:
             self.enrollment = None
             self._enroll_thread = None
+
+    def _record_roi(self, name: str) -> None:
+        """Note with the store the region of interest ``name`` was enrolled with, so that changing it later
+        can say which classes were enrolled with another one (:func:`classes_with_other_roi`)."""
+        if self.clf.store is None or self.cfg.roi is None:
+            return
+        try:
+            saved = self.clf.settings().get(CLASS_ROI_SETTING, {})
+            rois = {k: v for k, v in saved.items() if k in self.clf.classes} if isinstance(saved, dict) else {}
+            self.clf.save_settings(**{CLASS_ROI_SETTING: {**rois, name: self.cfg.roi.to_text()}})
+        except EdgefsError as exc:  # the class is enrolled; the note is a courtesy
+            self.log(f"the region of interest of {name!r} was not noted with the store: {exc}")
 
     def _hold_out(self, e: LiveEnrollment) -> str:
         """After a commit: keep the automatic threshold low enough that the class's held-out frames
@@ -1035,6 +1048,19 @@ class Pipeline:
                 "capture": capture * 1e3 / captured,
                 "loop": self.loop_cpu_s * 1e3 / self.frames,
                 "engine_call": self.engine_call_cpu_s * 1e3 / self.frames}
+
+
+#: The store setting noting the region of interest each class was enrolled with, live.
+CLASS_ROI_SETTING = "class_roi"
+
+
+def classes_with_other_roi(settings: Mapping[str, Any], classes: list[str], roi: Roi) -> dict[str, str]:
+    """The enrolled classes noted with a region of interest other than ``roi``: name -> theirs."""
+    saved = settings.get(CLASS_ROI_SETTING, {})
+    if not isinstance(saved, dict):
+        return {}
+    now = roi.to_text()
+    return {n: str(saved[n]) for n in classes if n in saved and str(saved[n]) != now}
 
 
 #: Two shots of one live enrollment with a cosine at or above this are nearly the same view.

@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
-from edgefs.camera.pipeline import Pipeline
+from edgefs.camera.pipeline import Pipeline, classes_with_other_roi
 from edgefs.camera.roi import Roi
 from edgefs.classifier import thumbnail
 from edgefs.errors import EdgefsError
@@ -593,12 +593,19 @@ async def settings_put(ctx: WebContext, request: Request) -> Response:
     if smooth is not None:
         await on_loop(ctx, lambda: ctx.pipeline.set_smoothing(smooth))
         await run_in_threadpool(lambda: ctx.clf.save_settings(smooth=smooth))
+    doc_out: dict[str, Any] = {}
     if roi is not None:
         ctx.pipeline.set_roi(roi)
-        await run_in_threadpool(lambda: ctx.clf.save_settings(roi=roi.to_text()))
+        saved = await run_in_threadpool(lambda: ctx.clf.save_settings(roi=roi.to_text()))
+        other = classes_with_other_roi(saved, ctx.clf.classes, roi)
+        if other:
+            listed = ", ".join(f"{name!r} ({text})" for name, text in list(other.items())[:8])
+            doc_out["roi_note"] = (f"{len(other)} class{'es were' if len(other) > 1 else ' was'} enrolled with another "
+                                   f"region of interest: {listed}{' ...' if len(other) > 8 else ''}. Enroll "
+                                   "them again (remove, then Enroll) if they are recognised less well now")
     if views is not None:
         await run_in_threadpool(ctx.clf.set_shot_views, int(views))
-    return JSONResponse(settings_doc(ctx))
+    return JSONResponse({**settings_doc(ctx), **doc_out})
 
 
 # ---- the application ---------------------------------------------------------------------------------

@@ -276,7 +276,12 @@ async function initSettings() {
     $("#shot-views").value = String(s.shot_views);
   };
   const put = async (body) => {
-    try { show(await api("/settings", { method: "PUT", body })); $("#saved").textContent = "saved with the store"; showError(""); }
+    showError("");
+    try {
+      const doc = await api("/settings", { method: "PUT", body });
+      show(doc);
+      $("#saved").textContent = "saved with the store" + (doc.roi_note ? `. ${doc.roi_note}` : "");
+    }
     catch (e) { showError(e.message); }
   };
   show(await api("/settings"));
