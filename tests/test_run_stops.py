@@ -94,12 +94,17 @@ def test_stop_signals_end_a_run_as_ctrl_c_does(command: str, sig: signal.Signals
            "--summary-json", str(summary_json), "--jsonl", str(jsonl)]
     if command == "serve":
         cmd += ["--port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The child starts with the signal's default action even when this test runs under nohup (which
+    # ignores SIGHUP, and an ignored signal stays ignored by design).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     try:
         seen = _until_line(proc, "edgefs serve:" if command == "serve" else "engine:")
         time.sleep(1.5)
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # after the line reader: communicate() would skip what it buffered
     finally:
         proc.kill()
     out = "".join(seen) + out

@@ -1142,8 +1142,8 @@ def open_pipeline(
     outputs = [(flag, path) for flag, path in (("--jsonl", config.jsonl), ("--summary-json", config.summary_json),
                                                ("--record", config.record)) if path and path != "-"]
     for flag, path in outputs:
+        check_writable(Path(path), flag)  # first: "is a folder" says more than "holds the store"
         check_output_not_input(path, inputs, flag=flag)  # e.g. --jsonl classes.db would replace the store
-        check_writable(Path(path), flag)
     written = [Path(p).resolve() for _, p in outputs]
     if len(set(written)) < len(written):
         raise EdgefsError("--jsonl, --summary-json and --record must be different files; give each its own path")
