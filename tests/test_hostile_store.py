@@ -460,8 +460,9 @@ def test_remove_of_an_unknown_class_on_a_full_disk_keeps_the_reserve(small_disk:
 
 def test_the_web_apps_remove_works_on_a_full_disk_and_the_live_head_follows(small_disk: Path, bundle: Path,
                                                                             glyph_data: Path) -> None:
-    """The Classes page's Remove when the disk filled up while the device ran: the same space reserve frees room, the class leaves the
-    store and the running loop's head at once, and the store stays consistent."""
+    """The Classes page's Remove when the disk filled up while the device ran: the same space reserve
+    frees room, the class leaves the store and the running loop's head at once, and the store stays
+    consistent."""
     pytest.importorskip("starlette")
     from serve_support import running_server, synthetic
 
