@@ -116,13 +116,24 @@ def find_nvcc() -> Path:
 
 
 @lru_cache(maxsize=8)
+def tool_version(tool: Path, install: str) -> str:
+    """The full ``TOOL --version`` text: part of a build cache's key, so that another compiler (or
+    another build of one) never reuses what this one made. The real and the emulated kernel builds
+    both call it.
+
+    Raises:
+        MissingDependencyError: the tool cannot be run; ``install`` says how to get it.
+    """
+    try:
+        done = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise MissingDependencyError(f"cannot run {tool} --version ({exc}). {install}") from exc
+    return done.stdout.strip()
+
+
 def nvcc_version(nvcc: Path) -> str:
     """The full ``nvcc --version`` text (release and build), part of the cache key."""
-    try:
-        done = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise MissingDependencyError(f"cannot run {nvcc} --version ({exc}). {_INSTALL}") from exc
-    return done.stdout.strip()
+    return tool_version(nvcc, _INSTALL)
 
 
 def cache_key(digest: str, arch: str, version: str, flags: tuple[str, ...] = NVCC_FLAGS) -> str:

@@ -311,3 +311,18 @@ def test_cuda_heads_are_registered_for_the_kernel_backed_heads() -> None:
     from edgefs.heads.cuda import CUDA_HEADS
 
     assert CUDA_HEADS.names() == ["finetune", "imprint", "prototype"]
+
+
+def test_one_version_helper_keys_both_kernel_builds(tmp_path: Path) -> None:
+    """The real build (nvcc) and the emulated one (a C++ compiler) key their caches on the same helper's
+    ``--version`` text; a tool that cannot run says what to install."""
+    from edgefs.kernels.emu import build as emu
+
+    cxx = emu.find_compiler()
+    assert emu.compiler_version(cxx) == build.tool_version(cxx, "unused") != ""
+    broken = tmp_path / "nvcc"
+    broken.write_text("not a program")
+    with pytest.raises(MissingDependencyError, match=r"cannot run .*nvcc --version .*Install the CUDA toolkit"):
+        build.nvcc_version(broken)
+    with pytest.raises(MissingDependencyError, match=r"cannot run .*--version .*Install a C\+\+ compiler"):
+        emu.compiler_version(broken)

@@ -72,12 +72,8 @@ def find_compiler() -> Path:
 
 @lru_cache(maxsize=4)
 def compiler_version(cxx: Path) -> str:
-    """``cxx --version``, part of the cache key."""
-    try:
-        done = subprocess.run([str(cxx), "--version"], capture_output=True, text=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise MissingDependencyError(f"cannot run {cxx} --version ({exc}); {_INSTALL}") from exc
-    return done.stdout.strip()
+    """``cxx --version``, part of the cache key (:func:`edgefs.kernels.build.tool_version`)."""
+    return cubin_build.tool_version(cxx, _INSTALL[0].upper() + _INSTALL[1:])
 
 
 def entry_points(source: Path) -> list[str]:
