@@ -40,25 +40,7 @@ def quiet(_: str) -> None:
     pass
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk (8-bit RGB) declaring ``width`` x ``height``, then an empty IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    idat = struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
-    return b"\x89PNG\r\n\x1a\n" + chunk + idat
-
-
-def big_png(path: Path, side: int) -> None:
-    """A real, valid ``side`` x ``side`` grey PNG written by streaming zlib (never held in memory)."""
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    comp = zlib.compressobj(9)
-    row = b"\0" * (side + 1)  # filter byte + pixels
-    data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+from tests.test_hostile_files import big_png, png_header  # noqa: E402  (the crafted images, one copy)
 
 
 @pytest.fixture(scope="module")
