@@ -199,7 +199,7 @@ def test_live_enrollment_with_shot_views_on_a_tensorrt_engine(engines: dict[str,
     import threading
 
     from edgefs.camera.pipeline import Pipeline, RunConfig
-    from edgefs.classifier import Classifier
+    from edgefs.service.classifier import Classifier
 
     store = tmp_path / "s.db"
     with Classifier.open(bundle_path, store, backend="tensorrt", device="cuda", log=quiet, shot_views=5) as clf:

@@ -10,7 +10,7 @@ Two presets (:data:`PRESETS`):
   region of interest (``roi``) is what is embedded, at enrollment and in the
   stream. The user enrolls the objects they will show: shots and stream come
   from the same designs, in other poses, backgrounds, light and blur. Each shot
-  is enrolled as the mean embedding of 7 views of it (``shot_views``, :mod:`edgefs.views`).
+  is enrolled as the mean embedding of 7 views of it (``shot_views``, :mod:`edgefs.service.views`).
 * ``glyphs`` (``make demo-glyphs``): the Conv-4 glyph model; shots come from the
   first designs (fonts) of each class and the stream shows the *other* designs.
 
@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefs.camera.roi import Roi
 from edgefs.errors import DataError, EdgefsError
 from edgefs.fileio import atomic_write_text
 from edgefs.runtime.bundle import exported_from
+from edgefs.runtime.roi import Roi
 
 if TYPE_CHECKING:
-    from edgefs.classifier import Classifier, EnrollResult
+    from edgefs.service.classifier import Classifier, EnrollResult
 
 # Camera stills per shown design of each enrolled class: the still reference's sample size.
 STILLS_PER_DESIGN = 6
@@ -83,7 +83,7 @@ class DemoConfig:
         spin: ONNX Runtime's thread spinning (None: the camera loop's default; ``edgefs run --spin``).
         roi: the region of each frame that is embedded (enrollment and stream).
         shot_views: each shot enrolled as the mean embedding of this many views of it
-            (:mod:`edgefs.views`; 1: the shot alone).
+            (:mod:`edgefs.service.views`; 1: the shot alone).
     """
 
     data: Path = Path("data/glyphs28")
@@ -268,7 +268,7 @@ def clean_images(cfg: DemoConfig, names: list[str],
     Returns:
         ``(images, truth)``: uint8 ``(H, W, 3)`` RGB images, and the index in ``names`` of each.
     """
-    from edgefs.classifier import read_images
+    from edgefs.imagefile import read_images
 
     images, truth = [], []
     for i, name in enumerate(names):
@@ -331,7 +331,7 @@ def static_references(clf: Classifier, cfg: DemoConfig, names: list[str],
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
-    from edgefs.classifier import Classifier
+    from edgefs.service.classifier import Classifier
 
     t_start = time.perf_counter()
     ensure_data(cfg, log)

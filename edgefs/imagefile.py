@@ -14,8 +14,10 @@ names it; the caller goes on with the others.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgefs import limits
@@ -171,7 +173,6 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     Raises:
         ImageRefused: unknown format, too many pixels, or undecodable; the message starts with ``name``.
     """
-    import cv2
 
     check_image_bytes(data, name)
     try:
@@ -210,3 +211,57 @@ def read_image_file(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     return decode_image(read_image_bytes(path), path.name)
+
+
+#: Longest side of the JPEG thumbnail kept with each stored shot.
+THUMBNAIL_SIDE = 64
+#: File suffixes read as images where a folder is given.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
+
+def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small JPEG of an RGB ``(H, W, 3)`` uint8 image (longest side ``side``), for the store."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise EdgefsError("could not encode a thumbnail")
+    return buf.tobytes()
+
+
+def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Read image files (and the images directly inside folders) as RGB uint8.
+
+    Each file is checked before it is decoded (:func:`edgefs.imagefile.read_image_file`:
+    a regular file, size and pixel limits); one that fails is left out with a reason.
+
+    Returns:
+        ``(images, names, problems)``: the readable images with their file names, and
+        one message per file that was left out, naming it and why.
+
+    Raises:
+        EdgefsError: a path that does not exist, or no image files at all.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise EdgefsError(f"{p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+        elif p.exists():
+            files.append(p)  # a device or pipe is refused, with its name, when read
+        else:
+            raise EdgefsError(f"{p} does not exist; pass image files or a folder of them to --images")
+    images, names, problems = [], [], []
+    for f in files:
+        try:
+            images.append(read_image_file(f))  # size and pixel limits before decoding
+        except ImageRefused as exc:
+            problems.append(f"{exc}; skipped")
+            continue
+        names.append(f.name)
+    return images, names, problems

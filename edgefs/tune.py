@@ -260,7 +260,7 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
     process (:func:`measure`): the engine's threads and the process's CPU time are the setting's own."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
     from edgefs.camera.synthetic import find_classes
-    from edgefs.classifier import Classifier
+    from edgefs.service.classifier import Classifier
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)

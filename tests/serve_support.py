@@ -20,9 +20,9 @@ from typing import Any
 
 from edgefs.camera.pipeline import Pipeline, RunConfig, open_pipeline
 from edgefs.camera.sources import open_source
-from edgefs.classifier import Classifier
 from edgefs.serve.auth import Guard
 from edgefs.serve.server import WebServer
+from edgefs.service.classifier import Classifier
 
 TOKEN = "test-token-0123456789abcdef"
 

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.classifier import read_images
 from edgefs.data.procedural import procedural_images
+from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.preprocess import to_batch
 from edgefs.runtime.quantized import graph_precision, quantization_info

@@ -31,8 +31,8 @@ from edgefs.camera import Frame, Source, open_source
 from edgefs.export.quantize import QuantizeError, bounded_source
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import CalibrationError, open_calibration_source
+from edgefs.service.reembed import reembed_store
 from edgefs.store import ClassStore, StoreError
-from edgefs.store.reembed import reembed_store
 from edgefs.tune import _read_rgb
 
 LIMIT = "over the limit of 67108864 (edgefs.limits.MAX_IMAGE_PIXELS); shrink it first"
@@ -298,7 +298,7 @@ def test_reembed_refuses_a_thumbnail_over_the_limit_before_decoding(conv4_bundle
 def test_reembed_does_not_decode_a_thumbnail_bomb(conv4_bundle: Path, tmp_path: Path) -> None:
     db = store_with_thumbnail(conv4_bundle, tmp_path / "s.db", patched_jpeg(20000, 20000))
     said, rss = in_child(
-        "import sys; from edgefs.store import StoreError; from edgefs.store.reembed import reembed_store",
+        "import sys; from edgefs.store import StoreError; from edgefs.service.reembed import reembed_store",
         "try:\n    reembed_store(sys.argv[1], sys.argv[2], sys.argv[2], sys.argv[3], mode='thumbnails', "
         "log=lambda _: None); print('embedded')\nexcept StoreError as exc:\n    print(exc)",
         str(db), str(conv4_bundle), str(tmp_path / "new.db"))

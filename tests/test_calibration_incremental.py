@@ -103,8 +103,8 @@ def test_beyond_capacity_the_sampled_threshold_stays_within_the_stated_band() ->
 
 def test_a_failed_commit_leaves_the_threshold_of_the_last_commit(tmp_path: Path) -> None:
     """The calibration sample is updated inside the transaction; a failed write must not leave its change."""
-    from edgefs.classifier import Classifier
     from edgefs.runtime.bundle import Bundle, Manifest
+    from edgefs.service.classifier import Classifier
     from edgefs.store import ClassStore
 
     manifest = Manifest(backbone={}, input={"height": 8, "width": 8}, output={"dim": DIM},

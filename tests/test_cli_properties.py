@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefs.camera.roi import Roi
 from edgefs.cli import args as A
 from edgefs.cli import build_parser, main
+from edgefs.runtime.roi import Roi
 
 PARSER = build_parser()
 TRIED: Counter[str] = Counter()

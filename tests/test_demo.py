@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefs.camera.roi import Roi
 from edgefs.cli import main
 from edgefs.data import debian
 from edgefs.demo import COLOUR_CHECKPOINT, DEFAULT_CHECKPOINT, demo_config
 from edgefs.errors import EdgefsError
+from edgefs.runtime.roi import Roi
 
 
 def test_presets_pick_model_data_and_designs() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefs.classifier import Classifier, read_images
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
+from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
+from edgefs.service.classifier import Classifier
 from edgefs.store.store import ClassStore
 
 

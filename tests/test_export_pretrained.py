@@ -69,8 +69,8 @@ def test_default_bundle_is_a_centred_cosine_prototype_head(default_bundle: Path)
 
 def test_bundle_enrolls_and_classifies_colour_images_through_onnx_runtime(default_bundle: Path,
                                                                           tmp_path: Path) -> None:
-    from edgefs.classifier import Classifier
     from edgefs.data.images import open_split
+    from edgefs.service.classifier import Classifier
 
     data = open_split(colour_folder(tmp_path / "imgs"), "test", 3, None)
     with Classifier.open(default_bundle, tmp_path / "s.db", backend="onnxruntime", threads=1,

@@ -12,7 +12,7 @@ import pytest
 
 from edgefs.camera.pipeline import TOO_ALIKE, Pipeline, RunConfig, too_alike
 from edgefs.camera.sources import open_source
-from edgefs.classifier import FLOORS_SETTING, Classifier
+from edgefs.service.classifier import FLOORS_SETTING, Classifier
 from tests.serve_support import class_names, enroll_from_camera, synthetic
 
 

@@ -24,10 +24,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.classifier import Classifier, read_images
 from edgefs.errors import EdgefsError
+from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import BundleError, Manifest, read_bundle
 from edgefs.runtime.engine_file import EngineFileError, read_engine_file, read_engine_header
+from edgefs.service.classifier import Classifier
 from edgefs.store import ClassStore, StoreError
 from edgefs.store.packs import PACK_JSON
 
@@ -139,7 +140,7 @@ def test_giant_png_header_beside_good_shots_is_skipped_by_name(bundle: Path, gly
     assert len(images) == 9 and "giant.png" not in names
     assert problems == ["giant.png: 60000 x 60000 pixels, over the limit of 67108864 "
                         "(edgefs.limits.MAX_IMAGE_PIXELS); shrink it first; skipped"]
-    from edgefs.quality import QualityConfig
+    from edgefs.service.quality import QualityConfig
 
     with Classifier.open(bundle, tmp_path / "s.db", backend="onnxruntime", threads=1, log=lambda _: None,
                          quality=QualityConfig(min_sharpness=0.0, max_similarity=1.0)) as clf:
@@ -152,7 +153,7 @@ def test_real_20000px_png_is_refused_without_decoding(tmp_path: Path) -> None:
     big_png(path, 20000)
     assert path.stat().st_size < 2_000_000
     # In a fresh process: the peak resident memory shows whether the image was decoded (1.2 GB as RGB).
-    code = ("import resource, sys; from edgefs.classifier import read_images; "
+    code = ("import resource, sys; from edgefs.imagefile import read_images; "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "imgs, names, problems = read_images([sys.argv[1]]); "
             "print(len(imgs), problems[0]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")

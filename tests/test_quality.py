@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.quality import QualityConfig, gate_shots, sharpness
+from edgefs.service.quality import QualityConfig, gate_shots, sharpness
 
 
 def checkerboard(size: int = 64) -> np.ndarray:
@@ -49,8 +49,8 @@ def small_photos(count: int = 8, side: int = 64) -> np.ndarray:
 
 
 def test_small_sharp_images_are_measured_at_their_own_resolution() -> None:
-    from edgefs.quality import shot_sharpness
     from edgefs.runtime.preprocess import fit_frame
+    from edgefs.service.quality import shot_sharpness
 
     for image in small_photos():
         enlarged = sharpness(fit_frame(image, 224, input_order="RGB"))
@@ -60,8 +60,8 @@ def test_small_sharp_images_are_measured_at_their_own_resolution() -> None:
 
 
 def test_frames_larger_than_the_input_are_measured_as_the_engine_sees_them() -> None:
-    from edgefs.quality import shot_sharpness
     from edgefs.runtime.preprocess import fit_frame
+    from edgefs.service.quality import shot_sharpness
 
     frame = cv2.resize(checkerboard(64), (320, 240), interpolation=cv2.INTER_NEAREST)
     for mode in ("center_crop", "resize", "letterbox"):
@@ -70,7 +70,7 @@ def test_frames_larger_than_the_input_are_measured_as_the_engine_sees_them() -> 
 
 
 def test_enlarging_modes_measure_the_same_region_without_the_enlargement() -> None:
-    from edgefs.quality import fit_scale, shot_sharpness
+    from edgefs.service.quality import fit_scale, shot_sharpness
 
     wide = np.ascontiguousarray(small_photos(1, 96)[0][:48])  # 48 x 96
     assert fit_scale(48, 96, 224, "center_crop") == 224 / 48
@@ -81,7 +81,7 @@ def test_enlarging_modes_measure_the_same_region_without_the_enlargement() -> No
 
 
 def test_gate_accepts_sharp_small_shots_and_rejects_blurred_ones() -> None:
-    from edgefs.quality import shot_sharpness
+    from edgefs.service.quality import shot_sharpness
 
     sharp = small_photos()
     blurred = np.stack([cv2.GaussianBlur(im, (0, 0), 2.0) for im in sharp])
@@ -114,8 +114,8 @@ def bundle_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: Path, tmp_path: Path) -> None:
     """The bug this rule fixes: with a 224 px engine, sharp 64 px photos were 'too blurry'."""
-    from edgefs.classifier import Classifier
     from edgefs.errors import EdgefsError
+    from edgefs.service.classifier import Classifier
 
     sharp = small_photos(6)
     with Classifier.open(bundle_224, tmp_path / "store.db", backend="onnxruntime", threads=1,
@@ -129,7 +129,7 @@ def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: 
 
 def test_live_enrollment_in_the_camera_loop_uses_the_same_rule(bundle_224: Path, tmp_path: Path) -> None:
     from edgefs.camera.pipeline import Pipeline, RunConfig
-    from edgefs.classifier import Classifier
+    from edgefs.service.classifier import Classifier
 
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.classifier import Classifier, read_images
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.export.quantize import (
@@ -23,11 +22,13 @@ from edgefs.export.quantize import (
     quantize_bundle,
 )
 from edgefs.export.tensorrt_build import cosines
+from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import open_calibration_source
 from edgefs.runtime.quantized import graph_precision, parent_fingerprint, quantization_info
 from edgefs.runtime.select import open_engine
-from edgefs.store.reembed import CARRY_MAX_DROP, CARRY_MIN_COSINE, reembed_store
+from edgefs.service.classifier import Classifier
+from edgefs.service.reembed import CARRY_MAX_DROP, CARRY_MIN_COSINE, reembed_store
 from edgefs.store.store import ClassStore
 from edgefs.store.validate import StoreError
 
@@ -182,7 +183,7 @@ def test_reembed_from_thumbnails_uses_the_new_bundle(parent_store: Path, conv4_b
                  "--to", str(int8_bundle), "--out", str(out), "--mode", "thumbnails"])
     assert rc == 0
     engine = open_engine(int8_bundle, "auto", log=quiet)  # what reembed opens
-    from edgefs.store.reembed import _decode
+    from edgefs.service.reembed import _decode
 
     with ClassStore.open(out, read_bundle(int8_bundle), create=False) as new:
         emb, thumbs, _, _ = new.samples("c1")

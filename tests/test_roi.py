@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edgefs.camera.pipeline import Pipeline, RunConfig
-from edgefs.camera.roi import Roi
-from edgefs.classifier import Classifier
 from edgefs.cli import main
 from edgefs.errors import ConfigError
+from edgefs.runtime.roi import Roi
+from edgefs.service.classifier import Classifier
 
 
 @pytest.mark.parametrize(("text", "roi"), [

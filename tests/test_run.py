@@ -13,10 +13,10 @@ import pytest
 
 from edgefs.camera.pipeline import UNKNOWN, LabelSmoother, Pipeline, RunConfig, StageTimes
 from edgefs.camera.sources import open_source
-from edgefs.classifier import Classifier
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
+from edgefs.service.classifier import Classifier
 from edgefs.store.store import ClassStore
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"

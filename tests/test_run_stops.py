@@ -15,9 +15,9 @@ import pytest
 
 from edgefs.camera.pipeline import Pipeline, RunConfig
 from edgefs.camera.sources import Frame
-from edgefs.classifier import Classifier
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
+from edgefs.service.classifier import Classifier
 from edgefs.store.store import ClassStore
 from tests.serve_support import class_names, enroll_from_camera, synthetic
 

@@ -186,7 +186,7 @@ def test_device_modules_do_not_import_torch_or_onnxruntime() -> None:
         "import sys\n"
         "import edgefs.runtime, edgefs.runtime.bundle, edgefs.runtime.engine, edgefs.runtime.preprocess\n"
         "import edgefs.runtime.onnxruntime_backend, edgefs.runtime.torch_backend, edgefs.runtime.select\n"
-        "import edgefs.runtime.openvino_backend, edgefs.runtime.quantized, edgefs.store.reembed\n"
+        "import edgefs.runtime.openvino_backend, edgefs.runtime.quantized, edgefs.service.reembed\n"
         "import edgefs.runtime.bench, edgefs.cli.bench\n"
         "from edgefs.runtime.engine import ENGINES\n"
         "assert {'onnxruntime', 'openvino', 'torch'} <= set(ENGINES.names()), ENGINES.names()\n"

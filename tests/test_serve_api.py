@@ -21,17 +21,17 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.camera.roi import Roi
+from edgefs.runtime.roi import Roi
 
 pytest.importorskip("starlette", reason='the web stack is not installed: pip install "edgefs[serve]"')
 pytest.importorskip("uvicorn", reason='the web stack is not installed: pip install "edgefs[serve]"')
 
 from serve_support import TOKEN, Served, class_names, enroll_from_camera, running_server, synthetic, wait_for
 
-from edgefs.classifier import Classifier
 from edgefs.errors import EdgefsError
 from edgefs.serve.app import ENDPOINTS
 from edgefs.serve.auth import Guard, is_loopback, resolve_token, token_path
+from edgefs.service.classifier import Classifier
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ pytest.importorskip("playwright", reason="Playwright for Python is not installed
 
 from serve_support import TOKEN, Served, class_names, enroll_from_camera, running_server, synthetic, wait_for
 
-from edgefs.classifier import Classifier
+from edgefs.service.classifier import Classifier
 
 pytestmark = pytest.mark.browser
 

@@ -190,7 +190,7 @@ def test_two_cameras_on_one_page_each_show_their_own_frames_and_rate(browser: An
 @pytest.fixture()
 def small_served(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> Iterator[Served]:
     """The in-process server over the glyph model, one enrolled class, the access token asked for."""
-    from edgefs.classifier import Classifier
+    from edgefs.service.classifier import Classifier
 
     names = class_names(glyph_data, 1)
     with Classifier.open(trained_bundle, tmp_path / "s.db", backend="onnxruntime", threads=1,

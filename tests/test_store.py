@@ -393,7 +393,7 @@ def test_cli_classes(conv4_bundle: Path, tmp_path: Path, capsys: pytest.CaptureF
 def test_store_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import edgefs.store, edgefs.store.commands, edgefs.cli.classes\n"
+        "import edgefs.store, edgefs.service.classes, edgefs.cli.classes\n"
         "heavy = sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'edgefs.backbones', 'edgefs.train')"
         " if m in sys.modules)\n"
         "assert not heavy, heavy\n"

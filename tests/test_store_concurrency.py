@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefs.classifier import Classifier
 from edgefs.heads import build_head, calibrate_threshold
 from edgefs.heads.calibration import DEFAULT_CAPACITY, STATE_ARRAYS
 from edgefs.heads.openset import loo_scores
 from edgefs.runtime.bundle import read_bundle
+from edgefs.service.classifier import Classifier
 from edgefs.store.store import ClassStore
 
 WRITERS = int(os.environ.get("EDGEFS_CONCURRENCY_WRITERS", "2"))
@@ -130,7 +130,7 @@ def test_a_stale_saved_head_is_detected_rebuilt_and_saved(bundle: Path, glyph_da
     images = distinct_images(glyph_data, 6)
     logs: list[str] = []
     with Classifier.open(bundle, store_path, backend="onnxruntime", threads=1, log=logs.append) as clf:
-        from edgefs.classifier import read_images
+        from edgefs.imagefile import read_images
 
         frames, names, _ = read_images(images[:3])
         assert clf.enroll("a", frames, names=names).added == 3

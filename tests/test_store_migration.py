@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefs.classifier import Classifier
 from edgefs.heads import HeadSpec, build_head, calibrate_threshold
 from edgefs.runtime.bundle import Bundle, Manifest
+from edgefs.service.classifier import Classifier
 from edgefs.store import ClassStore, schema
 
 GOLDEN = Path(__file__).parent / "golden" / "store_v1.db"

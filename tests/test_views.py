@@ -1,4 +1,4 @@
-"""Shot views (edgefs.views): a shot enrolled as the mean embedding of its views, the head built from
+"""Shot views (edgefs.service.views): a shot enrolled as the mean embedding of its views, the head built from
 the means, the unknown threshold calibrated on single views, kept through reopening, packs, re-embedding,
 schema migration and live enrollment in the camera loop."""
 
@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 
 from edgefs.camera.pipeline import VIEWS_PER_CALL, Pipeline, RunConfig
-from edgefs.classifier import Classifier, read_images
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.heads.openset import calibrate_threshold, threshold_from_scores
 from edgefs.heads.reference import l2_normalize
-from edgefs.quality import QualityConfig, sharpness
+from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
+from edgefs.service.classifier import Classifier
+from edgefs.service.quality import QualityConfig, sharpness
+from edgefs.service.reembed import reembed_store
+from edgefs.service.views import VIEW_CHOICES, check_views, shot_views, view_means
 from edgefs.store import ClassStore
-from edgefs.store.reembed import reembed_store
-from edgefs.views import VIEW_CHOICES, check_views, shot_views, view_means
 
 
 def quiet(_: str) -> None:

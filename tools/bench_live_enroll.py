@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, VIEWS_PER_CALL, Pipeline, RunConfig, loop_threads
-from edgefs.classifier import Classifier
 from edgefs.demo import camera_options, choose_classes, demo_config, enroll_from_synthetic, ensure_data
+from edgefs.service.classifier import Classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_bundle

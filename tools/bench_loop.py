@@ -74,8 +74,8 @@ def live_scenario(spec: dict[str, Any]) -> dict[str, Any]:
 
     from edgefs.camera import pipeline as loop
     from edgefs.camera.pipeline import Pipeline, RunConfig
-    from edgefs.classifier import Classifier
     from edgefs.demo import DemoConfig, camera_options, choose_classes, enroll_from_synthetic
+    from edgefs.service.classifier import Classifier
 
     data = Path(spec["data"])
     out = Path(spec["out"])

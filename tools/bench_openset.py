@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from edgefs.camera.sources import open_source
-from edgefs.classifier import Classifier
 from edgefs.demo import (
     COLOUR_CHECKPOINT,
     camera_options,
@@ -58,6 +57,7 @@ from edgefs.demo import (
 from edgefs.export import export_bundle
 from edgefs.heads.openset import threshold_from_scores
 from edgefs.heads.reference import l2_normalize, row_dots
+from edgefs.service.classifier import Classifier
 
 HOLD = 45  # frames per presentation of the offline stream (the synthetic camera's default)
 
@@ -150,7 +150,7 @@ def measure(clf: Classifier, images: list[np.ndarray], truth: np.ndarray, shown:
             enrolled: list[str]) -> dict[str, Any]:
     """The table's figures for one classifier whose store holds the enrolled classes.
 
-    Where the store enrolls with shot views (:mod:`edgefs.views`) the head sums view means and
+    Where the store enrolls with shot views (:mod:`edgefs.service.views`) the head sums view means and
     every calibration here scores the shots' single views, as the store's own does.
     """
     head = clf.head
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="draws of the 5 enrolled + 2 never-enrolled classes (0: the demo's)")
     p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the demo's)")
     p.add_argument("--shot-views", nargs="+", type=int, default=None, choices=[1, 5, 7],
-                   help="views per enrolled shot to compare (edgefs.views; default: the demo's, 7)")
+                   help="views per enrolled shot to compare (edgefs.service.views; default: the demo's, 7)")
     p.add_argument("--seeds", type=int, default=4, help="offline streams (camera seeds)")
     p.add_argument("--frames", type=int, default=450, help="frames per stream")
     p.add_argument("--every", type=int, default=3, help="keep every N-th frame")

@@ -54,9 +54,7 @@ import cv2
 import numpy as np
 
 from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
-from edgefs.camera.roi import Roi
 from edgefs.camera.sources import open_source
-from edgefs.classifier import Classifier
 from edgefs.demo import (
     COLOUR_CHECKPOINT,
     DEFAULT_CHECKPOINT,
@@ -70,6 +68,8 @@ from edgefs.demo import (
 )
 from edgefs.runtime.bench import machine_info
 from edgefs.runtime.bundle import exported_from, source_checkpoint
+from edgefs.runtime.roi import Roi
+from edgefs.service.classifier import Classifier
 
 
 def quiet(_: str) -> None:
@@ -223,8 +223,8 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "something for the trained models (conv4 on glyphs, colour on the colour preset); the others are here for "
         "speed. Colour preset: shots and stream show the same designs (the objects the user enrolled), the object "
         "is half the frame's shorter side, and the region of interest ('roi') is what is embedded. Views per shot: "
-        "each enrolled shot is the mean embedding of that many views of it (edgefs.views; the enroll ms include "
-        "embedding them).",
+        "each enrolled shot is the mean embedding of that many views of it (edgefs.service.views; the enroll ms "
+        "include embedding them).",
     ]
     return "\n".join(lines)
 

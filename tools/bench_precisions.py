@@ -215,8 +215,8 @@ def bench_size(size: int, args: argparse.Namespace, calib: Path, evaluation: Pat
                     e.embed(batch)
                     w[key].append(time.perf_counter() - t)
                     c[key].append(time.process_time() - p)
-    from edgefs.classifier import thumbnail
-    from edgefs.store.reembed import _decode
+    from edgefs.imagefile import thumbnail
+    from edgefs.service.reembed import _decode
 
     # What 'edgefs classes reembed --mode thumbnails' embeds: the stored 64-px JPEG thumbnail, upscaled.
     thumbs = np.stack([_decode(thumbnail(im), (size, size)) for im in images])

@@ -11,7 +11,7 @@ automatic unknown threshold turned off, so that the open-set calibration's share
 class store is grown through 10, 100, 1,000 and 10,000 classes of 5 shots. At each size:
 
 * **bulk load** the classes missing to reach the size through
-  :meth:`edgefs.classifier.Classifier.add_embedded_classes` (the enrollment commit path: head
+  :meth:`edgefs.service.classifier.Classifier.add_embedded_classes` (the enrollment commit path: head
   update on a copy, calibration, per-class head rows and samples in durable transactions of
   1,000 classes), timed separately;
 * **enroll** ``--enrolls`` classes one at a time through ``Classifier.enroll_embedded`` (5 shots,
@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from edgefs.classifier import Classifier, thumbnail
 from edgefs.heads import HeadSpec
+from edgefs.imagefile import thumbnail
 from edgefs.runtime.bundle import Bundle, Manifest
+from edgefs.service.classifier import Classifier
 from edgefs.store import ClassStore
 
 SHOTS = 5

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from edgefs.camera.pipeline import RunConfig, loop_threads, open_pipeline
-from edgefs.classifier import Classifier
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
 from edgefs.runtime.bundle import exported_from
+from edgefs.service.classifier import Classifier
 
 # A viewer: one process, one HTTP connection per source, reading the multipart stream to the end.
 VIEWER = r"""

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefs.camera.sources import IMAGE_SUFFIXES, Source, SourceError, SourceOptions, register_source
-from edgefs.imagefile import ImageRefused, decode_image, read_image_bytes
+from edgefs.camera.sources import Source, SourceError, SourceOptions, register_source
+from edgefs.imagefile import IMAGE_SUFFIXES, ImageRefused, decode_image, read_image_bytes
 
 
 def read_image_rgb(path: Path) -> np.ndarray:

@@ -46,12 +46,12 @@ import numpy as np
 
 from edgefs.camera.capture import CaptureThread
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
-from edgefs.camera.roi import Roi
 from edgefs.camera.sources import Frame, open_source
-from edgefs.classifier import Classifier, EnrollResult
 from edgefs.errors import EdgefsError
 from edgefs.fileio import atomic_write_text, check_output_not_input
-from edgefs.quality import sharpness
+from edgefs.runtime.roi import Roi
+from edgefs.service.classifier import Classifier, EnrollResult
+from edgefs.service.quality import sharpness
 from edgefs.store.store import store_files
 from edgefs.store.validate import REJECT_LABEL, check_name
 
@@ -98,7 +98,7 @@ class RunConfig:
             sources' frames so that one engine call takes them all (0: embed what is ready
             at once). Each millisecond adds to the latency of the first frame.
         roi: the region of each frame that is embedded, at classification and live
-            enrollment alike (:class:`edgefs.camera.roi.Roi`); drawn in the window. None: the
+            enrollment alike (:class:`edgefs.runtime.roi.Roi`); drawn in the window. None: the
             one saved with the store (``edgefs serve``'s settings), else the whole frame.
     """
 
@@ -711,7 +711,7 @@ class Pipeline:
         return "\n  " + e.threshold_note
 
     def _embed_on_loop(self, batch: np.ndarray) -> np.ndarray:
-        """Embed engine inputs for the commit worker (a shot's other views, :mod:`edgefs.views`) on the
+        """Embed engine inputs for the commit worker (a shot's other views, :mod:`edgefs.service.views`) on the
         loop's thread, between two batches: the engine has one user (a TensorRT context is not
         thread-safe). A few images per call (:data:`VIEWS_PER_CALL`), so the stream is classified in
         between; once the loop has ended, directly on the worker's thread."""
@@ -1175,7 +1175,7 @@ def run(
     """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary.
 
     ``engine_options``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``);
-    ``shot_views``: as :class:`edgefs.classifier.Classifier` takes it (live enrollment).
+    ``shot_views``: as :class:`edgefs.service.classifier.Classifier` takes it (live enrollment).
 
     Raises:
         EdgefsError: an output that cannot be written (checked before anything runs); after the

@@ -43,11 +43,11 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from edgefs.errors import EdgefsError
+from edgefs.imagefile import IMAGE_SUFFIXES
 from edgefs.registry import Registry
 
 # The same suffixes the data readers take (edgefs.data.images); repeated here because the
 # device side may not import the workstation's data package (DESIGN.md rule 1).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".ts"})
 
 # Modules whose import registers the built-in sources (imported on first use, not at

@@ -67,7 +67,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgefs.camera.sources import IMAGE_SUFFIXES, Source, SourceError, SourceOptions, register_source
+from edgefs.camera.sources import Source, SourceError, SourceOptions, register_source
+from edgefs.imagefile import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 

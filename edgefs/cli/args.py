@@ -13,11 +13,11 @@ import math
 import re
 from collections.abc import Callable, Iterator
 
-from edgefs.camera.roi import ROI_HELP as ROI_HELP
-from edgefs.camera.roi import Roi
 from edgefs.device import check_device
 from edgefs.errors import EdgefsError
-from edgefs.views import VIEW_CHOICES as VIEW_CHOICES
+from edgefs.runtime.roi import ROI_HELP as ROI_HELP
+from edgefs.runtime.roi import Roi
+from edgefs.service.views import VIEW_CHOICES as VIEW_CHOICES
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         _action=lambda args: _commands().import_classes(args.store, args.bundle, args.pack, args.on_conflict)
     )
 
-    from edgefs.store.reembed import MODES  # torch-free
+    from edgefs.service.reembed import MODES  # torch-free
 
     a = actions.add_parser("reembed", parents=[common],
                            help="write a new store for another bundle (e.g. an INT8 one) from this store's classes")
@@ -55,14 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _reembed() -> ModuleType:
-    from edgefs.store import reembed
+    from edgefs.service import reembed
 
     return reembed
 
 
 def _commands() -> ModuleType:
-    """``edgefs.store.commands``, imported only when an action runs."""
-    from edgefs.store import commands
+    """``edgefs.service.classes``, imported only when an action runs."""
+    from edgefs.service import classes as commands
 
     return commands
 

@@ -12,9 +12,9 @@ HELP = "enroll a new class (or --append shots) into a class store from a few ima
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgefs.heads.spec import HEAD_TYPES
-    from edgefs.quality import QualityConfig
     from edgefs.runtime.preprocess import FIT_MODES
     from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
+    from edgefs.service.quality import QualityConfig
 
     q = QualityConfig()
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgefs.classifier import enroll_files
     from edgefs.fileio import check_output_not_input
-    from edgefs.quality import QualityConfig
+    from edgefs.service.classifier import enroll_files
+    from edgefs.service.quality import QualityConfig
 
     # The store is written; the bundle and the image files are read. A folder of images may hold
     # the store (it is skipped as an image), so only image files given by name are compared.

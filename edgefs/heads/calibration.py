@@ -22,7 +22,7 @@ O(capacity x D) plus O(C x D) per shot that enters the sample.
 The state (store sample ids, best other score and class) travels with the head state;
 the sample's embeddings are read back from the store by id when it is next needed.
 
-Shots enrolled as the mean of several views (:mod:`edgefs.views`) are summed by the head as
+Shots enrolled as the mean of several views (:mod:`edgefs.service.views`) are summed by the head as
 means but scored here as a camera frame is, one view (their ``singles``): scoring the means
 would put the threshold where no single frame reaches it.
 """

@@ -12,7 +12,7 @@ memory.
 
 State changes go through the same objects as the command line: the live
 enrollment is the loop's own (``Pipeline.start_enrollment``, run on the loop's
-thread), and class changes go through the :class:`edgefs.classifier.Classifier`,
+thread), and class changes go through the :class:`edgefs.service.classifier.Classifier`,
 whose head the loop reads at the next frame.
 
 Device side: no torch (DESIGN.md rule 1).
@@ -42,15 +42,16 @@ from starlette.routing import Route
 
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
 from edgefs.camera.pipeline import Pipeline, classes_with_other_roi
-from edgefs.camera.roi import Roi
-from edgefs.classifier import thumbnail
 from edgefs.errors import EdgefsError
+from edgefs.imagefile import thumbnail
+from edgefs.runtime.roi import Roi
 from edgefs.serve.auth import COOKIE, Guard
 from edgefs.serve.hub import ViewHub, quantiles
+from edgefs.service.classes import remove as remove_classes
+from edgefs.service.views import VIEW_CHOICES
 from edgefs.store.packs import ON_CONFLICT
 from edgefs.store.store import StoreFull
 from edgefs.store.validate import check_name
-from edgefs.views import VIEW_CHOICES
 
 API = "/api/v1"
 #: a JSON request body (labels, settings): far above what any call needs
@@ -471,17 +472,11 @@ async def rename(ctx: WebContext, request: Request) -> Response:
 async def remove(ctx: WebContext, request: Request) -> Response:
     name = class_name(ctx, text_field(await json_body(request), "name"))
     try:
-        removed = await run_in_threadpool(ctx.clf.remove, name)
-    except StoreFull as exc:  # the disk is full: the space reserve beside the store makes room
-        try:
-            removal = await run_in_threadpool(ctx.clf.remove_on_full_disk, [name], exc)
-        except EdgefsError as again:
-            raise HttpError(507, str(again)) from None
-        summary = removal.summary(Path(ctx.clf.store.path))
-        ctx.log(f"web: {summary}")
-        return JSONResponse({"removed": name, "shots": removal.removed[name], "summary": summary})
-    ctx.log(f"web: removed {name!r} ({removed[name]} shots)")
-    return JSONResponse({"removed": name, "shots": removed[name]})
+        removed, summary = await run_in_threadpool(remove_classes, ctx.clf, [name])
+    except StoreFull as exc:  # the disk is full and the space reserve beside the store could not make room
+        raise HttpError(507, str(exc)) from None
+    ctx.log(f"web: {summary}")
+    return JSONResponse({"removed": name, "shots": removed[name], "summary": summary})
 
 
 @endpoint("POST", f"{API}/classes/remove-shots", "{name, ids}: remove single shots of a class (not all of them)")

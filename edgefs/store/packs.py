@@ -4,7 +4,7 @@ A pack is a zip holding ``pack.json`` (format, versions, bundle fingerprint,
 embedding size, classes with their shots), ``embeddings/NNNNN.npy`` (one
 float32 ``(K, D)`` array per class, in the order of ``pack.json``),
 ``thumbnails/NNNNN/MMMMM.jpg`` (shot ``MMMMM`` of class ``NNNNN``, where it has
-one) and, for a class enrolled with shot views (:mod:`edgefs.views`; its entry says
+one) and, for a class enrolled with shot views (:mod:`edgefs.service.views`; its entry says
 ``"singles": true``, pack version 2), ``singles/NNNNN.npy``: its shots' single views.
 Class names live only in ``pack.json``, never in member paths.
 

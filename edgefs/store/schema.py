@@ -83,7 +83,7 @@ def _per_class_head_rows(conn: sqlite3.Connection) -> None:
 
 def _single_view_column(conn: sqlite3.Connection) -> None:
     """Version 3: ``samples.single``, the shot as one camera frame is embedded, where ``embedding`` is
-    the mean of several views of it (enrollment with shot views, :mod:`edgefs.views`).
+    the mean of several views of it (enrollment with shot views, :mod:`edgefs.service.views`).
 
     ``embedding`` stays what the head is built from; ``single`` (float32 like it, or NULL when the
     embedding is itself one view, as every sample written before this version) is what the unknown

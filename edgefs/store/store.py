@@ -673,7 +673,7 @@ class Transaction:
             thumbnails: ``K`` JPEG byte strings (or None entries), or None.
             source: where the shots came from, e.g. ``camera:0`` or a folder; or one text per shot.
             singles: float32 ``(K, D)`` each shot as one frame is embedded, when ``embeddings``
-                are means of several views (:mod:`edgefs.views`); None when they are single views.
+                are means of several views (:mod:`edgefs.service.views`); None when they are single views.
         """
         emb, thumbs, sources, one = self._validated(name, embeddings, thumbnails, source, singles)
         if self._class_id(name) is not None:

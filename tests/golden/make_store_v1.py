@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 import edgefs
-from edgefs.classifier import Classifier
 from edgefs.heads import HeadSpec
 from edgefs.runtime.bundle import Bundle, Manifest
+from edgefs.service.classifier import Classifier
 from edgefs.store import ClassStore
 
 out = Path(sys.argv[1])

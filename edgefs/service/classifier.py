@@ -25,24 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edgefs.camera.roi import Roi
 from edgefs.errors import EdgefsError
 from edgefs.heads import ClassifyResult, Head, HeadSpec, build_head
 from edgefs.heads.calibration import STATE_ARRAYS, LooCalibrator
-from edgefs.imagefile import ImageRefused, read_image_file
-from edgefs.quality import QualityConfig, gate_shots, shot_sharpness
+from edgefs.imagefile import read_images, thumbnail
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
+from edgefs.runtime.roi import Roi
+from edgefs.service.quality import QualityConfig, gate_shots, shot_sharpness
+from edgefs.service.views import check_views, view_means
 from edgefs.store.store import ClassStore, SampleSet
 from edgefs.store.validate import check_name
-from edgefs.views import check_views, view_means
 
-THUMBNAIL_SIDE = 64
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 #: ``threshold`` values: a cosine, ``"auto"`` (leave-one-out calibration kept up to date after
 #: every change, :mod:`edgefs.heads.calibration`) or ``"none"`` (never unknown).
 THRESHOLD_MODES = ("auto", "none")
@@ -57,7 +54,7 @@ class EnrollResult:
         added: shots that passed the gate and were stored.
         total: the class's shots after the commit.
         rejected: one message per shot left out (unreadable, blurry, near-duplicate).
-        timings_ms: ``embed``, ``views`` (embedding the shots' other views, :mod:`edgefs.views`),
+        timings_ms: ``embed``, ``views`` (embedding the shots' other views, :mod:`edgefs.service.views`),
             ``gate``, ``head``, ``commit`` and ``total`` in milliseconds.
         threshold: the unknown threshold after the change (None when rejection is off).
     """
@@ -82,54 +79,6 @@ class EnrollResult:
         if self.threshold is not None:
             lines.append(f"  unknown threshold: cosine < {self.threshold:.3f}")
         return "\n".join(lines)
-
-
-def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A small JPEG of an RGB ``(H, W, 3)`` uint8 image (longest side ``side``), for the store."""
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise EdgefsError("could not encode a thumbnail")
-    return buf.tobytes()
-
-
-def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Read image files (and the images directly inside folders) as RGB uint8.
-
-    Each file is checked before it is decoded (:func:`edgefs.imagefile.read_image_file`:
-    a regular file, size and pixel limits); one that fails is left out with a reason.
-
-    Returns:
-        ``(images, names, problems)``: the readable images with their file names, and
-        one message per file that was left out, naming it and why.
-
-    Raises:
-        EdgefsError: a path that does not exist, or no image files at all.
-    """
-    files: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise EdgefsError(f"{p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            files += found
-        elif p.exists():
-            files.append(p)  # a device or pipe is refused, with its name, when read
-        else:
-            raise EdgefsError(f"{p} does not exist; pass image files or a folder of them to --images")
-    images, names, problems = [], [], []
-    for f in files:
-        try:
-            images.append(read_image_file(f))  # size and pixel limits before decoding
-        except ImageRefused as exc:
-            problems.append(f"{exc}; skipped")
-            continue
-        names.append(f.name)
-    return images, names, problems
 
 
 #: The store setting holding :meth:`Classifier.set_floor`'s per-class floors.
@@ -173,7 +122,7 @@ class Classifier:
         fit: how frames are brought to the input size (``center_crop``, ``resize``, ``letterbox``).
         log: receives progress lines.
         shot_views: enroll each shot as the mean embedding of this many views of it
-            (:mod:`edgefs.views`: 1, 5 or 7); None keeps the store's saved choice (1 for a new
+            (:mod:`edgefs.service.views`: 1, 5 or 7); None keeps the store's saved choice (1 for a new
             store). A choice given is saved in the store's settings for later enrollments.
     """
 
@@ -501,7 +450,7 @@ class Classifier:
 
     def shot_sharpness(self, frame: np.ndarray, input_order: str = "RGB") -> float:
         """The blur gate's measure of one frame as read, at the smaller of its own resolution and
-        the engine's input (:func:`edgefs.quality.shot_sharpness`)."""
+        the engine's input (:func:`edgefs.service.quality.shot_sharpness`)."""
         return shot_sharpness(frame, self.bundle.manifest.input_size, self.fit, input_order)
 
     def _check_target(self, name: str, append: bool) -> None:
@@ -781,7 +730,7 @@ class Classifier:
         return self.threshold
 
     def set_shot_views(self, views: int) -> int:
-        """Enroll from now on with ``views`` views per shot (:mod:`edgefs.views`), saved with the store.
+        """Enroll from now on with ``views`` views per shot (:mod:`edgefs.service.views`), saved with the store.
         Classes already enrolled keep theirs. Returns the value in force."""
         views = check_views(views)
         if self.store is not None:

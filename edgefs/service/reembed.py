@@ -19,7 +19,7 @@ one as it was:
   Lossy for large inputs (EfficientNet-Lite0 at 224 px: 13-15 points of 5-way
   1-shot accuracy lost, ``tools/bench_precisions.py``), and the result says so:
   re-enrolling from the camera is better where possible. A store that enrolls with shot
-  views (:mod:`edgefs.views`) has each thumbnail's views embedded and averaged, as at enrollment.
+  views (:mod:`edgefs.service.views`) has each thumbnail's views embedded and averaged, as at enrollment.
 * ``auto``: ``carry`` when allowed, else ``thumbnails``.
 
 The head is rebuilt from the new samples and saved with them; the store's device settings
@@ -35,15 +35,15 @@ import cv2
 import numpy as np
 
 from edgefs import limits
-from edgefs.classifier import THUMBNAIL_SIDE, Classifier
 from edgefs.errors import EdgefsError
 from edgefs.fileio import check_output_not_input
-from edgefs.imagefile import image_dimensions
+from edgefs.imagefile import THUMBNAIL_SIDE, image_dimensions
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
+from edgefs.service.classifier import Classifier
+from edgefs.service.views import check_views, view_means
 from edgefs.store.store import ClassStore, store_files
 from edgefs.store.validate import StoreError
-from edgefs.views import check_views, view_means
 
 CARRY_MAX_DROP = 1.0
 """Most the measured accuracy with parent shots and INT8 queries may fall below the parent's, in points."""
