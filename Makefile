@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 .PHONY: install demo demo-glyphs train-demo test lint reproduce colour-model lodo clean
 GLYPHS := data/glyphs28
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[train,dev,rtx]"

@@ -203,7 +203,7 @@ GUEST_PY=$(wrapper_for "$CPU")
 
 # ---- x86: the bundles and reference embeddings (export needs PyTorch), cached by what makes them --
 ref_key=$( { printf '%s\n' "${REQS[@]}"; "$PY" -c 'import torch, onnx; print(torch.__version__, onnx.__version__)';
-             find -L edgefs models tests/conftest.py tests/test_aarch64_parity.py -type f \
+             find -L edgefs export kernels models tests/conftest.py tests/test_aarch64_parity.py -type f \
                  \( -name '*.py' -o -name '*.pt' \) -not -path '*/__pycache__/*' | sort | xargs sha256sum; } | hash_of)
 REF=$CACHE/ref-$ref_key
 if [ ! -f "$REF/reference.json" ]; then
