@@ -34,11 +34,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.templating import Jinja2Templates
 
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
 from edgefs.camera.pipeline import Pipeline, classes_with_other_roi
@@ -64,7 +66,8 @@ STALE_S = 10.0
 ENROLL_SHOTS = 5
 ENROLL_INTERVAL_S = 1.5
 ENROLL_DELAY_S = 3.0
-#: the pages and assets shipped in the package (edgefs/serve/static), by URL path
+#: the pages (templates in edgefs/serve/templates) and assets (edgefs/serve/static) shipped in the
+#: package, by URL path
 PAGES = {"/": "live.html", "/enroll": "enroll.html", "/classes": "classes.html", "/settings": "settings.html"}
 ASSETS = {"/static/app.js": ("app.js", "text/javascript"), "/static/style.css": ("style.css", "text/css")}
 SECURITY_HEADERS = {
@@ -201,6 +204,13 @@ def error(status: int, message: str) -> JSONResponse:
 # ---- pages and health ----------------------------------------------------------------------------
 def _asset(name: str) -> bytes:
     return resources.files("edgefs.serve").joinpath("static", name).read_bytes()
+
+
+def _templates() -> Jinja2Templates:
+    """The pages' templates: ``base.html`` (the head and navigation) and one per page extending it."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("edgefs.serve", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
+    return Jinja2Templates(env=env)
 
 
 @endpoint("GET", "/healthz", f"200 'ok' while a frame was classified in the last {STALE_S:g} s, else 503 "
@@ -659,7 +669,11 @@ def _page(ctx: WebContext, body: bytes, media_type: str, page: bool) -> Callable
 
 def build_app(ctx: WebContext) -> Starlette:
     """The Starlette application over a running (or about to run) loop."""
-    routes = [Route(path, _page(ctx, _asset(name), "text/html; charset=utf-8", True)) for path, name in PAGES.items()]
+    # The pages hold nothing per request: each is rendered once, here, so that a broken template stops
+    # the start rather than a visit.
+    templates = _templates()
+    routes = [Route(path, _page(ctx, templates.get_template(name).render().encode(), "text/html; charset=utf-8", True))
+              for path, name in PAGES.items()]
     routes += [Route(path, _page(ctx, _asset(name), f"{media}; charset=utf-8", False))
                for path, (name, media) in ASSETS.items()]
     routes += [Route(e.path, _wrap(ctx, e), methods=[e.method]) for e in ENDPOINTS]
