@@ -38,8 +38,9 @@ from edgefs.heads import reference as ref
 
 
 def _compiler_reason() -> str | None:
-    from edgefs.errors import MissingDependencyError
     from edgefs.kernels.emu import build
+
+    from edgefs.errors import MissingDependencyError
 
     try:
         build.find_compiler()

@@ -15,8 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
-from edgefs.backbones import build_backbone  # noqa: E402
 from edgefs.export import export_bundle  # noqa: E402
+
+from edgefs.backbones import build_backbone  # noqa: E402
 from edgefs.methods import build_method  # noqa: E402
 from edgefs.runtime.engine import DeviceArray  # noqa: E402
 from edgefs.runtime.onnxruntime_backend import CUDA_EP, available_providers  # noqa: E402
@@ -122,9 +123,10 @@ def test_engine_output_goes_to_the_cuda_head_without_a_host_copy(bundle: Path, p
     """
     if importlib.util.find_spec("pycuda") is None:
         pytest.skip("pycuda is not installed (pip install 'edgefs[cuda]'; see ../shared/DEVICE.md)")
+    from edgefs.kernels import launch
+
     from edgefs.heads import HEADS, HeadSpec
     from edgefs.heads.cuda import build_cuda_head
-    from edgefs.kernels import launch
 
     engine = open_engine(bundle, backend="torch", device="cuda", precision=precision, log=quiet)
     spec = HeadSpec("prototype", {"distance": "cosine"})

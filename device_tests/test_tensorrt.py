@@ -51,8 +51,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_path(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded, untrained conv4 ProtoNet bundle (tests/conftest.py's fixtures are not visible here)."""
     torch = pytest.importorskip("torch")
-    from edgefs.backbones import build_backbone
     from edgefs.export import export_bundle
+
+    from edgefs.backbones import build_backbone
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 
@@ -84,6 +85,7 @@ def engines(bundle_path: Path, data: Path, flavour: str) -> dict[str, Path]:
     """One engine per precision the flavour builds, built once (int8 calibrated on the ImageFolder).
     The bundle's engines folder is emptied first: each flavour's engines are looked up on their own."""
     from edgefs.export.tensorrt_build import build_engine
+
     from edgefs.runtime.trt_flavour import FLAVOURS
 
     shutil.rmtree(bundle_path / "engines", ignore_errors=True)
@@ -183,6 +185,7 @@ def test_key_mismatch_and_copied_file(engines: dict[str, Path], bundle_path: Pat
 
 def test_int8_rebuild_reuses_the_calibration_cache(engines: dict[str, Path], bundle_path: Path, flavour: str) -> None:
     from edgefs.export.tensorrt_build import build_engine
+
     from edgefs.runtime.engine_file import read_engine_header
 
     if "int8" not in engines:

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from edgefs import __version__
 from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
 from edgefs.export.parity import DEFAULT_BATCH_SIZES, ParityReport, check_parity
 from edgefs.export.parity import parity_images as pick_parity_images
+
+from edgefs import __version__
 from edgefs.fileio import check_output_not_input
 from edgefs.heads.spec import HeadSpec
 from edgefs.runtime.bundle import (

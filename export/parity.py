@@ -16,12 +16,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from edgefs.export.onnx_export import ExportError
 
 from edgefs._lazy import require
 from edgefs.backbones import Backbone
 from edgefs.data.images import open_split, read_image
 from edgefs.errors import DataError
-from edgefs.export.onnx_export import ExportError
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME
 
 DEFAULT_BATCH_SIZES = (1, 16)

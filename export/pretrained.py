@@ -26,10 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from edgefs.backbones import Backbone, build_backbone
-from edgefs.backbones.efficientnet_lite import VARIANTS, pretrained_backbones
-from edgefs.data.procedural import PROCEDURAL, procedural_images
 from edgefs.export.bundle_writer import (
     ARRAY_FREE_HEADS,
     PARITY_SEED,
@@ -40,6 +36,10 @@ from edgefs.export.bundle_writer import (
 from edgefs.export.onnx_export import DEFAULT_OPSET, ExportError
 from edgefs.export.parity import DEFAULT_BATCH_SIZES
 from edgefs.export.parity import parity_images as pick_images
+
+from edgefs.backbones import Backbone, build_backbone
+from edgefs.backbones.efficientnet_lite import VARIANTS, pretrained_backbones
+from edgefs.data.procedural import PROCEDURAL, procedural_images
 from edgefs.fileio import check_output_not_input
 from edgefs.heads.spec import HeadSpec
 from edgefs.runtime.bundle import Bundle

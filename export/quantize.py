@@ -458,6 +458,7 @@ def quantize_bundle(
         MissingDependencyError: onnx / onnxruntime are not installed.
     """
     from edgefs.export.tensorrt_build import cosines, episode_agreement
+
     from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
 
     parent = read_bundle(bundle)
@@ -678,6 +679,7 @@ def emulated_parity(
         QuantizeError: the graph misses the floors on an emulated class (nothing is written).
     """
     from edgefs.export.tensorrt_build import cosines, episode_agreement
+
     from edgefs.runtime.emulate import embed_emulated, emulator_for
 
     out: dict[str, Any] = {}

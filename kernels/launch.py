@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from edgefs.kernels import build
 
 from edgefs.errors import EdgefsError, MissingDependencyError
-from edgefs.kernels import build
 from edgefs.runtime.engine import DeviceArray
 
 #: Dynamic shared memory one block may use (48 KiB minus room for the kernels' static arrays).

@@ -83,9 +83,9 @@ def conv4_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         return made
     needs("torch", "exporting a bundle")
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 

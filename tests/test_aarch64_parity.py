@@ -86,8 +86,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---- x86: the reference ------------------------------------------------------------------------
 @pytest.mark.skipif(not os.environ.get(MAKE), reason=f"makes the x86 reference of .ci/lane-aarch64.sh ({MAKE}=DIR)")
 def test_make_reference(glyph_data: Path, conv4_bundle: Path, trained_bundle: Path, tmp_path: Path) -> None:
-    from edgefs.cli import main
     from edgefs.export import export_bundle  # needs PyTorch
+
+    from edgefs.cli import main
 
     out = Path(os.environ[MAKE])
     shutil.copytree(glyph_data, out / "prebuilt" / "glyphs")

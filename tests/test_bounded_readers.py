@@ -25,10 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from edgefs.export.quantize import QuantizeError, bounded_source
 
 from edgefs import limits
 from edgefs.camera import Frame, Source, open_source
-from edgefs.export.quantize import QuantizeError, bounded_source
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import CalibrationError, open_calibration_source
 from edgefs.service.reembed import reembed_store

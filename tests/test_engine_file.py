@@ -201,8 +201,9 @@ def test_missing_tensorrt_is_an_actionable_error(tmp_path: Path) -> None:
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    from edgefs.errors import MissingDependencyError
     from edgefs.export.tensorrt_build import EngineBuildError, build_engine
+
+    from edgefs.errors import MissingDependencyError
     from edgefs.runtime.tensorrt_backend import device_index
 
     with pytest.raises(EngineBuildError, match="unknown precision"):

@@ -14,14 +14,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from edgefs.export import TORCH_WEIGHTS_FILE, ExportError, ParityError, export_bundle
+from edgefs.export.onnx_export import unsupported_operator
+from edgefs.export.parity import parity_images
 from torch import nn
 
 from edgefs.backbones import BACKBONES, Backbone, BackboneSpec, build_backbone
 from edgefs.cli import main
 from edgefs.errors import CheckpointError
-from edgefs.export import TORCH_WEIGHTS_FILE, ExportError, ParityError, export_bundle
-from edgefs.export.onnx_export import unsupported_operator
-from edgefs.export.parity import parity_images
 from edgefs.methods import build_method
 from edgefs.runtime.bundle import (
     BUNDLE_SCHEMA_VERSION,
@@ -281,9 +281,8 @@ def test_head_that_needs_pickle_is_refused(bundle_copy: Path) -> None:
 
 def test_a_graph_that_transposes_uint8_before_casting_is_refused() -> None:
     """What every bundle looked like before the cast moved first: TensorRT's parser refuses it."""
-    from onnx import TensorProto, helper
-
     from edgefs.export.onnx_export import check_input_cast_first
+    from onnx import TensorProto, helper
 
     def graph(first: str, second: str) -> onnx.ModelProto:
         nodes = {"Transpose": helper.make_node("Transpose", [INPUT_NAME if first == "Transpose" else "x"],

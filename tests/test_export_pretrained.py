@@ -9,11 +9,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from edgefs.export.bundle_writer import override_head
+from edgefs.export.onnx_export import ExportError
 
 from edgefs.cli import main
 from edgefs.errors import MissingDependencyError
-from edgefs.export.bundle_writer import override_head
-from edgefs.export.onnx_export import ExportError
 from edgefs.heads import HeadSpec, build_head
 from edgefs.runtime.bundle import read_bundle
 
@@ -46,9 +46,10 @@ def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_bundle_is_a_centred_cosine_prototype_head(default_bundle: Path) -> None:
+    from edgefs.export.pretrained import MEAN_SEED, embed_images
+
     from edgefs.backbones import build_backbone
     from edgefs.data.procedural import procedural_images
-    from edgefs.export.pretrained import MEAN_SEED, embed_images
 
     bundle = read_bundle(default_bundle)
     manifest = json.loads((default_bundle / "manifest.json").read_text())
@@ -139,10 +140,10 @@ def test_head_override_rules() -> None:
 
 def test_power_transform_is_in_the_graph_and_the_mean_is_taken_after_it(tmp_path: Path) -> None:
     import onnxruntime as ort
+    from edgefs.export.pretrained import embed_images
 
     from edgefs.backbones import build_backbone
     from edgefs.backbones.efficientnet_lite import POWER_EPS
-    from edgefs.export.pretrained import embed_images
 
     out = tmp_path / "sqrt.edgefs"
     folder = colour_folder(tmp_path / "imgs")

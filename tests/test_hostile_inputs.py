@@ -21,10 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from edgefs.export.quantize import CalibrationStats, QuantizeError, calibration_warnings, quantize_bundle
 
 from edgefs import limits
 from edgefs.cli import main
-from edgefs.export.quantize import CalibrationStats, QuantizeError, calibration_warnings, quantize_bundle
 from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import Manifest
 from edgefs.store import ClassStore, StoreError
@@ -90,9 +90,9 @@ def test_export_of_the_colour_model_without_data_names_its_folders(tmp_path: Pat
 
 def test_export_takes_parity_images_from_the_recorded_folders_that_exist(tmp_path: Path) -> None:
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 

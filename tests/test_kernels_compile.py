@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from edgefs.kernels import build, launch
 
 from edgefs.errors import EdgefsError, MissingDependencyError
-from edgefs.kernels import build, launch
 from edgefs.runtime.engine import DeviceArray
 
 ARCHS = ("sm_87", "sm_90")

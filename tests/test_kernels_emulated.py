@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.kernels import launch as gpu
 from edgefs.kernels.emu import build
 from edgefs.kernels.emu import launch as emu
+
+from edgefs.errors import EdgefsError, MissingDependencyError
 
 ROOT = Path(__file__).resolve().parents[1]
 

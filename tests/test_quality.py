@@ -99,9 +99,9 @@ def test_gate_accepts_sharp_small_shots_and_rejects_blurred_ones() -> None:
 def bundle_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 224 px RGB conv4 bundle (untrained, seeded): the engine input size of a Lite0 bundle, cheaply."""
     import torch
+    from edgefs.export import write_bundle
 
     from edgefs.backbones import build_backbone
-    from edgefs.export import write_bundle
     from edgefs.heads import HeadSpec
 
     torch.manual_seed(0)

@@ -10,9 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from edgefs.cli import main
-from edgefs.errors import EdgefsError
 from edgefs.export.quantize import (
     MIN_CALIBRATION_IMAGES,
     PERCENTILE_IMAGES_224,
@@ -22,6 +19,9 @@ from edgefs.export.quantize import (
     quantize_bundle,
 )
 from edgefs.export.tensorrt_build import cosines
+
+from edgefs.cli import main
+from edgefs.errors import EdgefsError
 from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.runtime.calibration import open_calibration_source

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from edgefs.export import TORCH_WEIGHTS_FILE
+from edgefs.export.parity import parity_images
 
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
-from edgefs.export import TORCH_WEIGHTS_FILE
-from edgefs.export.parity import parity_images
 from edgefs.runtime.bench import STAGES, run_bench
 from edgefs.runtime.bundle import ONNX_FILE, BundleError, read_bundle
 from edgefs.runtime.engine import ENGINES

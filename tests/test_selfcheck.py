@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_edits import copy_bundle, edit_manifest
+from edgefs.export.quantize import FORMAT_LADDER, QuantizeError, formats_for, quantize_bundle
 
 import edgefs.cpu
 from edgefs.cpu import CpuInfo, claimed_classes
 from edgefs.errors import EdgefsError
-from edgefs.export.quantize import FORMAT_LADDER, QuantizeError, formats_for, quantize_bundle
 from edgefs.runtime.bundle import ONNX_FILE, read_bundle, sha256_file
 from edgefs.runtime.quantized import FP32_FALLBACK_FILE, int8_classes, quantization_info
 from edgefs.runtime.select import open_engine

@@ -235,6 +235,7 @@ def test_cli_and_library_refuse_what_no_run_can_use(tmp_path: Path, capsys: pyte
 
 def test_power_and_centring_are_trained_saved_and_exported(run, domains: list[str], tmp_path: Path) -> None:
     from edgefs.export import export_bundle
+
     from edgefs.heads import HeadSpec
     from edgefs.train.cached import DomainFeatures, LiteSplit, domain_features, train_center
 

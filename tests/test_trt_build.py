@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import torch
+from edgefs.export import export_bundle
 
 from edgefs.backbones import BACKBONES, build_backbone
 from edgefs.cli import main
-from edgefs.export import export_bundle
 from edgefs.methods import build_method
 from edgefs.runtime.bundle import MANIFEST_FILE, ONNX_FILE, read_bundle, sha256_file
 from edgefs.runtime.engine_file import EngineKey, read_engine_file, read_engine_header
@@ -137,8 +137,9 @@ def test_a_graph_that_transposes_uint8_first_is_refused_by_the_parser(conv4_bund
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Bundles exported before the input cast moved first: TensorRT-RTX's parser rejects node 0, and the
     message says to re-export."""
-    from edgefs.backbones.base import ImageInput
     from edgefs.export.onnx_export import _trace_to_onnx
+
+    from edgefs.backbones.base import ImageInput
 
     def old_forward(self: ImageInput, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)

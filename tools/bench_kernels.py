@@ -299,9 +299,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         fail("no CUDA GPU on this machine; run it on the GPU machine (../shared/DEVICE.md)")
     torch.cuda.init()  # the primary context first, then pycuda retains the same one
+    from edgefs.kernels import launch
+
     from edgefs.errors import EdgefsError
     from edgefs.heads import reference as ref
-    from edgefs.kernels import launch
 
     try:
         rt = launch.runtime()

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from bench_pretrained import head_scores  # the same device-head scoring as the frozen-backbone table (tools/)
+from edgefs.export.pretrained import embed_images
 
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
@@ -52,7 +53,6 @@ from edgefs.data.episodes import Protocol, cached_episodes
 from edgefs.data.images import open_split
 from edgefs.errors import DataError
 from edgefs.eval.episodic import Accuracy
-from edgefs.export.pretrained import embed_images
 from edgefs.train.cached import CachedTrainConfig, train_cached
 from edgefs.train.checkpoint import load_checkpoint
 

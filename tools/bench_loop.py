@@ -174,7 +174,6 @@ def calibration_folder(domains: Path, out: Path) -> Path:
 def bundles(size: int, args: argparse.Namespace) -> dict[str, Path]:
     """``{"fp32": bundle, "int8": bundle}`` for Lite0 at ``size`` px (made once, kept in ``--out-dir``)."""
     from bench_precisions import make_lite0
-
     from edgefs.export.quantize import quantize_bundle
 
     if args.bundle is not None:  # the user's FP32 bundle (e.g. the meta-trained colour Lite0)

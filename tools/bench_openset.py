@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgefs.export import export_bundle
 
 from edgefs.camera.sources import open_source
 from edgefs.demo import (
@@ -54,7 +55,6 @@ from edgefs.demo import (
     enroll_from_synthetic,
     ensure_data,
 )
-from edgefs.export import export_bundle
 from edgefs.heads.openset import threshold_from_scores
 from edgefs.heads.reference import l2_normalize, row_dots
 from edgefs.service.classifier import Classifier

@@ -79,9 +79,9 @@ def quiet(_: str) -> None:
 def make_bundle(backbone: str, out: Path, data: Path) -> tuple[Path, str]:
     """A bundle for ``backbone`` (``name`` or ``name@SIZE``) under ``out`` and what its weights are."""
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 
@@ -129,7 +129,6 @@ def scenario(clf: Classifier, config: RunConfig) -> dict[str, Any]:
 def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
     """``bundle`` quantised by ``edgefs quantize`` on synthetic-camera colour frames of train-split classes."""
     from bench_precisions import render_frames  # tools/ is on sys.path when this runs as a script
-
     from edgefs.export.quantize import quantize_bundle
 
     out = bundle.with_name(bundle.name.replace(".edgefs", "-int8.edgefs"))

@@ -77,9 +77,9 @@ def render_frames(data: Path, out: Path, split: str, n_classes: int, per_class: 
 def make_lite0(size: int, out: Path, data: Path) -> Path:
     """EfficientNet-Lite0 (ImageNet weights, not meta-trained) as a ``size``-px bundle."""
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgefs.export.pretrained import embed_images, mean_feature
 
 from edgefs.backbones import build_backbone
 from edgefs.data.episodes import Protocol, fixed_episodes
 from edgefs.data.images import open_split
 from edgefs.eval.episodic import Accuracy, embedding_table, needed_indices
-from edgefs.export.pretrained import embed_images, mean_feature
 from edgefs.heads import HeadSpec, build_head
 
 DOMAINS = Path("data/domains")  # where `edgefs data all --out data/domains` builds them

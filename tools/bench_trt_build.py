@@ -41,9 +41,9 @@ def quiet(_: str) -> None:
 def export_all(work: Path, data: str) -> list[Path]:
     """One bundle per registered backbone at its native size (trained weights where committed)."""
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import BACKBONES, build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 
@@ -65,8 +65,9 @@ def export_all(work: Path, data: str) -> list[Path]:
 
 
 def build_one(bundle: Path, precision: str, args: argparse.Namespace) -> dict[str, Any]:
-    from edgefs.errors import EdgefsError
     from edgefs.export.tensorrt_build import build_engine
+
+    from edgefs.errors import EdgefsError
 
     lines: list[str] = []
 

@@ -185,9 +185,9 @@ def _export_bundles(root: Path, log: Callable[[str], None]) -> dict[str, Path]:
     """A bundle of every registered backbone (seeded weights; ImageNet ones where the registry has them)."""
     import numpy as np
     import torch
+    from edgefs.export import export_bundle
 
     from edgefs.backbones import BACKBONES, build_backbone
-    from edgefs.export import export_bundle
     from edgefs.methods import build_method
     from edgefs.train.checkpoint import save_checkpoint
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from edgefs.export import export_bundle
 
 from edgefs.backbones import build_backbone
-from edgefs.export import export_bundle
 from edgefs.methods import build_method
 from edgefs.runtime.bundle import ONNX_FILE
 from edgefs.train.checkpoint import save_checkpoint

@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--bundle and --calib are required")
 
     sys.path.insert(0, str(ROOT))
-    from edgefs.cpu import cpu_info
     from edgefs.export.quantize import quantize_bundle
     from edgefs.export.tensorrt_build import cosines, episode_agreement
+
+    from edgefs.cpu import cpu_info
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.calibration import open_calibration_source
     from edgefs.runtime.emulate import Emulator, embed_emulated

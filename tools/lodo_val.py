@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 from bench_lodo import pool_power, saved_center, train_table
+from edgefs.export.pretrained import embed_images
 
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
 from edgefs.data.images import open_split
-from edgefs.export.pretrained import embed_images
 from edgefs.train.cached import CachedTrainConfig, LiteSplit, domain_features, train_center
 from edgefs.train.checkpoint import load_checkpoint
 

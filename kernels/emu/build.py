@@ -28,10 +28,11 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from edgefs.errors import MissingDependencyError
-from edgefs.fileio import atomic_write_bytes
 from edgefs.kernels import build as cubin_build
 from edgefs.kernels.build import KernelBuildError
+
+from edgefs.errors import MissingDependencyError
+from edgefs.fileio import atomic_write_bytes
 
 EMU_DIR = Path(__file__).resolve().parent
 HEADER = EMU_DIR / "cuda_emu.h"

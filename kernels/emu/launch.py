@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-
-from edgefs.errors import EdgefsError
 from edgefs.kernels import launch as gpu
 from edgefs.kernels.emu import build
+
+from edgefs.errors import EdgefsError
 
 SCHEDULES: dict[str, int] = {"forward": 0, "reverse": 1, "shuffle": 2}
 SCHEDULE_ENV = "EDGEFS_EMU_SCHEDULE"
