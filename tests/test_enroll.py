@@ -14,7 +14,7 @@ from edgefs.errors import EdgefsError
 from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from edgefs.heads import Head, HeadSpec
 from edgefs.heads.den import DENHead
 from edgefs.heads.progressive import ProgressiveHead
 from edgefs.runtime.bundle import read_bundle
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 
 D = 32
 

@@ -26,8 +26,7 @@ import pytest
 from edgefs.cli import main
 from edgefs.fileio import OutputOverInput
 from edgefs.runtime.bundle import read_bundle
-from edgefs.store import ClassStore, StoreError
-from edgefs.store.store import RESERVE_BYTES
+from edgefs.store import RESERVE_BYTES, ClassStore, StoreError
 
 
 def sha256(path: Path) -> str:

@@ -29,7 +29,7 @@ from edgefs.runtime.quantized import graph_precision, parent_fingerprint, quanti
 from edgefs.runtime.select import open_engine
 from edgefs.service.classifier import Classifier
 from edgefs.service.reembed import CARRY_MAX_DROP, CARRY_MIN_COSINE, reembed_store
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 from edgefs.store.validate import StoreError
 
 

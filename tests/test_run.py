@@ -17,7 +17,7 @@ from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
 

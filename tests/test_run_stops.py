@@ -18,7 +18,7 @@ from edgefs.camera.sources import Frame
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 from tests.serve_support import class_names, enroll_from_camera, synthetic
 
 

@@ -12,7 +12,7 @@ from edgefs.cli import main
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service import classes
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 
 
 @pytest.fixture()

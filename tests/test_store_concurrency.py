@@ -25,7 +25,7 @@ from edgefs.heads.calibration import DEFAULT_CAPACITY, STATE_ARRAYS
 from edgefs.heads.openset import loo_scores
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore
+from edgefs.store import ClassStore
 
 WRITERS = int(os.environ.get("EDGEFS_CONCURRENCY_WRITERS", "2"))
 #: Classes enrolled before the writers start (synthetic shots, one bulk commit); CI runs with none.

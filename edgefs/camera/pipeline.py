@@ -52,7 +52,7 @@ from edgefs.fileio import atomic_write_text, check_output_not_input
 from edgefs.runtime.roi import Roi
 from edgefs.service.classifier import Classifier, EnrollResult
 from edgefs.service.quality import sharpness
-from edgefs.store.store import store_files
+from edgefs.store import store_files
 from edgefs.store.validate import REJECT_LABEL, check_name
 
 # The label of a rejected frame: the name the store refuses for a class, so it never means one.

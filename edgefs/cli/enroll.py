@@ -64,7 +64,7 @@ def check_target(bundle: str, store: str, label: str, append: bool) -> None:
 
     Opening the classifier may write (migrate the store, save a head rebuilt for another --head,
     save a --shot-views choice); a refused enrollment must write nothing, so the class list is read
-    first without writing anything to the store (:func:`edgefs.store.store.enrolled_names`).
+    first without writing anything to the store (:func:`edgefs.store.enrolled_names`).
 
     Raises:
         EdgefsError: the label is not a valid class name; --append without a store or to a class
@@ -72,7 +72,7 @@ def check_target(bundle: str, store: str, label: str, append: bool) -> None:
     """
     from edgefs.errors import EdgefsError
     from edgefs.runtime.bundle import read_bundle
-    from edgefs.store.store import enrolled_names
+    from edgefs.store import enrolled_names
     from edgefs.store.validate import check_name
 
     check_name(label)

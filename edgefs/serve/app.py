@@ -51,8 +51,8 @@ from edgefs.serve.auth import COOKIE, Guard
 from edgefs.serve.hub import ViewHub, quantiles
 from edgefs.service.classes import remove as remove_classes
 from edgefs.service.views import VIEW_CHOICES
+from edgefs.store import StoreFull
 from edgefs.store.packs import ON_CONFLICT
-from edgefs.store.store import StoreFull
 from edgefs.store.validate import check_name
 
 API = "/api/v1"

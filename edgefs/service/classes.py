@@ -15,7 +15,7 @@ from pathlib import Path
 from edgefs.fileio import check_output_not_input
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
-from edgefs.store.store import ClassStore, StoreFull, remove_on_full_disk, store_files
+from edgefs.store import ClassStore, StoreFull, remove_on_full_disk, store_files
 
 
 def _open(store: str | Path, bundle: str | Path, create: bool = False) -> ClassStore:
@@ -37,7 +37,7 @@ def list_classes(store: str | Path, bundle: str | Path) -> str:
 def remove(clf: Classifier, names: Sequence[str]) -> tuple[dict[str, int], str]:
     """Remove ``names`` with their samples and head rows in one commit (all or nothing) and give the
     freed pages back to the disk; on a full disk, remove them with the space reserve kept beside
-    the store (:func:`edgefs.store.store.remove_on_full_disk`).
+    the store (:func:`edgefs.store.remove_on_full_disk`).
 
     Returns:
         ``({name: samples removed}, text saying what was done)``.

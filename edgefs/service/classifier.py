@@ -37,7 +37,7 @@ from edgefs.runtime.preprocess import FitMode, to_batch
 from edgefs.runtime.roi import Roi
 from edgefs.service.quality import QualityConfig, gate_shots, shot_sharpness
 from edgefs.service.views import check_views, view_means
-from edgefs.store.store import ClassStore, SampleSet
+from edgefs.store import ClassStore, SampleSet
 from edgefs.store.validate import check_name
 
 #: ``threshold`` values: a cosine, ``"auto"`` (leave-one-out calibration kept up to date after
@@ -639,12 +639,12 @@ class Classifier:
         return shots
 
     def remove_on_full_disk(self, names: Sequence[str], cause: Exception | None = None) -> Any:
-        """:meth:`remove` when the disk is full (it raised :class:`edgefs.store.store.StoreFull`): the
+        """:meth:`remove` when the disk is full (it raised :class:`edgefs.store.StoreFull`): the
         classes are removed with the space reserve kept beside the store
-        (:func:`edgefs.store.store.remove_on_full_disk`), and the live head is rebuilt in memory from the
+        (:func:`edgefs.store.remove_on_full_disk`), and the live head is rebuilt in memory from the
         remaining samples (nothing more is written; the saved head state, marked out of date, is
         rewritten by the next commit or open). Returns the store's ``Removal`` (its ``summary``)."""
-        from edgefs.store.store import StoreFull, remove_on_full_disk
+        from edgefs.store import StoreFull, remove_on_full_disk
 
         store = self._need_store("remove classes")
         with self._write_lock:

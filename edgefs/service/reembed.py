@@ -42,7 +42,7 @@ from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.quantized import parent_fingerprint, quantization_info
 from edgefs.service.classifier import Classifier
 from edgefs.service.views import check_views, view_means
-from edgefs.store.store import ClassStore, store_files
+from edgefs.store import ClassStore, store_files
 from edgefs.store.validate import StoreError
 
 CARRY_MAX_DROP = 1.0

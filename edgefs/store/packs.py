@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from edgefs import __version__, limits
 from edgefs.errors import EdgefsError
 from edgefs.fileio import FileRefused, atomic_writer, check_output_not_input, check_regular_file, load_npy
 from edgefs.store import schema
-from edgefs.store.store import ClassStore, Transaction, store_files
+from edgefs.store.files import store_files
 from edgefs.store.validate import (
     EMBEDDING_DTYPE,
     MAX_THUMBNAIL_BYTES,
@@ -43,6 +43,10 @@ from edgefs.store.validate import (
     check_name,
     check_thumbnails,
 )
+
+if TYPE_CHECKING:
+    from edgefs.store.store import ClassStore
+    from edgefs.store.transaction import Transaction
 
 PACK_FORMAT = "edgefs-class-pack"
 PACK_VERSION = 2  # 2: singles/ members; a pack without them is written as version 1
