@@ -3,7 +3,7 @@
 :func:`accumulate_normalize`, :func:`classify`, :func:`finetune_gram` and :func:`finetune`
 take what their NumPy references take. Every array argument may be a NumPy array (copied to
 the GPU and back: the slow path, for tests and one-off calls) or GPU memory: an
-:class:`edgefs.runtime.engine.DeviceArray` (what ``Engine.embed_device`` returns), a
+:class:`edgefs.device.DeviceArray` (what ``Engine.embed_device`` returns), a
 :class:`DeviceBuffer`, or anything with ``__cuda_array_interface__`` (a torch CUDA tensor, a
 CuPy array), read in place with no host copy. Device arrays must be C-contiguous, float32
 (embeddings, support and queries may be float16) or int32 (labels, counts).
@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 from edgefs.kernels import build
 
+from edgefs.device import DeviceArray
 from edgefs.errors import EdgefsError, MissingDependencyError
-from edgefs.runtime.engine import DeviceArray
 
 #: Dynamic shared memory one block may use (48 KiB minus room for the kernels' static arrays).
 SMEM_LIMIT = 48 * 1024 - 512

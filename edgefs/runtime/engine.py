@@ -9,34 +9,13 @@ never at import time, and a missing one names the package to install.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgefs.device import DeviceArray
 from edgefs.errors import EdgefsError
 from edgefs.registry import Registry
 from edgefs.runtime.bundle import Bundle
-
-
-@dataclass
-class DeviceArray:
-    """An embedding batch that stays in GPU memory, for the CUDA head kernels.
-
-    Attributes:
-        ptr: device pointer (``int``) to ``shape`` values of ``dtype``, row-major.
-        shape: ``(B, D)``.
-        dtype: NumPy dtype name, e.g. ``"float32"`` or ``"float16"``.
-        stream: the CUDA stream handle the producer wrote on (0 = default stream);
-            consumers launch on it so no host synchronisation is needed.
-        owner: the object that keeps the memory alive (tensor, pycuda allocation).
-    """
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: str
-    stream: int = 0
-    owner: Any = None
 
 
 class Engine(ABC):
