@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,9 +206,8 @@ def engine_identity(engine: Engine) -> dict[str, Any]:
         ident["library"] = f"tensorrt {getattr(engine, 'flavour', '?')}"
         ident["engine_file"] = {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     elif engine.backend == "torch":
-        import torch
-
-        ident["library"] = f"torch {torch.__version__}"
+        torch = sys.modules.get("torch")  # loaded by the torch engine; device code never imports it itself
+        ident["library"] = f"torch {getattr(torch, '__version__', '?')}"
     if not engine.device.startswith("cuda"):
         cpu = cpu_info()
         ident["cpu"] = {"arch": cpu.arch, "model": cpu.model, "features": sorted(cpu.features)}
