@@ -27,10 +27,7 @@ import numpy as np
 from edgefs.errors import EdgefsError
 from edgefs.heads.reference import accumulate_normalize, l2_normalize, row_dots, softmax, topk
 from edgefs.heads.rows import Rows
-from edgefs.heads.spec import HeadSpec
-from edgefs.registry import Registry
-
-HEADS: Registry[type[Head]] = Registry("head")
+from edgefs.heads.spec import HEADS, HeadSpec
 
 
 @dataclass(frozen=True)

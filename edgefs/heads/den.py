@@ -8,15 +8,16 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
 from edgefs.heads.mlp import Momentum, imprint_rows, init_rows, softmax_cross_entropy
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: State arrays besides the stored shots: hidden layer, output layer, each unit's birth update.
 DEN_ARRAYS = ("w1", "b1", "w2", "b2", "born")
 
 
-@HEADS.register("den")
+@HEADS.register("den", rank=9)
 class DENHead(KeepsShots, Head):
     """A one-hidden-layer network whose hidden layer grows as classes are enrolled.
 

@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
 from edgefs.heads.reference import finetune_gram, l2_normalize, row_dots, softmax
 from edgefs.heads.rows import Rows
+from edgefs.heads.spec import HEADS
 
 PENALTIES = ("l2", "ewc", "none")
 #: Which rows an update refits: every class's over every shot, the changed classes' rows over their
@@ -82,7 +83,7 @@ def finetune_rows(x: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: np.ndar
     return w.astype(np.float32), b.astype(np.float32)
 
 
-@HEADS.register("finetune")
+@HEADS.register("finetune", rank=5)
 class FinetuneHead(KeepsShots, Head):
     """Linear softmax head ``logits = q_n W^T + b`` on unit-norm embeddings, fine-tuned on device.
 

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
 from edgefs.heads.reference import l2_normalize, softmax
+from edgefs.heads.spec import HEADS
 
 #: Spec arrays of the learned optimiser, in the order :func:`lstm_finetune` takes them.
 LSTM_ARRAYS = ("lstm_wx", "lstm_wh", "lstm_b", "gate_w", "gate_b", "log_scale")
@@ -121,7 +122,7 @@ def lstm_finetune(support: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: n
     return theta[: c * d].reshape(c, d).copy(), theta[c * d :].copy()
 
 
-@HEADS.register("lstm_finetune")
+@HEADS.register("lstm_finetune", rank=8)
 class LSTMFinetuneHead(KeepsShots, Head):
     """Linear softmax head fine-tuned on the device by a learned LSTM optimiser (module docstring).
 

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
 from edgefs.heads.reference import l2_normalize, row_dots, softmax
+from edgefs.heads.spec import HEADS
 
 
-@HEADS.register("matching")
+@HEADS.register("matching", rank=2)
 class MatchingHead(KeepsShots, Head):
     """Class probability = summed softmax attention of the query over that class's shots.
 

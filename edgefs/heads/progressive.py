@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
 from edgefs.heads.mlp import Momentum, imprint_rows, init_rows, softmax_cross_entropy
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: State arrays besides the stored shots.
 PROGRESSIVE_ARRAYS = ("col_w", "col_b", "lateral", "out_w", "out_b")
@@ -22,7 +23,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
-@HEADS.register("progressive")
+@HEADS.register("progressive", rank=10)
 class ProgressiveHead(KeepsShots, Head):
     """A column per domain; earlier columns stay frozen, later ones read them through lateral weights.
 

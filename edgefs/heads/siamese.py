@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import Head, KeepsShots
+from edgefs.heads.spec import HEADS
 
 # |q - s| of one chunk of queries is (rows, S, D) float32; keep a chunk near 32 MiB.
 _CHUNK_BYTES = 32 * 2**20
@@ -85,7 +86,7 @@ def siamese_scores(
     return out
 
 
-@HEADS.register("siamese")
+@HEADS.register("siamese", rank=4)
 class SiameseHead(KeepsShots, Head):
     """Nearest stored shot under the learned weighted-L1 verification score.
 
