@@ -192,7 +192,7 @@ def _bundle(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
 
 
 def choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, list[Path]]]:
-    from edgefs.camera.sources.synthetic import find_classes
+    from edgefs.camera.synthetic import find_classes
 
     _, classes = find_classes(cfg.data, "test")
     # Enough designs for the shots' designs plus at least three others to stream.
@@ -286,7 +286,7 @@ def camera_stills(cfg: DemoConfig, names: list[str], designs: dict[str, list[Pat
     the same backgrounds and light fields), the same designs, cut to ``cfg.roi``, but with
     ``still=True``: each frame is one presentation frozen at an instant (pose, light and focus
     sampled as the stream samples them; no motion, no motion blur; see
-    :class:`edgefs.camera.sources.synthetic.SyntheticConfig`). Presentations are numbered apart for
+    :class:`edgefs.camera.synthetic.SyntheticConfig`). Presentations are numbered apart for
     every (class, design) so that each still is a fresh draw; the set is fixed by ``cfg.seed``.
 
     Returns:
@@ -294,7 +294,7 @@ def camera_stills(cfg: DemoConfig, names: list[str], designs: dict[str, list[Pat
         in ``names`` of each.
     """
     from edgefs.camera.sources import open_source
-    from edgefs.camera.sources.synthetic import SyntheticSource
+    from edgefs.camera.synthetic import SyntheticSource
 
     frames, truth = [], []
     start = 0
@@ -332,7 +332,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
     from edgefs.service.classifier import Classifier
-    from edgefs.service.options import EngineOptions
 
     t_start = time.perf_counter()
     ensure_data(cfg, log)
@@ -345,9 +344,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
         f"({f'designs 1-{cfg.enroll_designs}' if cfg.enroll_designs else 'every design'}), into {store}")
-    options = EngineOptions(backend="onnxruntime", threads=cfg.threads or loop_threads(),
-                            engine_options={"allow_spinning": cfg.spin}, shot_views=cfg.shot_views)
-    with Classifier.open(bundle, store, options=options, log=log, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
+    with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
+                         log=log, engine_options={"allow_spinning": cfg.spin},
+                         engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=cfg.shot_views) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         refs = static_references(clf, cfg, enrolled, designs)

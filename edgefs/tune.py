@@ -259,17 +259,15 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
     ``spec['cards']`` at ``spec['fps']`` for ``spec['seconds']``; return its figures. Runs in a fresh
     process (:func:`measure`): the engine's threads and the process's CPU time are the setting's own."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
-    from edgefs.camera.sources.synthetic import find_classes
+    from edgefs.camera.synthetic import find_classes
     from edgefs.service.classifier import Classifier
-    from edgefs.service.options import EngineOptions
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     cards = Path(spec["cards"])
-    options = EngineOptions(backend=spec["backend"], device=spec["device"], threads=spec["threads"],
-                            engine_options=spec["options"])
-    with Classifier.open(spec["bundle"], out / "classes.db", options=options, log=lines.append,
+    with Classifier.open(spec["bundle"], out / "classes.db", backend=spec["backend"], device=spec["device"],
+                         threads=spec["threads"], log=lines.append, engine_options=spec["options"],
                          engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         _, classes = find_classes(cards, ".")
         for name, files in sorted(classes.items())[:4]:  # a few classes, so that the head has work
@@ -572,7 +570,7 @@ def _references(bundles: Sequence[BundleFacts], folder: Path, cards: Path) -> di
     then serves as the reference, on another model's images at its size or else on the cards)."""
     import cv2
 
-    from edgefs.camera.sources.synthetic import find_classes
+    from edgefs.camera.synthetic import find_classes
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.selfcheck import load_reference
 

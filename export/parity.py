@@ -1,9 +1,16 @@
-"""Parity at export: the ONNX graph in ONNX Runtime against the PyTorch backbone, on real images.
+"""Parity: every check that an exported graph or engine embeds as its reference does.
 
-Both run the same uint8 ``(B, S, S, 3)`` RGB batches; each image's embedding is
-compared by its largest absolute difference and its cosine similarity. The
-comparison runs once per batch size (1 and a larger one), so a graph that is
-only right at the traced batch size is caught.
+At export, the ONNX graph in ONNX Runtime against the PyTorch backbone, on real images
+(:func:`check_parity`): both run the same uint8 ``(B, S, S, 3)`` RGB batches; each image's
+embedding is compared by its largest absolute difference and its cosine similarity, once per
+batch size (1 and a larger one), so a graph that is only right at the traced batch size is
+caught. For INT8 bundles and TensorRT engines, what they share beside the per-image cosines
+(:func:`edgefs.runtime.selfcheck.cosines`): nearest-prototype agreement on held-out episodes
+(:func:`episode_agreement`) and seeded synthetic images where no real ones are at hand
+(:func:`synthetic_images`).
+
+PyTorch (and the ONNX exporter) are imported only by :func:`check_parity`: ``edgefs quantize``
+and ``edgefs build-engine`` use the rest without them.
 """
 
 from __future__ import annotations
@@ -11,20 +18,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
-from edgefs.export.onnx_export import ExportError
 
 from edgefs._lazy import require
-from edgefs.backbones import Backbone
 from edgefs.data.images import open_split, read_image
 from edgefs.errors import DataError
 from edgefs.runtime.bundle import INPUT_NAME, OUTPUT_NAME
 
+if TYPE_CHECKING:
+    from edgefs.backbones import Backbone
+
 DEFAULT_BATCH_SIZES = (1, 16)
+#: Held-out episodes of the agreement check (:func:`episode_agreement`).
+EPISODES = 200
 
 
 def parity_images(data: str | Path | Sequence[str | Path], split: str, size: int, count: int,
@@ -144,6 +153,9 @@ def check_parity(
     Returns:
         the figures; deciding pass/fail is the caller's.
     """
+    import torch
+    from edgefs.export.onnx_export import ExportError
+
     ort = require("onnxruntime", install="pip install 'edgefs[train]'", why="the export parity check")
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0:
         raise ValueError(f"parity images must be uint8 (N, S, S, 3) with N >= 1, got {images.dtype}{images.shape}")
@@ -173,3 +185,70 @@ def check_parity(
     summary = _figures("all", np.concatenate(all_abs), np.concatenate(all_cos))
     summary["images"] = len(images)  # distinct images, each run once per batch size
     return ParityReport(rows, summary, provider)
+
+
+def synthetic_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """uint8 ``(count, H, W, 3)``: seeded gradients, rectangles and noise, for parity when no real
+    images are at hand (recorded as such in the header)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((count, h, w, 3), np.uint8)
+    for i in range(count):
+        base = rng.uniform(0, 255, 3) + rng.uniform(-1, 1, 3) * (xx[..., None] / w * 120 + yy[..., None] / h * 80)
+        image = base + rng.normal(0, 12, (h, w, 3))
+        for _ in range(3):
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            image[y0:y0 + rng.integers(2, h // 2 + 2), x0:x0 + rng.integers(2, w // 2 + 2)] = rng.uniform(0, 255, 3)
+        out[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return out
+
+
+def episode_agreement(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, distance: str = "euclidean",
+    ways: int = 5, shots: int = 1, episodes: int = EPISODES, seed: int = 0,
+) -> dict[str, Any] | None:
+    """Nearest-prototype classification on held-out episodes with both sets of embeddings.
+
+    Args:
+        reference, candidate: float ``(N, D)`` embeddings of the same images (ONNX Runtime, TensorRT).
+        labels: int ``(N,)`` classes of the images.
+        distance: ``"euclidean"`` or ``"cosine"`` (the bundle head's).
+        ways, shots: per episode; every other image of a chosen class is a query.
+
+    Returns:
+        ``{"episodes", "ways", "shots", "queries", "top1_agreement", "accuracy_reference",
+        "accuracy_candidate"}``, or None when fewer than 2 classes have ``shots + 1`` images.
+    """
+    counts = np.bincount(labels)
+    usable = np.flatnonzero(counts >= shots + 1)
+    if len(usable) < 2:
+        return None
+    ways = min(ways, len(usable))
+    rng = np.random.default_rng(seed)
+    agree = total = right_ref = right_cand = 0
+    for _ in range(episodes):
+        classes = rng.choice(usable, ways, replace=False)
+        support, query, query_y = [], [], []
+        for way, c in enumerate(classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            support.append(idx[:shots])
+            query.extend(idx[shots:])
+            query_y.extend([way] * (len(idx) - shots))
+        q, y = np.asarray(query), np.asarray(query_y)
+        preds = []
+        for emb in (reference, candidate):
+            protos = np.stack([emb[s].mean(0) for s in support])
+            if distance == "cosine":
+                a = emb[q] / np.maximum(np.linalg.norm(emb[q], axis=1, keepdims=True), 1e-12)
+                p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+                preds.append((a @ p.T).argmax(1))
+            else:
+                preds.append(((emb[q][:, None, :] - protos[None]) ** 2).sum(-1).argmin(1))
+        agree += int((preds[0] == preds[1]).sum())
+        right_ref += int((preds[0] == y).sum())
+        right_cand += int((preds[1] == y).sum())
+        total += len(q)
+    return {"episodes": episodes, "ways": int(ways), "shots": shots, "queries": total,
+            "top1_agreement": agree / total, "accuracy_reference": right_ref / total,
+            "accuracy_candidate": right_cand / total}

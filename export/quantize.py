@@ -195,7 +195,7 @@ def mixed_accuracy(
         labels: int ``(N,)``.
 
     Returns:
-        accuracy over the same episodes :func:`edgefs.export.tensorrt_build.episode_agreement`
+        accuracy over the same episodes :func:`edgefs.export.parity.episode_agreement`
         draws for the same arguments.
     """
     counts = np.bincount(labels)
@@ -457,9 +457,10 @@ def quantize_bundle(
         CalibrationError: a calibration path that is missing, empty or unreadable.
         MissingDependencyError: onnx / onnxruntime are not installed.
     """
-    from edgefs.export.tensorrt_build import cosines, episode_agreement
+    from edgefs.export.parity import episode_agreement
 
     from edgefs.runtime.onnxruntime_backend import OnnxRuntimeEngine
+    from edgefs.runtime.selfcheck import cosines
 
     parent = read_bundle(bundle)
     out = Path(out)
@@ -678,9 +679,10 @@ def emulated_parity(
     Raises:
         QuantizeError: the graph misses the floors on an emulated class (nothing is written).
     """
-    from edgefs.export.tensorrt_build import cosines, episode_agreement
+    from edgefs.export.parity import episode_agreement
 
     from edgefs.runtime.emulate import embed_emulated, emulator_for
+    from edgefs.runtime.selfcheck import cosines
 
     out: dict[str, Any] = {}
     here = cpu_info().int8_class

@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from edgefs.export.parity import episode_agreement, synthetic_images
 
 from edgefs._lazy import require
 from edgefs.errors import EdgefsError, MissingDependencyError
@@ -68,7 +69,6 @@ MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999}
 """Smallest per-image cosine to ONNX Runtime an engine may have; int8 is reported, not gated."""
 INT8_WARN_COSINE = 0.99
 PARITY_IMAGES = 64
-EPISODES = 200
 WHY = "edgefs build-engine"
 
 
@@ -77,73 +77,6 @@ class EngineBuildError(EdgefsError):
 
 
 # -- small pure helpers (no TensorRT) ------------------------------------------------------------
-
-def synthetic_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """uint8 ``(count, H, W, 3)``: seeded gradients, rectangles and noise, for parity when no real
-    images are at hand (recorded as such in the header)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    out = np.empty((count, h, w, 3), np.uint8)
-    for i in range(count):
-        base = rng.uniform(0, 255, 3) + rng.uniform(-1, 1, 3) * (xx[..., None] / w * 120 + yy[..., None] / h * 80)
-        image = base + rng.normal(0, 12, (h, w, 3))
-        for _ in range(3):
-            y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            image[y0:y0 + rng.integers(2, h // 2 + 2), x0:x0 + rng.integers(2, w // 2 + 2)] = rng.uniform(0, 255, 3)
-        out[i] = np.clip(image, 0, 255).astype(np.uint8)
-    return out
-
-
-def episode_agreement(
-    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, distance: str = "euclidean",
-    ways: int = 5, shots: int = 1, episodes: int = EPISODES, seed: int = 0,
-) -> dict[str, Any] | None:
-    """Nearest-prototype classification on held-out episodes with both sets of embeddings.
-
-    Args:
-        reference, candidate: float ``(N, D)`` embeddings of the same images (ONNX Runtime, TensorRT).
-        labels: int ``(N,)`` classes of the images.
-        distance: ``"euclidean"`` or ``"cosine"`` (the bundle head's).
-        ways, shots: per episode; every other image of a chosen class is a query.
-
-    Returns:
-        ``{"episodes", "ways", "shots", "queries", "top1_agreement", "accuracy_reference",
-        "accuracy_candidate"}``, or None when fewer than 2 classes have ``shots + 1`` images.
-    """
-    counts = np.bincount(labels)
-    usable = np.flatnonzero(counts >= shots + 1)
-    if len(usable) < 2:
-        return None
-    ways = min(ways, len(usable))
-    rng = np.random.default_rng(seed)
-    agree = total = right_ref = right_cand = 0
-    for _ in range(episodes):
-        classes = rng.choice(usable, ways, replace=False)
-        support, query, query_y = [], [], []
-        for way, c in enumerate(classes):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            support.append(idx[:shots])
-            query.extend(idx[shots:])
-            query_y.extend([way] * (len(idx) - shots))
-        q, y = np.asarray(query), np.asarray(query_y)
-        preds = []
-        for emb in (reference, candidate):
-            protos = np.stack([emb[s].mean(0) for s in support])
-            if distance == "cosine":
-                a = emb[q] / np.maximum(np.linalg.norm(emb[q], axis=1, keepdims=True), 1e-12)
-                p = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
-                preds.append((a @ p.T).argmax(1))
-            else:
-                preds.append(((emb[q][:, None, :] - protos[None]) ** 2).sum(-1).argmin(1))
-        agree += int((preds[0] == preds[1]).sum())
-        right_ref += int((preds[0] == y).sum())
-        right_cand += int((preds[1] == y).sum())
-        total += len(q)
-    return {"episodes": episodes, "ways": int(ways), "shots": shots, "queries": total,
-            "top1_agreement": agree / total, "accuracy_reference": right_ref / total,
-            "accuracy_candidate": right_cand / total}
-
 
 def supports(precision: str, compute_capability: str, builder: Any = None) -> bool:
     """Whether this GPU has fast ``precision`` math.

@@ -238,7 +238,9 @@ def test_precision_support_by_compute_capability() -> None:
 
 
 def test_episode_agreement_and_cosines() -> None:
-    from edgefs.export.tensorrt_build import cosines, episode_agreement, synthetic_images
+    from edgefs.export.parity import episode_agreement, synthetic_images
+
+    from edgefs.runtime.selfcheck import cosines
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 5)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from edgefs.export.quantize import quantize_bundle
-from edgefs.export.tensorrt_build import cosines
 
 from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.runtime.calibration import open_calibration_source
 from edgefs.runtime.openvino_backend import openvino_available
 from edgefs.runtime.select import backend_names, open_engine
+from edgefs.runtime.selfcheck import cosines
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                     reason="openvino is not installed (pip install 'edgefs[openvino]')")

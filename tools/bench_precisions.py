@@ -179,7 +179,8 @@ def episodes_accuracy(emb: np.ndarray, labels: np.ndarray, episodes: int, seed: 
 def bench_size(size: int, args: argparse.Namespace, calib: Path, evaluation: Path,
                peak: dict[str, float]) -> list[dict[str, Any]]:
     from edgefs.export.quantize import quantize_bundle
-    from edgefs.export.tensorrt_build import cosines
+
+    from edgefs.runtime.selfcheck import cosines
 
     out = args.out_dir
     fp32 = make_lite0(size, out, args.data)

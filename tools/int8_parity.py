@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--bundle and --calib are required")
 
     sys.path.insert(0, str(ROOT))
+    from edgefs.export.parity import episode_agreement
     from edgefs.export.quantize import quantize_bundle
-    from edgefs.export.tensorrt_build import cosines, episode_agreement
 
     from edgefs.cpu import cpu_info
     from edgefs.runtime.bundle import read_bundle
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgefs.runtime.emulate import Emulator, embed_emulated
     from edgefs.runtime.quantized import quantization_info
     from edgefs.runtime.select import open_engine
+    from edgefs.runtime.selfcheck import cosines
 
     work = Path(tempfile.mkdtemp(prefix="int8-parity."))
     try:

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import ShotKeepingHead
+from edgefs.heads.base import HEADS, Head, KeepsShots
 from edgefs.heads.reference import l2_normalize, softmax
-from edgefs.heads.spec import HEADS
 
 #: Spec arrays of the learned optimiser, in the order :func:`lstm_finetune` takes them.
 LSTM_ARRAYS = ("lstm_wx", "lstm_wh", "lstm_b", "gate_w", "gate_b", "log_scale")
@@ -122,8 +121,8 @@ def lstm_finetune(support: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: n
     return theta[: c * d].reshape(c, d).copy(), theta[c * d :].copy()
 
 
-@HEADS.register("lstm_finetune", rank=8)
-class LSTMFinetuneHead(ShotKeepingHead):
+@HEADS.register("lstm_finetune")
+class LSTMFinetuneHead(KeepsShots, Head):
     """Linear softmax head fine-tuned on the device by a learned LSTM optimiser (module docstring).
 
     Ravi and Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017;
@@ -152,6 +151,7 @@ class LSTMFinetuneHead(ShotKeepingHead):
         self.optimizer = default_lstm_optimizer()
         self.weight = np.zeros((0, self.dim), np.float32)
         self.bias = np.zeros(0, np.float32)
+        self._init_shots()
 
     def hyperparams(self) -> dict[str, Any]:
         return {**super().hyperparams(), "steps": self.steps}
@@ -171,15 +171,16 @@ class LSTMFinetuneHead(ShotKeepingHead):
                                                self.steps)
 
     def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
-        super()._on_add(indices, shots)
+        for idx, emb in zip(indices, shots, strict=True):
+            self._keep_shots(idx, emb)
         self._fit()
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        super()._on_append(idx, shots)
+        self._keep_shots(idx, shots)
         self._fit()
 
     def _on_remove(self, idx: int) -> None:
-        super()._on_remove(idx)
+        self._forget_shots(idx)
         self._fit()
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
@@ -188,7 +189,7 @@ class LSTMFinetuneHead(ShotKeepingHead):
     fork_copies_arrays = True
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **super()._state_arrays()}
+        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **self._shots_state()}
 
     def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
         return {"weight": self.weight[idx].copy(), "bias": np.asarray(self.bias[idx], np.float32)}
@@ -200,5 +201,5 @@ class LSTMFinetuneHead(ShotKeepingHead):
         if weight.shape != (c, self.dim) or bias.shape != (c,) or not np.isfinite(weight).all():
             raise EdgefsError(f"saved lstm_finetune weights {weight.shape} and bias {bias.shape} do not fit its "
                               f"{c} classes; rebuild the head from the stored samples")
-        super()._load_arrays(arrays)
+        self._restore_shots(arrays, "lstm_finetune head support")
         self.weight, self.bias = weight, bias
