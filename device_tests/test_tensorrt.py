@@ -203,9 +203,11 @@ def test_live_enrollment_with_shot_views_on_a_tensorrt_engine(engines: dict[str,
 
     from edgefs.camera.pipeline import Pipeline, RunConfig
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     store = tmp_path / "s.db"
-    with Classifier.open(bundle_path, store, backend="tensorrt", device="cuda", log=quiet, shot_views=5) as clf:
+    with Classifier.open(bundle_path, store, options=EngineOptions(backend="tensorrt", device="cuda", shot_views=5),
+                         log=quiet) as clf:
         assert clf.engine is not None and clf.engine.backend == "tensorrt"
         threads: list[str] = []
         embed = clf.embed

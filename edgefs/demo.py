@@ -332,6 +332,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     t_start = time.perf_counter()
     ensure_data(cfg, log)
@@ -344,9 +345,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     log(f"[2/3] enroll: {len(enrolled)} new classes from the synthetic camera, {cfg.shots} shots each "
         f"({f'designs 1-{cfg.enroll_designs}' if cfg.enroll_designs else 'every design'}), into {store}")
-    with Classifier.open(bundle, store, backend="onnxruntime", threads=cfg.threads or loop_threads(),
-                         log=log, engine_options={"allow_spinning": cfg.spin},
-                         engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=cfg.shot_views) as clf:
+    options = EngineOptions(backend="onnxruntime", threads=cfg.threads or loop_threads(),
+                            engine_options={"allow_spinning": cfg.spin}, shot_views=cfg.shot_views)
+    with Classifier.open(bundle, store, options=options, log=log, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll_ms = [r.timings_ms for r in enroll_from_synthetic(clf, cfg, enrolled, log)]
 
         refs = static_references(clf, cfg, enrolled, designs)

@@ -261,13 +261,15 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
     from edgefs.camera.synthetic import find_classes
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     cards = Path(spec["cards"])
-    with Classifier.open(spec["bundle"], out / "classes.db", backend=spec["backend"], device=spec["device"],
-                         threads=spec["threads"], log=lines.append, engine_options=spec["options"],
+    options = EngineOptions(backend=spec["backend"], device=spec["device"], threads=spec["threads"],
+                            engine_options=spec["options"])
+    with Classifier.open(spec["bundle"], out / "classes.db", options=options, log=lines.append,
                          engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         _, classes = find_classes(cards, ".")
         for name, files in sorted(classes.items())[:4]:  # a few classes, so that the head has work

@@ -23,6 +23,7 @@ from edgefs.camera.sources import open_source
 from edgefs.serve.auth import Guard
 from edgefs.serve.server import WebServer
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -83,7 +84,8 @@ def running_server(bundle: Path, store: Path, sources: list[str], *, token: str 
                    max_upload_bytes: int = 1 << 20, view_fps: float = 10.0) -> Iterator[Served]:
     """The loop over ``sources`` and the web app on 127.0.0.1 (a free port); stopped at exit."""
     config = RunConfig(sources=sources, display=False, enroll_interval_s=0.0)
-    with open_pipeline(bundle, store, config, backend="onnxruntime", threads=1, log=lambda _: None) as pipeline:
+    with open_pipeline(bundle, store, config, options=EngineOptions(backend="onnxruntime", threads=1),
+                       log=lambda _: None) as pipeline:
         web = WebServer(pipeline, host="127.0.0.1", port=0, guard=Guard.for_bind("127.0.0.1", token),
                         view_fps=view_fps, max_upload_bytes=max_upload_bytes, log=lambda _: None)
         web.start()

@@ -14,6 +14,7 @@ from edgefs.errors import EdgefsError
 from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore
 
 
@@ -31,7 +32,8 @@ def class_dirs(glyph_data: Path, n: int) -> list[Path]:
 
 
 def open_clf(bundle: Path, store: Path, **kw: object) -> Classifier:
-    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=lambda _: None, **kw)
+    return Classifier.open(bundle, store, options=EngineOptions(backend="onnxruntime", threads=1, **kw),
+                           log=lambda _: None)
 
 
 def test_enroll_cli_commits_classes_and_head(bundle: Path, glyph_data: Path, tmp_path: Path,
@@ -191,7 +193,8 @@ def test_removing_single_shots_keeps_the_sample_digest_and_head_in_step(bundle: 
         assert clf.store.integrity_check() == "ok"
         sums = clf.head.state()[0]["sums"].copy()
     logs: list[str] = []
-    with Classifier.open(bundle, tmp_path / "s.db", backend="onnxruntime", threads=1, log=logs.append) as clf:
+    with Classifier.open(bundle, tmp_path / "s.db", options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=logs.append) as clf:
         assert clf.head.shots("c0") == len(rows) - 1
         assert np.allclose(clf.head.state()[0]["sums"], sums)
         assert not any("rebuilding" in line for line in logs), logs

@@ -72,10 +72,11 @@ def test_bundle_enrolls_and_classifies_colour_images_through_onnx_runtime(defaul
                                                                           tmp_path: Path) -> None:
     from edgefs.data.images import open_split
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     data = open_split(colour_folder(tmp_path / "imgs"), "test", 3, None)
-    with Classifier.open(default_bundle, tmp_path / "s.db", backend="onnxruntime", threads=1,
-                         threshold="none", log=lambda _: None) as clf:
+    options = EngineOptions(backend="onnxruntime", threads=1, threshold="none")
+    with Classifier.open(default_bundle, tmp_path / "s.db", options=options, log=lambda _: None) as clf:
         assert clf.head.center is not None
         for c, name in enumerate(data.class_names):
             clf.enroll(name, list(data.images[data.labels == c][:2]))

@@ -13,11 +13,13 @@ import pytest
 from edgefs.camera.pipeline import TOO_ALIKE, Pipeline, RunConfig, too_alike
 from edgefs.camera.sources import open_source
 from edgefs.service.classifier import FLOORS_SETTING, Classifier
+from edgefs.service.options import EngineOptions
 from tests.serve_support import class_names, enroll_from_camera, synthetic
 
 
 def open_clf(bundle: Path, store: Path, **kw: object) -> Classifier:
-    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=lambda _: None, **kw)
+    return Classifier.open(bundle, store, options=EngineOptions(backend="onnxruntime", threads=1, **kw),
+                           log=lambda _: None)
 
 
 # ---- the synthetic camera ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import BundleError, Manifest, read_bundle
 from edgefs.runtime.engine_file import EngineFileError, read_engine_file, read_engine_header
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore, StoreError
 from edgefs.store.packs import PACK_JSON
 
@@ -142,7 +143,8 @@ def test_giant_png_header_beside_good_shots_is_skipped_by_name(bundle: Path, gly
                         "(edgefs.limits.MAX_IMAGE_PIXELS); shrink it first; skipped"]
     from edgefs.service.quality import QualityConfig
 
-    with Classifier.open(bundle, tmp_path / "s.db", backend="onnxruntime", threads=1, log=lambda _: None,
+    with Classifier.open(bundle, tmp_path / "s.db", options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=lambda _: None,
                          quality=QualityConfig(min_sharpness=0.0, max_similarity=1.0)) as clf:
         result = clf.enroll("mug", images, names=names, problems=problems)
     assert result.added == 9 and result.rejected == problems

@@ -116,9 +116,10 @@ def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: 
     """The bug this rule fixes: with a 224 px engine, sharp 64 px photos were 'too blurry'."""
     from edgefs.errors import EdgefsError
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     sharp = small_photos(6)
-    with Classifier.open(bundle_224, tmp_path / "store.db", backend="onnxruntime", threads=1,
+    with Classifier.open(bundle_224, tmp_path / "store.db", options=EngineOptions(backend="onnxruntime", threads=1),
                          log=lambda _: None) as clf:
         result = clf.enroll("photo", list(sharp[:5]))
         assert result.added >= 4, result.rejected
@@ -130,13 +131,14 @@ def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: 
 def test_live_enrollment_in_the_camera_loop_uses_the_same_rule(bundle_224: Path, tmp_path: Path) -> None:
     from edgefs.camera.pipeline import Pipeline, RunConfig
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, im in enumerate(small_photos(8)):
         cv2.imwrite(str(folder / f"{i:02d}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     logs: list[str] = []
-    with Classifier.open(bundle_224, tmp_path / "s.db", backend="onnxruntime", threads=1,
+    with Classifier.open(bundle_224, tmp_path / "s.db", options=EngineOptions(backend="onnxruntime", threads=1),
                          log=lambda _: None) as clf:
         pipeline = Pipeline(clf, RunConfig(sources=[str(folder)], enroll="photo", shots=3, enroll_interval_s=0.0),
                             log=logs.append)

@@ -28,6 +28,7 @@ from edgefs.runtime.quantized import graph_precision, parent_fingerprint, quanti
 from edgefs.runtime.select import open_engine
 from edgefs.runtime.selfcheck import cosines
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.service.reembed import CARRY_MAX_DROP, CARRY_MIN_COSINE, reembed_store
 from edgefs.store import ClassStore
 from edgefs.store.validate import StoreError
@@ -148,7 +149,8 @@ def test_wrong_kind_of_calibration_images_is_warned(conv4_bundle: Path, glyph_da
 def parent_store(conv4_bundle: Path, glyph_data: Path, tmp_path: Path) -> Path:
     store = tmp_path / "classes.db"
     dirs = sorted(p for p in (glyph_data / "test").glob("*/*") if p.is_dir() and len(list(p.glob("*.png"))) >= 4)
-    with Classifier.open(conv4_bundle, store, backend="onnxruntime", threads=1, log=quiet) as clf:
+    with Classifier.open(conv4_bundle, store, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=quiet) as clf:
         for i, d in enumerate(dirs[:3]):
             images, _, _ = read_images([d])
             clf.enroll(f"c{i}", images[:3], source=str(d))
@@ -172,7 +174,8 @@ def test_reembed_carries_embeddings_to_the_int8_bundle(parent_store: Path, conv4
             np.testing.assert_array_equal(new.embeddings(name), old.embeddings(name))
         assert new.meta()["carried_from"] == read_bundle(conv4_bundle).fingerprint
         assert new.load_head_state().current
-    with Classifier.open(int8_bundle, out, backend="onnxruntime", threads=1, create=False, log=quiet) as clf:
+    with Classifier.open(int8_bundle, out, options=EngineOptions(backend="onnxruntime", threads=1),
+                         create=False, log=quiet) as clf:
         assert clf.classes == ["c0", "c1", "c2"]
 
 

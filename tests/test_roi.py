@@ -12,6 +12,7 @@ from edgefs.cli import main
 from edgefs.errors import ConfigError
 from edgefs.runtime.roi import Roi
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 
 @pytest.mark.parametrize(("text", "roi"), [
@@ -72,8 +73,8 @@ def test_pipeline_embeds_the_region_and_records_it_drawn(trained_bundle_for_roi:
     """The real loop over a synthetic camera: what reaches the engine's resize is the region, not the frame."""
     roi = Roi(0.4, 0.5, 0.5, 0.6)
     seen: list[tuple[int, ...]] = []
-    with Classifier.open(trained_bundle_for_roi, tmp_path / "s.db", backend="onnxruntime", threads=1,
-                         log=lambda _: None) as clf:
+    with Classifier.open(trained_bundle_for_roi, tmp_path / "s.db",
+                         options=EngineOptions(backend="onnxruntime", threads=1), log=lambda _: None) as clf:
         prepare = clf.prepare
 
         def spy(frames, input_order="RGB"):  # the real prepare runs; only the shapes are noted
@@ -103,8 +104,8 @@ def test_a_region_saved_with_the_store_is_the_default(trained_bundle_for_roi: Pa
     an explicit region wins, and an unusable saved one falls back to the whole frame with a note."""
     source = [f"synthetic:{glyph_data}?seed=3&frames=2&size=320x240"]
     logs: list[str] = []
-    with Classifier.open(trained_bundle_for_roi, tmp_path / "s.db", backend="onnxruntime", threads=1,
-                         log=lambda _: None) as clf:
+    with Classifier.open(trained_bundle_for_roi, tmp_path / "s.db",
+                         options=EngineOptions(backend="onnxruntime", threads=1), log=lambda _: None) as clf:
         assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi()
         clf.save_settings(roi="0.5")
         assert Pipeline(clf, RunConfig(sources=source), log=logs.append).cfg.roi == Roi.parse("0.5")

@@ -17,6 +17,7 @@ from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
@@ -41,7 +42,7 @@ def enroll_from_camera(clf: Classifier, glyph_data: Path, names: list[str], shot
 
 
 def open_clf(bundle: Path, store: Path) -> Classifier:
-    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=lambda _: None)
+    return Classifier.open(bundle, store, options=EngineOptions(backend="onnxruntime", threads=1), log=lambda _: None)
 
 
 def test_smoother_votes_and_holds() -> None:

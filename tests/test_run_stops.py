@@ -18,12 +18,13 @@ from edgefs.camera.sources import Frame
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore
 from tests.serve_support import class_names, enroll_from_camera, synthetic
 
 
 def open_clf(bundle: Path, store: Path) -> Classifier:
-    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=lambda _: None)
+    return Classifier.open(bundle, store, options=EngineOptions(backend="onnxruntime", threads=1), log=lambda _: None)
 
 
 def test_listeners_hear_each_frame_with_its_own_source(trained_bundle: Path, glyph_data: Path,

@@ -32,6 +32,7 @@ from edgefs.errors import EdgefsError
 from edgefs.serve.app import ENDPOINTS
 from edgefs.serve.auth import Guard, is_loopback, resolve_token, token_path
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def served(trained_bundle: Path, glyph_data: Path, tmp_path_factory: pytest.Temp
     for i in range(3):
         cv2.imwrite(str(covered / f"{i}.png"), np.full((120, 160, 3), 90 + i, np.uint8))
     names = class_names(glyph_data, 2)
-    with Classifier.open(trained_bundle, store, backend="onnxruntime", threads=1, log=lambda _: None) as clf:
+    with Classifier.open(trained_bundle, store, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=lambda _: None) as clf:
         enroll_from_camera(clf, glyph_data, names)
     sources = [synthetic(glyph_data, fps=10, hold=20), f"folder:{covered}?fps=5&loop=1"]
     with running_server(trained_bundle, store, sources) as s:

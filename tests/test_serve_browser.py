@@ -27,6 +27,7 @@ pytest.importorskip("playwright", reason="Playwright for Python is not installed
 from serve_support import TOKEN, Served, class_names, enroll_from_camera, running_server, synthetic, wait_for
 
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 pytestmark = pytest.mark.browser
 
@@ -62,7 +63,8 @@ def served(trained_bundle: Path, glyph_data: Path, tmp_path_factory: pytest.Temp
     """Source 0 shows one class that is not enrolled; source 1 shows two enrolled ones."""
     names = class_names(glyph_data, 3)
     store = tmp_path_factory.mktemp("serve-browser") / "classes.db"
-    with Classifier.open(trained_bundle, store, backend="onnxruntime", threads=1, log=lambda _: None) as clf:
+    with Classifier.open(trained_bundle, store, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=lambda _: None) as clf:
         enroll_from_camera(clf, glyph_data, names[1:])
     sources = [synthetic(glyph_data, fps=10, hold=1000, classes=names[0]),
                synthetic(glyph_data, fps=10, hold=20, classes=",".join(names[1:]), seed=5)]

@@ -191,9 +191,10 @@ def test_two_cameras_on_one_page_each_show_their_own_frames_and_rate(browser: An
 def small_served(trained_bundle: Path, glyph_data: Path, tmp_path: Path) -> Iterator[Served]:
     """The in-process server over the glyph model, one enrolled class, the access token asked for."""
     from edgefs.service.classifier import Classifier
+    from edgefs.service.options import EngineOptions
 
     names = class_names(glyph_data, 1)
-    with Classifier.open(trained_bundle, tmp_path / "s.db", backend="onnxruntime", threads=1,
+    with Classifier.open(trained_bundle, tmp_path / "s.db", options=EngineOptions(backend="onnxruntime", threads=1),
                          log=lambda _: None) as clf:
         enroll_from_camera(clf, glyph_data, names)
     with running_server(trained_bundle, tmp_path / "s.db", [synthetic(glyph_data, fps=10, classes=names[0])]) as s:

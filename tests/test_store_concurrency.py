@@ -25,6 +25,7 @@ from edgefs.heads.calibration import DEFAULT_CAPACITY, STATE_ARRAYS
 from edgefs.heads.openset import loo_scores
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore
 
 WRITERS = int(os.environ.get("EDGEFS_CONCURRENCY_WRITERS", "2"))
@@ -118,7 +119,8 @@ def test_concurrent_appends_keep_the_head_equal_to_the_samples(bundle: Path, gly
         assert saved.current, saved.staleness()
         assert saved.samples == saved.stored == sum(added) + 3 * PREFILL
     # The live head of a new reader agrees as well.
-    with Classifier.open(bundle, store_path, backend="onnxruntime", threads=1, log=lambda _: None) as clf:
+    with Classifier.open(bundle, store_path, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=lambda _: None) as clf:
         assert clf.head.shots("shared") == sum(added)
     print(f"{PREFILL} classes before; {ROUNDS} rounds x {WRITERS} writers: {sum(added)} shots stored and in the head; "
           f"{rebuilt_logged} commits found another writer's samples and rebuilt first")
@@ -129,7 +131,8 @@ def test_a_stale_saved_head_is_detected_rebuilt_and_saved(bundle: Path, glyph_da
     store_path = tmp_path / "classes.db"
     images = distinct_images(glyph_data, 6)
     logs: list[str] = []
-    with Classifier.open(bundle, store_path, backend="onnxruntime", threads=1, log=logs.append) as clf:
+    with Classifier.open(bundle, store_path, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=logs.append) as clf:
         from edgefs.imagefile import read_images
 
         frames, names, _ = read_images(images[:3])
@@ -146,7 +149,8 @@ def test_a_stale_saved_head_is_detected_rebuilt_and_saved(bundle: Path, glyph_da
         assert saved.staleness() == "it was derived from 3 samples but the store holds 5"
         assert "out of date: it was derived from 3 samples but the store holds 5" in store.describe()
     logs.clear()
-    with Classifier.open(bundle, store_path, backend="onnxruntime", threads=1, log=logs.append) as clf:
+    with Classifier.open(bundle, store_path, options=EngineOptions(backend="onnxruntime", threads=1),
+                         log=logs.append) as clf:
         assert clf.head.shots("a") == 5
     text = "\n".join(logs)
     assert "the saved head state is out of date" in text and "saved the rebuilt head state (5 samples)" in text

@@ -21,6 +21,7 @@ from edgefs.heads.reference import l2_normalize
 from edgefs.imagefile import read_images
 from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 from edgefs.service.quality import QualityConfig, sharpness
 from edgefs.service.reembed import reembed_store
 from edgefs.service.views import VIEW_CHOICES, check_views, shot_views, view_means
@@ -33,8 +34,8 @@ def quiet(_: str) -> None:
 
 def open_clf(bundle: Path, store: Path, **kw: object) -> Classifier:
     """The test glyphs of an untrained bundle embed close together: the near-duplicate gate is off."""
-    return Classifier.open(bundle, store, backend="onnxruntime", threads=1, log=quiet,
-                           quality=QualityConfig(max_similarity=1.0), **kw)
+    return Classifier.open(bundle, store, options=EngineOptions(backend="onnxruntime", threads=1, **kw), log=quiet,
+                           quality=QualityConfig(max_similarity=1.0))
 
 
 def class_images(glyph_data: Path, n: int, shots: int = 4) -> dict[str, list[np.ndarray]]:
@@ -273,8 +274,8 @@ def test_changing_shot_views_names_the_classes_that_keep_theirs(conv4_bundle: Pa
                                                                  tmp_path: Path) -> None:
     store, said = tmp_path / "s.db", []
     classes = class_images(glyph_data, 2)
-    with Classifier.open(conv4_bundle, store, backend="onnxruntime", threads=1, log=said.append,
-                         quality=QualityConfig(max_similarity=1.0), shot_views=7) as clf:
+    with Classifier.open(conv4_bundle, store, options=EngineOptions(backend="onnxruntime", threads=1, shot_views=7),
+                         log=said.append, quality=QualityConfig(max_similarity=1.0)) as clf:
         said.clear()
         assert clf.set_shot_views(5) == 5 and not said  # nothing enrolled: nothing to say
         for name, images in classes.items():
@@ -288,6 +289,7 @@ def test_changing_shot_views_names_the_classes_that_keep_theirs(conv4_bundle: Pa
     assert len(said) == 1 and "shot views 5 -> 1" in said[0] and "'c0', 'c1'" in said[0]
     assert "enroll them again" in said[0]
     said.clear()
-    with Classifier.open(conv4_bundle, store, backend="onnxruntime", threads=1, log=said.append, shot_views=7):
+    with Classifier.open(conv4_bundle, store, options=EngineOptions(backend="onnxruntime", threads=1, shot_views=7),
+                         log=said.append):
         pass
     assert any("shot views 1 -> 7" in s and "the 2 already enrolled" in s for s in said)

@@ -36,6 +36,7 @@ import numpy as np
 from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, VIEWS_PER_CALL, Pipeline, RunConfig, loop_threads
 from edgefs.demo import camera_options, choose_classes, demo_config, enroll_from_synthetic, ensure_data
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import make_bundle
@@ -60,8 +61,9 @@ def run_row(bundle: Path, views: int, args: argparse.Namespace) -> dict[str, Any
     store = args.out_dir / f"live-{views}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
-    with Classifier.open(bundle, store, backend="onnxruntime", device="cpu", threads=args.threads or loop_threads(),
-                         log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=views) as clf:
+    options = EngineOptions(backend="onnxruntime", device="cpu", threads=args.threads or loop_threads(),
+                            shot_views=views)
+    with Classifier.open(bundle, store, options=options, log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll_from_synthetic(clf, cfg, before, log=quiet)
         options = camera_options(cfg, classes=enrolled + unknown, instances=cfg.stream_instances, live=True,
                                  fps=30.0)

@@ -85,9 +85,15 @@ def live_scenario(spec: dict[str, Any]) -> dict[str, Any]:
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     cfg = DemoConfig(data=data, seed=0)
     enrolled, unknown, _ = choose_classes(cfg)
-    kwargs: dict[str, Any] = {"backend": spec["backend"], "device": "cpu", "threads": spec["threads"], "log": quiet}
+    engine: dict[str, Any] = {"backend": spec["backend"], "device": "cpu", "threads": spec["threads"]}
     if spec.get("options"):
-        kwargs["engine_options"] = spec["options"]
+        engine["engine_options"] = spec["options"]
+    try:  # one options object (older checkouts take the keywords loose)
+        from edgefs.service.options import EngineOptions
+
+        kwargs: dict[str, Any] = {"options": EngineOptions(**engine), "log": quiet}
+    except ImportError:
+        kwargs = {**engine, "log": quiet}
     if hasattr(loop, "LOOP_ENGINE_DEFAULTS"):  # what edgefs run passes (absent from older checkouts)
         kwargs["engine_defaults"] = loop.LOOP_ENGINE_DEFAULTS
     with Classifier.open(spec["bundle"], store, **kwargs) as clf:

@@ -58,6 +58,7 @@ from edgefs.demo import (
 from edgefs.heads.openset import threshold_from_scores
 from edgefs.heads.reference import l2_normalize, row_dots
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 HOLD = 45  # frames per presentation of the offline stream (the synthetic camera's default)
 
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             store = work / f"{name.replace(' ', '_')}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{store}{suffix}").unlink(missing_ok=True)
-            with Classifier.open(bundle, store, backend="onnxruntime", log=lambda _: None, shot_views=views) as clf:
+            options = EngineOptions(backend="onnxruntime", shot_views=views)
+            with Classifier.open(bundle, store, options=options, log=lambda _: None) as clf:
                 enroll_from_synthetic(clf, cfg, enrolled, log=lambda _: None)
                 figures = measure(clf, images, truth, shown, enrolled)
                 size = clf.bundle.manifest.input_size

@@ -70,6 +70,7 @@ from edgefs.runtime.bench import machine_info
 from edgefs.runtime.bundle import exported_from, source_checkpoint
 from edgefs.runtime.roi import Roi
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 
 def quiet(_: str) -> None:
@@ -155,8 +156,9 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     clip = out / f"clip300-{args.preset}.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
-    with Classifier.open(bundle, store, backend=backend, device="cpu", threads=args.threads or loop_threads(),
-                         log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=cfg.shot_views) as clf:
+    options = EngineOptions(backend=backend, device="cpu", threads=args.threads or loop_threads(),
+                            shot_views=cfg.shot_views)
+    with Classifier.open(bundle, store, options=options, log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         refs = static_references(clf, cfg, enrolled, designs)
         file1 = scenario(clf, RunConfig(sources=[str(clip)], roi=cfg.roi))

@@ -44,6 +44,7 @@ from edgefs.camera.pipeline import RunConfig, loop_threads, open_pipeline
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
 from edgefs.runtime.bundle import exported_from
 from edgefs.service.classifier import Classifier
+from edgefs.service.options import EngineOptions
 
 # A viewer: one process, one HTTP connection per source, reading the multipart stream to the end.
 VIEWER = r"""
@@ -103,7 +104,8 @@ def prepare(data: Path, out: Path) -> tuple[Path, Path, DemoConfig]:
     store = out / "classes.db"
     if not store.exists():
         enrolled, _, _ = choose_classes(cfg)
-        with Classifier.open(bundle, store, backend="onnxruntime", threads=loop_threads(), log=quiet) as clf:
+        options = EngineOptions(backend="onnxruntime", threads=loop_threads())
+        with Classifier.open(bundle, store, options=options, log=quiet) as clf:
             enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
     return bundle, store, cfg
 
@@ -116,7 +118,8 @@ def one_round(mode: str, bundle: Path, store: Path, cfg: DemoConfig, args: argpa
     config = RunConfig(sources=sources, duration_s=args.seconds, display=False, source_options=options)
     viewers: list[subprocess.Popen[str]] = []
     web = None
-    with open_pipeline(bundle, store, config, backend="onnxruntime", threads=loop_threads(), log=quiet) as pipeline:
+    engine = EngineOptions(backend="onnxruntime", threads=loop_threads())
+    with open_pipeline(bundle, store, config, options=engine, log=quiet) as pipeline:
         if mode == "viewers":
             from edgefs.serve.server import WebServer
 

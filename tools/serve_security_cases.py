@@ -28,6 +28,7 @@ from edgefs.camera.pipeline import RunConfig, open_pipeline
 from edgefs.demo import camera_options, choose_classes
 from edgefs.serve.auth import Guard
 from edgefs.serve.server import WebServer
+from edgefs.service.options import EngineOptions
 
 TOKEN = "security-cases-token-0123456789"
 
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(sources=[f"synthetic:{cfg.data}"], display=False, source_options=options)
     results = []
     failed = 0
-    with open_pipeline(bundle, store, config, backend="onnxruntime", threads=1, log=lambda _: None) as pipeline:
+    with open_pipeline(bundle, store, config, options=EngineOptions(backend="onnxruntime", threads=1),
+                       log=lambda _: None) as pipeline:
         web = WebServer(pipeline, host="127.0.0.1", port=0, guard=Guard.for_bind("127.0.0.1", TOKEN),
                         max_upload_bytes=1 << 20, log=lambda _: None).start()
         loop = threading.Thread(target=pipeline.run, daemon=True)

@@ -51,6 +51,7 @@ from edgefs.errors import EdgefsError
 from edgefs.fileio import atomic_write_text, check_output_not_input
 from edgefs.runtime.roi import Roi
 from edgefs.service.classifier import Classifier, EnrollResult
+from edgefs.service.options import EngineOptions
 from edgefs.service.quality import sharpness
 from edgefs.store import store_files
 from edgefs.store.validate import REJECT_LABEL, check_name
@@ -1117,19 +1118,16 @@ def open_pipeline(
     store: str | Path,
     config: RunConfig,
     *,
-    backend: str = "auto",
-    device: str | None = None,
-    threads: int | None = None,
-    head_type: str | None = None,
-    threshold: str | float | None = None,
-    engine_options: Mapping[str, Any] | None = None,
+    options: EngineOptions | None = None,
     log: Callable[[str], None] = print,
-    shot_views: int | None = None,
     empty_hint: str = "Enroll with 'edgefs enroll', --enroll NAME or --commands",
 ) -> Iterator[Pipeline]:
     """Check the outputs, open the classifier and the sources: the camera loop, ready to :meth:`Pipeline.run`.
 
     ``edgefs run`` runs it as it is; ``edgefs serve`` runs the same loop with its web app attached.
+    ``options``: the engine and head (:class:`edgefs.service.options.EngineOptions`); threads left
+    unset are :func:`loop_threads`, and the engine takes :data:`LOOP_ENGINE_DEFAULTS` where they
+    do not say otherwise.
 
     Raises:
         EdgefsError: an output that cannot be written (checked before anything runs), a bad bundle,
@@ -1149,10 +1147,9 @@ def open_pipeline(
         raise EdgefsError("--jsonl, --summary-json and --record must be different files; give each its own path")
     if config.display is None:
         config.display = display_available()
-    threads = threads or loop_threads()
-    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
-                         threshold=threshold, log=log, engine_options=engine_options,
-                         engine_defaults=LOOP_ENGINE_DEFAULTS, shot_views=shot_views) as clf:
+    options = options or EngineOptions()
+    options = replace(options, threads=options.threads or loop_threads())
+    with Classifier.open(bundle, store, options=options, log=log, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         if not clf.classes and not config.enroll and not config.commands:
             log(f"warning: the store has no classes yet: every frame is 'unknown'. {empty_hint}")
         yield Pipeline(clf, config, log=log)
@@ -1163,27 +1160,18 @@ def run(
     store: str | Path,
     config: RunConfig,
     *,
-    backend: str = "auto",
-    device: str | None = None,
-    threads: int | None = None,
-    head_type: str | None = None,
-    threshold: str | float | None = None,
+    options: EngineOptions | None = None,
     log: Callable[[str], None] = print,
-    engine_options: Mapping[str, Any] | None = None,
-    shot_views: int | None = None,
 ) -> RunSummary:
     """``edgefs run``: open the classifier and the sources, run the loop, print and return the summary.
 
-    ``engine_options``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s ``options``);
-    ``shot_views``: as :class:`edgefs.service.classifier.Classifier` takes it (live enrollment).
+    ``options``: the engine and head, as :func:`open_pipeline` takes them.
 
     Raises:
         EdgefsError: an output that cannot be written (checked before anything runs); after the
             summary is printed, a run that classified no frame or enrolled nothing of ``enroll``.
     """
-    with open_pipeline(bundle, store, config, backend=backend, device=device, threads=threads,
-                       head_type=head_type, threshold=threshold, engine_options=engine_options,
-                       log=log, shot_views=shot_views) as pipeline:
+    with open_pipeline(bundle, store, config, options=options, log=log) as pipeline:
         summary = pipeline.run()
     log(summary.text())
     problem = pipeline.problem()

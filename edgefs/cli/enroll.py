@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgefs.fileio import check_output_not_input
     from edgefs.service.classifier import enroll_files
+    from edgefs.service.options import EngineOptions
     from edgefs.service.quality import QualityConfig
 
     # The store is written; the bundle and the image files are read. A folder of images may hold
@@ -49,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
     images = {f"the image {p}": p for p in args.images if not Path(p).is_dir()}
     check_output_not_input(args.store, {"the bundle": args.bundle, **images}, flag="--store")
     check_target(args.bundle, args.store, args.label, args.append)
+    options = EngineOptions(backend=args.backend, device=args.device, threads=args.threads, head_type=args.head,
+                            threshold=args.threshold, shot_views=args.shot_views)
     result = enroll_files(
-        args.bundle, args.store, args.label, args.images, append=args.append, backend=args.backend,
-        device=args.device, threads=args.threads, head_type=args.head, threshold=args.threshold,
+        args.bundle, args.store, args.label, args.images, append=args.append, options=options,
         quality=QualityConfig(args.min_sharpness, args.max_similarity), fit=args.fit, roi=args.roi,
-        shot_views=args.shot_views,
     )
     print(result.summary())
     return 0

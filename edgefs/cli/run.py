@@ -9,6 +9,7 @@ from edgefs.cli import args as A
 
 if TYPE_CHECKING:
     from edgefs.camera.pipeline import RunConfig
+    from edgefs.service.options import EngineOptions
 
 HELP = "classify camera streams in real time (window or JSONL), enroll live, record"
 
@@ -82,13 +83,20 @@ def loop_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def loop_options(args: argparse.Namespace) -> EngineOptions:
+    """The :class:`EngineOptions` of parsed :func:`add_loop_arguments` flags (after the tuned profile)."""
+    from edgefs.service.options import EngineOptions
+
+    return EngineOptions(backend=args.backend, device=args.device, threads=args.threads, head_type=args.head,
+                         threshold=args.threshold, engine_options=A.engine_options(args),
+                         shot_views=args.shot_views)
+
+
 def run(args: argparse.Namespace) -> int:
     from edgefs.camera.pipeline import run
     from edgefs.tune import apply_profile
 
     apply_profile(args, args.bundle)
     config = loop_config(args)
-    run(args.bundle, args.store, config, backend=args.backend, device=args.device, threads=args.threads,
-        head_type=args.head, threshold=args.threshold, engine_options=A.engine_options(args),
-        shot_views=args.shot_views)
+    run(args.bundle, args.store, config, options=loop_options(args))
     return 0

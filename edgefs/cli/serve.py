@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edgefs.cli import args as A
-from edgefs.cli.run import add_loop_arguments, loop_config
+from edgefs.cli.run import add_loop_arguments, loop_config, loop_options
 
 HELP = "run the camera loop with a web app: live view, enroll by button, classes, settings, /metrics"
 
@@ -37,7 +37,5 @@ def run(args: argparse.Namespace) -> int:
     apply_profile(args, args.bundle)
     serve(args.bundle, args.store, loop_config(args), host=args.host, port=args.port, token_file=args.token_file,
           require_token=args.require_token, rotate_token=args.rotate_token, allow_hosts=tuple(args.allow_hosts),
-          view_fps=args.view_fps, max_upload_mb=args.max_upload_mb, backend=args.backend, device=args.device,
-          threads=args.threads, head_type=args.head, threshold=args.threshold,
-          engine_options=A.engine_options(args), shot_views=args.shot_views)
+          view_fps=args.view_fps, max_upload_mb=args.max_upload_mb, options=loop_options(args))
     return 0

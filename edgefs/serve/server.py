@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from edgefs.camera.pipeline import Pipeline, RunConfig, RunSummary, open_pipeline
 from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.serve.auth import Guard, is_loopback, resolve_token
+from edgefs.service.options import EngineOptions
 
 INSTALL = 'pip install "edgefs[serve]"'
 DEFAULT_PORT = 8080
@@ -166,12 +166,12 @@ def serve(
     view_fps: float = 15.0,
     max_upload_mb: int = 64,
     log: Callable[[str], None] = print,
-    **engine: Any,
+    options: EngineOptions | None = None,
 ) -> RunSummary:
     """``edgefs serve``: run the camera loop with the web app until the sources end or Ctrl-C.
 
     Args:
-        engine: ``backend``, ``device``, ``threads``, ``head_type``, ``threshold`` as for ``edgefs run``.
+        options: the engine and head, as for ``edgefs run`` (:func:`edgefs.camera.pipeline.open_pipeline`).
 
     Raises:
         EdgefsError: the web stack is missing, the token cannot be read or written, the address is in use;
@@ -182,9 +182,9 @@ def serve(
     if config.display is None:
         config.display = False  # a headless device: the browser is the display
     hint = "Open the web app's Enroll page, or use --enroll NAME"
-    with open_pipeline(bundle, store, config, log=log, empty_hint=hint, **engine) as pipeline:
+    with open_pipeline(bundle, store, config, options=options, log=log, empty_hint=hint) as pipeline:
         clf = pipeline.clf
-        if engine.get("shot_views") is None and not clf.classes and "shot_views" not in clf.settings():
+        if (options is None or options.shot_views is None) and not clf.classes and "shot_views" not in clf.settings():
             clf.set_shot_views(WEB_SHOT_VIEWS)  # a fresh store: shots that cover more than one view
         web = WebServer(pipeline, host=host, port=port, guard=Guard.for_bind(host, token, allow_hosts),
                         view_fps=view_fps, max_upload_bytes=max_upload_mb << 20, log=log).start()

@@ -35,6 +35,7 @@ from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import Engine
 from edgefs.runtime.preprocess import FitMode, to_batch
 from edgefs.runtime.roi import Roi
+from edgefs.service.options import EngineOptions
 from edgefs.service.quality import QualityConfig, gate_shots, shot_sharpness
 from edgefs.service.views import check_views, view_means
 from edgefs.store import ClassStore, SampleSet
@@ -185,35 +186,31 @@ class Classifier:
         bundle_path: str | Path,
         store_path: str | Path | None = None,
         *,
-        backend: str = "auto",
-        device: str | None = None,
-        threads: int | None = None,
-        head_type: str | None = None,
-        threshold: str | float | None = None,
+        options: EngineOptions | None = None,
         quality: QualityConfig | None = None,
         fit: FitMode = "center_crop",
         create: bool = True,
         log: Callable[[str], None] = print,
-        engine_options: Mapping[str, Any] | None = None,
         engine_defaults: Mapping[str, Any] | None = None,
-        shot_views: int | None = None,
     ) -> Classifier:
         """Read the bundle, open its engine and the store, and restore the head.
 
-        ``engine_options``, ``engine_defaults``: backend tuning (:func:`edgefs.runtime.select.open_engine`'s
-        ``options`` and ``defaults``).
+        ``options``: the engine and head (:class:`edgefs.service.options.EngineOptions`; None: the defaults).
+        ``engine_defaults``: backend tuning that ``options.engine_options`` overrides
+        (:func:`edgefs.runtime.select.open_engine`'s ``defaults``).
 
         Raises:
             EdgefsError: a bad bundle, a store of another bundle, an unknown backend or head type.
         """
         from edgefs.runtime.select import open_engine
 
+        o = options or EngineOptions()
         bundle = read_bundle(bundle_path)
         store = ClassStore.open(store_path, bundle, create=create) if store_path is not None else None
         try:
-            engine = open_engine(bundle, backend=backend, device=device, threads=threads, log=log,
-                                 options=engine_options, defaults=engine_defaults)
-            return cls(bundle, engine, store, head_type, threshold, quality, fit, log, shot_views)
+            engine = open_engine(bundle, backend=o.backend, device=o.device, threads=o.threads, log=log,
+                                 options=o.engine_options, defaults=engine_defaults)
+            return cls(bundle, engine, store, o.head_type, o.threshold, quality, fit, log, o.shot_views)
         except BaseException:
             if store is not None:
                 store.close()
@@ -807,29 +804,23 @@ def enroll_files(
     images: Sequence[str | Path],
     *,
     append: bool = False,
-    backend: str = "auto",
-    device: str | None = None,
-    threads: int | None = None,
-    head_type: str | None = None,
-    threshold: str | float | None = None,
+    options: EngineOptions | None = None,
     quality: QualityConfig | None = None,
     fit: FitMode = "center_crop",
     roi: Roi | None = None,
     log: Callable[[str], None] = print,
-    shot_views: int | None = None,
 ) -> EnrollResult:
     """``edgefs enroll``: read image files, enroll them as ``label`` into the store, one commit.
 
     Unreadable files are left out with a message; if no shot is left, nothing is written.
     ``roi`` crops each image first, as the camera loop crops each frame it classifies;
-    ``shot_views`` as :class:`Classifier` takes it.
+    ``options`` as :meth:`Classifier.open` takes them.
     """
     frames, names, problems = read_images(images)
     if roi is not None and not roi.is_full:
         frames = [roi.crop(f) for f in frames]
     for p in problems:
         log(f"warning: {p}")
-    with Classifier.open(bundle, store, backend=backend, device=device, threads=threads, head_type=head_type,
-                         threshold=threshold, quality=quality, fit=fit, log=log, shot_views=shot_views) as clf:
+    with Classifier.open(bundle, store, options=options, quality=quality, fit=fit, log=log) as clf:
         source = ",".join(str(p) for p in images) if len(images) <= 3 else f"{images[0]} (+{len(images) - 1} more)"
         return clf.enroll(label, frames, names=names, append=append, source=source, problems=problems)
