@@ -192,7 +192,7 @@ def _bundle(cfg: DemoConfig, log: Callable[[str], None]) -> Path:
 
 
 def choose_classes(cfg: DemoConfig) -> tuple[list[str], list[str], dict[str, list[Path]]]:
-    from edgefs.camera.synthetic import find_classes
+    from edgefs.camera.sources.synthetic import find_classes
 
     _, classes = find_classes(cfg.data, "test")
     # Enough designs for the shots' designs plus at least three others to stream.
@@ -286,7 +286,7 @@ def camera_stills(cfg: DemoConfig, names: list[str], designs: dict[str, list[Pat
     the same backgrounds and light fields), the same designs, cut to ``cfg.roi``, but with
     ``still=True``: each frame is one presentation frozen at an instant (pose, light and focus
     sampled as the stream samples them; no motion, no motion blur; see
-    :class:`edgefs.camera.synthetic.SyntheticConfig`). Presentations are numbered apart for
+    :class:`edgefs.camera.sources.synthetic.SyntheticConfig`). Presentations are numbered apart for
     every (class, design) so that each still is a fresh draw; the set is fixed by ``cfg.seed``.
 
     Returns:
@@ -294,7 +294,7 @@ def camera_stills(cfg: DemoConfig, names: list[str], designs: dict[str, list[Pat
         in ``names`` of each.
     """
     from edgefs.camera.sources import open_source
-    from edgefs.camera.synthetic import SyntheticSource
+    from edgefs.camera.sources.synthetic import SyntheticSource
 
     frames, truth = [], []
     start = 0

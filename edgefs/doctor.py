@@ -274,7 +274,7 @@ def camera_facts() -> dict[str, Any]:
     try:
         import cv2
 
-        from edgefs.camera.video import opencv_has
+        from edgefs.camera.sources.video import opencv_has
     except ImportError as exc:
         return {"installed": False, "error": str(exc), "install": OPENCV_INSTALL}
     return {"installed": True, "opencv": cv2.__version__,

@@ -259,7 +259,7 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
     ``spec['cards']`` at ``spec['fps']`` for ``spec['seconds']``; return its figures. Runs in a fresh
     process (:func:`measure`): the engine's threads and the process's CPU time are the setting's own."""
     from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
-    from edgefs.camera.synthetic import find_classes
+    from edgefs.camera.sources.synthetic import find_classes
     from edgefs.service.classifier import Classifier
     from edgefs.service.options import EngineOptions
 
@@ -572,7 +572,7 @@ def _references(bundles: Sequence[BundleFacts], folder: Path, cards: Path) -> di
     then serves as the reference, on another model's images at its size or else on the cards)."""
     import cv2
 
-    from edgefs.camera.synthetic import find_classes
+    from edgefs.camera.sources.synthetic import find_classes
     from edgefs.runtime.bundle import read_bundle
     from edgefs.runtime.selfcheck import load_reference
 

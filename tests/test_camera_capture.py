@@ -11,8 +11,8 @@ import pytest
 
 from edgefs.camera import Source, SourceError, open_source
 from edgefs.camera.capture import CaptureThread, backoff_delay
-from edgefs.camera.flaky import FlakySource
 from edgefs.camera.sources import SourceOptions
+from edgefs.camera.sources.flaky import FlakySource
 
 FAST = (0.01, 0.04)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edgefs.camera import SOURCES, Frame, Source, SourceError, open_source, source_forms
-from edgefs.camera.folder import FolderSource
-from edgefs.camera.synthetic import SyntheticConfig, SyntheticSource
-from edgefs.camera.video import CsiSource, FileSource, GStreamerSource, StreamSource, V4L2Source, opencv_has
+from edgefs.camera.sources.folder import FolderSource
+from edgefs.camera.sources.synthetic import SyntheticConfig, SyntheticSource
+from edgefs.camera.sources.video import CsiSource, FileSource, GStreamerSource, StreamSource, V4L2Source, opencv_has
 
 N_FRAMES = 20
 CODECS = [("mp4v", ".mp4"), ("MJPG", ".avi")]

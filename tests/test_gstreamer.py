@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from edgefs.camera import CaptureThread, Frame, Source, SourceError, open_source
-from edgefs.camera.video import CsiSource, GStreamerSource, StreamSource, gst_launch_command, opencv_has
+from edgefs.camera.sources.video import CsiSource, GStreamerSource, StreamSource, gst_launch_command, opencv_has
 
 HAVE_GSTREAMER = opencv_has("GStreamer")
 IN_LANE = os.environ.get("EDGEFS_GSTREAMER_LANE") == "1"

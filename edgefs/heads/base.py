@@ -27,10 +27,7 @@ import numpy as np
 from edgefs.errors import EdgefsError
 from edgefs.heads.reference import accumulate_normalize, l2_normalize, row_dots, softmax, topk
 from edgefs.heads.rows import Rows
-from edgefs.heads.spec import HeadSpec
-from edgefs.registry import Registry
-
-HEADS: Registry[type[Head]] = Registry("head")
+from edgefs.heads.spec import HEADS, HeadSpec
 
 
 @dataclass(frozen=True)
@@ -435,21 +432,20 @@ def build_head(spec: HeadSpec, dim: int) -> Head:
     return Head.from_spec(spec, dim)
 
 
-class KeepsShots:
-    """Mixin for heads that keep every shot, not only per-class sums (matching, siamese, finetune).
+class ShotKeepingHead(Head):
+    """A head that keeps every shot, not only per-class sums (matching, siamese, den, finetune,
+    lstm_finetune, progressive).
 
     ``_support`` float32 ``(S, D)`` holds the shots in enrollment order (L2-normalised when the
     head's ``normalize_shots`` is set) and ``_support_labels`` int32 ``(S,)`` their class indices;
-    they are saved as the state arrays ``support`` and ``support_labels``.
+    they are saved as the state arrays ``support`` and ``support_labels``. The hooks here keep them;
+    a subclass that overrides a hook calls ``super()``'s, before or after its own per-class rows.
     """
 
-    dim: int
-    classes: list[str]
-    normalize_shots: ClassVar[bool]
     keeps_shots: ClassVar[bool] = True
-    _counts: np.ndarray
 
-    def _init_shots(self) -> None:
+    def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0) -> None:
+        super().__init__(dim, temperature=temperature, threshold=threshold)
         self._r_support = Rows((self.dim,), np.float32)
         self._r_support_labels = Rows((), np.int32)
 
@@ -474,16 +470,23 @@ class KeepsShots:
         self._r_support.extend(rows)  # amortised: no copy of the shots already kept
         self._r_support_labels.extend(np.full(len(shots), idx, np.int32))
 
-    def _forget_shots(self, idx: int) -> None:
+    def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
+        for idx, emb in zip(indices, shots, strict=True):
+            self._keep_shots(idx, emb)
+
+    def _on_append(self, idx: int, shots: np.ndarray) -> None:
+        self._keep_shots(idx, shots)
+
+    def _on_remove(self, idx: int) -> None:
         gone = np.flatnonzero(self._support_labels == idx)
         labels = np.delete(self._support_labels, gone)
         self._r_support.delete(gone)
         self._support_labels = (labels - (labels > idx)).astype(np.int32)
 
-    def _shots_state(self) -> dict[str, np.ndarray]:
+    def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"support": self._support.copy(), "support_labels": self._support_labels.copy()}
 
-    def _restore_shots(self, arrays: Mapping[str, np.ndarray], what: str) -> None:
+    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Take ``support``/``support_labels`` from saved arrays after checking they fit the classes."""
         support = np.asarray(arrays.get("support"), np.float32)
         labels = np.asarray(arrays.get("support_labels"), np.int32)
@@ -491,5 +494,6 @@ class KeepsShots:
         if (support.ndim != 2 or support.shape[1] != self.dim or labels.shape != (support.shape[0],)
                 or (labels.size and (labels.min() < 0 or labels.max() >= c))
                 or (np.bincount(labels, minlength=c) != self._counts).any()):
-            raise EdgefsError(f"saved {what} does not fit its classes; rebuild the head from the samples")
+            raise EdgefsError(f"saved {self.head_type} head support does not fit its classes; rebuild the head "
+                              "from the samples")
         self._support, self._support_labels = support, labels

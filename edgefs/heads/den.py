@@ -8,16 +8,17 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
 from edgefs.heads.mlp import Momentum, imprint_rows, init_rows, softmax_cross_entropy
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: State arrays besides the stored shots: hidden layer, output layer, each unit's birth update.
 DEN_ARRAYS = ("w1", "b1", "w2", "b2", "born")
 
 
-@HEADS.register("den")
-class DENHead(KeepsShots, Head):
+@HEADS.register("den", rank=9)
+class DENHead(ShotKeepingHead):
     """A one-hidden-layer network whose hidden layer grows as classes are enrolled.
 
     Yoon, Yang, Lee and Hwang, "Lifelong Learning with Dynamically Expandable Networks",
@@ -78,7 +79,6 @@ class DENHead(KeepsShots, Head):
         self.loss_threshold, self.drift, self.select = float(loss_threshold), float(drift), float(select)
         self.steps, self.lr, self.momentum = int(steps), float(lr), float(momentum)
         self.l1, self.group, self.seed = float(l1), float(group), int(seed)
-        self._init_shots()
         self.w1 = np.zeros((0, self.dim), np.float32)  # (H, D)
         self.b1 = np.zeros(0, np.float32)  # (H,)
         self.w2 = np.zeros((0, 0), np.float32)  # (C, H)
@@ -219,19 +219,18 @@ class DENHead(KeepsShots, Head):
     def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
         self.w2 = np.concatenate([self.w2, np.zeros((len(indices), self.units), np.float32)])
         self.b2 = np.concatenate([self.b2, np.zeros(len(indices), np.float32)])
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
+        super()._on_add(indices, shots)
         self._update(indices)
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
+        super()._on_append(idx, shots)
         self._update([idx])
 
     def _on_remove(self, idx: int) -> None:
         # Hidden units stay (other classes may read them); only the class's output row goes.
         self.w2 = np.delete(self.w2, idx, 0)
         self.b2 = np.delete(self.b2, idx)
-        self._forget_shots(idx)
+        super()._on_remove(idx)
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
         h = self._hidden(self._inputs(l2_normalize(q)))
@@ -241,7 +240,7 @@ class DENHead(KeepsShots, Head):
     fork_copies_arrays = True  # units are retrained, split and grown in place
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {**self._global_arrays(), **self._shots_state()}
+        return {**self._global_arrays(), **super()._state_arrays()}
 
     def _global_arrays(self) -> dict[str, np.ndarray]:
         # Saved whole at each commit: growing or splitting a unit changes every class's output row.
@@ -261,6 +260,6 @@ class DENHead(KeepsShots, Head):
                 or not all(np.isfinite(a).all() for a in (w1, b1, w2, b2))):
             raise EdgefsError(f"saved den head arrays do not fit {c} classes and dim {self.dim}; "
                               "rebuild the head from the stored samples")
-        self._restore_shots(arrays, "den head support")
+        super()._load_arrays(arrays)
         self.w1, self.b1, self.w2, self.b2, self.born = w1, b1, w2, b2, born
         self.updates = int(np.asarray(arrays["updates"]))

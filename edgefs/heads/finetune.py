@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
 from edgefs.heads.reference import finetune_gram, l2_normalize, row_dots, softmax
 from edgefs.heads.rows import Rows
+from edgefs.heads.spec import HEADS
 
 PENALTIES = ("l2", "ewc", "none")
 #: Which rows an update refits: every class's over every shot, the changed classes' rows over their
@@ -82,8 +83,8 @@ def finetune_rows(x: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: np.ndar
     return w.astype(np.float32), b.astype(np.float32)
 
 
-@HEADS.register("finetune")
-class FinetuneHead(KeepsShots, Head):
+@HEADS.register("finetune", rank=5)
+class FinetuneHead(ShotKeepingHead):
     """Linear softmax head ``logits = q_n W^T + b`` on unit-norm embeddings, fine-tuned on device.
 
     Every class's row starts from its initial value (Qi et al. 2018 imprinting:
@@ -164,7 +165,6 @@ class FinetuneHead(KeepsShots, Head):
         self._r_bias = Rows((), np.float32)  # b (C,)
         #: Classes whose rows the last update changed (None: all of them).
         self.changed_rows: set[int] | None = set()
-        self._init_shots()  # (N, D) unit rows, replayed at every update
         self._w_init: np.ndarray | None = None  # (D,) meta-learned start row
         self._b_init: np.ndarray | None = None  # () meta-learned start bias
         self._lr_param: np.ndarray | None = None  # (D,) Meta-SGD per-parameter rate
@@ -218,19 +218,18 @@ class FinetuneHead(KeepsShots, Head):
         rows = [self._init_row(i) for i in indices]
         self._r_weight.extend(np.stack([r for r, _ in rows]))
         self._r_bias.extend(np.array([b for _, b in rows], np.float32))
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
+        super()._on_add(indices, shots)  # the shots, as unit rows, are replayed at every update
         self._update(indices)
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
+        super()._on_append(idx, shots)
         self._update([idx])
 
     def _on_remove(self, idx: int) -> None:
         # Old rows stay as trained: dropping a class only removes its logit.
         self._r_weight.delete(idx)
         self._r_bias.delete(idx)
-        self._forget_shots(idx)
+        super()._on_remove(idx)
         self.changed_rows = set()
 
     def local(self) -> bool:
@@ -310,7 +309,7 @@ class FinetuneHead(KeepsShots, Head):
         return (l2_normalize(q) @ self.weight.T + self.bias).astype(np.float32)
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **self._shots_state(),
+        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **super()._state_arrays(),
                 **self._global_arrays()}
 
     def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
@@ -330,6 +329,6 @@ class FinetuneHead(KeepsShots, Head):
         if weight.shape != (c, self.dim) or bias.shape != (c,):
             raise EdgefsError(f"saved finetune head weights {weight.shape} and bias {bias.shape} do not fit its "
                               f"{c} classes; rebuild the head from the samples")
-        self._restore_shots(arrays, "finetune head support")
+        super()._load_arrays(arrays)
         self.weight, self.bias = weight, bias
         self._set_meta(arrays.get("w_init"), arrays.get("b_init"), arrays.get("lr_param"))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import Head
 from edgefs.heads.reference import classify, l2_normalize, row_dots
+from edgefs.heads.spec import HEADS
 
 
-@HEADS.register("imprint")
+@HEADS.register("imprint", rank=1)
 class ImprintHead(Head):
     """Each class's weight is the renormalised mean of its L2-normalised shots.
 

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
 from edgefs.heads.reference import l2_normalize, softmax
+from edgefs.heads.spec import HEADS
 
 #: Spec arrays of the learned optimiser, in the order :func:`lstm_finetune` takes them.
 LSTM_ARRAYS = ("lstm_wx", "lstm_wh", "lstm_b", "gate_w", "gate_b", "log_scale")
@@ -121,8 +122,8 @@ def lstm_finetune(support: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: n
     return theta[: c * d].reshape(c, d).copy(), theta[c * d :].copy()
 
 
-@HEADS.register("lstm_finetune")
-class LSTMFinetuneHead(KeepsShots, Head):
+@HEADS.register("lstm_finetune", rank=8)
+class LSTMFinetuneHead(ShotKeepingHead):
     """Linear softmax head fine-tuned on the device by a learned LSTM optimiser (module docstring).
 
     Ravi and Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017;
@@ -151,7 +152,6 @@ class LSTMFinetuneHead(KeepsShots, Head):
         self.optimizer = default_lstm_optimizer()
         self.weight = np.zeros((0, self.dim), np.float32)
         self.bias = np.zeros(0, np.float32)
-        self._init_shots()
 
     def hyperparams(self) -> dict[str, Any]:
         return {**super().hyperparams(), "steps": self.steps}
@@ -171,16 +171,15 @@ class LSTMFinetuneHead(KeepsShots, Head):
                                                self.steps)
 
     def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
+        super()._on_add(indices, shots)
         self._fit()
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
+        super()._on_append(idx, shots)
         self._fit()
 
     def _on_remove(self, idx: int) -> None:
-        self._forget_shots(idx)
+        super()._on_remove(idx)
         self._fit()
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
@@ -189,7 +188,7 @@ class LSTMFinetuneHead(KeepsShots, Head):
     fork_copies_arrays = True
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **self._shots_state()}
+        return {"weight": self.weight.copy(), "bias": self.bias.copy(), **super()._state_arrays()}
 
     def _row_arrays(self, idx: int) -> dict[str, np.ndarray]:
         return {"weight": self.weight[idx].copy(), "bias": np.asarray(self.bias[idx], np.float32)}
@@ -201,5 +200,5 @@ class LSTMFinetuneHead(KeepsShots, Head):
         if weight.shape != (c, self.dim) or bias.shape != (c,) or not np.isfinite(weight).all():
             raise EdgefsError(f"saved lstm_finetune weights {weight.shape} and bias {bias.shape} do not fit its "
                               f"{c} classes; rebuild the head from the stored samples")
-        self._restore_shots(arrays, "lstm_finetune head support")
+        super()._load_arrays(arrays)
         self.weight, self.bias = weight, bias

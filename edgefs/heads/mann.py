@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import Head
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: Spec arrays of the key controller: ``key = normalize(proj @ normalize(e) + proj_bias)``.
 MANN_ARRAYS = ("proj", "proj_bias")
@@ -128,7 +129,7 @@ def read_memory(keys: np.ndarray, slot_keys: np.ndarray, slot_class: np.ndarray,
     return (top + np.log(np.maximum(mass, np.float32(1e-30)))).astype(np.float32)
 
 
-@HEADS.register("mann")
+@HEADS.register("mann", rank=6)
 class MANNHead(Head):
     """Memory-augmented head: enrolling writes shots to a least-recently-used key memory, classifying reads it.
 

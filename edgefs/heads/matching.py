@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
 from edgefs.heads.reference import l2_normalize, row_dots, softmax
+from edgefs.heads.spec import HEADS
 
 
-@HEADS.register("matching")
-class MatchingHead(KeepsShots, Head):
+@HEADS.register("matching", rank=2)
+class MatchingHead(ShotKeepingHead):
     """Class probability = summed softmax attention of the query over that class's shots.
 
     Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016 (without
@@ -27,20 +26,6 @@ class MatchingHead(KeepsShots, Head):
     head_type = "matching"
     normalize_shots = True
 
-    def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0) -> None:
-        super().__init__(dim, temperature=temperature, threshold=threshold)
-        self._init_shots()  # unit rows
-
-    def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
-
-    def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
-
-    def _on_remove(self, idx: int) -> None:
-        self._forget_shots(idx)
-
     def probabilities(self, queries: np.ndarray) -> np.ndarray:
         """float ``(Q, D)`` -> float32 ``(Q, C)`` class probabilities (rows sum to 1)."""
         return self._probabilities(self._check_queries(queries))
@@ -53,9 +38,3 @@ class MatchingHead(KeepsShots, Head):
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(self._probabilities(q), np.float32(1e-30))).astype(np.float32)
-
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        return self._shots_state()
-
-    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._restore_shots(arrays, "matching head support")

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import Head
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: Spec arrays: slow representation layer, then the meta-learner that maps gradients to fast weights.
 METANET_ARRAYS = ("q_w", "q_b", "g1", "g1_b", "g2", "g_scale")
@@ -70,7 +71,7 @@ def fast_weights(h: np.ndarray, g1: np.ndarray, g1_b: np.ndarray, g2: np.ndarray
     return out.astype(np.float32)
 
 
-@HEADS.register("metanet")
+@HEADS.register("metanet", rank=7)
 class MetaNetHead(Head):
     """Meta Networks head: a class's output row is a fast weight generated from its shots' loss gradients.
 

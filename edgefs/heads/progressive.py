@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
 from edgefs.heads.mlp import Momentum, imprint_rows, init_rows, softmax_cross_entropy
 from edgefs.heads.reference import l2_normalize
+from edgefs.heads.spec import HEADS
 
 #: State arrays besides the stored shots.
 PROGRESSIVE_ARRAYS = ("col_w", "col_b", "lateral", "out_w", "out_b")
@@ -22,8 +23,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
-@HEADS.register("progressive")
-class ProgressiveHead(KeepsShots, Head):
+@HEADS.register("progressive", rank=10)
+class ProgressiveHead(ShotKeepingHead):
     """A column per domain; earlier columns stay frozen, later ones read them through lateral weights.
 
     Rusu, Rabinowitz, Desjardins, Soyer, Kirkpatrick, Kavukcuoglu, Pascanu and Hadsell,
@@ -76,7 +77,6 @@ class ProgressiveHead(KeepsShots, Head):
         self.width, self.steps, self.lr, self.momentum = int(width), int(steps), float(lr), float(momentum)
         self.separator, self.laterals, self.lateral_scale = separator, bool(laterals), float(lateral_scale)
         self.domain_temperature, self.seed = float(domain_temperature), int(seed)
-        self._init_shots()
         self.col_w = np.zeros((0, self.width, self.dim), np.float32)  # (K, H, D)
         self.col_b = np.zeros((0, self.width), np.float32)  # (K, H)
         self.lateral = np.zeros((0, 0, self.width, self.width), np.float32)  # (K, K, H, H), [k, j] for j < k
@@ -172,12 +172,11 @@ class ProgressiveHead(KeepsShots, Head):
     def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
         self.out_w = np.concatenate([self.out_w, np.zeros((len(indices), self.width), np.float32)])
         self.out_b = np.concatenate([self.out_b, np.zeros(len(indices), np.float32)])
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
+        super()._on_add(indices, shots)
         self._refit_from(int(self._class_columns()[indices].min()))
 
     def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
+        super()._on_append(idx, shots)
         self._refit_from(int(self._class_columns()[idx]))
 
     def remove(self, name: str) -> None:
@@ -188,7 +187,7 @@ class ProgressiveHead(KeepsShots, Head):
     def _on_remove(self, idx: int) -> None:
         self.out_w = np.delete(self.out_w, idx, 0)
         self.out_b = np.delete(self.out_b, idx)
-        self._forget_shots(idx)
+        super()._on_remove(idx)
         self._refit_from(self._removed_column)
 
     # ---- inference --------------------------------------------------------------------
@@ -222,7 +221,7 @@ class ProgressiveHead(KeepsShots, Head):
     fork_copies_arrays = True
 
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        return {**self._global_arrays(), **self._shots_state()}
+        return {**self._global_arrays(), **super()._state_arrays()}
 
     def _global_arrays(self) -> dict[str, np.ndarray]:
         # Saved whole at each commit: enrolling into a domain refits its column and every later one.
@@ -240,6 +239,6 @@ class ProgressiveHead(KeepsShots, Head):
             if a[name].shape != shape or not np.isfinite(a[name]).all():
                 raise EdgefsError(f"saved progressive head array {name!r} is {a[name].shape}, expected {shape} for "
                                   f"{n} domains and {c} classes; rebuild the head from the stored samples")
-        self._restore_shots(arrays, "progressive head support")
+        super()._load_arrays(arrays)
         self.col_w, self.col_b, self.lateral = a["col_w"], a["col_b"], a["lateral"]
         self.out_w, self.out_b = a["out_w"], a["out_b"]

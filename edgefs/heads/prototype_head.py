@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import Head
 from edgefs.heads.prototype import prototype_logits
 from edgefs.heads.reference import classify, row_dots, softmax, topk
 from edgefs.heads.rows import Rows
+from edgefs.heads.spec import HEADS
 
 
-@HEADS.register("prototype")
+@HEADS.register("prototype", rank=0)
 class PrototypeHead(Head):
     """Nearest class mean, the rule a ProtoNet is trained with.
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head
+from edgefs.heads.base import Head
+from edgefs.heads.spec import HEADS
 
 #: Spec arrays of the relation module, in the order :func:`relation_scores` takes them.
 RELATION_ARRAYS = ("linear", "w1", "b1", "w2", "b2")
@@ -97,7 +98,7 @@ def relation_scores(
     return out
 
 
-@HEADS.register("relation")
+@HEADS.register("relation", rank=3)
 class RelationHead(Head):
     """Class score = the learned relation of the query to the class's mean embedding.
 

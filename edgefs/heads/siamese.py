@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgefs.errors import EdgefsError
-from edgefs.heads.base import HEADS, Head, KeepsShots
+from edgefs.heads.base import ShotKeepingHead
+from edgefs.heads.spec import HEADS
 
 # |q - s| of one chunk of queries is (rows, S, D) float32; keep a chunk near 32 MiB.
 _CHUNK_BYTES = 32 * 2**20
@@ -85,8 +86,8 @@ def siamese_scores(
     return out
 
 
-@HEADS.register("siamese")
-class SiameseHead(KeepsShots, Head):
+@HEADS.register("siamese", rank=4)
+class SiameseHead(ShotKeepingHead):
     """Nearest stored shot under the learned weighted-L1 verification score.
 
     Koch, Zemel and Salakhutdinov, "Siamese Neural Networks for One-shot Image
@@ -109,28 +110,11 @@ class SiameseHead(KeepsShots, Head):
         super().__init__(dim, temperature=temperature, threshold=threshold)
         self.weight = -np.ones(self.dim, np.float32)
         self.bias = np.zeros(1, np.float32)
-        self._init_shots()  # raw shots
 
     def _use_spec_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         if arrays:
             self.weight, self.bias = check_siamese_arrays(arrays, self.dim)
 
-    def _on_add(self, indices: list[int], shots: list[np.ndarray]) -> None:
-        for idx, emb in zip(indices, shots, strict=True):
-            self._keep_shots(idx, emb)
-
-    def _on_append(self, idx: int, shots: np.ndarray) -> None:
-        self._keep_shots(idx, shots)
-
-    def _on_remove(self, idx: int) -> None:
-        self._forget_shots(idx)
-
     def _scores(self, q: np.ndarray) -> np.ndarray:
         raw = siamese_scores(q, self._support, self._support_labels, len(self.classes), self.weight, self.bias)
         return (np.float32(self.temperature) * raw).astype(np.float32)
-
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        return self._shots_state()
-
-    def _load_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self._restore_shots(arrays, "siamese head support")

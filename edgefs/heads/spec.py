@@ -20,10 +20,18 @@ import numpy as np
 from edgefs import limits
 from edgefs.errors import EdgefsError
 from edgefs.fileio import FileRefused, check_regular_file, load_npy, read_limited
+from edgefs.registry import Registry
 
 HEAD_SCHEMA_VERSION = 1
-HEAD_TYPES = ("prototype", "imprint", "matching", "relation", "siamese", "finetune", "mann", "metanet",
-              "lstm_finetune", "den", "progressive")
+
+#: Every device head, by ``head_type``: each module of :mod:`edgefs.heads` that registers one
+#: (``@HEADS.register(name, rank=...)`` on a :class:`~edgefs.heads.base.Head` subclass) is
+#: imported on the first lookup. Here rather than in ``base`` so that a spec can check its
+#: type without importing the heads (``base`` imports this module).
+HEADS: Registry[type[Any]] = Registry("head", package="edgefs.heads")
+
+#: The registered head types, in the order the CLI lists them (by rank); read when used.
+HEAD_TYPES = HEADS.listing()
 
 
 @dataclass

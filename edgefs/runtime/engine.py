@@ -1,9 +1,11 @@
 """The Engine interface: uint8 images in, embeddings out, on some backend.
 
 Backends register by name (``ENGINES``): ``onnxruntime`` (the CPU default),
-``tensorrt`` (a serialized engine built on the device) and ``torch`` (for
-development and GPU tests). Heavy stacks are imported when a backend is opened,
-never at import time, and a missing one names the package to install.
+``openvino``, ``tensorrt`` (a serialized engine built on the device) and ``torch``
+(for development and GPU tests). A backend is one module of :mod:`edgefs.runtime`
+named ``<name>_backend`` whose class carries ``@ENGINES.register(name)``; the registry
+imports those modules on its first lookup. Heavy stacks are imported when a backend is
+opened, never at import time, and a missing one names the package to install.
 """
 
 from __future__ import annotations
@@ -61,4 +63,4 @@ class Engine(ABC):
         return f"{self.backend} ({self.precision}, {self.device})"
 
 
-ENGINES: Registry[type[Engine]] = Registry("engine backend")
+ENGINES: Registry[type[Engine]] = Registry("engine backend", package="edgefs.runtime", suffix="_backend")

@@ -16,8 +16,9 @@ The ``torch`` backend is never picked automatically: it needs PyTorch and is for
 development and GPU tests.
 
 Every backend's constructor takes ``(bundle, *, device, precision, threads)``
-(``threads`` may be ignored where it means nothing). Importing this module
-registers the backends without importing onnxruntime, torch or tensorrt.
+(``threads`` may be ignored where it means nothing). The backends are the
+``*_backend`` modules of :mod:`edgefs.runtime`, found by :data:`ENGINES` itself; none
+imports onnxruntime, torch or tensorrt before it is opened.
 
 TensorRT: ``edgefs.runtime.tensorrt_backend.find_engine(bundle, precision)``
 says whether a serialized engine exists for this bundle on this GPU and
@@ -36,14 +37,8 @@ from typing import Any
 from edgefs.device import check_device
 from edgefs.errors import EdgefsError, MissingDependencyError
 
-# Importing the backend modules registers them; none imports its heavy stack until opened.
-from edgefs.runtime import (  # noqa: F401
-    onnxruntime_backend,
-    openvino_backend,
-    tensorrt_backend,
-    torch_backend,
-    trt_flavour,
-)
+# The backends that ``auto`` weighs against each other; none imports its heavy stack until opened.
+from edgefs.runtime import onnxruntime_backend, openvino_backend, tensorrt_backend, trt_flavour
 from edgefs.runtime.bundle import Bundle, read_bundle
 from edgefs.runtime.engine import ENGINES, Engine
 from edgefs.runtime.quantized import fp32_fallback, graph_precision, unclaimed_cpu

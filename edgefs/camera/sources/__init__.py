@@ -21,15 +21,16 @@ keyword arguments of :func:`open_source`, which win. ``name=`` names any source
 (default: its URI, with a stream's password hidden). An option a source does not
 know is an error that lists the ones it does.
 
-Sources register themselves in :data:`SOURCES` by scheme, so the list of URI
-forms in errors and help texts comes from the registry.
+Each kind of source is one module of this package whose class carries
+``@register_source`` (it registers the class under each of its ``schemes``);
+:data:`SOURCES` imports the modules on its first lookup, so the list of URI forms in
+errors and help texts comes from the registry and no list of modules exists.
 
 Device side: NumPy and OpenCV only (DESIGN.md rule 1).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import threading
 import time
@@ -49,11 +50,6 @@ from edgefs.registry import Registry
 # The same suffixes the data readers take (edgefs.data.images); repeated here because the
 # device side may not import the workstation's data package (DESIGN.md rule 1).
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".ts"})
-
-# Modules whose import registers the built-in sources (imported on first use, not at
-# import time of this module, which they import themselves).
-_BUILTIN_MODULES = ("edgefs.camera.video", "edgefs.camera.folder", "edgefs.camera.synthetic",
-                    "edgefs.camera.flaky")
 
 
 @dataclass(frozen=True, eq=False)
@@ -358,7 +354,8 @@ class Source(ABC):
         return f"{type(self).__name__}({self.name!r}, live={self.live}, fps={self.fps}, {state})"
 
 
-SOURCES: Registry[type[Source]] = Registry("camera source")
+#: Source classes by URI scheme; finds the modules of this package (they import this one) on first lookup.
+SOURCES: Registry[type[Source]] = Registry("camera source", package="edgefs.camera.sources")
 
 
 def register_source(cls: type[Source]) -> type[Source]:
@@ -368,14 +365,8 @@ def register_source(cls: type[Source]) -> type[Source]:
     return cls
 
 
-def _load_builtin_sources() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def source_forms() -> list[str]:
     """One line per URI form of every registered source, for help and error texts."""
-    _load_builtin_sources()
     seen: list[type[Source]] = []
     for scheme in SOURCES:
         cls = SOURCES.get(scheme)
@@ -412,7 +403,6 @@ def resolve_uri(uri: str) -> tuple[str, str]:
         SourceError: an unknown scheme, or a path that does not exist (the message
             lists the valid forms / names the path).
     """
-    _load_builtin_sources()
     text = uri.strip()
     if not text:
         raise SourceError("empty source; " + _forms_text(), retryable=False)
