@@ -17,7 +17,9 @@ for first. Functions are prepared once (``Function.prepare``) and launched with
 between calls. Launches are serialised by a lock.
 
 Shared memory: without an opt-in that pycuda does not expose, a block gets 48 KiB; each
-``plan_*`` function below says what goes where for a shape, and is pure Python (tested on CPU).
+``plan_*`` function of :mod:`edgefs.kernels.plans` says what goes where for a shape, and is
+pure Python (tested on CPU). The pycuda side (context, memory, operands) is
+:mod:`edgefs.kernels.runtime`; this module's ``__all__`` names what a head needs of both.
 
 Backends: the launchers reach the GPU only through the :class:`Runtime` that :func:`runtime`
 returns (kernel loading, memory allocation and copies, ``prepared_call``). The CPU emulation
@@ -34,476 +36,40 @@ on a GPU from this code yet.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import ctypes
-import importlib
-import importlib.util
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from edgefs.kernels import build
+from edgefs.kernels.plans import (
+    MAX_FINETUNE_THREADS,
+    MAX_TOPK,
+    block_size,
+    plan_classify,
+    plan_finetune_gram,
+    plan_finetune_plain,
+)
+from edgefs.kernels.runtime import (
+    FLOATS,
+    DeviceBuffer,
+    Operand,
+    Runtime,
+    check_size,
+    host_labels,
+    is_device,
+    operand,
+    runtime,
+    shape_of,
+    to_host,
+    using_runtime,
+)
+
+#: The launchers, and what a head needs to hand them GPU memory.
+__all__ = ["DeviceBuffer", "accumulate_normalize", "classify", "finetune", "finetune_gram", "is_device", "runtime",
+           "to_host", "using_runtime"]
+
+from edgefs.errors import EdgefsError
 
-from edgefs.device import DeviceArray
-from edgefs.errors import EdgefsError, MissingDependencyError
 
-#: Dynamic shared memory one block may use (48 KiB minus room for the kernels' static arrays).
-SMEM_LIMIT = 48 * 1024 - 512
-#: Largest top-k the fused classify returns (one block argmax per rank).
-MAX_TOPK = 32
-#: Largest block of the fine-tune kernels (their __launch_bounds__).
-MAX_FINETUNE_THREADS = 512
-_INT_MAX = 2**31 - 1
-#: pycuda ``prepare`` formats of the kernel entry points (P pointer, i int32, f float32); each
-#: entry exists as ``<name>_f32`` and ``<name>_f16`` (float16 embeddings/queries/support).
-ARG_FORMATS: dict[str, str] = {
-    "edgefs_accumulate": "PPiPiPPPiii",
-    "edgefs_classify": "PPPPPPPPPPPiiiffiii",
-    "edgefs_finetune_gram": "PPPPPiffiffiiiPPPiii",
-    "edgefs_finetune_plain": "PPPPPifPiffifiiiPPPPii",
-}
-#: The .cu file (module) of each entry point.
-MODULES: dict[str, str] = {
-    "edgefs_accumulate": "accumulate",
-    "edgefs_classify": "classify",
-    "edgefs_finetune_gram": "finetune",
-    "edgefs_finetune_plain": "finetune",
-}
-_PYCUDA_INSTALL = "pip install pycuda (needs the CUDA toolkit; on a Jetson JetPack provides it)"
-_FLOATS = ("float32", "float16")
-
-
-# ---- operands ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Operand:
-    """One array argument: its shape and dtype, and where its data is.
-
-    Attributes:
-        name: argument name, for messages.
-        shape: array shape.
-        dtype: NumPy dtype.
-        ptr: device pointer when the data is on the GPU, else ``None``.
-        host: C-contiguous NumPy array when the data is on the host, else ``None``.
-        stream: CUDA stream handle the producer wrote on (``None``, 0, 1: the legacy default).
-        owner: the object keeping device memory alive.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    ptr: int | None = None
-    host: np.ndarray | None = None
-    stream: int | None = None
-    owner: Any = None
-
-    @property
-    def on_device(self) -> bool:
-        return self.ptr is not None
-
-
-def _contiguous_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for extent in reversed(shape):
-        strides.append(step)
-        step *= max(extent, 1)
-    return tuple(reversed(strides))
-
-
-def is_device(x: Any) -> bool:
-    """Whether ``x`` is GPU memory this module reads in place."""
-    return isinstance(x, DeviceArray | DeviceBuffer) or hasattr(x, "__cuda_array_interface__")
-
-
-def operand(x: Any, name: str, dtypes: tuple[str, ...], ndim: int, *, host_dtype: str | None = None) -> Operand:
-    """Describe argument ``x`` (host or device) and check its rank and dtype.
-
-    Args:
-        x: NumPy array (or array-like), DeviceArray, DeviceBuffer or object with
-            ``__cuda_array_interface__``.
-        name: for messages.
-        dtypes: accepted dtype names.
-        ndim: required rank.
-        host_dtype: host arrays of another dtype are converted to this one (as the NumPy
-            reference does with ``np.asarray(x, np.float32)``); device arrays never are.
-
-    Raises:
-        EdgefsError: wrong rank or dtype, or non-contiguous device memory.
-    """
-    if isinstance(x, DeviceArray):
-        op = Operand(name, tuple(int(s) for s in x.shape), np.dtype(x.dtype), int(x.ptr), None, int(x.stream), x.owner)
-    elif isinstance(x, DeviceBuffer):
-        op = Operand(name, x.shape, x.dtype, x.ptr, None, None, x)
-    elif hasattr(x, "__cuda_array_interface__"):
-        cai = x.__cuda_array_interface__
-        shape = tuple(int(s) for s in cai["shape"])
-        dtype = np.dtype(cai["typestr"])
-        strides = cai.get("strides")
-        if strides is not None and tuple(strides) != _contiguous_strides(shape, dtype.itemsize):
-            raise EdgefsError(f"{name} is a strided view (strides {tuple(strides)}) in GPU memory; the kernels need "
-                              "C-contiguous rows: pass x.contiguous() (torch) or cupy.ascontiguousarray(x)")
-        op = Operand(name, shape, dtype, int(cai["data"][0]), None, cai.get("stream"), x)
-    else:
-        a = np.asarray(x)
-        if host_dtype is not None and a.dtype.name not in dtypes:
-            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-                raise EdgefsError(f"{name} has dtype {a.dtype}; expected {' or '.join(dtypes)}")
-            a = a.astype(host_dtype)
-        op = Operand(name, a.shape, a.dtype, None, np.ascontiguousarray(a))
-    if len(op.shape) != ndim:
-        raise EdgefsError(f"{name} has shape {op.shape}; expected a {ndim}-D array")
-    if op.dtype.name not in dtypes:
-        where = "GPU" if op.on_device else "host"
-        raise EdgefsError(f"{name} ({where}) has dtype {op.dtype}; expected {' or '.join(dtypes)}")
-    return op
-
-
-def _host_labels(labels: Any, n: int, classes: int, name: str = "labels") -> Operand:
-    """int32 ``(n,)`` labels; host ones are range-checked like the reference."""
-    op = operand(labels, name, ("int32",), 1, host_dtype="int32")
-    if op.shape != (n,):
-        raise EdgefsError(f"{name} have shape {op.shape}; expected ({n},): one per row")
-    if op.host is not None and n and (op.host.min() < 0 or op.host.max() >= classes):
-        raise EdgefsError(f"{name} must lie in 0..{classes - 1}")
-    return op
-
-
-def _check_size(what: str, *extents: int) -> None:
-    total = 1
-    for e in extents:
-        total *= max(int(e), 1)
-    if total > _INT_MAX:
-        raise EdgefsError(f"{what} has {total} elements; the kernels index with int32 (at most {_INT_MAX})")
-
-
-# ---- launch plans (pure Python) ---------------------------------------------------------------
-@dataclass(frozen=True)
-class ClassifyPlan:
-    """Grid of the fused classify: ``parts`` blocks of ``threads`` per query, each scoring
-    ``classes_per_block`` classes; ``smem`` bytes of dynamic shared memory (max(D, C) floats, or
-    what fits: the kernel tiles a longer query or class row through global memory)."""
-
-    classes_per_block: int
-    parts: int
-    threads: int
-    smem: int
-
-
-def plan_classify(queries: int, classes: int, dim: int, sm_count: int = 132, threads: int = 256,
-                  smem_limit: int = SMEM_LIMIT) -> ClassifyPlan:
-    """Split the classes of each query over enough blocks to fill about 2 waves of SMs.
-
-    Shared memory holds ``max(D, C)`` floats when they fit under ``smem_limit``; above it (C or D
-    beyond ~12,000) the kernel keeps the query or the class row in global memory (L2) instead,
-    so any size runs.
-    """
-    smem = 4 * min(max(dim, classes), max(smem_limit // 4, 1))
-    warps = threads // 32
-    target_blocks = max(1, 2 * sm_count // max(queries, 1))
-    per_block = max(warps, -(-classes // target_blocks))
-    per_block = -(-per_block // warps) * warps  # whole warps' worth of classes
-    return ClassifyPlan(per_block, -(-classes // per_block), threads, smem)
-
-
-@dataclass(frozen=True)
-class GramPlan:
-    """Where the fused Gram fine-tune keeps its arrays.
-
-    Attributes:
-        k_shared: K (N*N floats, or C*N*N per class) in shared memory, else in global scratch.
-        state_shared: base, A, velocity, logits (4*N*C floats), b, vb (2*C) and labels (N) in
-            shared memory, else in global scratch.
-        smem: dynamic shared memory bytes.
-        work_floats: global scratch floats.
-    """
-
-    k_shared: bool
-    state_shared: bool
-    smem: int
-    work_floats: int
-
-
-def plan_finetune_gram(n: int, classes: int, per_class: bool, smem_limit: int = SMEM_LIMIT) -> GramPlan:
-    """Everything in shared memory when it fits, else K or the state alone, else neither.
-
-    With 48 KiB: scalar lr, 5-way 5-shot (N=25) takes 625 + 500 + 35 floats (4.6 KiB); all in
-    shared up to about N*N + 4*N*C <= 12,000 (e.g. N=64 with C=30, N=100 with C=5).
-    """
-    k_floats = (classes if per_class else 1) * n * n
-    state_floats = 4 * n * classes + 2 * classes + n
-    for k_shared, state_shared in ((True, True), (True, False), (False, True), (False, False)):
-        smem = 4 * (k_floats * k_shared + state_floats * state_shared)
-        if smem <= smem_limit:
-            work = k_floats * (not k_shared) + state_floats * (not state_shared)
-            return GramPlan(k_shared, state_shared, smem, work)
-    raise AssertionError("unreachable: the last plan uses no shared memory")
-
-
-@dataclass(frozen=True)
-class PlainPlan:
-    """Where the plain-loop fine-tune keeps its logits/gradient (N*C), b, vb (2*C), labels (N)."""
-
-    state_shared: bool
-    smem: int
-    work_floats: int
-
-
-def plan_finetune_plain(n: int, classes: int, smem_limit: int = SMEM_LIMIT) -> PlainPlan:
-    """Logits in shared memory when N*C + 2*C + N floats fit, else in global scratch."""
-    floats = n * classes + 2 * classes + n
-    if 4 * floats <= smem_limit:
-        return PlainPlan(True, 4 * floats, 0)
-    return PlainPlan(False, 0, floats)
-
-
-def _block(threads: int | None, default: int, limit: int) -> int:
-    t = default if threads is None else int(threads)
-    if t < 32 or t > limit or t % 32:
-        raise EdgefsError(f"threads must be a multiple of 32 in 32..{limit}, got {threads}")
-    return t
-
-
-# ---- runtime ------------------------------------------------------------------------------------
-class Runtime:
-    """pycuda in the primary context: loaded kernel functions and reusable scratch memory.
-
-    Use :func:`runtime` (one per process) rather than building it.
-
-    Raises:
-        MissingDependencyError: pycuda is not installed, or its driver module cannot load.
-        EdgefsError: no usable GPU.
-    """
-
-    #: Whether "device" pointers are host memory (the CPU emulation's runtime).
-    host_memory = False
-
-    def __init__(self) -> None:
-        if importlib.util.find_spec("pycuda") is None:
-            raise MissingDependencyError(f"the CUDA head kernels need the Python package 'pycuda', which is not "
-                                         f"installed. Install it with: {_PYCUDA_INSTALL}; or use the NumPy heads")
-        try:
-            self.cuda: Any = importlib.import_module("pycuda.driver")
-        except ImportError as exc:
-            raise MissingDependencyError(f"pycuda is installed but its CUDA driver module does not load ({exc}); "
-                                         "an NVIDIA driver (libcuda.so) is needed, or use the NumPy heads") from exc
-        try:
-            primary = importlib.import_module("pycuda.autoprimaryctx")
-        except (self.cuda.Error, RuntimeError) as exc:
-            raise EdgefsError(f"no usable CUDA GPU ({exc}); use the NumPy heads (edgefs.heads) here") from exc
-        self.context: Any = primary.context
-        self.device: Any = primary.device
-        self.owner = threading.get_ident()
-        self.arch = build.arch_of(self.device.compute_capability())
-        attrs = self.cuda.device_attribute
-        self.sm_count = int(self.device.get_attribute(attrs.MULTIPROCESSOR_COUNT))
-        self.smem_limit = min(SMEM_LIMIT, int(self.device.get_attribute(attrs.MAX_SHARED_MEMORY_PER_BLOCK)) - 512)
-        self.lock = threading.RLock()
-        self._modules: dict[str, Any] = {}
-        self._functions: dict[str, Any] = {}
-        self._scratch: dict[str, tuple[int, Any]] = {}
-        self._pinned: dict[str, np.ndarray] = {}
-        self._libcuda: Any = None
-
-    # -- context and streams
-    def enter(self) -> bool:
-        """Make the primary context current on this thread; True if it had to be pushed."""
-        if threading.get_ident() == self.owner:
-            return False
-        self.context.push()
-        return True
-
-    def leave(self, pushed: bool) -> None:
-        if pushed:
-            self.cuda.Context.pop()
-
-    def wait_for(self, *ops: Operand) -> None:
-        """Order our legacy-stream launches after producers that wrote on another stream."""
-        for op in ops:
-            if op.on_device and op.stream not in (None, 0, 1):
-                if self._libcuda is None:
-                    self._libcuda = ctypes.CDLL("libcuda.so.1")
-                status = self._libcuda.cuStreamSynchronize(ctypes.c_void_p(int(op.stream)))
-                if status != 0:
-                    raise EdgefsError(f"cuStreamSynchronize on the stream of {op.name} failed with CUDA error {status}")
-
-    # -- kernels
-    def function(self, name: str, dtype: Any = np.float32) -> Any:
-        """Entry point ``name`` (a key of :data:`ARG_FORMATS`) for float32 or float16 inputs,
-        compiled for this GPU (cached on disk), loaded and prepared once."""
-        entry = entry_point(name, dtype)
-        fn = self._functions.get(entry)
-        if fn is None:
-            fn = self.raw_function(MODULES[name], entry)
-            fn.prepare(ARG_FORMATS[name])
-            self._functions[entry] = fn
-        return fn
-
-    def raw_function(self, module: str, entry: str) -> Any:
-        """``entry`` of ``kernels/<module>.cu`` as a pycuda Function (not prepared)."""
-        if module not in self._modules:
-            self._modules[module] = self.cuda.module_from_buffer(build.build(module, self.arch).read_bytes())
-        return self._modules[module].get_function(entry)
-
-    # -- memory
-    def scratch(self, name: str, nbytes: int, *, zero: bool = False) -> int:
-        """Device scratch ``name`` of at least ``nbytes`` (kept and reused; zeroed when first made)."""
-        have = self._scratch.get(name)
-        if have is None or have[0] < nbytes:
-            size = max(int(nbytes), 256, 0 if have is None else 2 * have[0])
-            alloc = self.cuda.mem_alloc(size)
-            if zero:
-                self.cuda.memset_d8(alloc, 0, size)
-            have = (size, alloc)
-            self._scratch[name] = have
-        return int(have[1])
-
-    def pinned(self, name: str, nbytes: int) -> np.ndarray:
-        """Page-locked host staging bytes ``name`` of at least ``nbytes`` (kept and reused)."""
-        buf = self._pinned.get(name)
-        if buf is None or buf.nbytes < nbytes:
-            buf = self.cuda.pagelocked_empty(max(int(nbytes), 256), np.uint8)
-            self._pinned[name] = buf
-        return buf
-
-    def device_ptr(self, op: Operand, slot: str) -> int:
-        """Pointer to ``op``'s data on the GPU, uploading host data into scratch ``slot``."""
-        if op.ptr is not None:
-            return op.ptr
-        assert op.host is not None
-        if op.host.nbytes == 0:
-            return 0
-        ptr = self.scratch(slot, op.host.nbytes)
-        self.cuda.memcpy_htod(ptr, op.host)
-        return ptr
-
-    def download(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        out = np.empty(shape, dtype)
-        if out.nbytes:
-            self.cuda.memcpy_dtoh(out, ptr)
-        return out
-
-
-def entry_point(name: str, dtype: Any) -> str:
-    """The kernel symbol of launcher entry ``name`` for float32 or float16 inputs."""
-    return f"{name}_{'f16' if np.dtype(dtype) == np.float16 else 'f32'}"
-
-
-_RUNTIME: Runtime | None = None
-_RUNTIME_LOCK = threading.Lock()
-_OVERRIDE: contextvars.ContextVar[Any] = contextvars.ContextVar("edgefs_kernel_runtime", default=None)
-
-
-@contextlib.contextmanager
-def using_runtime(rt: Any) -> Iterator[Any]:
-    """Within the block (this thread / task only), launchers and new DeviceBuffers use ``rt``,
-    an object with :class:`Runtime`'s interface, instead of the pycuda runtime."""
-    token = _OVERRIDE.set(rt)
-    try:
-        yield rt
-    finally:
-        _OVERRIDE.reset(token)
-
-
-def runtime() -> Runtime:
-    """The process's :class:`Runtime`, created (pycuda imported, context retained) on first use;
-    inside :func:`using_runtime`, the runtime given there."""
-    override = _OVERRIDE.get()
-    if override is not None:
-        return override
-    global _RUNTIME
-    if _RUNTIME is None:
-        with _RUNTIME_LOCK:
-            if _RUNTIME is None:
-                _RUNTIME = Runtime()
-    return _RUNTIME
-
-
-class DeviceBuffer:
-    """A C-contiguous array in GPU memory, allocated by pycuda in the primary context.
-
-    It exposes ``__cuda_array_interface__`` (torch.as_tensor / cupy.asarray read it in place)
-    and is accepted by every launcher. Launchers return their GPU results as DeviceBuffers.
-
-    Args:
-        shape: array shape.
-        dtype: NumPy dtype (float32, float16 or int32 for the kernels).
-        zero: fill with zero bytes.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32, *, zero: bool = False) -> None:
-        rt = runtime()
-        self.runtime = rt  # the runtime (GPU or emulation) that owns the memory
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        self.alloc = rt.cuda.mem_alloc(max(self.nbytes, 1))
-        if zero and self.nbytes:
-            rt.cuda.memset_d8(self.alloc, 0, self.nbytes)
-
-    @property
-    def ptr(self) -> int:
-        return int(self.alloc)
-
-    @property
-    def __cuda_array_interface__(self) -> dict[str, Any]:
-        if self.runtime.host_memory:
-            # An emulated buffer is host memory: no GPU consumer may read it in place.
-            raise AttributeError("an emulated DeviceBuffer (host memory) has no __cuda_array_interface__")
-        # stream 1: written on the legacy default stream, which consumers order themselves after.
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None, "stream": 1}
-
-    @classmethod
-    def from_host(cls, array: np.ndarray) -> DeviceBuffer:
-        """A GPU copy of a host array (made C-contiguous)."""
-        a = np.ascontiguousarray(array)
-        buf = cls(a.shape, a.dtype)
-        if a.nbytes:
-            buf.runtime.cuda.memcpy_htod(buf.ptr, a)
-        return buf
-
-    def to_host(self) -> np.ndarray:
-        """A host copy (waits for the kernels that write it)."""
-        return self.runtime.download(self.ptr, self.shape, self.dtype)
-
-    def upload(self, array: np.ndarray, row: int = 0) -> None:
-        """Copy host rows into this buffer starting at ``row`` (first axis)."""
-        a = np.ascontiguousarray(array, self.dtype)
-        row_bytes = self.nbytes // max(self.shape[0], 1) if self.shape else self.nbytes
-        if row < 0 or row * row_bytes + a.nbytes > self.nbytes:
-            raise EdgefsError(f"cannot upload {a.shape} at row {row} into a buffer of shape {self.shape}")
-        if a.nbytes:
-            self.runtime.cuda.memcpy_htod(self.ptr + row * row_bytes, a)
-
-    def rows(self, count: int, start: int = 0) -> DeviceArray:
-        """A view of rows ``start .. start+count`` as a DeviceArray (no copy; this buffer owns it)."""
-        if not self.shape or start < 0 or start + count > self.shape[0]:
-            raise EdgefsError(f"rows {start}..{start + count} are outside a buffer of shape {self.shape}")
-        row_bytes = self.nbytes // max(self.shape[0], 1)
-        return DeviceArray(self.ptr + start * row_bytes, (count, *self.shape[1:]), self.dtype.name, 0, self)
-
-
-def to_host(x: Any) -> np.ndarray:
-    """A host copy of any array argument (NumPy arrays are returned as they are)."""
-    if isinstance(x, DeviceBuffer):
-        return x.to_host()
-    if not is_device(x):
-        return np.asarray(x)
-    op = operand(x, "array", ("float32", "float16", "int32"), len(_shape_of(x)))
-    rt = runtime()
-    with rt.lock:
-        pushed = rt.enter()
-        try:
-            rt.wait_for(op)
-            assert op.ptr is not None
-            return rt.download(op.ptr, op.shape, op.dtype)
-        finally:
-            rt.leave(pushed)
-
-
-# ---- launchers ----------------------------------------------------------------------------------
 def accumulate_normalize(embeddings: Any, labels: Any, sums: Any, counts: Any, *, out: Any = None,
                          touched_only: bool = False, normalize_shots: bool = False,
                          threads: int | None = None) -> Any:
@@ -526,21 +92,21 @@ def accumulate_normalize(embeddings: Any, labels: Any, sums: Any, counts: Any, *
         host state, else ``out`` or a new DeviceBuffer. Sums equal NumPy's ``np.add.at`` bit for
         bit (same order of float32 adds); the normalisation differs by summation order only.
     """
-    emb = operand(embeddings, "embeddings", _FLOATS, 2, host_dtype="float32")
+    emb = operand(embeddings, "embeddings", FLOATS, 2, host_dtype="float32")
     s = operand(sums, "sums", ("float32",), 2)
     cnt = operand(counts, "counts", ("int32",), 1)
     c, d = s.shape
     if emb.shape[1] != d or cnt.shape != (c,):
         raise EdgefsError(f"embeddings {emb.shape}, sums {s.shape} and counts {cnt.shape} do not fit; "
                           "pass (S, D) embeddings, (C, D) sums and (C,) counts")
-    lab = _host_labels(labels, emb.shape[0], c)
+    lab = host_labels(labels, emb.shape[0], c)
     if s.on_device != cnt.on_device:
         raise EdgefsError("sums and counts must both be host arrays or both GPU arrays")
     if not s.on_device and not (isinstance(sums, np.ndarray) and isinstance(counts, np.ndarray)):
         raise EdgefsError("host sums and counts must be NumPy arrays: they are updated in place")
-    block = _block(threads, 256, 1024)
-    _check_size("sums", c, d)
-    _check_size("embeddings", *emb.shape)
+    block = block_size(threads, 256, 1024)
+    check_size("sums", c, d)
+    check_size("embeddings", *emb.shape)
     rows: np.ndarray | None = None
     if touched_only:
         if lab.host is None or not s.on_device or out is None:
@@ -617,7 +183,7 @@ def classify(queries: Any, weights: Any, temperature: float, k: int, threshold: 
         NumPy ``top_idx`` int32 ``(Q, k)`` (ties -> lower index), ``top_prob`` float32 ``(Q, k)``,
         ``best_sim`` float32 ``(Q,)``, ``unknown`` bool ``(Q,)``.
     """
-    q = operand(queries, "queries", _FLOATS, 2, host_dtype="float32")
+    q = operand(queries, "queries", FLOATS, 2, host_dtype="float32")
     w = operand(weights, "weights", ("float32",), 2, host_dtype="float32")
     c, d = w.shape
     if q.shape[1] != d:
@@ -638,9 +204,9 @@ def classify(queries: Any, weights: Any, temperature: float, k: int, threshold: 
         return (np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32), np.full(n, -np.inf, np.float32),
                 np.ones(n, bool))
     kk = min(int(k), c)
-    _check_size("weights", c, d)
-    _check_size("scores", n, c)
-    block = _block(threads, 256, 1024)
+    check_size("weights", c, d)
+    check_size("scores", n, c)
+    block = block_size(threads, 256, 1024)
     if n == 0:
         return (np.zeros((0, kk), np.int32), np.zeros((0, kk), np.float32), np.zeros(0, np.float32),
                 np.zeros(0, bool))
@@ -679,7 +245,7 @@ def classify(queries: Any, weights: Any, temperature: float, k: int, threshold: 
 def _rate(x: Any, name: str, c: int, d: int) -> tuple[float, Operand | None, int]:
     """A scalar or per-parameter rate/penalty: (scalar, array operand or None, row stride 0|D)."""
     if is_device(x):
-        op = operand(x, name, ("float32",), 2 if len(_shape_of(x)) == 2 else 1)
+        op = operand(x, name, ("float32",), 2 if len(shape_of(x)) == 2 else 1)
         if op.shape == (d,):
             return 0.0, op, 0
         if op.shape == (c, d):
@@ -698,12 +264,6 @@ def _rate(x: Any, name: str, c: int, d: int) -> tuple[float, Operand | None, int
     return 0.0, Operand(name, (c, d), full.dtype, None, full), d
 
 
-def _shape_of(x: Any) -> tuple[int, ...]:
-    if isinstance(x, DeviceArray | DeviceBuffer):
-        return tuple(x.shape)
-    return tuple(x.__cuda_array_interface__["shape"])
-
-
 @dataclass
 class _FinetuneArgs:
     x: Operand
@@ -717,7 +277,7 @@ class _FinetuneArgs:
 
 
 def _finetune_args(support: Any, labels: Any, w0: Any, b0: Any) -> _FinetuneArgs:
-    x = operand(support, "support", _FLOATS, 2, host_dtype="float32")
+    x = operand(support, "support", FLOATS, 2, host_dtype="float32")
     w = operand(w0, "w0", ("float32",), 2, host_dtype="float32")
     b = operand(b0, "b0", ("float32",), 1, host_dtype="float32")
     n, d = x.shape
@@ -725,11 +285,11 @@ def _finetune_args(support: Any, labels: Any, w0: Any, b0: Any) -> _FinetuneArgs
     if w.shape != (c, d) or b.shape != (c,):
         raise EdgefsError(f"finetune shapes do not agree: support {x.shape}, w0 {w.shape}, b0 {b.shape}; "
                           "expected (N,D), (C,D), (C,)")
-    lab = _host_labels(labels, n, c)
+    lab = host_labels(labels, n, c)
     if w.on_device != b.on_device:
         raise EdgefsError("w0 and b0 must both be host arrays or both GPU arrays")
-    _check_size("weights", c, d)
-    _check_size("support", n, d)
+    check_size("weights", c, d)
+    check_size("support", n, d)
     return _FinetuneArgs(x, lab, w, b, n, c, d, w.on_device)
 
 
@@ -826,13 +386,13 @@ def finetune_gram(support: Any, labels: Any, w0: Any, b0: Any, lr: Any, lr_b: fl
     per_class = lr_op is not None
     if pen_op is not None or (per_class and pen_s != 0.0):
         return finetune(support, labels, w0, b0, lr, lr_b, steps, momentum, l2, out=out, threads=threads)
-    block = _block(threads, MAX_FINETUNE_THREADS, MAX_FINETUNE_THREADS)
+    block = block_size(threads, MAX_FINETUNE_THREADS, MAX_FINETUNE_THREADS)
     _check_out(out, a)
     rt = runtime()
     if a.n == 0 or a.c == 0:
         return _unchanged(rt, a, out)
     plan = plan_finetune_gram(a.n, a.c, per_class, rt.smem_limit)
-    _check_size("Gram", a.c if per_class else 1, a.n, a.n)
+    check_size("Gram", a.c if per_class else 1, a.n, a.n)
     with rt.lock:
         pushed = rt.enter()
         try:
@@ -871,13 +431,13 @@ def finetune(support: Any, labels: Any, w0: Any, b0: Any, lr: Any, lr_b: float, 
         raise EdgefsError(f"steps must be >= 0, got {steps}")
     lr_s, lr_op, lr_stride = _rate(lr, "lr", a.c, a.d)
     pen_s, pen_op, pen_stride = _rate(l2, "l2", a.c, a.d)
-    block = _block(threads, MAX_FINETUNE_THREADS, MAX_FINETUNE_THREADS)
+    block = block_size(threads, MAX_FINETUNE_THREADS, MAX_FINETUNE_THREADS)
     _check_out(out, a)
     rt = runtime()
     if a.n == 0 or a.c == 0:
         return _unchanged(rt, a, out)
     plan = plan_finetune_plain(a.n, a.c, rt.smem_limit)
-    _check_size("logits", a.n, a.c)
+    check_size("logits", a.n, a.c)
     with rt.lock:
         pushed = rt.enter()
         try:
@@ -901,3 +461,4 @@ def finetune(support: Any, labels: Any, w0: Any, b0: Any, lr: Any, lr_b: float, 
             return _finetune_result(rt, a, w_out, b_out, w_ptr, b_ptr)
         finally:
             rt.leave(pushed)
+

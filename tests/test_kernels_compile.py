@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgefs.kernels import build, launch
+from edgefs.kernels import build, launch, plans
+from edgefs.kernels import runtime as kernel_runtime
 
 from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.runtime.engine import DeviceArray
@@ -48,13 +49,13 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 def test_every_kernel_compiles(compiled: dict[str, tuple[Path, list[Path]]], arch: str) -> None:
     cache, paths = compiled[arch]
     assert [p.name.split("-")[0] for p in paths] == [s.stem for s in build.kernel_sources()]
-    entries = {name: [f"{name}_f32", f"{name}_f16"] for name in launch.ARG_FORMATS}
+    entries = {name: [f"{name}_f32", f"{name}_f16"] for name in kernel_runtime.ARG_FORMATS}
     entries["edgefs_noop"] = ["edgefs_noop"]
     for path in paths:
         data = path.read_bytes()
         assert path.parent == cache and f"-{arch}-" in path.name and data[:4] == b"\x7fELF"
         for name, symbols in entries.items():
-            if launch.MODULES.get(name, "noop") == path.name.split("-")[0]:
+            if kernel_runtime.MODULES.get(name, "noop") == path.name.split("-")[0]:
                 assert all(s.encode() in data for s in symbols), (path.name, symbols)
 
 
@@ -152,7 +153,7 @@ def _formats_in_sources() -> dict[str, str]:
 
 def test_launcher_formats_match_the_kernel_signatures() -> None:
     found = _formats_in_sources()
-    for name, fmt in launch.ARG_FORMATS.items():
+    for name, fmt in kernel_runtime.ARG_FORMATS.items():
         for suffix in ("_f32", "_f16"):
             assert found.get(name + suffix) == fmt, name + suffix
     assert found["edgefs_noop"] == ""
@@ -160,41 +161,41 @@ def test_launcher_formats_match_the_kernel_signatures() -> None:
 
 # ---- launch plans -------------------------------------------------------------------------------
 def test_gram_plan_keeps_5_way_5_shot_in_shared_memory() -> None:
-    plan = launch.plan_finetune_gram(25, 5, per_class=False)
+    plan = plans.plan_finetune_gram(25, 5, per_class=False)
     assert plan.k_shared and plan.state_shared and plan.work_floats == 0
     assert plan.smem == 4 * (25 * 25 + 4 * 25 * 5 + 2 * 5 + 25)
-    per_class = launch.plan_finetune_gram(25, 5, per_class=True)
+    per_class = plans.plan_finetune_gram(25, 5, per_class=True)
     assert per_class.k_shared and per_class.smem == 4 * (5 * 25 * 25 + 4 * 25 * 5 + 2 * 5 + 25)
 
 
 def test_gram_plan_moves_what_does_not_fit_to_global_memory() -> None:
-    k_only = launch.plan_finetune_gram(100, 20, per_class=False)  # K 40 KB fits, the state (32 KB) does not
+    k_only = plans.plan_finetune_gram(100, 20, per_class=False)  # K 40 KB fits, the state (32 KB) does not
     assert k_only.k_shared and not k_only.state_shared and k_only.work_floats == 4 * 100 * 20 + 2 * 20 + 100
-    state_only = launch.plan_finetune_gram(200, 5, per_class=False)  # K is 160 KB
+    state_only = plans.plan_finetune_gram(200, 5, per_class=False)  # K is 160 KB
     assert not state_only.k_shared and state_only.state_shared and state_only.work_floats == 200 * 200
-    neither = launch.plan_finetune_gram(1000, 100, per_class=False)
+    neither = plans.plan_finetune_gram(1000, 100, per_class=False)
     assert not neither.k_shared and not neither.state_shared and neither.smem == 0
     for plan in (k_only, state_only, neither):
-        assert plan.smem <= launch.SMEM_LIMIT
+        assert plan.smem <= plans.SMEM_LIMIT
 
 
 def test_plain_plan() -> None:
-    assert launch.plan_finetune_plain(25, 5) == launch.PlainPlan(True, 4 * (125 + 10 + 25), 0)
-    big = launch.plan_finetune_plain(1000, 100)
+    assert plans.plan_finetune_plain(25, 5) == plans.PlainPlan(True, 4 * (125 + 10 + 25), 0)
+    big = plans.plan_finetune_plain(1000, 100)
     assert not big.state_shared and big.smem == 0 and big.work_floats == 100_000 + 200 + 1000
 
 
 def test_classify_plan_spreads_classes_over_the_sms() -> None:
-    plan = launch.plan_classify(1, 1000, 1280, sm_count=132)
+    plan = plans.plan_classify(1, 1000, 1280, sm_count=132)
     assert plan.parts * plan.classes_per_block >= 1000 and plan.parts >= 100 and plan.classes_per_block % 8 == 0
     assert plan.smem == 4 * 1280
-    batch = launch.plan_classify(64, 1000, 1280, sm_count=132)
+    batch = plans.plan_classify(64, 1000, 1280, sm_count=132)
     assert batch.parts < plan.parts  # many queries fill the GPU by themselves
-    assert launch.plan_classify(1, 5, 64).parts == 1
+    assert plans.plan_classify(1, 5, 64).parts == 1
     # Beyond shared memory the class row is tiled through global memory: capped, not refused.
-    big = launch.plan_classify(1, 20_000, 1280, sm_count=132)
-    assert big.smem == launch.SMEM_LIMIT // 4 * 4 and big.parts * big.classes_per_block >= 20_000
-    assert launch.plan_classify(1, 5, 16_000).smem == launch.SMEM_LIMIT // 4 * 4
+    big = plans.plan_classify(1, 20_000, 1280, sm_count=132)
+    assert big.smem == plans.SMEM_LIMIT // 4 * 4 and big.parts * big.classes_per_block >= 20_000
+    assert plans.plan_classify(1, 5, 16_000).smem == plans.SMEM_LIMIT // 4 * 4
 
 
 # ---- argument checks (before any GPU work) ------------------------------------------------------
@@ -208,26 +209,26 @@ class FakeCudaArray:
 
 
 def test_operands_from_host_and_device() -> None:
-    host = launch.operand(np.ones((3, 4), np.float64), "q", ("float32", "float16"), 2, host_dtype="float32")
+    host = kernel_runtime.operand(np.ones((3, 4), np.float64), "q", ("float32", "float16"), 2, host_dtype="float32")
     assert not host.on_device and host.host is not None and host.host.dtype == np.float32
-    cai = launch.operand(FakeCudaArray((3, 4), "<f2", stream=7), "q", ("float32", "float16"), 2)
+    cai = kernel_runtime.operand(FakeCudaArray((3, 4), "<f2", stream=7), "q", ("float32", "float16"), 2)
     assert cai.on_device and cai.ptr == 0x7F0000000000 and cai.dtype == np.float16 and cai.stream == 7
-    contiguous = launch.operand(FakeCudaArray((3, 4), strides=(16, 4)), "q", ("float32",), 2)
+    contiguous = kernel_runtime.operand(FakeCudaArray((3, 4), strides=(16, 4)), "q", ("float32",), 2)
     assert contiguous.on_device
-    dev = launch.operand(DeviceArray(1024, (2, 8), "float32", stream=5), "q", ("float32",), 2)
+    dev = kernel_runtime.operand(DeviceArray(1024, (2, 8), "float32", stream=5), "q", ("float32",), 2)
     assert dev.ptr == 1024 and dev.shape == (2, 8) and dev.stream == 5
     assert launch.is_device(FakeCudaArray((1,))) and not launch.is_device(np.zeros(1))
 
 
 def test_operand_errors() -> None:
     with pytest.raises(EdgefsError, match="strided"):
-        launch.operand(FakeCudaArray((3, 4), strides=(4, 12)), "q", ("float32",), 2)
+        kernel_runtime.operand(FakeCudaArray((3, 4), strides=(4, 12)), "q", ("float32",), 2)
     with pytest.raises(EdgefsError, match=r"GPU.*float64"):
-        launch.operand(FakeCudaArray((3, 4), "<f8"), "q", ("float32", "float16"), 2)
+        kernel_runtime.operand(FakeCudaArray((3, 4), "<f8"), "q", ("float32", "float16"), 2)
     with pytest.raises(EdgefsError, match="2-D"):
-        launch.operand(np.zeros(4, np.float32), "q", ("float32",), 2)
+        kernel_runtime.operand(np.zeros(4, np.float32), "q", ("float32",), 2)
     with pytest.raises(EdgefsError, match="dtype"):
-        launch.operand(np.array([["a"]]), "q", ("float32",), 2, host_dtype="float32")
+        kernel_runtime.operand(np.array([["a"]]), "q", ("float32",), 2, host_dtype="float32")
 
 
 def test_classify_argument_errors() -> None:

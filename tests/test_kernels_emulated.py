@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgefs.kernels import launch as gpu
+from edgefs.kernels import runtime as kernel_runtime
 from edgefs.kernels.emu import build
 from edgefs.kernels.emu import launch as emu
 
@@ -163,9 +163,9 @@ def test_the_launcher_formats_are_checked_against_the_kernel_parameters(tmp_path
     source = write(tmp_path, "fixed", REVERSE.replace("BARRIER", "__syncthreads();"))
     with pytest.raises(EdgefsError, match="takes 'PPi'"):
         emu.load_kernel(source, "reverse_shared", "PPf", cache=tmp_path)
-    for name, formats in gpu.ARG_FORMATS.items():  # the product's formats: what every launch checks
+    for name, formats in kernel_runtime.ARG_FORMATS.items():  # the product's formats: what every launch checks
         for dtype in (np.float32, np.float16):
-            fn = emu.runtime().raw_function(gpu.MODULES[name], gpu.entry_point(name, dtype))
+            fn = emu.runtime().raw_function(kernel_runtime.MODULES[name], kernel_runtime.entry_point(name, dtype))
             assert fn.signature == formats, name
 
 

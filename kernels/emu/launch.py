@@ -2,7 +2,7 @@
 
 :func:`accumulate_normalize`, :func:`classify`, :func:`finetune_gram`, :func:`finetune`,
 :func:`to_host` and :class:`DeviceBuffer` are the pycuda module's own functions, run under
-:func:`edgefs.kernels.launch.using_runtime` with an :class:`EmuRuntime`: the argument checks,
+:func:`edgefs.kernels.runtime.using_runtime` with an :class:`EmuRuntime`: the argument checks,
 the ``plan_*`` launch plans (with an H100's 132 SMs and the 48 KiB shared-memory limit), the
 grid and block choice and the argument marshalling are the GPU path's code. Only what the
 runtime does differs: "device memory" is host memory (each allocation a separate, exactly sized
@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 from edgefs.kernels import launch as gpu
+from edgefs.kernels import runtime as kernel_runtime
 from edgefs.kernels.emu import build
+from edgefs.kernels.plans import SMEM_LIMIT
 
 from edgefs.errors import EdgefsError
 
@@ -176,8 +178,8 @@ class EmuFunction:
                                       f"{shared_size} B shared): {err.value.decode(errors='replace')}")
 
 
-class EmuRuntime(gpu.Runtime):
-    """:class:`edgefs.kernels.launch.Runtime` on host memory and emulated kernels.
+class EmuRuntime(kernel_runtime.Runtime):
+    """:class:`edgefs.kernels.runtime.Runtime` on host memory and emulated kernels.
 
     Args:
         variant: ``plain`` or ``sanitize`` (see :mod:`edgefs.kernels.emu.build`).
@@ -200,7 +202,7 @@ class EmuRuntime(gpu.Runtime):
         self.cache = cache
         self.cuda: Any = HostMemory()
         self.sm_count = EMU_SM_COUNT
-        self.smem_limit = gpu.SMEM_LIMIT
+        self.smem_limit = SMEM_LIMIT
         self.lock = threading.RLock()
         self._libraries: dict[str, ctypes.CDLL] = {}
         self._modules: dict[str, Any] = {}
@@ -221,7 +223,7 @@ class EmuRuntime(gpu.Runtime):
     def leave(self, pushed: bool) -> None:
         return None
 
-    def wait_for(self, *ops: gpu.Operand) -> None:
+    def wait_for(self, *ops: kernel_runtime.Operand) -> None:
         return None
 
     # -- kernels
@@ -247,7 +249,7 @@ class EmuRuntime(gpu.Runtime):
             self._scratch[name] = have
         return int(have[1])
 
-    def device_ptr(self, op: gpu.Operand, slot: str) -> int:
+    def device_ptr(self, op: kernel_runtime.Operand, slot: str) -> int:
         if op.ptr is not None and not getattr(getattr(op.owner, "runtime", None), "host_memory", False):
             raise EdgefsError(f"{op.name} is GPU memory; the emulated kernels read host memory only: pass a NumPy "
                               "array or an edgefs.kernels.emu.launch.DeviceBuffer")
@@ -285,7 +287,7 @@ to_host = _emulated(gpu.to_host)
 
 
 class DeviceBuffer(gpu.DeviceBuffer):
-    """:class:`edgefs.kernels.launch.DeviceBuffer` in emulated device (host) memory."""
+    """:class:`edgefs.kernels.runtime.DeviceBuffer` in emulated device (host) memory."""
 
     def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32, *, zero: bool = False) -> None:
         with gpu.using_runtime(runtime()):
