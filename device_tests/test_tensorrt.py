@@ -201,7 +201,7 @@ def test_live_enrollment_with_shot_views_on_a_tensorrt_engine(engines: dict[str,
     camera loop's thread (its execution context has one user), the store keeps the single views."""
     import threading
 
-    from edgefs.camera.pipeline import Pipeline, RunConfig
+    from edgefs.camera.loop import Pipeline, RunConfig
     from edgefs.service.classifier import Classifier
     from edgefs.service.options import EngineOptions
 

@@ -330,7 +330,7 @@ def static_references(clf: Classifier, cfg: DemoConfig, names: list[str],
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _log_default) -> dict[str, Any]:
     """Export, enroll from the synthetic camera, run live; returns (and writes) the figures."""
-    from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
+    from edgefs.camera.loop import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
     from edgefs.service.classifier import Classifier
     from edgefs.service.options import EngineOptions
 

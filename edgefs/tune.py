@@ -5,7 +5,7 @@ checkpoint at other input sizes), every engine this machine has (ONNX Runtime an
 OpenVINO on the CPU; TensorRT where an engine that ``edgefs run`` would open is
 built), every number of engine threads (1 to the cores) and ``--batch-wait`` 0 and
 half a frame period (several cameras only), :func:`tune` runs the real camera loop
-(:class:`edgefs.camera.pipeline.Pipeline`, what ``edgefs run`` runs) with N live
+(:class:`edgefs.camera.loop.Pipeline`, what ``edgefs run`` runs) with N live
 synthetic cameras at F FPS for a few seconds, each setting in a fresh process, and
 measures:
 
@@ -258,7 +258,7 @@ def live_measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the camera loop for one setting: ``spec['cameras']`` live synthetic cameras showing the cards in
     ``spec['cards']`` at ``spec['fps']`` for ``spec['seconds']``; return its figures. Runs in a fresh
     process (:func:`measure`): the engine's threads and the process's CPU time are the setting's own."""
-    from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
+    from edgefs.camera.loop import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig
     from edgefs.camera.sources.synthetic import find_classes
     from edgefs.service.classifier import Classifier
     from edgefs.service.options import EngineOptions

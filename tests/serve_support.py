@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefs.camera.pipeline import Pipeline, RunConfig, open_pipeline
+from edgefs.camera.loop import Pipeline, RunConfig, open_pipeline
 from edgefs.camera.sources import open_source
 from edgefs.serve.auth import Guard
 from edgefs.serve.server import WebServer

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefs.camera.pipeline import TOO_ALIKE, Pipeline, RunConfig, too_alike
+from edgefs.camera.loop import TOO_ALIKE, Pipeline, RunConfig, too_alike
 from edgefs.camera.sources import open_source
 from edgefs.service.classifier import FLOORS_SETTING, Classifier
 from edgefs.service.options import EngineOptions

@@ -117,7 +117,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def capture(source: Source, statuses: list[str] | None = None, **kwargs: object) -> CaptureThread:
-    """A capture thread made the way the camera loop makes one (edgefs.camera.pipeline.Pipeline)."""
+    """A capture thread made the way the camera loop makes one (edgefs.camera.loop.Pipeline)."""
     arrived = threading.Event()
     on_status = statuses.append if statuses is not None else None
     return CaptureThread(source, on_status=on_status, on_frame=arrived.set, **kwargs)  # type: ignore[arg-type]

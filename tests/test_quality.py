@@ -129,7 +129,7 @@ def test_classifier_with_a_224_px_bundle_enrolls_sharp_64_px_photos(bundle_224: 
 
 
 def test_live_enrollment_in_the_camera_loop_uses_the_same_rule(bundle_224: Path, tmp_path: Path) -> None:
-    from edgefs.camera.pipeline import Pipeline, RunConfig
+    from edgefs.camera.loop import Pipeline, RunConfig
     from edgefs.service.classifier import Classifier
     from edgefs.service.options import EngineOptions
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefs.camera.pipeline import Pipeline, RunConfig
+from edgefs.camera.loop import Pipeline, RunConfig
 from edgefs.cli import main
 from edgefs.errors import ConfigError
 from edgefs.runtime.roi import Roi

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.camera.pipeline import UNKNOWN, LabelSmoother, Pipeline, RunConfig, StageTimes
+from edgefs.camera.loop import UNKNOWN, LabelSmoother, Pipeline, RunConfig, StageTimes
 from edgefs.camera.sources import open_source
 from edgefs.cli import main
 from edgefs.errors import EdgefsError

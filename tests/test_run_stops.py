@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefs.camera.pipeline import Pipeline, RunConfig
+from edgefs.camera.loop import Pipeline, RunConfig
 from edgefs.camera.sources import Frame
 from edgefs.errors import EdgefsError
 from edgefs.runtime.bundle import read_bundle

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgefs.camera.pipeline import VIEWS_PER_CALL, Pipeline, RunConfig
+from edgefs.camera.loop import VIEWS_PER_CALL, Pipeline, RunConfig
 from edgefs.cli import main
 from edgefs.errors import EdgefsError
 from edgefs.heads.openset import calibrate_threshold, threshold_from_scores

@@ -7,11 +7,11 @@ Usage::
 
 Per row, a fresh class store holds 4 classes enrolled from the colour demo's synthetic
 camera; then ``--cameras`` live synthetic cameras at 30 FPS run through the real
-:class:`edgefs.camera.pipeline.Pipeline` (ONNX Runtime FP32 on the CPU, the loop's
+:class:`edgefs.camera.loop.Pipeline` (ONNX Runtime FP32 on the CPU, the loop's
 engine threads) while a fifth class is enrolled live from camera 0 (5 shots,
 ``--shot-views`` views each), as ``edgefs run --enroll`` does. With more than one view
 the extra views are embedded on the loop's thread a few at a time
-(:data:`edgefs.camera.pipeline.VIEWS_PER_CALL`), between batches.
+(:data:`edgefs.camera.loop.VIEWS_PER_CALL`), between batches.
 
 Reported per row: the commit (from the last shot to the class being live) in ms, the
 enrollment's own timings, frames and dropped stale frames, and capture-to-result latency
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, VIEWS_PER_CALL, Pipeline, RunConfig, loop_threads
+from edgefs.camera.loop import LOOP_ENGINE_DEFAULTS, VIEWS_PER_CALL, Pipeline, RunConfig, loop_threads
 from edgefs.demo import camera_options, choose_classes, demo_config, enroll_from_synthetic, ensure_data
 from edgefs.service.classifier import Classifier
 from edgefs.service.options import EngineOptions

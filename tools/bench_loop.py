@@ -8,7 +8,7 @@ Usage::
     git archive OLD | tar -x -C /tmp/before         # the loop before a change, then:
     python tools/bench_loop.py --compare-with /tmp/before --sizes 160 --sweep "" --engines onnxruntime:int8
 
-Every row runs the real :class:`edgefs.camera.pipeline.Pipeline` (what ``edgefs run``
+Every row runs the real :class:`edgefs.camera.loop.Pipeline` (what ``edgefs run``
 runs) in a fresh process: four live synthetic cameras (320x240, 30 FPS each, glyph
 classes printed on cards, as ``edgefs demo`` shows them), 5 classes enrolled from the
 camera, one JSONL event per frame written to a file as ``edgefs run --jsonl`` does.
@@ -72,8 +72,11 @@ def live_scenario(spec: dict[str, Any]) -> dict[str, Any]:
     """Enroll 5 classes, run 4 live cameras for ``spec['seconds']``; return the figures as JSON."""
     import inspect
 
-    from edgefs.camera import pipeline as loop
-    from edgefs.camera.pipeline import Pipeline, RunConfig
+    try:  # the camera loop's package (older checkouts: one module)
+        from edgefs.camera import loop
+    except ImportError:
+        from edgefs.camera import pipeline as loop  # type: ignore[no-redef]
+    Pipeline, RunConfig = loop.Pipeline, loop.RunConfig
     from edgefs.demo import DemoConfig, camera_options, choose_classes, enroll_from_synthetic
     from edgefs.service.classifier import Classifier
 

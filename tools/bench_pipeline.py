@@ -19,7 +19,7 @@ enrolled from the synthetic camera as ``edgefs demo`` does (``--preset glyphs``:
 glyphs, shots from some fonts and the stream in others; ``--preset colour``: unit
 sprites of the units test split, small in the frame, shots and stream from the
 same designs, embedded through the region of interest ``--roi``), and two scenarios run through the real
-:class:`edgefs.camera.pipeline.Pipeline` with ONNX Runtime on the CPU:
+:class:`edgefs.camera.loop.Pipeline` with ONNX Runtime on the CPU:
 
 * ``file x1``: one 320x240 MJPG video file (300 frames of the synthetic camera),
   read as fast as the loop takes it: end-to-end FPS, and per-frame compute
@@ -53,7 +53,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgefs.camera.pipeline import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
+from edgefs.camera.loop import LOOP_ENGINE_DEFAULTS, Pipeline, RunConfig, loop_threads
 from edgefs.camera.sources import open_source
 from edgefs.demo import (
     COLOUR_CHECKPOINT,

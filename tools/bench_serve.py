@@ -8,7 +8,7 @@ Usage::
 The committed Conv-4 ProtoNet is exported to a bundle (as ``edgefs demo`` does),
 5 unseen glyph classes are enrolled from the synthetic camera, and the same live
 synthetic cameras (``--sources``, each at ``--fps``) are classified by the real
-loop (:func:`edgefs.camera.pipeline.open_pipeline`, one engine thread) in two
+loop (:func:`edgefs.camera.loop.open_pipeline`, one engine thread) in two
 modes, alternated ``--rounds`` times so that a change in the machine's load
 falls on both alike:
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefs.camera.pipeline import RunConfig, loop_threads, open_pipeline
+from edgefs.camera.loop import RunConfig, loop_threads, open_pipeline
 from edgefs.demo import DEFAULT_CHECKPOINT, DemoConfig, camera_options, choose_classes, enroll_from_synthetic
 from edgefs.runtime.bundle import exported_from
 from edgefs.service.classifier import Classifier

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgefs.camera.pipeline import RunConfig, open_pipeline
+from edgefs.camera.loop import RunConfig, open_pipeline
 from edgefs.demo import camera_options, choose_classes
 from edgefs.serve.auth import Guard
 from edgefs.serve.server import WebServer

@@ -84,7 +84,7 @@ class CaptureThread:
             engine); if it raises, the frame is handed over as read.
         on_frame: called (on the capture thread, no lock held) after each frame is put in
             the slot or queue: a reader of several captures waits on one event instead of
-            polling each (:class:`edgefs.camera.pipeline.Pipeline`).
+            polling each (:class:`edgefs.camera.loop.Pipeline`).
 
     Use::
 

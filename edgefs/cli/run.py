@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from edgefs.cli import args as A
 
 if TYPE_CHECKING:
-    from edgefs.camera.pipeline import RunConfig
+    from edgefs.camera.loop import RunConfig
     from edgefs.service.options import EngineOptions
 
 HELP = "classify camera streams in real time (window or JSONL), enroll live, record"
@@ -71,7 +71,7 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
 
 def loop_config(args: argparse.Namespace) -> RunConfig:
     """The :class:`RunConfig` of parsed :func:`add_loop_arguments` flags."""
-    from edgefs.camera.pipeline import RunConfig
+    from edgefs.camera.loop import RunConfig
 
     return RunConfig(
         sources=args.sources, k=args.k, smooth=args.smooth, jsonl=args.jsonl, record=args.record,
@@ -93,7 +93,7 @@ def loop_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgefs.camera.pipeline import run
+    from edgefs.camera.loop import run
     from edgefs.tune import apply_profile
 
     apply_profile(args, args.bundle)

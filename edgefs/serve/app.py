@@ -43,7 +43,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from edgefs.camera.limits import MAX_LIVE_SHOTS, MAX_SMOOTH
-from edgefs.camera.pipeline import Pipeline, classes_with_other_roi
+from edgefs.camera.loop import Pipeline, classes_with_other_roi
 from edgefs.errors import EdgefsError
 from edgefs.imagefile import thumbnail
 from edgefs.runtime.roi import Roi

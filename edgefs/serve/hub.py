@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgefs.camera.pipeline import STAGES, Pipeline, annotate
+from edgefs.camera.loop import STAGES, Pipeline, annotate
 from edgefs.camera.sources import Frame
 
 #: seconds of one-per-second samples the live chart can show

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefs.camera.pipeline import Pipeline, RunConfig, RunSummary, open_pipeline
+from edgefs.camera.loop import Pipeline, RunConfig, RunSummary, open_pipeline
 from edgefs.errors import EdgefsError, MissingDependencyError
 from edgefs.serve.auth import Guard, is_loopback, resolve_token
 from edgefs.service.options import EngineOptions
@@ -171,7 +171,7 @@ def serve(
     """``edgefs serve``: run the camera loop with the web app until the sources end or Ctrl-C.
 
     Args:
-        options: the engine and head, as for ``edgefs run`` (:func:`edgefs.camera.pipeline.open_pipeline`).
+        options: the engine and head, as for ``edgefs run`` (:func:`edgefs.camera.loop.open_pipeline`).
 
     Raises:
         EdgefsError: the web stack is missing, the token cannot be read or written, the address is in use;
