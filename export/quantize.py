@@ -47,6 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgefs.export.calibrate import CalibrationStats, _clamped, _reader, _split_counts
+from edgefs.export.int8_graph import (
+    FORMAT_LADDER,
+    INT8_FORMAT_CHOICES,
+    INT8_FORMATS,
+    preprocessing_nodes,
+    weight_overrides,
+)
 
 from edgefs import limits
 from edgefs._lazy import require
@@ -55,7 +63,6 @@ from edgefs.errors import EdgefsError
 from edgefs.fileio import check_output_not_input
 from edgefs.runtime.bundle import (
     HEAD_STEM,
-    INPUT_NAME,
     ONNX_FILE,
     Manifest,
     read_bundle,
@@ -137,27 +144,6 @@ def _quantization_modules() -> tuple[Any, Any]:
     return quantization, shape_inference
 
 
-def _reader(quantization: Any, batches: Callable[[], Iterator[np.ndarray]]) -> Any:
-    """An ``onnxruntime.quantization.CalibrationDataReader`` over uint8 camera batches.
-
-    ``batches`` gives a fresh iterator at each (re)start: ONNX Runtime asks for one batch at a
-    time, so only the batch in hand is in memory, whatever the number of calibration images.
-    """
-
-    class Reader(quantization.CalibrationDataReader):  # type: ignore[misc, name-defined]
-        def __init__(self) -> None:
-            self._it: Iterator[np.ndarray] = batches()
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
-        def rewind(self) -> None:
-            self._it = batches()
-
-    return Reader()
-
-
 @dataclass
 class BoundedCalibrationSource(CalibrationSource):
     """A calibration folder whose over-limit file stops the quantize run as a :class:`QuantizeError`.
@@ -224,26 +210,6 @@ def mixed_accuracy(
     return right / max(total, 1)
 
 
-INT8_FORMATS: dict[str, dict[str, Any]] = {
-    "s7": {"weights": "int8 per-channel, 7 bits on convolutions run as a matrix product, 8 on depthwise",
-           "u8_first": 0, "portable": True},
-    "s7-u8first3": {"weights": "uint8 per-channel on the first 3 matrix-product convolutions, then as s7",
-                    "u8_first": 3, "portable": True},
-    "u8": {"weights": "uint8 per-channel on every matrix-product convolution, int8 on depthwise",
-           "u8_first": None, "portable": True},
-    "s8": {"weights": "int8 per-channel, 8 bits everywhere (saturates on x86 without VNNI)",
-           "u8_first": 0, "portable": False},
-}
-"""The integer formats :func:`quantize_bundle` writes (``quantization.int8_format`` in the manifest);
-activations are uint8 per-tensor in all of them. The portable ones give every CPU class the same
-integer sums; ``s8`` is for VNNI CPUs only (``--target x86-vnni``)."""
-FORMAT_LADDER = ("s7", "s7-u8first3", "u8")
-"""What ``--int8-format auto`` tries for a portable target, fastest first, until one meets the floors.
-Colour Lite0, AVX2, 1 thread, CPU time against FP32 (ONNX Runtime / OpenVINO) and mean cosine:
-s7 1.06x / 1.69x, 0.980; s7-u8first3 1.02x / 1.52x, 0.990; u8 0.86x / 0.93x, 0.993."""
-INT8_FORMAT_CHOICES = ("auto", *INT8_FORMATS)
-
-
 def formats_for(target: str, asked: str = "auto") -> list[str]:
     """The formats to try, in order, for ``--target`` and ``--int8-format``.
 
@@ -258,145 +224,6 @@ def formats_for(target: str, asked: str = "auto") -> list[str]:
         raise QuantizeError(f"--int8-format {asked} saturates on x86 CPUs without VNNI, which --target {target} "
                             "claims: use --target x86-vnni (on a VNNI machine), or a portable format")
     return [asked]
-
-
-def weight_overrides(onnx_path: Path, keep_float: list[str], fmt: str, quantization: Any) -> dict[str, Any]:
-    """ONNX Runtime ``TensorQuantOverrides`` for the weights of ``fmt`` (:data:`INT8_FORMATS`).
-
-    Matrix-product convolutions (``Conv`` with ``group == 1``, ``Gemm``, ``MatMul``), in graph order:
-    uint8 per-channel (asymmetric) for the first ``u8_first`` of them (all where None), 7-bit int8
-    (``reduce_range``) for the rest in the ``s7`` family. Depthwise convolutions keep 8-bit int8.
-    """
-    if fmt == "s8":
-        return {}
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    u8_first = INT8_FORMATS[fmt]["u8_first"]
-    out: dict[str, Any] = {}
-    for node in graph.node:
-        if node.name in keep_float or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.input[1] not in initializers or group != 1:
-            continue
-        axis = 1 if node.op_type == "MatMul" else 0
-        if u8_first is None or len(out) < u8_first:
-            out[node.input[1]] = [{"axis": axis, "quant_type": quantization.QuantType.QUInt8}]
-        else:
-            out[node.input[1]] = [{"axis": axis, "reduce_range": True}]
-    return out
-
-
-def preprocessing_nodes(onnx_path: Path) -> list[str]:
-    """The nodes between the graph input and the first Conv: the uint8 -> float normalisation.
-
-    They stay in float: quantised, these elementwise nodes (QLinearMul on every input pixel)
-    took 40% of EfficientNet-Lite0's INT8 time at 224 px on ONNX Runtime, for no accuracy.
-    """
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    downstream: set[str] = set()  # tensors computed from a Conv's output
-    names = []
-    for node in graph.node:  # ONNX graphs are topologically sorted
-        after_conv = node.op_type == "Conv" or any(t in downstream for t in node.input)
-        if after_conv:
-            downstream.update(node.output)
-        elif node.name:
-            names.append(node.name)
-    return names
-
-
-class CalibrationStats:
-    """What :func:`calibration_warnings` judges, gathered one batch at a time.
-
-    Sums, not the images: per-pixel sums and sums of squares (the spread over images),
-    a grey count, and the sum of the unit embeddings (the mean pairwise cosine is
-    ``(|sum u|^2 - sum |u|^2) / (n (n - 1))``), so memory does not grow with the images.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.grey = 0
-        self._sum: np.ndarray | None = None
-        self._sumsq: np.ndarray | None = None
-        self._unit_sum: np.ndarray | None = None
-        self._unit_sq = 0.0
-
-    def add(self, images: np.ndarray, fp32_embeddings: np.ndarray) -> None:
-        """Count a batch: uint8 ``(B, H, W, 3)`` images and their float ``(B, D)`` FP32 embeddings."""
-        x = images.astype(np.int16)
-        grey = (np.abs(x[..., 0] - x[..., 1]).max(axis=(1, 2)) <= 2) & \
-               (np.abs(x[..., 1] - x[..., 2]).max(axis=(1, 2)) <= 2)
-        self.grey += int(grey.sum())
-        flat = images.reshape(len(images), -1).astype(np.float64)
-        self._sum = flat.sum(0) if self._sum is None else self._sum + flat.sum(0)
-        self._sumsq = (flat**2).sum(0) if self._sumsq is None else self._sumsq + (flat**2).sum(0)
-        e = fp32_embeddings.astype(np.float64)
-        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        self._unit_sum = unit.sum(0) if self._unit_sum is None else self._unit_sum + unit.sum(0)
-        self._unit_sq += float((unit**2).sum())
-        self.n += len(images)
-
-    def warnings(self, manifest: Manifest) -> list[str]:
-        """One sentence per problem: grey images for a colour backbone, near-identical images
-        (a covered lens, one static scene), or near-identical embeddings."""
-        out: list[str] = []
-        n = self.n
-        colour = int(manifest.backbone.get("in_channels", 3)) == 3
-        if colour and n and self.grey / n > 0.5:
-            out.append(f"{self.grey} of {n} calibration images are grey, but the backbone takes colour: the INT8 "
-                       "ranges fit grey images and colour frames may be clipped; calibrate on colour frames of the "
-                       "camera")
-        if n >= 2 and self._sum is not None and self._sumsq is not None:
-            mean = self._sum / n
-            spread = float(np.sqrt(np.maximum(self._sumsq / n - mean**2, 0.0)).mean())
-            if spread < 4.0:
-                out.append("the calibration images are nearly identical (pixel spread below 4 grey levels): a "
-                           "covered lens or one static scene; calibrate on varied frames of the camera's domain")
-        if n >= 2 and self._unit_sum is not None:
-            mean_off = (float(self._unit_sum @ self._unit_sum) - self._unit_sq) / (n * (n - 1))
-            if mean_off > 0.97:
-                out.append(f"the calibration images look alike to the model (mean pairwise cosine {mean_off:.3f}): "
-                           "the INT8 ranges fit one kind of picture; calibrate on the variety the camera will see")
-        return out
-
-
-def calibration_warnings(images: np.ndarray, fp32_embeddings: np.ndarray, manifest: Manifest) -> list[str]:
-    """Signs that the calibration images are not the camera's domain (:class:`CalibrationStats`).
-
-    Args:
-        images: uint8 ``(N, H, W, 3)`` calibration images as the engine sees them.
-        fp32_embeddings: float32 ``(N, D)`` their FP32 embeddings.
-        manifest: the parent bundle's manifest (is the backbone a colour one?).
-
-    Returns:
-        one sentence per problem: grey images for a colour backbone, near-identical images
-        (a covered lens, one static scene), or near-identical embeddings.
-    """
-    stats = CalibrationStats()
-    stats.add(images, fp32_embeddings)
-    return stats.warnings(manifest)
-
-
-def _clamped(asked: int, most: int, flag: str, limit: str, log: Callable[[str], None]) -> int:
-    """``asked``, or ``most`` with a note where it is over the limit (the count is an upper bound already:
-    a shorter folder gives fewer)."""
-    if asked <= most:
-        return asked
-    log(f"note: {flag} {asked} is over the limit of {most} (edgefs.limits.{limit}); using {most}")
-    return most
-
-
-def _split_counts(source: CalibrationSource, calib_images: int, parity_images: int) -> tuple[int, int]:
-    """How many images calibrate and how many are held out, leaving a quarter for parity where short."""
-    total = len(source)
-    if source.kind == "video":
-        return min(calib_images, total), parity_images
-    held = min(parity_images, max(total // 4, 0))
-    return min(calib_images, total - held), held
 
 
 def quantize_bundle(

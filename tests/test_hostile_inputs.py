@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from edgefs.export.quantize import CalibrationStats, QuantizeError, calibration_warnings, quantize_bundle
+from edgefs.export.calibrate import CalibrationStats, calibration_warnings
+from edgefs.export.quantize import QuantizeError, quantize_bundle
 
 from edgefs import limits
 from edgefs.cli import main

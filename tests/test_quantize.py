@@ -10,11 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from edgefs.export.calibrate import calibration_warnings
 from edgefs.export.quantize import (
     MIN_CALIBRATION_IMAGES,
     PERCENTILE_IMAGES_224,
     QuantizeError,
-    calibration_warnings,
     percentile_images,
     quantize_bundle,
 )

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle_edits import copy_bundle, edit_manifest
-from edgefs.export.quantize import FORMAT_LADDER, QuantizeError, formats_for, quantize_bundle
+from edgefs.export.int8_graph import FORMAT_LADDER
+from edgefs.export.quantize import QuantizeError, formats_for, quantize_bundle
 
 import edgefs.cpu
 from edgefs.cpu import CpuInfo, claimed_classes

@@ -13,9 +13,9 @@ HELP = ("make an INT8 bundle from an FP32 one, calibrated on images of the camer
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgefs import limits
     from edgefs.cpu import TARGETS
+    from edgefs.export.int8_graph import INT8_FORMAT_CHOICES  # torch-free
     from edgefs.export.quantize import (  # torch-free
         CALIBRATE_METHODS,
-        INT8_FORMAT_CHOICES,
         MAX_ACCURACY_DROP,
         MIN_MEAN_COSINE,
     )
