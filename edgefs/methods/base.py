@@ -17,7 +17,9 @@ from edgefs.registry import Registry
 if TYPE_CHECKING:
     from edgefs.data.images import ImageSet
 
-METHODS: Registry[type[FewShotMethod]] = Registry("method")
+#: Methods by name: each module of :mod:`edgefs.methods` with ``@METHODS.register(name)`` on its
+#: class; they are imported on the first lookup.
+METHODS: Registry[type[FewShotMethod]] = Registry("method", package="edgefs.methods")
 
 
 class FewShotMethod(nn.Module):

@@ -66,7 +66,7 @@ class DistilledProtoNet(ProtoNet):
 
     def setup(self, train_data: ImageSet) -> None:
         """Load the frozen teacher and size the projection to its embedding."""
-        from edgefs.train.checkpoint import load_checkpoint  # the checkpoint module imports the methods
+        from edgefs.train.checkpoint import load_checkpoint  # only a run that distils needs the training package
 
         path = self.options["teacher"]
         if not path:
