@@ -24,8 +24,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff, then the architecture contracts (.importlinter) and no import circles, on the package as installed.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_imports.py
 
 # The documentation site (mkdocs.yml, docs/) into build/docs-site; --strict fails on any warning
 # (a broken link, a page missing from the navigation, an API reference that does not resolve).
