@@ -14,15 +14,9 @@ import torch
 from edgefs.backbones import build_backbone
 from edgefs.cli import main
 from edgefs.errors import ConfigError
-from edgefs.train.cached import (
-    CachedTrainConfig,
-    LiteSplit,
-    domain_features,
-    scene_view,
-    scene_views_of,
-    train_cached,
-    views_of,
-)
+from edgefs.train.cached import CachedTrainConfig, LiteSplit, train_cached
+from edgefs.train.cached_features import domain_features
+from edgefs.train.cached_views import scene_view, scene_views_of, views_of
 from edgefs.train.checkpoint import load_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -237,7 +231,8 @@ def test_power_and_centring_are_trained_saved_and_exported(run, domains: list[st
     from edgefs.export import export_bundle
 
     from edgefs.heads import HeadSpec
-    from edgefs.train.cached import DomainFeatures, LiteSplit, domain_features, train_center
+    from edgefs.train.cached import LiteSplit, train_center
+    from edgefs.train.cached_features import DomainFeatures, domain_features
 
     _, config, _ = run
     centred = CachedTrainConfig(**{**vars(config), "out": str(tmp_path / "centred"), "episodes": 10, "val_every": 5,

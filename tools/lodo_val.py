@@ -35,7 +35,8 @@ from edgefs.export.pretrained import embed_images
 from edgefs import config as cfgmod
 from edgefs.backbones import build_backbone
 from edgefs.data.images import open_split
-from edgefs.train.cached import CachedTrainConfig, LiteSplit, domain_features, train_center
+from edgefs.train.cached import CachedTrainConfig, LiteSplit, train_center
+from edgefs.train.cached_features import domain_features
 from edgefs.train.checkpoint import load_checkpoint
 
 

@@ -26,18 +26,14 @@ Workstation side (PyTorch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -46,15 +42,14 @@ from edgefs import config as cfg
 from edgefs.backbones import build_backbone
 from edgefs.backbones.efficientnet_lite import VARIANTS, EfficientNetLite
 from edgefs.data.episodes import Protocol, cached_episodes
-from edgefs.data.images import ImageSet, open_split
 from edgefs.errors import ConfigError
 from edgefs.eval.episodic import Accuracy, evaluate_episodes
 from edgefs.fileio import atomic_writer
 from edgefs.heads.prototype import class_means, prototype_logits
 from edgefs.methods import build_method
+from edgefs.train.cached_features import DomainFeatures, domain_features
 from edgefs.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 
-CACHE_VERSION = 1
 DELTA_BASE = "imagenet-wheel"  # state_dict_base of a checkpoint that holds only the trained tail
 
 
@@ -73,7 +68,7 @@ class CachedTrainConfig:
         scene_views: further cached views per training image that show it as a camera does:
             a card smaller than the frame, turned and tilted, in front of clutter (a blurred
             piece of another training image), under uneven light, with blur and sensor noise
-            (:func:`scene_view`). 0: none.
+            (:func:`edgefs.train.cached_views.scene_view`). 0: none.
         ways, shots, queries: training episodes; ``shots`` is the largest support size,
             each episode draws 1..shots (test protocols use 1 and 5).
         episodes: training episodes: the budget a recipe is made of (the same count gives the
@@ -208,229 +203,6 @@ class LiteSplit(nn.Module):
         for idx in range(self.train_from, len(net._blocks)):
             x = net._blocks[idx](x, drop_connect_rate=self._drop(idx))
         return self.backbone.pool(net._swish(net._bn1(net._conv_head(x))))
-
-
-# ---- augmented views and the feature cache ----------------------------------------------------
-def colour_view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random crop (60-100% of the area, aspect 3/4..4/3), flip and colour jitter of uint8 ``(S, S, 3)``."""
-    s = img.shape[0]
-    area = rng.uniform(0.6, 1.0) * s * s
-    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    w = min(s, round(math.sqrt(area * aspect)))
-    h = min(s, round(math.sqrt(area / aspect)))
-    x0, y0 = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
-    out = cv2.resize(img[y0 : y0 + h, x0 : x0 + w], (s, s), interpolation=cv2.INTER_AREA if w > s else cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
-        out = out[:, ::-1]
-    f = out.astype(np.float32)
-    grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
-    f = grey[..., None] + (f - grey[..., None]) * rng.uniform(0.6, 1.4)  # saturation
-    f = (f - f.mean()) * rng.uniform(0.7, 1.3) + f.mean() * rng.uniform(0.7, 1.3)  # contrast, brightness
-    return np.clip(f, 0, 255).astype(np.uint8)
-
-
-def scene_view(img: np.ndarray, clutter: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 ``(S, S, 3)`` as a camera sees it: a card in a scene; ``clutter`` another image for the background.
-
-    The card covers 50-90% of the side, stretched up to 4:3 either way, turned up to 15 degrees and
-    tilted (each corner moved up to 6% of the card), off centre; behind it a piece of ``clutter``
-    (20-50% of its area) scaled up, out of focus and dimmed; then a light gradient with a colour
-    cast, a Gaussian or a motion blur, and sensor noise. Generic camera nuisances, so that features
-    of an object enrolled from a camera frame depend less on what is around it.
-    """
-    s = img.shape[0]
-    side = max(8, round(s * math.sqrt(rng.uniform(0.2, 0.5))))
-    x0, y0 = (int(v) for v in rng.integers(0, s - side + 1, 2))
-    bg = cv2.resize(clutter[y0 : y0 + side, x0 : x0 + side], (s, s), interpolation=cv2.INTER_LINEAR)
-    bg = cv2.GaussianBlur(bg, (0, 0), rng.uniform(1.5, 4.0)).astype(np.float32)
-    bg = np.clip(bg * rng.uniform(0.5, 1.0) + rng.uniform(0, 60, 3).astype(np.float32), 0, 255).astype(np.uint8)
-    scale = rng.uniform(0.5, 0.9) * s
-    stretch = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    w, h = scale * math.sqrt(stretch), scale / math.sqrt(stretch)
-    corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]], np.float32) / 2
-    corners += rng.uniform(-0.06, 0.06, (4, 2)).astype(np.float32) * scale
-    angle = math.radians(rng.uniform(-15, 15))
-    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], np.float32)
-    reach = np.abs(corners @ turn.T).max(axis=0)
-    centre = s / 2 + rng.uniform(-1, 1, 2) * np.maximum(s / 2 - reach, 0)
-    dst = (corners @ turn.T + centre).astype(np.float32)
-    src = np.array([[0, 0], [s, 0], [s, s], [0, s]], np.float32)
-    out = cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (s, s), dst=bg,
-                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
-    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32) / s - 0.5
-    light = rng.uniform(0, 2 * math.pi)
-    gain = rng.uniform(0.7, 1.2) * (1 + rng.uniform(0, 0.5) * (xs * math.cos(light) + ys * math.sin(light)))
-    f = out.astype(np.float32) * gain[:, :, None] * (1 + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
-    kind = rng.random()
-    if kind < 0.4:
-        f = cv2.GaussianBlur(f, (0, 0), rng.uniform(0.5, 1.5))
-    elif kind < 0.7:
-        k = int(rng.integers(3, 10))
-        f = cv2.blur(f, (k, 1) if rng.random() < 0.5 else (1, k))
-    f += rng.normal(0, rng.uniform(0, 5), f.shape).astype(np.float32)
-    return np.clip(f, 0, 255).astype(np.uint8)
-
-
-def scene_views_of(images: np.ndarray, views: int, seed: int) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` -> ``(N, views, S, S, 3)`` of :func:`scene_view`, clutter from the other images."""
-    rng = np.random.default_rng([seed, 1])
-    out = np.empty((len(images), views, *images.shape[1:]), np.uint8)
-    for i, img in enumerate(images):
-        for v in range(views):
-            other = int(rng.integers(len(images) - 1)) if len(images) > 1 else 0
-            other += int(len(images) > 1 and other >= i)
-            out[i, v] = scene_view(img, images[other], rng)
-    return out
-
-
-def views_of(images: np.ndarray, views: int, seed: int) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` -> ``(N, views, S, S, 3)``: the image, its mirror, then random views."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((len(images), views, *images.shape[1:]), np.uint8)
-    for i, img in enumerate(images):
-        out[i, 0] = img
-        if views > 1:
-            out[i, 1] = img[:, ::-1]
-        for v in range(2, views):
-            out[i, v] = colour_view(img, rng)
-    return out
-
-
-def features_cache_dir(config: CachedTrainConfig) -> Path:
-    if config.cache:
-        return Path(config.cache)
-    root = os.environ.get("EDGEFS_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "edgefs") / "features"
-
-
-@dataclass
-class DomainFeatures:
-    """One domain's cached trunk outputs.
-
-    Attributes:
-        name: the data folder's name.
-        train: float16 ``(N, views, C, h, w)``; ``train_labels`` int64 ``(N,)``.
-        val: float16 ``(M, C, h, w)`` of the clean ``val`` images; ``val_set`` their ImageSet.
-    """
-
-    name: str
-    train: np.ndarray
-    train_labels: np.ndarray
-    val: np.ndarray
-    val_set: ImageSet
-
-    @property
-    def by_class(self) -> list[np.ndarray]:
-        return [np.flatnonzero(self.train_labels == c) for c in range(int(self.train_labels.max()) + 1)]
-
-
-def _trunk_features(split: LiteSplit, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    rows = []
-    with torch.inference_mode():
-        for s in range(0, len(images), batch):
-            rows.append(split.trunk(torch.from_numpy(np.ascontiguousarray(images[s : s + batch]))).half().numpy())
-    return np.concatenate(rows)
-
-
-def _advance(split: LiteSplit, feats: np.ndarray, start: int, batch: int = 256) -> np.ndarray:
-    """float16 inputs of block ``start`` -> float16 inputs of block ``split.train_from`` (frozen blocks)."""
-    net = split.backbone.net
-    rows = []
-    with torch.inference_mode():
-        for s in range(0, len(feats), batch):
-            x = torch.from_numpy(feats[s : s + batch].astype(np.float32))
-            for idx in range(start, split.train_from):
-                x = net._blocks[idx](x, drop_connect_rate=split._drop(idx))
-            rows.append(x.half().numpy())
-    return np.concatenate(rows)
-
-
-def _read_cache(path: Path, log: Callable[[str], None]) -> dict[str, np.ndarray] | None:
-    """The arrays of a feature cache file; None if there is none or it cannot be read (then removed)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        log(f"feature cache {path} cannot be read ({type(exc).__name__}: {exc}); removing it and computing again")
-        path.unlink(missing_ok=True)
-        return None
-
-
-def _trunk_cache(split: LiteSplit, path_of: Callable[[int], Path], images: Callable[[], dict[str, np.ndarray]],
-                 log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], bool]:
-    """Named arrays of trunk features from the cache file ``path_of(train_from)``, made if missing.
-
-    ``images()`` gives uint8 arrays ``(..., S, S, 3)``; their features are ``(..., C, h, w)``. A cache
-    cut at an earlier block is carried on through the frozen blocks in between, which costs far
-    less than the trunk from the images (the first blocks run at the highest resolution).
-    A cache file that cannot be read (damaged on disk, cut short by something other than edgefs,
-    which writes it atomically) is derived data: it is said, removed and made again.
-    Returns the arrays and whether they were computed now.
-    """
-    path = path_of(split.train_from)
-    if (cached := _read_cache(path, log)) is not None:
-        return cached, False
-    earlier = next((k for k in range(split.train_from - 1, 0, -1) if path_of(k).is_file()), None)
-    base = _read_cache(path_of(earlier), log) if earlier is not None else None
-    out: dict[str, np.ndarray] = {}
-    if earlier is not None and base is not None:
-        for name, feats in base.items():
-            flat = _advance(split, feats.reshape(-1, *feats.shape[-3:]), earlier)
-            out[name] = flat.reshape(*feats.shape[:-3], *flat.shape[1:])
-    else:
-        for name, imgs in images().items():
-            flat = _trunk_features(split, imgs.reshape(-1, *imgs.shape[-3:]))
-            out[name] = flat.reshape(*imgs.shape[:-3], *flat.shape[1:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path) as f:
-        np.savez(f, **out)
-    return out, True
-
-
-def domain_features(split: LiteSplit, data: str, config: CachedTrainConfig,
-                    log: Callable[[str], None] = print) -> DomainFeatures:
-    """Trunk features of ``data``'s train views and val images, from the cache or computed and cached.
-
-    Scene views (``config.scene_views``) are cached in a file of their own beside the views', so
-    adding them to a recipe reuses the views' cache; they come after the views on axis 1.
-    """
-    size = split.backbone.spec.input_size
-    train = open_split(data, "train", 3, size)
-    val = open_split(data, "val", 3, size)
-
-    def cache_path(train_from: int) -> Path:
-        key = json.dumps([CACHE_VERSION, config.backbone, size, train_from, config.views, config.seed,
-                          train.fingerprint(), val.fingerprint()])
-        return features_cache_dir(config) / f"{Path(data).name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-
-    def scene_path(train_from: int) -> Path:
-        base = cache_path(train_from)
-        return base.with_name(f"{base.stem}-scene{config.scene_views}.npz")
-
-    def made(what: str, arrays: dict[str, np.ndarray], since: float) -> None:
-        n, v = arrays["train"].shape[:2]
-        size_mib = sum(a.nbytes for a in arrays.values()) / 2**20
-        log(f"cached trunk features of {Path(data).name}: {n} train images x {v} {what}, "
-            f"{size_mib:.0f} MiB float16, {time.perf_counter() - since:.0f} s")
-
-    t = time.perf_counter()
-    arrays, new = _trunk_cache(split, cache_path,
-                               lambda: {"train": views_of(train.images, config.views, config.seed),
-                                        "val": val.images}, log)
-    if new:
-        made(f"views + {len(arrays['val'])} val", arrays, t)
-    feats = arrays["train"]
-    if config.scene_views:
-        t = time.perf_counter()
-        scene, new = _trunk_cache(split, scene_path,
-                                  lambda: {"train": scene_views_of(train.images, config.scene_views, config.seed)},
-                                  log)
-        if new:
-            made("scene views", scene, t)
-        feats = np.concatenate([feats, scene["train"]], axis=1)
-    return DomainFeatures(Path(data).name, feats, train.labels, arrays["val"], val)
 
 
 # ---- training ----------------------------------------------------------------------------------
