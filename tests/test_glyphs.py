@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgefs.data import fonts as F
+from edgefs.data import glyph_filters as GF
 from edgefs.data import glyphs as G
 from edgefs.errors import DataError
 
@@ -112,7 +113,7 @@ def test_near_empty_notdef_and_repeated_images_are_removed(dejavu_font) -> None:
             for cp in range(0x61, 0x66)]
     scripts = {cp: "latin" for cp in range(0x41, 0x67)}
     stats: Counter = Counter()
-    kept = G.basic_filters([good, empty, notdef, *same], {0: box, 1: None}, scripts, 28, stats)
+    kept = GF.basic_filters([good, empty, notdef, *same], {0: box, 1: None}, scripts, 28, stats)
     assert kept == [good]
     assert stats == Counter(near_empty=1, notdef=1, same_image_for_many_letters=5)
 
@@ -122,13 +123,13 @@ def test_exact_duplicates_in_a_class_are_removed(dejavu_font) -> None:
     group = [G.Render(0x41, 0, ink), G.Render(0x41, 1, ink.copy()),
              G.Render(0x41, 2, G.render_ink(dejavu_font, "\u0391", 28, 0.6)[0])]
     stats: Counter = Counter()
-    kept = G.dedupe_class(group, stats)
+    kept = GF.dedupe_class(group, stats)
     assert [r.font for r in kept] == [0, 2] and stats["exact_duplicate"] == 1
 
 
 def test_box_render_detected(dejavu_font) -> None:
-    assert G.is_rectangle(G.render_ink(dejavu_font, "\U0010fffd", 28, 0.8)[0])
-    assert not G.is_rectangle(G.render_ink(dejavu_font, "O", 28, 0.8)[0])
+    assert GF.is_rectangle(G.render_ink(dejavu_font, "\U0010fffd", 28, 0.8)[0])
+    assert not GF.is_rectangle(G.render_ink(dejavu_font, "O", 28, 0.8)[0])
 
 
 def test_outlier_instance_is_flagged() -> None:
@@ -140,7 +141,7 @@ def test_outlier_instance_is_flagged() -> None:
                for ch in "ABEHKMNT"}
     # A "C" drawn for class T by one font (like a Latin C drawn for Greek sigma).
     classes[ord("T")][2] = G.Render(ord("T"), 2, G.render_ink(fonts[2], "C", 28, 0.8)[0])
-    flags = G.outlier_flags(classes, dict.fromkeys(classes, "latin"), ratio=0.8, spread=1.75)
+    flags = GF.outlier_flags(classes, dict.fromkeys(classes, "latin"), ratio=0.8, spread=1.75)
     assert flags[ord("T")].tolist() == [False, False, True, False, False]
     assert sum(int(f.sum()) for f in flags.values()) <= 2
 
