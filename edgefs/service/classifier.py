@@ -473,7 +473,8 @@ class Classifier:
         sharpness: Sequence[float] | None = None,
         embed: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> EnrollResult:
-        """:meth:`enroll` for shots already prepared and embedded (the camera loop has both).
+        """:meth:`enroll` for shots already prepared and embedded (the camera loop has both); the
+        arguments not listed here are :meth:`enroll`'s.
 
         Args:
             batch: uint8 ``(K, H, W, 3)`` engine inputs (for the gate and the thumbnails).
@@ -484,7 +485,6 @@ class Classifier:
             embed: what embeds the shots' other views when :attr:`shot_views` is above 1 (a
                 uint8 batch of engine inputs to float32 embeddings); None: :meth:`embed`. The
                 camera loop passes one that runs on its own thread, the engine's only user.
-            Other arguments: as :meth:`enroll`.
         """
         t0 = time.perf_counter() if started is None else started
         t1 = time.perf_counter()
