@@ -415,12 +415,13 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(trained_bundle: Path, 
     assert "stopped by Ctrl-C" in text and "p99" in text  # the same summary as edgefs run
 
 
-def test_missing_web_stack_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("module", ["starlette", "uvicorn", "jinja2"])
+def test_missing_web_stack_names_the_install(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
     from edgefs.errors import MissingDependencyError
     from edgefs.serve import server
 
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # what Python does for a module that is not installed
-    with pytest.raises(MissingDependencyError, match=r'pip install "edgefs\[serve\]"'):
+    monkeypatch.setitem(sys.modules, module, None)  # what Python does for a module that is not installed
+    with pytest.raises(MissingDependencyError, match=rf'needs {module}.*pip install "edgefs\[serve\]"'):
         server.require_web_stack()
 
 

@@ -1,4 +1,5 @@
-"""Camera side of the device runtime: sources (URIs -> frames), capture threads, the real-time pipeline.
+"""Camera side of the device runtime: sources (URIs -> frames), capture threads, the real-time loop
+(:mod:`edgefs.camera.loop`).
 
 Device side: NumPy and OpenCV only, no torch (DESIGN.md rule 1).
 """

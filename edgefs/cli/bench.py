@@ -20,7 +20,7 @@ def _batches(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
+    from edgefs.runtime.select import backend_names  # torch-free; the registry finds the backend modules itself
 
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
     p.add_argument("--backend", default="auto", choices=backend_names(),

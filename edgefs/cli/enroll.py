@@ -13,7 +13,7 @@ HELP = "enroll a new class (or --append shots) into a class store from a few ima
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from edgefs.heads.spec import HEAD_TYPES
     from edgefs.runtime.preprocess import FIT_MODES
-    from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
+    from edgefs.runtime.select import backend_names  # torch-free; the registry finds the backend modules itself
     from edgefs.service.quality import QualityConfig
 
     q = QualityConfig()

@@ -22,7 +22,7 @@ def add_loop_arguments(p: argparse.ArgumentParser) -> None:
     """The camera loop's options, shared by ``edgefs run`` and ``edgefs serve`` (one loop, one set of flags)."""
     from edgefs.camera.limits import MAX_SMOOTH
     from edgefs.heads.spec import HEAD_TYPES
-    from edgefs.runtime.select import backend_names  # torch-free; importing it registers the backends
+    from edgefs.runtime.select import backend_names  # torch-free; the registry finds the backend modules itself
 
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder, e.g. models/glyphs.edgefs")
     p.add_argument("--store", required=True, help="class store file (created if missing)")

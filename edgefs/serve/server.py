@@ -32,7 +32,7 @@ DEFAULT_PORT = 8080
 
 def require_web_stack() -> None:
     """Import the optional web stack or say what to install."""
-    for module in ("starlette", "uvicorn"):
+    for module in ("starlette", "uvicorn", "jinja2"):
         try:
             importlib.import_module(module)
         except ImportError:
