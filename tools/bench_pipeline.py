@@ -10,7 +10,7 @@ Usage::
         --seconds 60 --report reports/pipeline-colour    # the colour demo's camera and model
 
 Accuracy on the live streams moves by several points between 15 s runs (about ten
-presentations per camera); the colour figures in the README come from 60 s runs.
+presentations per camera); the colour figures in the docs (docs/benchmarks/camera.md) come from 60 s runs.
 
 For each backbone a bundle is exported (conv4 from the committed trained
 checkpoint; efficientnet_lite0 with its ImageNet weights and resnet12 untrained,

@@ -1,7 +1,7 @@
 """The web app's HTTP side: pages, the JSON API under ``/api/v1``, the MJPEG stream, health and metrics.
 
 Every endpoint is registered with :func:`endpoint` (method, path, one line of
-documentation); ``GET /api/v1`` lists them, and the README's table is this list.
+documentation); ``GET /api/v1`` lists them, and the API table in docs/journeys/serve.md is this list.
 Each request passes the :class:`edgefs.serve.auth.Guard` first (Host, token,
 cross-site). Request bodies are read under a size limit before they are parsed;
 class names are checked as the command line checks them; an uploaded class pack

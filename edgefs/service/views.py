@@ -8,7 +8,7 @@ corner crops of 0.8 of each side scaled back up, as if the object sat elsewhere;
 blurred copies) moves the prototype to where those frames land.
 
 Measured on the colour demo's synthetic camera with the committed colour model, 7 views
-against 1 (README, reports/openset-colour*, reports/pipeline-colour*): per frame with 5 shots,
+against 1 (docs/benchmarks, reports/openset-colour*, reports/pipeline-colour*): per frame with 5 shots,
 closed-set top-1 89.0 -> 92.1 and open-set accuracy 79.2 -> 86.5 on the demo's draw, 71.5 ->
 73.0 over 15 camera cases; smoothed on 60 s live streams 83.1 -> 88.5 with 5 shots, 90.8 ->
 92.1 with 10. On full-frame
