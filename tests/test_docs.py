@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import load_tool, needs
+from tests.conftest import load_tool, needs
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
