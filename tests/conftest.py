@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 from types import ModuleType
 
@@ -111,3 +112,10 @@ def trained_bundle(glyph_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("trained") / "model.edgefs"
     export_bundle(CHECKPOINT, out, data=str(glyph_data), parity_images=16, log=lambda _: None)
     return out
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test stops with Ctrl-C (SIGINT): its default action again, so that
+    Python raises KeyboardInterrupt in it even when the test run itself ignores SIGINT (a background job
+    of a non-interactive shell, ``nohup ... &``, starts so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

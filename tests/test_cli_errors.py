@@ -15,6 +15,7 @@ import pytest
 import edgefs.cli.classes
 from edgefs.cli import build_parser, main
 from edgefs.methods import METHODS
+from tests.conftest import sigint_default
 
 EDGEFS = [sys.executable, "-m", "edgefs"]
 
@@ -175,6 +176,7 @@ def test_ctrl_c_during_glyph_rendering(tmp_path: Path) -> None:
     # Every DejaVu class at 96 px: far more work than the half second before the interrupt, on any machine.
     proc = subprocess.Popen([*cmd[:-2], "--size", "96", "--overwrite"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=sigint_default,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proc.stdout is not None

@@ -19,6 +19,7 @@ from edgefs.runtime.bundle import read_bundle
 from edgefs.service.classifier import Classifier
 from edgefs.service.options import EngineOptions
 from edgefs.store import ClassStore
+from tests.conftest import sigint_default
 
 GOLDEN = Path(__file__).parent / "golden" / "run_clip.jsonl"
 
@@ -242,7 +243,7 @@ def test_ctrl_c_exits_cleanly_with_summary(trained_bundle: Path, glyph_data: Pat
         enroll_from_camera(clf, glyph_data, classes_of(glyph_data, 2))
     cmd = [sys.executable, "-m", "edgefs", "run", str(trained_bundle), "--store", str(store), "--no-display",
            "--threads", "1", "--source", synthetic(glyph_data, n_classes=2, fps=30)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 60
         assert proc.stdout is not None

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from edgefs.runtime.roi import Roi
+from tests.conftest import sigint_default
 
 pytest.importorskip("starlette", reason='the web stack is not installed: pip install "edgefs[serve]"')
 pytest.importorskip("uvicorn", reason='the web stack is not installed: pip install "edgefs[serve]"')
@@ -374,7 +375,7 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(trained_bundle: Path, 
     store = tmp_path / "classes.db"
     cmd = [sys.executable, "-m", "edgefs", "serve", str(trained_bundle), "--store", str(store), "--port", "0",
            "--threads", "1", "--require-token", "--source", synthetic(glyph_data, fps=10)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=sigint_default,
                             env={**os.environ, "EDGEFS_SERVE_TOKEN": ""})
     lines: list[str] = []
     try:
