@@ -39,7 +39,7 @@ DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3.11 l
       libgcc-s1 libstdc++6 libcrypt1 libnsl2 libtirpc3 libdb5.3 libgdbm6 libgomp1)
 # The device runtime (pyproject's dependencies + the device and serve extras), Pillow (the glyph
 # renderer of the test fixtures) and the test tools; pinned below to the versions in the x86 .venv.
-WHEELS=(numpy opencv-python-headless PyYAML onnxruntime pillow starlette uvicorn pytest hypothesis)
+WHEELS=(numpy opencv-python-headless PyYAML onnxruntime pillow starlette uvicorn jinja2 pytest hypothesis)
 
 # The device tests: every module that runs without PyTorch and is about the device (heads, store,
 # quality gate, camera loop, serve API, file readers). The rest of tests/ imports torch at module
