@@ -92,7 +92,7 @@ def test_head(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     # Unranked, the toy comes after the built-in heads, which keep their order.
     assert "--head {prototype,imprint,matching,relation,siamese,finetune,mann,metanet,lstm_finetune,den," \
-           "progressive,toyhead}" in shown.stdout, shown.stdout
+           "progressive,align,toyhead}" in shown.stdout, shown.stdout
 
 
 def test_head_spec_and_build(tmp_path: Path) -> None:
