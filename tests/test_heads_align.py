@@ -123,3 +123,46 @@ def test_the_fit_sees_a_bounded_subset_chosen_independently_of_enrollment_order(
 def test_bad_settings_are_refused(params):
     with pytest.raises(EdgefsError, match="align head needs"):
         _head("align", **params)
+
+
+def _brute_force_loo(head, shots: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out own and best-other cosines of every shot, from scratch in the head's aligned space."""
+    z = head.align(head.transform(shots))
+    own, other = [], []
+    for i in range(len(z)):
+        rest = (labels == labels[i]) & (np.arange(len(z)) != i)
+        mean = z[rest].mean(0)
+        own.append(float(z[i] @ mean / np.linalg.norm(mean)))
+        cos = z[i] @ head.aligned_prototypes.T
+        cos[labels[i]] = -np.inf
+        other.append(float(cos.max()))
+    return np.array(own), np.array(other)
+
+
+def test_the_unknown_threshold_is_calibrated_in_the_aligned_space():
+    from edgefs.heads.calibration import LooCalibrator
+
+    rng = np.random.default_rng(4)
+    x, y, _, _ = _task_data(rng, 5, 4, 1)
+    head = _head("align")
+    calib = LooCalibrator()
+    for c in range(5):
+        head.add_class(f"c{c}", x[y == c])
+        calib.added(head, c, x[y == c])
+    own, other = _brute_force_loo(head, x, y)
+    np.testing.assert_allclose(calib.own, own, atol=1e-4)
+    np.testing.assert_allclose(calib.other, other, atol=1e-4)
+    # The aligned cosines differ from the raw ones: a threshold from those would be another one.
+    raw = LooCalibrator()
+    plain = _head("imprint")
+    for c in range(5):
+        plain.add_class(f"c{c}", x[y == c])
+        raw.added(plain, c, x[y == c])
+    assert np.abs(raw.other - calib.other).max() > 0.05
+    head.remove("c2")
+    calib.removed(head, 2, 4)
+    keep = y != 2
+    own, other = _brute_force_loo(head, x[keep], np.searchsorted([0, 1, 3, 4], y[keep]))
+    np.testing.assert_allclose(calib.own, own, atol=1e-4)
+    np.testing.assert_allclose(calib.other, other, atol=1e-4)
+    assert -1.0 < calib.threshold(head) < 1.0

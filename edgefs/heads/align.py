@@ -63,6 +63,7 @@ class AlignHead(ShotKeepingHead):
     head_type = "align"
     params_accepted = ("steps", "lr", "max_fit_shots")
     normalize_shots = True
+    refits_globally = True
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, steps: int = 20,
                  lr: float = 2.0, max_fit_shots: int = 512) -> None:
@@ -72,6 +73,7 @@ class AlignHead(ShotKeepingHead):
         self.steps, self.lr, self.max_fit_shots = int(steps), float(lr), int(max_fit_shots)
         self.alignment: Alignment | None = None  # None: the identity
         self._aligned = np.zeros((0, dim), np.float32)  # (C, D) unit prototypes in the aligned space
+        self._aligned_sums = np.zeros((0, dim), np.float32)  # (C, D) sums of the aligned unit shots
 
     def hyperparams(self) -> dict[str, Any]:
         return {**super().hyperparams(), "steps": self.steps, "lr": self.lr, "max_fit_shots": self.max_fit_shots}
@@ -90,6 +92,7 @@ class AlignHead(ShotKeepingHead):
         z = self.align(support)
         sums = np.zeros((c, self.dim), np.float32)
         np.add.at(sums, labels, z)
+        self._aligned_sums = sums
         self._aligned = l2_normalize(sums)
 
     def align(self, emb: np.ndarray) -> np.ndarray:
@@ -118,6 +121,11 @@ class AlignHead(ShotKeepingHead):
     def aligned_prototypes(self) -> np.ndarray:
         """float32 ``(C, D)`` unit prototypes in the aligned space."""
         return self._aligned
+
+    @property
+    def aligned_sums(self) -> np.ndarray:
+        """float32 ``(C, D)`` per-class sums of the aligned unit shots (leave-one-out calibration)."""
+        return self._aligned_sums
 
     def _scores(self, q: np.ndarray) -> np.ndarray:
         return (np.float32(self.temperature) * row_dots(self.align(q), self._aligned)).astype(np.float32)

@@ -91,6 +91,11 @@ class Head(ABC):
     normalize_shots: ClassVar[bool] = True
     #: Whether a spec's ``center`` array (a mean feature subtracted on the way in) is accepted.
     supports_center: ClassVar[bool] = True
+    #: Whether every change re-maps the whole embedding space (the ``align`` head): the head then
+    #: scores in its own space and provides ``align(rows)`` (unit rows in that space),
+    #: ``aligned_sums`` and ``aligned_prototypes`` (``(C, D)``), which the leave-one-out calibration
+    #: (:mod:`edgefs.heads.calibration`) rescores every kept shot with after each change.
+    refits_globally: ClassVar[bool] = False
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0) -> None:
         if int(dim) <= 0:

@@ -154,6 +154,26 @@ class LooCalibrator:
         touched = np.concatenate([placed, replaced]).astype(np.int64)
         self.own[touched] = self._own(head, touched)
 
+    def _realign(self, head: Head) -> None:
+        """Rescore every kept shot in the space of a head that re-maps it at each change
+        (``head.refits_globally``): O(r x (n + C) x D) for ``n`` shots the head's map was fitted on."""
+        if not getattr(head, "refits_globally", False) or not len(self.ids):
+            return
+        zq = head.align(self.q)  # type: ignore[attr-defined]
+        zs = zq if self._s is None else head.align(self.s)  # type: ignore[attr-defined]
+        sums = head.aligned_sums  # type: ignore[attr-defined]
+        counts = head._counts[self.cls].astype(np.float32)
+        loo = l2_normalize((sums[self.cls] - zs) / np.maximum(counts - 1, 1)[:, None])
+        self.own = (zq * loo).sum(axis=1).astype(np.float32)
+        if len(head.classes) < 2:
+            self.other = np.full(len(self.ids), -1.0, np.float32)
+            self.other_class = np.full(len(self.ids), -1, np.int32)
+            return
+        cos = row_dots(zq, head.aligned_prototypes).copy()  # type: ignore[attr-defined]
+        cos[np.arange(len(zq)), self.cls] = -np.inf
+        self.other_class = cos.argmax(axis=1).astype(np.int32)
+        self.other = cos[np.arange(len(zq)), self.other_class].astype(np.float32)
+
     def rebuild(self, head: Head, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None,
                 singles: np.ndarray | None = None) -> None:
         """Start again from every stored shot (float ``(N, D)``, class indices ``(N,)``, store ids, and
@@ -165,6 +185,7 @@ class LooCalibrator:
         if singles is not None and np.array_equal(singles, embeddings):
             singles = None  # every shot is one view: one set of rows serves both (half the memory)
         self._keep(head, embeddings, np.asarray(labels, np.int32), ids, singles)
+        self._realign(head)
 
     # ---- updates (call after the head changed) --------------------------------------------------
     def _rescore(self, head: Head, rows: np.ndarray) -> None:
@@ -182,6 +203,7 @@ class LooCalibrator:
         ids = np.full(len(embeddings), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
         self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids,
                    _floats(singles))
+        self._realign(head)
 
     def appended(self, head: Head, idx: int, embeddings: np.ndarray, ids: np.ndarray | None = None,
                  singles: np.ndarray | None = None) -> None:
@@ -197,6 +219,7 @@ class LooCalibrator:
         ids = np.full(len(embeddings), -1, np.int64) if ids is None else np.asarray(ids, np.int64)
         self._keep(head, np.asarray(embeddings, np.float32), np.full(len(embeddings), idx, np.int32), ids,
                    _floats(singles))
+        self._realign(head)
 
     def removed(self, head: Head, idx: int, shots: int) -> None:
         """Class ``idx`` (``shots`` shots) was removed from ``head``; later indices moved down by one."""
@@ -212,6 +235,7 @@ class LooCalibrator:
         self.cls = (self.cls - (self.cls > idx)).astype(np.int32)
         self.other_class = (self.other_class - (self.other_class > idx)).astype(np.int32)
         self._rescore(head, np.flatnonzero(lost))
+        self._realign(head)
 
     # ---- the threshold ------------------------------------------------------------------------
     def scores(self, head: Head) -> tuple[np.ndarray, np.ndarray]:
@@ -259,6 +283,7 @@ class LooCalibrator:
         self.ids, self.cls, self.other, self.other_class = ids, cls.astype(np.int32), other, other_class
         self.own = self._own(head, np.arange(len(ids))) if len(ids) else np.zeros(0, np.float32)
         self.seen = max(seen, len(ids))
+        self._realign(head)
         return True
 
 
