@@ -141,7 +141,7 @@ def int8_bundle(bundle: Path, args: argparse.Namespace) -> Path:
 
 
 def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxruntime:fp32",
-                   roi: Roi | None = None, shot_views: int | None = None) -> dict[str, Any]:
+                   roi: Roi | None = None, shot_views: int | None = None, head: str | None = None) -> dict[str, Any]:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     bundle, weights = make_bundle(backbone, out, args.data)
@@ -151,13 +151,13 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
     cfg = demo_config(args.preset, data=args.data, seed=args.seed, roi=roi, shots=args.shots,
                       shot_views=shot_views)
     enrolled, unknown, designs = choose_classes(cfg)
-    store = out / f"{backbone}-{backend}-{precision}-{cfg.roi.to_text()}-{cfg.shot_views}.db"
+    store = out / f"{backbone}-{backend}-{precision}-{cfg.roi.to_text()}-{cfg.shot_views}-{head or 'bundle'}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     clip = out / f"clip300-{args.preset}.avi"
     write_clip(clip, args.data, cfg, enrolled + unknown, 300)
     options = EngineOptions(backend=backend, device="cpu", threads=args.threads or loop_threads(),
-                            shot_views=cfg.shot_views)
+                            shot_views=cfg.shot_views, head_type=head)
     with Classifier.open(bundle, store, options=options, log=quiet, engine_defaults=LOOP_ENGINE_DEFAULTS) as clf:
         enroll = enroll_from_synthetic(clf, cfg, enrolled, log=quiet)
         refs = static_references(clf, cfg, enrolled, designs)
@@ -169,6 +169,7 @@ def bench_backbone(backbone: str, args: argparse.Namespace, engine: str = "onnxr
             source_options=live_opts, batch_wait_ms=args.batch_wait, roi=cfg.roi))
     return {"backbone": backbone, "engine": clf.engine.describe() if clf.engine else engine,
             "backend": backend, "precision": clf.engine.precision if clf.engine else precision,
+            "head": clf.head.head_type,
             "weights": weights, "input": clf.bundle.manifest.input_size, "roi": cfg.roi.to_text(),
             "object_size": cfg.object_size, "same_designs": cfg.enroll_designs == 0, "shots": cfg.shots,
             "shot_views": cfg.shot_views, "seconds": args.seconds,
@@ -191,18 +192,19 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         f"preset {args.preset} ({args.data}), {rows[0].get('shots', '?') if rows else '?'} shots per enrolled class. "
         f"Same run for every row; load average before / after: {args.load_before} / {args.load_after}.",
         "",
-        "| backbone | engine | weights | input | roi | views per shot | file x1: FPS | compute p50 / p99 ms "
+        "| backbone | engine | weights | input | roi | views per shot | head | file x1: FPS | compute p50 / p99 ms "
         "| live x4: FPS (4 x 30 offered) | capture-to-result p50 / p99 ms | oldest frame ms | dropped "
         "| accuracy (smoothed) | accuracy (per frame) | stream top-1 "
         "| camera stills (no motion) top-1 | clean images on white top-1 | unknown rejected | enroll ms |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f, lv = r["file_x1"], r["live_x4"]
         t = lv["stages_ms"]["total"]
         lines.append(
             f"| {r['backbone'].partition('@')[0]} | {r['backend']} {r['precision']} | {r['weights']} "
-            f"| {r['input'][0]} px | {r.get('roi', 'full')} | {r.get('shot_views', 1)} | {f['fps']:.0f} | "
+            f"| {r['input'][0]} px | {r.get('roi', 'full')} | {r.get('shot_views', 1)} | {r.get('head', '')} "
+            f"| {f['fps']:.0f} | "
             f"{f['compute_ms']['p50']:.2f} / {f['compute_ms']['p99']:.2f} | {lv['fps']:.1f} | "
             f"{t['p50']:.1f} / {t['p99']:.1f} | {lv['max_age_ms']:.1f} | {lv['dropped']} | {pct(lv['accuracy'])} | "
             f"{pct(lv.get('raw_accuracy'))} | "
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shots", type=int, default=None, help="shots per enrolled class (default: the preset's)")
     p.add_argument("--shot-views", type=int, nargs="+", choices=[1, 5, 7], default=None,
                    help="views per enrolled shot to compare, e.g. '1 7' (default: the preset's)")
+    p.add_argument("--heads", default=None, help="device heads to compare, comma-separated, e.g. "
+                   "'prototype,align' (default: the bundle's)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores - 1)")
     p.add_argument("--batch-wait", type=float, default=0.0, help="edgefs run --batch-wait for live x4 (ms)")
     p.add_argument("--seed", type=int, default=0)
@@ -263,15 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}/test missing; render it with `edgefs data glyphs --out {args.data}`", file=sys.stderr)
         return 2
     rois = [Roi.parse(t) for t in args.roi.split(";")] if args.roi else [preset.roi]
+    heads: list[str | None] = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else [None]
     rows = []
     args.load_before = [round(x, 1) for x in os.getloadavg()]
     for backbone in [b for b in args.backbones.split(",") if b]:
         for engine in [e for e in args.engines.split(",") if e]:
-            for roi, views in itertools.product(rois, args.shot_views or [preset.shot_views]):
+            for roi, views, head in itertools.product(rois, args.shot_views or [preset.shot_views], heads):
                 t = time.perf_counter()
-                rows.append(bench_backbone(backbone, args, engine, roi, views))
-                print(f"{backbone} {engine} roi {roi.to_text()} views {views}: done in {time.perf_counter() - t:.0f} s",
-                      file=sys.stderr)
+                rows.append(bench_backbone(backbone, args, engine, roi, views, head))
+                print(f"{backbone} {engine} roi {roi.to_text()} views {views} head {head or 'bundle'}: done in "
+                      f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
     args.load_after = [round(x, 1) for x in os.getloadavg()]
     machine = machine_info()
     text = markdown(rows, machine, args)
