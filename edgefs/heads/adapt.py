@@ -63,9 +63,9 @@ def ncc_loss_grad(emb: np.ndarray, labels: np.ndarray, temperature: float) -> tu
     t = np.float32(temperature)
     norm = np.maximum(np.linalg.norm(e, axis=1, keepdims=True), _EPS)
     z = e / norm
-    sums = np.zeros((len(counts), e.shape[1]), np.float32)
-    np.add.at(sums, y, z)
-    means = sums / counts[:, None].astype(np.float32)
+    member = np.zeros((len(counts), n), np.float32)  # (C, n) one-hot: a product instead of np.add.at
+    member[y, np.arange(n)] = 1.0
+    means = (member @ z) / counts[:, None].astype(np.float32)
     pnorm = np.maximum(np.linalg.norm(means, axis=1, keepdims=True), _EPS)
     protos = means / pnorm
     prob = softmax(t * (z @ protos.T))
@@ -83,20 +83,23 @@ def ncc_loss_grad(emb: np.ndarray, labels: np.ndarray, temperature: float) -> tu
 
 @dataclass(frozen=True)
 class Alignment:
-    """``z = e + (e V) U^T``: low-rank, ``V`` a ``(D, r)`` basis; the full map's change from the identity
-    is the same form with ``V`` the fitted samples transposed (``(D, n)``: gradient descent on a full
-    map from the identity never leaves their span)."""
+    """``z = e + (e V) U^T`` with ``U`` ``(D, r)`` and ``V = vt^T`` ``(D, r)`` (kept as ``vt``, ``(r, D)``
+    contiguous, so one query is two matrix-vector products). Low-rank: ``r`` is the rank; the full
+    map's change from the identity has the same form with ``vt`` the fitted samples themselves
+    (``(n, D)``: gradient descent on a full map from the identity never leaves their span)."""
 
     u: np.ndarray
-    v: np.ndarray
+    vt: np.ndarray
 
     def apply(self, emb: np.ndarray) -> np.ndarray:
         e = np.asarray(emb, np.float32)
-        return (e + (e @ self.v) @ self.u.T).astype(np.float32)
+        if e.shape[0] == 1:  # matrix-vector products: BLAS's matrix path with one row is several times slower
+            return (e[0] + self.u @ (self.vt @ e[0]))[None, :].astype(np.float32)
+        return (e + (e @ self.vt.T) @ self.u.T).astype(np.float32)
 
     def matrix(self) -> np.ndarray:
         """float32 ``(D, D)``: the map ``A`` with ``z = e A^T``."""
-        return (np.eye(self.v.shape[0], dtype=np.float32) + self.u @ self.v.T).astype(np.float32)
+        return (np.eye(self.vt.shape[1], dtype=np.float32) + self.u @ self.vt).astype(np.float32)
 
 
 def align_fit(emb: np.ndarray, labels: np.ndarray, *, temperature: float = 10.0, steps: int = 20,
@@ -104,7 +107,7 @@ def align_fit(emb: np.ndarray, labels: np.ndarray, *, temperature: float = 10.0,
     """URL-style alignment fitted on the samples by gradient descent on :func:`ncc_loss_grad`.
 
     Full map (``rank=None``): ``A = I`` at the start and ``A -= lr * dZ^T E`` at each step,
-    computed in the samples' span (``A = I + M E``, ``M`` of shape ``(D, n)``), so a step costs
+    computed in the samples' span (``A = I + M^T E``, ``M`` of shape ``(n, D)``), so a step costs
     ``O(n^2 D)`` instead of ``O(n D^2)``: the same iterates. Low-rank: ``U = 0`` and a fixed random
     ``V`` of unit columns at the start, both updated.
 
@@ -120,11 +123,11 @@ def align_fit(emb: np.ndarray, labels: np.ndarray, *, temperature: float = 10.0,
     lr32 = np.float32(lr)
     if rank is None:
         gram = e @ e.T
-        m = np.zeros((d, len(e)), np.float32)
+        m = np.zeros_like(e)  # (n, D): A - I = m^T e
         for _ in range(int(steps)):
-            _, dz = ncc_loss_grad(e + gram @ m.T, labels, temperature)
-            m -= lr32 * dz.T
-        return Alignment(m, e.T.copy())
+            _, dz = ncc_loss_grad(e + gram @ m, labels, temperature)
+            m -= lr32 * dz
+        return Alignment(np.ascontiguousarray(m.T), e.copy())
     v = np.random.default_rng(seed).standard_normal((d, int(rank))).astype(np.float32)
     v /= np.linalg.norm(v, axis=0, keepdims=True)
     u = np.zeros((d, int(rank)), np.float32)
@@ -135,7 +138,7 @@ def align_fit(emb: np.ndarray, labels: np.ndarray, *, temperature: float = 10.0,
         dv = e.T @ (dz @ u)
         u -= lr32 * du
         v -= lr32 * dv
-    return Alignment(u, v)
+    return Alignment(u, np.ascontiguousarray(v.T))
 
 
 @dataclass(frozen=True)

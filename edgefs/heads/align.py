@@ -66,7 +66,7 @@ class AlignHead(ShotKeepingHead):
     refits_globally = True
 
     def __init__(self, dim: int, *, temperature: float = 10.0, threshold: float = -1.0, steps: int = 20,
-                 lr: float = 2.0, max_fit_shots: int = 512) -> None:
+                 lr: float = 2.0, max_fit_shots: int = 256) -> None:
         super().__init__(dim, temperature=temperature, threshold=threshold)
         if int(steps) < 0 or not float(lr) > 0 or int(max_fit_shots) < 2:
             raise EdgefsError("align head needs steps >= 0, lr > 0 and max_fit_shots >= 2")
@@ -90,8 +90,9 @@ class AlignHead(ShotKeepingHead):
                 self.alignment = align_fit(support[pick], fit_labels, temperature=self.temperature,
                                            steps=self.steps, lr=self.lr)
         z = self.align(support)
-        sums = np.zeros((c, self.dim), np.float32)
-        np.add.at(sums, labels, z)
+        member = np.zeros((c, len(labels)), np.float32)
+        member[labels, np.arange(len(labels))] = 1.0
+        sums = member @ z
         self._aligned_sums = sums
         self._aligned = l2_normalize(sums)
 
