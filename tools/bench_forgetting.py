@@ -85,6 +85,9 @@ def head_factories(dim: int, proto_params: dict[str, Any]) -> dict[str, Callable
         "finetune (local: changed rows, 32 replayed shots)": lambda: FinetuneHead(dim, penalty="l2", scope="local",
                                                                                  replay=32),
         "den (grows, splits drifting units)": lambda: DENHead(dim),
+        # Re-aligns the whole space at each change; its 'vs full' column compares with a threshold taken
+        # in the raw space, which it does not use.
+        "align (refit on every change)": lambda: Head.from_spec(HeadSpec("align"), dim),
     }
 
 
