@@ -114,7 +114,9 @@ def align_fit(emb: np.ndarray, labels: np.ndarray, *, temperature: float = 10.0,
     Args:
         emb: float32 ``(n, D)``.
         labels: int ``(n,)``.
-        temperature, steps, lr: the loss's scale; plain gradient steps and their size.
+        temperature: the loss's cosine scale.
+        steps: plain gradient steps.
+        lr: their size.
         rank: ``None`` for the full ``D x D`` map, else the rank of the change.
         seed: the random ``V`` of the low-rank form.
     """
@@ -260,8 +262,10 @@ def film_fit(layer: LastLayer, x: np.ndarray, labels: np.ndarray, *, temperature
         layer: the last layer.
         x: float ``(n, P, K)`` its input for every sample.
         labels: int ``(n,)``.
-        temperature, steps: the loss's scale and the number of steps.
-        lr_gamma, lr_beta: step sizes of the scale and the shift.
+        temperature: the loss's cosine scale.
+        steps: gradient steps.
+        lr_gamma: step size of the scale.
+        lr_beta: step size of the shift.
         lr_weight: step size of the 1x1 convolution's weights (0: kept as exported; the fit
             then computes the pre-activations once).
 
