@@ -119,10 +119,31 @@ def test_the_fit_sees_a_bounded_subset_chosen_independently_of_enrollment_order(
     np.testing.assert_array_equal(fit_subset(labels[:30], names, 64), np.arange(30))
 
 
-@pytest.mark.parametrize("params", [{"steps": -1}, {"lr": 0}, {"max_fit_shots": 1}])
+@pytest.mark.parametrize("params", [{"steps": -1}, {"lr": 0}, {"max_fit_shots": 1}, {"unknown_by": "both"}])
 def test_bad_settings_are_refused(params):
-    with pytest.raises(EdgefsError, match="align head needs"):
+    with pytest.raises(EdgefsError, match="align head"):
         _head("align", **params)
+
+
+def test_by_default_the_unknown_decision_and_its_threshold_are_the_imprint_heads():
+    from edgefs.heads.calibration import LooCalibrator
+
+    rng = np.random.default_rng(6)
+    x, y, q, _ = _task_data(rng, 5, 4, 3)
+    heads = {"align": _head("align"), "imprint": _head("imprint")}
+    calibs = {name: LooCalibrator() for name in heads}
+    for c in range(5):
+        for name, head in heads.items():
+            head.add_class(f"c{c}", x[y == c])
+            calibs[name].added(head, c, x[y == c])
+    assert not heads["align"].refits_globally and heads["align"].alignment is not None
+    thresholds = {name: calibs[name].threshold(head) for name, head in heads.items()}
+    assert thresholds["align"] == pytest.approx(thresholds["imprint"], abs=1e-6)
+    for head in heads.values():
+        head.threshold = thresholds["imprint"]
+    got, ref = heads["align"].classify(q, k=1), heads["imprint"].classify(q, k=1)
+    np.testing.assert_allclose(got.best_sim, ref.best_sim, atol=1e-6)
+    np.testing.assert_array_equal(got.unknown, ref.unknown)
 
 
 def _brute_force_loo(head, shots: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,12 +160,12 @@ def _brute_force_loo(head, shots: np.ndarray, labels: np.ndarray) -> tuple[np.nd
     return np.array(own), np.array(other)
 
 
-def test_the_unknown_threshold_is_calibrated_in_the_aligned_space():
+def test_the_unknown_threshold_is_calibrated_in_the_aligned_space_when_the_decision_is_taken_there():
     from edgefs.heads.calibration import LooCalibrator
 
     rng = np.random.default_rng(4)
     x, y, _, _ = _task_data(rng, 5, 4, 1)
-    head = _head("align")
+    head = _head("align", unknown_by="aligned")
     calib = LooCalibrator()
     for c in range(5):
         head.add_class(f"c{c}", x[y == c])
