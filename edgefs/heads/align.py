@@ -53,10 +53,12 @@ class AlignHead(ShotKeepingHead):
     them all at once gives (no drift of old classes by construction). Nothing beyond the shots
     is saved: loading a saved state refits.
 
-    With fewer than two classes, or ``steps=0``, it is the prototype head (cosine). The fit sees
-    at most ``max_fit_shots`` shots (a choice that depends only on the classes' names and their
-    shots), so its cost is bounded however large the store grows: ``O(steps x n^2 x D)`` for
-    ``n`` fitted shots; a query costs ``O(n D)`` more than a prototype head's.
+    With fewer than two classes, or ``steps=0``, it is the imprint head (normalised means of unit
+    shots). The fit sees at most ``max_fit_shots`` shots (a choice that depends only on the
+    classes' names and their shots), so the fit itself is bounded: ``O(steps x n^2 x D)`` for ``n``
+    fitted shots. Re-mapping every stored shot afterwards is not: ``O(N n D)`` for ``N`` stored
+    shots, so an enrollment grows linearly with the store (meant for tens of classes, not for the
+    10,000 the prototype head serves). A query costs ``O(n D)`` more than a prototype head's.
 
     The ranking is the aligned one; whether a query is unknown is decided by ``unknown_by``
     (default ``"raw"``: its best cosine to the unaligned prototypes, as the imprint head decides).
